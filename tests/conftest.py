@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated llm user directory per test, and generated models cached across runs."""
+
+import pytest
+
+from tests import model_factory
+
+
+@pytest.fixture
+def user_path(tmp_path, monkeypatch):
+    path = tmp_path / "llm-user"
+    path.mkdir()
+    monkeypatch.setenv("LLM_USER_PATH", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, user_path, tmp_path):
+    # Never let a developer's real LM Studio, token or models folder leak into a test.
+    for name in ("LMSTUDIO_BASE_URL", "LM_API_TOKEN", "LMSTUDIO_HOME", "LMSTUDIO_MODELS_DIR", "LLM_LMSTUDIO_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "home").mkdir(exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path():
+    return model_factory.cached_tiny_model("tiny-llama", model_factory.TinyModelSpec(arch="llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_tools_path():
+    return model_factory.cached_tiny_model(
+        "tiny-qwen-tools", model_factory.TinyModelSpec(arch="qwen2", template="tools", seed=1)
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    try:
+        return model_factory.minilm_path()
+    except model_factory.MiniLMUnavailable as exc:
+        pytest.skip(f"MiniLM weights unavailable (package registry unreachable): {exc}")
