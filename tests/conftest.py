@@ -4,6 +4,9 @@ import pytest
 
 from tests import model_factory
 
+# The LM Studio stand-in's fixtures (`fake_lmstudio`, `lmstudio`, ...) live with the stand-in.
+pytest_plugins = ["tests.fake_lmstudio.pytest_plugin"]
+
 
 @pytest.fixture
 def user_path(tmp_path, monkeypatch):
