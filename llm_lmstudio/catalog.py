@@ -1,0 +1,382 @@
+"""Which models the configured LM Studio servers offer: parsed from /api/v0, /api/v1 or /v1 model lists,
+cached on disk with a short freshness window. Registration must never wait past a small fixed budget, nor print."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import settings
+
+CACHE_VERSION = 2
+CACHE_FILE = "catalog.json"
+REFRESH_LOCK = "catalog.refreshing"
+# A background refresh that has not finished after this long is assumed dead.
+REFRESH_LOCK_STALE = 60.0
+
+EMBEDDING_TYPES = {"embeddings", "embedding"}
+
+
+@dataclass
+class CatalogModel:
+    """One model as LM Studio describes it (fields LM Studio does not report stay None)."""
+
+    key: str
+    type: str = "llm"  # "llm" | "vlm" | "embeddings"
+    base_url: str = ""
+    prefix: str = "lmstudio"
+    arch: str | None = None
+    format: str | None = None  # "gguf" | "mlx"
+    quantization: str | None = None
+    loaded: bool = False
+    max_context_length: int | None = None
+    loaded_context_length: int | None = None
+    tool_use: bool | None = None  # None: the server did not say
+    vision: bool = False
+    reasoning: bool = False
+    display_name: str | None = None
+    size_bytes: int | None = None
+    params_string: str | None = None
+    instances: list[str] = field(default_factory=list)
+    source: str = "v0"  # which listing it came from: "v0" | "v1" | "openai"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.prefix}/{self.key}"
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.type in EMBEDDING_TYPES
+
+    @property
+    def supports_tools(self) -> bool:
+        # A plain OpenAI-compatible server does not say; let the user try rather than refuse.
+        return self.tool_use is not False if self.source == "openai" else bool(self.tool_use)
+
+
+# ---------------------------------------------------------------- parsers (pure, defensive)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _entries(body: Any, key: str) -> list[dict]:
+    if not isinstance(body, dict):
+        return []
+    items = body.get(key)
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, dict)]
+
+
+def parse_v0(body: Any) -> list[CatalogModel]:
+    """GET /api/v0/models: {"data": [{"id", "type", "state", "capabilities": [...], ...}]}."""
+    models = []
+    for item in _entries(body, "data"):
+        key = _str(item.get("id"))
+        if not key:
+            continue
+        kind = _str(item.get("type")) or "llm"
+        capabilities = item.get("capabilities")
+        capabilities = [c for c in capabilities if isinstance(c, str)] if isinstance(capabilities, list) else []
+        models.append(
+            CatalogModel(
+                key=key,
+                type="embeddings" if kind in EMBEDDING_TYPES else kind,
+                arch=_str(item.get("arch")),
+                format=_str(item.get("compatibility_type")),
+                quantization=_str(item.get("quantization")),
+                loaded=item.get("state") == "loaded",
+                max_context_length=_int(item.get("max_context_length")),
+                loaded_context_length=_int(item.get("loaded_context_length")),
+                tool_use="tool_use" in capabilities,
+                vision=kind == "vlm" or "vision" in capabilities,
+                reasoning="reasoning" in capabilities,
+                display_name=_str(item.get("display_name")),
+                source="v0",
+            )
+        )
+    return models
+
+
+def parse_v1(body: Any) -> list[CatalogModel]:
+    """GET /api/v1/models: {"models": [{"key", "type", "loaded_instances", "capabilities": {...}, ...}]}."""
+    models = []
+    for item in _entries(body, "models"):
+        key = _str(item.get("key"))
+        if not key:
+            continue
+        kind = _str(item.get("type")) or "llm"
+        capabilities = item.get("capabilities") if isinstance(item.get("capabilities"), dict) else {}
+        vision = capabilities.get("vision") is True
+        instances = [
+            inst["id"] for inst in item.get("loaded_instances") or [] if isinstance(inst, dict) and _str(inst.get("id"))
+        ]
+        loaded_context = None
+        for inst in item.get("loaded_instances") or []:
+            if isinstance(inst, dict) and isinstance(inst.get("config"), dict):
+                loaded_context = _int(inst["config"].get("context_length"))
+                break
+        quantization = item.get("quantization")
+        if isinstance(quantization, dict):
+            quantization = quantization.get("name")
+        reasoning = capabilities.get("reasoning")
+        models.append(
+            CatalogModel(
+                key=key,
+                type="embeddings" if kind in EMBEDDING_TYPES else ("vlm" if vision and kind == "llm" else kind),
+                arch=_str(item.get("architecture")),
+                format=_str(item.get("format")),
+                quantization=_str(quantization),
+                loaded=bool(instances),
+                max_context_length=_int(item.get("max_context_length")),
+                loaded_context_length=loaded_context,
+                tool_use=capabilities.get("trained_for_tool_use") is True,
+                vision=vision,
+                reasoning=isinstance(reasoning, dict) or reasoning is True,
+                display_name=_str(item.get("display_name")),
+                size_bytes=_int(item.get("size_bytes")),
+                params_string=_str(item.get("params_string")),
+                instances=instances,
+                source="v1",
+            )
+        )
+    return models
+
+
+def parse_openai(body: Any) -> list[CatalogModel]:
+    """GET /v1/models: {"data": [{"id": ...}]}; no type, so embedding models are recognised by name."""
+    models = []
+    for item in _entries(body, "data"):
+        key = _str(item.get("id"))
+        if not key:
+            continue
+        lowered = key.lower()
+        kind = "embeddings" if ("embed" in lowered or "minilm" in lowered or "bge-" in lowered) else "llm"
+        models.append(CatalogModel(key=key, type=kind, tool_use=None, source="openai"))
+    return models
+
+
+LISTINGS = (("/api/v0/models", parse_v0), ("/api/v1/models", parse_v1), ("/v1/models", parse_openai))
+
+
+def fetch(server: settings.Server, *, token: str | None, deadline: float) -> list[CatalogModel]:
+    """Ask one server for its models, trying LM Studio's richest listing first, within `deadline` seconds."""
+    from . import server as http
+
+    end = time.monotonic() + deadline
+    last_error: Exception | None = None
+    for path, parser in LISTINGS:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise http.timed_out(server.base_url, deadline)
+        try:
+            body = http.quick_get_json(server, path, token=token, deadline=remaining)
+        except (http.ModelNotFound, http.RequestFailed, http.BadResponse) as exc:
+            # This server does not speak that listing (404/405, or an HTML page): try the next.
+            last_error = exc
+            continue
+        models = parser(body)
+        if models or path == "/v1/models" or (isinstance(body, dict) and ("data" in body or "models" in body)):
+            for model in models:
+                model.base_url = server.base_url
+                model.prefix = server.prefix
+            return models
+    raise last_error or http.BadResponse(f"{server.base_url} offers no model listing")
+
+
+# ---------------------------------------------------------------- the on-disk cache
+
+
+def _cache_path() -> Path:
+    return settings.plugin_dir() / CACHE_FILE
+
+
+def read_cache() -> dict:
+    try:
+        data = json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("servers"), dict):
+        return {}
+    return data["servers"]
+
+
+def _write_cache(servers: dict) -> None:
+    path = _cache_path()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "servers": servers}))
+        os.replace(tmp, path)  # atomic: concurrent llm processes never read half a file
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _entry_models(entry: dict) -> list[CatalogModel]:
+    models = []
+    for raw in entry.get("models") or []:
+        try:
+            models.append(CatalogModel(**raw))
+        except TypeError:
+            continue
+    return models
+
+
+def _debug(message: str) -> None:
+    if settings.debug():
+        print(f"llm-lmstudio: {message}", file=sys.stderr)
+
+
+def _status_of(exc: Exception) -> str:
+    from . import server as http
+
+    if isinstance(exc, http.TimedOut):
+        return "timeout"
+    if isinstance(exc, http.Unreachable):
+        return "unreachable"
+    if isinstance(exc, http.AuthRequired):
+        return "auth"
+    return "error"
+
+
+def _refresh_entry(server: settings.Server, previous: dict | None, deadline: float) -> dict:
+    """Fetch one server's list and return the cache entry to store (the last good models survive failures)."""
+    try:
+        models = fetch(server, token=settings.api_token(), deadline=deadline)
+    except Exception as exc:  # noqa: BLE001 - any failure here must stay silent at start-up
+        _debug(f"could not list models at {server.base_url}: {exc}")
+        entry = dict(previous or {})
+        entry.update(fetched_at=time.time(), status=_status_of(exc), error=str(exc))
+        entry.setdefault("models", [])
+        return entry
+    return {"fetched_at": time.time(), "status": "ok", "error": None, "models": [asdict(m) for m in models]}
+
+
+def refresh(servers: list[settings.Server] | None = None, *, deadline: float | None = None) -> list[CatalogModel]:
+    """Fetch every server's list now (for commands, after load/unload) and store it."""
+    servers = servers if servers is not None else settings.servers()
+    deadline = deadline if deadline is not None else settings.timeouts().connect + 3.0
+    cache = read_cache()
+    for server in servers:
+        cache[server.base_url] = _refresh_entry(server, cache.get(server.base_url), deadline)
+    _write_cache(cache)
+    return [m for server in servers for m in _entry_models(cache[server.base_url])]
+
+
+def _spawn_background_refresh() -> None:
+    """Refresh in a detached process, so a hung server costs this command nothing."""
+    lock = settings.plugin_dir() / REFRESH_LOCK
+    try:
+        if time.time() - lock.stat().st_mtime < REFRESH_LOCK_STALE:
+            return
+    except OSError:
+        pass
+    try:
+        lock.write_text(str(os.getpid()))
+        subprocess.Popen(
+            [sys.executable, "-c", "from llm_lmstudio import catalog; catalog.background_refresh()"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        _debug(f"could not start a background refresh: {exc}")
+
+
+def background_refresh() -> None:
+    try:
+        refresh(deadline=settings.timeouts().connect + 10.0)
+    finally:
+        try:
+            (settings.plugin_dir() / REFRESH_LOCK).unlink()
+        except OSError:
+            pass
+
+
+def models_for_registration() -> list[CatalogModel]:
+    """The models to register now: from the cache when fresh, else refreshed within the discovery budget.
+
+    A server that hung last time is refreshed in the background instead, so it never costs a command
+    more than one budget in a row.
+    """
+    try:
+        servers = settings.servers()
+        budget = settings.timeouts().discovery_budget
+        ttl = settings.cache_ttl()
+    except settings.SettingsError as exc:
+        _debug(str(exc))
+        return []
+    cache = read_cache()
+    changed = False
+    background = False
+    end = time.monotonic() + budget
+    now = time.time()
+    for server in servers:
+        entry = cache.get(server.base_url)
+        if entry and now - float(entry.get("fetched_at") or 0) < ttl:
+            continue
+        remaining = end - time.monotonic()
+        if (entry and entry.get("status") == "timeout") or remaining <= 0.005:
+            background = True
+            continue
+        cache[server.base_url] = _refresh_entry(server, entry, remaining)
+        changed = True
+    if changed:
+        _write_cache(cache)
+    if background:
+        _spawn_background_refresh()
+    result: list[CatalogModel] = []
+    for server in servers:
+        for model in _entry_models(cache.get(server.base_url) or {}):
+            model.prefix = server.prefix  # ids follow the current order of LMSTUDIO_BASE_URL
+            model.base_url = server.base_url
+            result.append(model)
+    return result
+
+
+def find(model_id: str) -> CatalogModel | None:
+    """Look a registered model up by its llm model id, from the cache only (no network)."""
+    for server_entry in read_cache().values():
+        for model in _entry_models(server_entry):
+            for server in settings.servers():
+                if server.base_url == model.base_url and server.model_id(model.key) == model_id:
+                    model.prefix = server.prefix
+                    return model
+    return None
+
+
+def server_status(base_url: str) -> dict | None:
+    """What the cache knows of a server: status, error, fetched_at."""
+    entry = read_cache().get(base_url)
+    if not entry:
+        return None
+    return {k: entry.get(k) for k in ("status", "error", "fetched_at")}
+
+
+def invalidate() -> None:
+    try:
+        _cache_path().unlink()
+    except OSError:
+        pass

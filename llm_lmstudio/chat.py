@@ -1,0 +1,489 @@
+"""llm chat models for LM Studio (and OpenAI-compatible) servers: options, history, streaming, tools, schemas, images.
+Talks HTTP only through server.py; errors leave as one-line llm.ModelError, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from typing import Any, AsyncIterator, Iterator, Optional
+
+import llm
+from llm.parts import AttachmentPart, StreamEvent, TextPart, ToolCallPart, ToolResultPart
+from pydantic import Field, field_validator
+
+from . import server as http
+from . import settings
+from .catalog import CatalogModel
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+
+
+class ChatOptions(llm.Options):
+    temperature: Optional[float] = Field(
+        default=None, ge=0, le=2, description="Sampling temperature: 0 is near-deterministic, higher is more random"
+    )
+    top_p: Optional[float] = Field(default=None, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens whose probability adds up to this")
+    top_k: Optional[int] = Field(default=None, ge=0, description="Sample only from the k most likely tokens (0 disables)")
+    min_p: Optional[float] = Field(default=None, ge=0, le=1, description="Drop tokens less likely than this fraction of the most likely one")
+    repeat_penalty: Optional[float] = Field(default=None, gt=0, description="Penalise repeated tokens (1.0 = off)")
+    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2, description="Penalise tokens that already appeared")
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2, description="Penalise tokens by how often they appeared")
+    max_tokens: Optional[int] = Field(default=None, ge=1, description="Maximum number of tokens to generate")
+    seed: Optional[int] = Field(default=None, description="Random seed, for reproducible sampling")
+    stop: Optional[str] = Field(default=None, description='Stop sequence, or a JSON list of them: \'["\\n\\n", "END"]\'')
+    ttl: Optional[int] = Field(
+        default=None, ge=1, description="Seconds of idleness after which LM Studio unloads a model this request loads (JIT)"
+    )
+    draft_model: Optional[str] = Field(default=None, description="Draft model key for speculative decoding")
+    reasoning_effort: Optional[str] = Field(
+        default=None, description="Reasoning models: how hard to think (low, medium, high; some models take none)"
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value):
+        if value is None:
+            return value
+        if value.startswith("["):
+            try:
+                items = json.loads(value)
+            except ValueError:
+                raise ValueError("stop must be a string or a JSON list of strings") from None
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items) or not items:
+                raise ValueError("stop must be a string or a JSON list of strings")
+        return value
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _check_effort(cls, value):
+        if value is not None and value not in ("none", "low", "medium", "high"):
+            raise ValueError("reasoning_effort must be one of none, low, medium, high")
+        return value
+
+
+def _stop_value(stop: str) -> str | list[str]:
+    return json.loads(stop) if stop.startswith("[") else stop
+
+
+def _attachment_item(attachment: llm.Attachment) -> dict:
+    mime = attachment.resolve_type()
+    if mime not in IMAGE_TYPES:
+        raise llm.ModelError(f"LM Studio accepts image attachments only, not {mime}")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{attachment.base64_content()}"}}
+
+
+def build_messages(prompt: llm.Prompt) -> list[dict]:
+    """Translate llm's message chain (prompt.messages) into OpenAI chat messages."""
+    messages: list[dict] = []
+    for message in prompt.messages:
+        text: list[str] = []
+        images: list[dict] = []
+        tool_calls: list[dict] = []
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                text.append(part.text)
+            elif isinstance(part, AttachmentPart) and part.attachment is not None:
+                images.append(_attachment_item(part.attachment))
+            elif isinstance(part, ToolCallPart):
+                tool_calls.append(
+                    {
+                        "id": part.tool_call_id,
+                        "type": "function",
+                        "function": {"name": part.name, "arguments": json.dumps(part.arguments)},
+                    }
+                )
+            elif isinstance(part, ToolResultPart):
+                messages.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": part.output})
+        if message.role == "tool":
+            continue
+        joined = "".join(text)
+        if message.role == "system":
+            if not joined or (messages and messages[0]["role"] == "system" and messages[0]["content"] == joined):
+                continue
+        entry: dict[str, Any] = {"role": message.role}
+        if images:
+            entry["content"] = ([{"type": "text", "text": joined}] if joined else []) + images
+        else:
+            entry["content"] = joined
+        if tool_calls:
+            entry["tool_calls"] = tool_calls
+            if not joined:
+                entry["content"] = None
+        elif not joined and not images and message.role != "assistant":
+            continue
+        messages.append(entry)
+    # `llm -c -s NEW` puts the new system prompt only in prompt.system: it replaces the old one.
+    if prompt.system and not any(m["role"] == "system" and m["content"] == prompt.system for m in messages):
+        messages = [m for m in messages if m["role"] != "system"]
+        messages.insert(0, {"role": "system", "content": prompt.system})
+    return messages
+
+
+OPTION_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_tokens",
+    "seed",
+    "ttl",
+    "draft_model",
+    "reasoning_effort",
+)
+
+
+def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
+    payload: dict[str, Any] = {"model": key, "messages": build_messages(prompt), "stream": stream}
+    options = prompt.options
+    for name in OPTION_FIELDS:
+        value = getattr(options, name, None)
+        if value is not None:
+            payload[name] = value
+    stop = getattr(options, "stop", None)
+    if stop:
+        payload["stop"] = _stop_value(stop)
+    if prompt.schema:
+        payload["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "strict": True, "schema": prompt.schema},
+        }
+    if prompt.tools:
+        payload["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description or "",
+                    "parameters": tool.input_schema or {"type": "object", "properties": {}},
+                },
+            }
+            for tool in prompt.tools
+        ]
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+class ThinkSplitter:
+    """Routes `<think>…</think>` text that a server left inline in `content` to reasoning."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self):
+        self.state = "start"  # start -> thinking -> answer
+        self.pending = ""
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        self.pending += text
+        while self.pending:
+            if self.state == "start":
+                stripped = self.pending.lstrip()
+                if stripped.startswith(self.OPEN):
+                    self.pending = stripped[len(self.OPEN) :]
+                    self.state = "thinking"
+                elif self.OPEN.startswith(stripped):
+                    break  # could still become "<think>": wait for more
+                else:
+                    self.state = "answer"
+            elif self.state == "thinking":
+                index = self.pending.find(self.CLOSE)
+                if index >= 0:
+                    if index:
+                        out.append(("reasoning", self.pending[:index]))
+                    self.pending = self.pending[index + len(self.CLOSE) :].lstrip("\n")
+                    self.state = "answer"
+                    continue
+                # keep a possible partial "</think>" back
+                keep = max((n for n in range(1, len(self.CLOSE)) if self.pending.endswith(self.CLOSE[:n])), default=0)
+                emit = self.pending[: len(self.pending) - keep]
+                if emit:
+                    out.append(("reasoning", emit))
+                self.pending = self.pending[len(emit) :]
+                break
+            else:
+                out.append(("text", self.pending))
+                self.pending = ""
+        return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        rest, self.pending = self.pending, ""
+        if not rest:
+            return []
+        return [("reasoning" if self.state == "thinking" else "text", rest)]
+
+
+META_KEYS = ("id", "object", "created", "model", "system_fingerprint", "stats", "model_info", "runtime")
+
+
+class Accumulator:
+    """Consumes chat completion chunks (or one completion) and turns them into llm events and log data."""
+
+    def __init__(self, started: float):
+        self.started = started
+        self.first_token_at: float | None = None
+        self.meta: dict[str, Any] = {}
+        self.usage: dict | None = None
+        self.finish_reason: str | None = None
+        self.tool_calls: dict[int, dict] = {}
+        self.splitter = ThinkSplitter()
+        self.text_chars = 0
+
+    def _mark_first(self):
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    def _text(self, content: str) -> Iterator[StreamEvent]:
+        for kind, piece in self.splitter.feed(content):
+            if kind == "text":
+                self.text_chars += len(piece)
+            yield StreamEvent(type=kind, chunk=piece)
+
+    def _keep_meta(self, data: dict):
+        for key in META_KEYS:
+            value = data.get(key)
+            if value not in (None, {}, ""):
+                self.meta[key] = value
+        if isinstance(data.get("usage"), dict):
+            self.usage = data["usage"]
+
+    def feed_chunk(self, chunk: dict) -> Iterator[StreamEvent]:
+        self._keep_meta(chunk)
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                continue
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self._mark_first()
+                yield StreamEvent(type="reasoning", chunk=reasoning)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self._mark_first()
+                yield from self._text(content)
+            for call in delta.get("tool_calls") or []:
+                if not isinstance(call, dict):
+                    continue
+                self._mark_first()
+                index = call.get("index", len(self.tool_calls))
+                function = call.get("function") or {}
+                current = self.tool_calls.get(index)
+                if current is None:
+                    current = {"id": call.get("id"), "name": function.get("name") or "", "arguments": ""}
+                    self.tool_calls[index] = current
+                    yield StreamEvent(type="tool_call_name", chunk=current["name"], tool_call_id=current["id"])
+                elif function.get("name") and not current["name"]:
+                    current["name"] = function["name"]
+                if call.get("id") and not current["id"]:
+                    current["id"] = call["id"]
+                arguments = function.get("arguments")
+                if isinstance(arguments, str) and arguments:
+                    current["arguments"] += arguments
+                    yield StreamEvent(type="tool_call_args", chunk=arguments, tool_call_id=current["id"])
+
+    def feed_completion(self, data: dict) -> Iterator[StreamEvent]:
+        self._keep_meta(data)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise http.BadResponse("LM Studio answered without any choices")
+        choice = choices[0]
+        self.finish_reason = choice.get("finish_reason")
+        message = choice.get("message") or {}
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            yield StreamEvent(type="reasoning", chunk=reasoning)
+        for index, call in enumerate(message.get("tool_calls") or []):
+            if not isinstance(call, dict):
+                continue
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict):
+                arguments = json.dumps(arguments)
+            entry = {"id": call.get("id"), "name": function.get("name") or "", "arguments": arguments or ""}
+            self.tool_calls[index] = entry
+            yield StreamEvent(type="tool_call_name", chunk=entry["name"], tool_call_id=entry["id"])
+            if entry["arguments"]:
+                yield StreamEvent(type="tool_call_args", chunk=entry["arguments"], tool_call_id=entry["id"])
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            yield from self._text(content)
+
+    def flush(self) -> Iterator[StreamEvent]:
+        for kind, piece in self.splitter.flush():
+            if kind == "text":
+                self.text_chars += len(piece)
+            yield StreamEvent(type=kind, chunk=piece)
+
+    def finish(self, response: llm.Response, endpoint: str, *, cut: str | None = None) -> None:
+        for entry in self.tool_calls.values():
+            try:
+                arguments = json.loads(entry["arguments"] or "{}")
+            except ValueError:
+                arguments = {"_raw": entry["arguments"]}
+            if not isinstance(arguments, dict):
+                arguments = {"value": arguments}
+            response.add_tool_call(llm.ToolCall(name=entry["name"], arguments=arguments, tool_call_id=entry["id"]))
+        if self.usage:
+            details = {
+                k: v for k, v in self.usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens") and v
+            }
+            response.set_usage(
+                input=self.usage.get("prompt_tokens"), output=self.usage.get("completion_tokens"), details=details or None
+            )
+        log = dict(self.meta)
+        log["finish_reason"] = self.finish_reason
+        if self.usage:
+            log["usage"] = self.usage
+        client = {"endpoint": endpoint}
+        if self.first_token_at is not None:
+            client["time_to_first_token_ms"] = round((self.first_token_at - self.started) * 1000, 1)
+        log["client"] = client
+        if cut:
+            log["cut"] = True
+            log["error"] = cut
+        response.response_json = log
+        answered_by = self.meta.get("model")
+        if isinstance(answered_by, str) and answered_by:
+            response.set_resolved_model(answered_by)
+
+
+def _suggest(key: str) -> str:
+    from . import catalog
+
+    keys = [m.key for m in catalog.models_for_registration() if not m.is_embedding]
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.4)
+    if not close:
+        close = [k for k in keys if key.split("/")[-1].lower() in k.lower()][:3]
+    if close:
+        return " — did you mean " + ", ".join(f"lmstudio/{k}" for k in close) + "?"
+    return " — list the models with `llm models -q lmstudio`"
+
+
+def _user_error(exc: http.LMStudioError, key: str) -> llm.ModelError:
+    message = str(exc)
+    if isinstance(exc, http.ModelNotFound):
+        message += _suggest(key)
+    return llm.ModelError(message)
+
+
+CUT_MARKER = "\n[response cut off: {reason}]"
+
+
+def _report_cut(message: str) -> None:
+    """Inside the llm CLI, fail only after llm has logged what arrived; elsewhere, fail now."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None:
+        raise llm.ModelError(message)
+
+    def fail():
+        raise click.ClickException(message)
+
+    context.find_root().call_on_close(fail)
+
+
+class _Shared:
+    can_stream = True
+    supports_schema = True
+    Options = ChatOptions
+
+    def __init__(self, entry: CatalogModel, server_: settings.Server):
+        self.entry = entry
+        self.server = server_
+        self.model_id = server_.model_id(entry.key)
+        self.supports_tools = entry.supports_tools
+        self.attachment_types = IMAGE_TYPES if entry.vision else frozenset()
+        self._endpoint = "/api/v0/chat/completions" if entry.source == "v0" else "/v1/chat/completions"
+
+    def __str__(self):
+        return f"LM Studio: {self.model_id}" + (" (loaded)" if self.entry.loaded else "")
+
+    def _client_kwargs(self) -> dict:
+        return {"token": settings.api_token()}
+
+    def _check(self, prompt: llm.Prompt) -> None:
+        if prompt.tools and not self.supports_tools:
+            raise llm.ModelError(f"{self.model_id} is not trained for tool use according to LM Studio")
+
+
+class LMStudioChat(_Shared, llm.Model):
+    def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
+        self._check(prompt)
+        payload = build_payload(self.entry.key, prompt, stream)
+        client = http.Client(self.server, **self._client_kwargs())
+        accumulator = Accumulator(time.monotonic())
+        try:
+            if stream:
+                try:
+                    for chunk in self._stream(client, payload):
+                        yield from accumulator.feed_chunk(chunk)
+                except http.StreamCut as exc:
+                    yield from accumulator.flush()
+                    yield StreamEvent(type="text", chunk=CUT_MARKER.format(reason=str(exc)))
+                    accumulator.finish(response, self._endpoint, cut=str(exc))
+                    _report_cut(f"{exc}; what arrived is shown above and kept in the log")
+                    return
+            else:
+                yield from accumulator.feed_completion(self._post(client, payload))
+            yield from accumulator.flush()
+        except http.LMStudioError as exc:
+            raise _user_error(exc, self.entry.key) from None
+        accumulator.finish(response, self._endpoint)
+
+    def _post(self, client: http.Client, payload: dict) -> dict:
+        try:
+            return client.post_json(self._endpoint, payload)
+        except http.RequestFailed as exc:
+            if exc.status in (404, 405) and self._endpoint != "/v1/chat/completions":
+                self._endpoint = "/v1/chat/completions"
+                return client.post_json(self._endpoint, payload)
+            raise
+
+    def _stream(self, client: http.Client, payload: dict) -> Iterator[dict]:
+        try:
+            yield from client.stream(self._endpoint, payload)
+        except http.RequestFailed as exc:
+            if exc.status in (404, 405) and self._endpoint != "/v1/chat/completions":
+                self._endpoint = "/v1/chat/completions"
+                yield from client.stream(self._endpoint, payload)
+            else:
+                raise
+
+
+class LMStudioAsyncChat(_Shared, llm.AsyncModel):
+    async def execute(self, prompt, stream, response, conversation=None) -> AsyncIterator[StreamEvent]:
+        self._check(prompt)
+        payload = build_payload(self.entry.key, prompt, stream)
+        client = http.AsyncClient(self.server, **self._client_kwargs())
+        accumulator = Accumulator(time.monotonic())
+        try:
+            if stream:
+                try:
+                    async for chunk in client.stream(self._endpoint, payload):
+                        for event in accumulator.feed_chunk(chunk):
+                            yield event
+                except http.StreamCut as exc:
+                    for event in accumulator.flush():
+                        yield event
+                    yield StreamEvent(type="text", chunk=CUT_MARKER.format(reason=str(exc)))
+                    accumulator.finish(response, self._endpoint, cut=str(exc))
+                    _report_cut(f"{exc}; what arrived is shown above and kept in the log")
+                    return
+            else:
+                data = await client.post_json(self._endpoint, payload)
+                for event in accumulator.feed_completion(data):
+                    yield event
+            for event in accumulator.flush():
+                yield event
+        except http.LMStudioError as exc:
+            raise _user_error(exc, self.entry.key) from None
+        accumulator.finish(response, self._endpoint)

@@ -1,0 +1,76 @@
+"""llm embedding models for LM Studio servers: batched /v1/embeddings requests, results ordered by index.
+HTTP only through server.py; errors leave as one-line llm.ModelError."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator
+
+import llm
+
+from . import server as http
+from . import settings
+from .catalog import CatalogModel
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def batch_size() -> int:
+    """Texts per request: $LMSTUDIO_EMBED_BATCH_SIZE, else 64 (`llm embed-multi --batch-size` also applies)."""
+    raw = os.environ.get("LMSTUDIO_EMBED_BATCH_SIZE")
+    if not raw:
+        return DEFAULT_BATCH_SIZE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise settings.SettingsError(f"LMSTUDIO_EMBED_BATCH_SIZE={raw!r} is not a whole number") from None
+    if value < 1:
+        raise settings.SettingsError(f"LMSTUDIO_EMBED_BATCH_SIZE={raw!r} must be at least 1")
+    return value
+
+
+def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
+    """The embeddings of one /v1/embeddings answer, in input order (LM Studio gives each an index)."""
+    data = body.get("data")
+    if not isinstance(data, list) or len(data) != expected:
+        count = len(data) if isinstance(data, list) else 0
+        raise http.BadResponse(f"LM Studio at {base_url} returned {count} embeddings for {expected} inputs")
+    ordered: list[list[float] | None] = [None] * expected
+    for position, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list):
+            raise http.BadResponse(f"LM Studio at {base_url} returned an embedding in an unexpected shape")
+        index = item.get("index", position)
+        if not isinstance(index, int) or not 0 <= index < expected or ordered[index] is not None:
+            raise http.BadResponse(f"LM Studio at {base_url} returned embeddings with inconsistent indexes")
+        ordered[index] = [float(x) for x in item["embedding"]]
+    return ordered  # type: ignore[return-value]
+
+
+class LMStudioEmbedding(llm.EmbeddingModel):
+    supports_text = True
+    supports_binary = False
+
+    def __init__(self, entry: CatalogModel, server_: settings.Server):
+        self.entry = entry
+        self.server = server_
+        self.model_id = server_.model_id(entry.key)
+        self.batch_size = batch_size()
+
+    def __str__(self):
+        return f"LM Studio embeddings: {self.model_id}"
+
+    def embed_batch(self, items: Iterable[str | bytes]) -> Iterator[list[float]]:
+        texts = [item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in items]
+        if not texts:
+            return iter(())
+        client = http.Client(self.server, token=settings.api_token())
+        try:
+            body = client.post_json("/v1/embeddings", {"model": self.entry.key, "input": texts})
+            vectors = vectors_from(body, len(texts), self.server.base_url)
+        except http.ModelNotFound as exc:
+            raise llm.ModelError(
+                f"{exc} — is {self.entry.key} an embedding model? See `llm embed-models`"
+            ) from None
+        except http.LMStudioError as exc:
+            raise llm.ModelError(str(exc)) from None
+        return iter(vectors)

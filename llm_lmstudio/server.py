@@ -1,0 +1,481 @@
+"""The one HTTP client for LM Studio (and any OpenAI-compatible) servers: /v1/*, /api/v0|v1,
+SSE parsing, auth header, timeouts and error mapping. It never prints, and never lets a token into an error."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from typing import Any, AsyncIterator, Iterable, Iterator
+from urllib.parse import urlsplit
+
+from . import settings
+
+START_HINT = "is the server running? Start it with `lms server start` or from the LM Studio app"
+
+
+class LMStudioError(Exception):
+    """A failure talking to LM Studio. `str()` is one line that says what happened and what to do."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class Unreachable(LMStudioError):
+    """Nothing answered at the address (refused, no route, unknown host)."""
+
+
+class TimedOut(LMStudioError):
+    """The server accepted the connection but did not answer in time."""
+
+
+class AuthRequired(LMStudioError):
+    """The server wants an API token that we did not send, or rejected the one we sent."""
+
+
+class ModelNotFound(LMStudioError):
+    """The server does not know the model, or cannot load it for this kind of request."""
+
+
+class ModelLoadFailed(LMStudioError):
+    """The server knows the model but failed to load it."""
+
+
+class RequestFailed(LMStudioError):
+    """Any other 4xx/5xx answer; the message carries LM Studio's own words."""
+
+
+class BadResponse(LMStudioError):
+    """The server answered with something that is not the JSON we expected."""
+
+
+class StreamCut(LMStudioError):
+    """A streamed answer stopped before it was complete."""
+
+
+def redact(text: str, token: str | None) -> str:
+    """Remove the token from any text that might be shown or logged."""
+    if token and token in text:
+        text = text.replace(token, "[redacted]")
+    return text
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
+    """Return (message, code) from LM Studio's error shapes: {"error": {...}}, {"error": "..."} or text."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, str):
+            return error, None
+        if isinstance(error, dict):
+            message = error.get("message")
+            code = error.get("code")
+            return (str(message) if message is not None else None), (str(code) if code is not None else None)
+        return None, None
+    if isinstance(body, str) and body.strip():
+        return body.strip(), None
+    return None, None
+
+
+def _parse_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def error_for_status(
+    status: int, body: Any, *, base_url: str, token: str | None, model: str | None = None
+) -> LMStudioError:
+    """Map an error answer to the exception (and one-line message) a user should see."""
+    message, code = error_message_from_body(body)
+    message = _one_line(redact(message or "", token))
+    if status == 401 or code == "invalid_api_key":
+        if token:
+            return AuthRequired(
+                f"LM Studio at {base_url} rejected the API token: check it with `llm keys set lmstudio` "
+                "(or $LM_API_TOKEN) against Developer → Server Settings → Manage Tokens",
+                status=status,
+                code=code,
+            )
+        return AuthRequired(
+            f"LM Studio at {base_url} requires an API token: run `llm keys set lmstudio` or set $LM_API_TOKEN",
+            status=status,
+            code=code,
+        )
+    if code == "model_not_found" or status == 404:
+        lowered = message.lower()
+        if "failed to load" in lowered and "not embedding" not in lowered and "not found" not in lowered:
+            return ModelLoadFailed(f"LM Studio could not load {model or 'the model'}: {message}", status=status, code=code)
+        detail = message or f"model {model!r} not found"
+        return ModelNotFound(f"LM Studio at {base_url}: {detail}", status=status, code=code)
+    lowered = message.lower()
+    if "no models loaded" in lowered:
+        return ModelNotFound(
+            f"LM Studio at {base_url}: {message}" if message else f"LM Studio at {base_url} has no model loaded",
+            status=status,
+            code=code,
+        )
+    if "failed to load" in lowered or "error loading" in lowered:
+        return ModelLoadFailed(f"LM Studio could not load {model or 'the model'}: {message}", status=status, code=code)
+    kind = "server error" if status >= 500 else "request rejected"
+    detail = message or f"HTTP {status}"
+    return RequestFailed(f"LM Studio at {base_url}: {kind} (HTTP {status}): {detail}", status=status, code=code)
+
+
+def unreachable(base_url: str) -> Unreachable:
+    return Unreachable(f"LM Studio is not reachable at {base_url} — {START_HINT}")
+
+
+def timed_out(base_url: str, seconds: float) -> TimedOut:
+    return TimedOut(
+        f"LM Studio at {base_url} accepted the connection but did not answer within {seconds:g} s "
+        "(raise LMSTUDIO_TIMEOUT if the model is slow to load)"
+    )
+
+
+def _check_body_error(data: Any, *, base_url: str, token: str | None, model: str | None) -> None:
+    # LM Studio sometimes answers 200 with an error body ("Returning 200 anyway"): always look.
+    if isinstance(data, dict) and "error" in data and not any(k in data for k in ("choices", "data", "models")):
+        raise error_for_status(200, data, base_url=base_url, token=token, model=model)
+
+
+# ---------------------------------------------------------------- SSE
+
+
+def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """Yield each event's data from Server-Sent Events lines (per the SSE spec: multi-line data joined)."""
+    buffer: list[str] = []
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line:
+            if buffer:
+                yield "\n".join(buffer)
+                buffer = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            buffer.append(value)
+    if buffer:
+        yield "\n".join(buffer)
+
+
+class _StreamState:
+    """Turns SSE data strings into JSON chunks, knowing when a stream ended properly."""
+
+    def __init__(self, base_url: str, token: str | None, model: str | None):
+        self.base_url = base_url
+        self.token = token
+        self.model = model
+        self.done = False
+        self.finished = False  # saw a finish_reason
+
+    def decode(self, data: str) -> dict | None:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise BadResponse(
+                f"LM Studio at {self.base_url} sent a malformed stream chunk: {_one_line(redact(data, self.token), 120)}"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise BadResponse(f"LM Studio at {self.base_url} sent a stream chunk that is not a JSON object")
+        if "error" in chunk and "choices" not in chunk:
+            raise error_for_status(500, chunk, base_url=self.base_url, token=self.token, model=self.model)
+        for choice in chunk.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finished = True
+        return chunk
+
+    def cut(self, reason: str) -> StreamCut:
+        return StreamCut(f"the response from LM Studio at {self.base_url} was cut off mid-stream ({reason})")
+
+    def check_complete(self) -> None:
+        if not (self.done or self.finished):
+            raise self.cut("the connection closed before the end of the answer")
+
+
+# ---------------------------------------------------------------- clients
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class _Base:
+    def __init__(
+        self,
+        server: settings.Server,
+        *,
+        token: str | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ):
+        limits = settings.timeouts()
+        self.server = server
+        self.base_url = server.base_url
+        self.token = token
+        self.connect_timeout = connect_timeout if connect_timeout is not None else limits.connect
+        self.read_timeout = read_timeout if read_timeout is not None else limits.read
+
+    def _httpx_kwargs(self) -> dict:
+        import httpx
+
+        kwargs: dict = {
+            "base_url": self.base_url,
+            "headers": _auth_headers(self.token),
+            "timeout": httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+            "follow_redirects": False,
+        }
+        if self.base_url.startswith("http://"):
+            # No TLS is ever used for a plain-http server; skip loading a CA bundle (~80 ms).
+            kwargs["verify"] = False
+        return kwargs
+
+    def _translate(self, exc: Exception) -> LMStudioError:
+        import httpx
+
+        if isinstance(exc, LMStudioError):
+            return exc
+        if isinstance(exc, httpx.ConnectTimeout):
+            return unreachable(self.base_url)
+        if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
+            return timed_out(self.base_url, self.read_timeout)
+        if isinstance(exc, httpx.ConnectError):
+            return unreachable(self.base_url)
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return StreamCut(f"LM Studio at {self.base_url} closed the connection before the answer was complete")
+        if isinstance(exc, httpx.HTTPError):
+            return RequestFailed(f"LM Studio at {self.base_url}: {_one_line(redact(str(exc), self.token))}")
+        return RequestFailed(f"LM Studio at {self.base_url}: {_one_line(redact(repr(exc), self.token))}")
+
+    def _decode_json(self, response, model: str | None) -> Any:
+        body = _parse_body(response.content)
+        if response.status_code >= 400:
+            raise error_for_status(response.status_code, body, base_url=self.base_url, token=self.token, model=model)
+        if isinstance(body, str):
+            raise BadResponse(
+                f"LM Studio at {self.base_url} answered {response.request.url.path} with malformed JSON: "
+                f"{_one_line(redact(body, self.token), 120)}"
+            )
+        _check_body_error(body, base_url=self.base_url, token=self.token, model=model)
+        return body
+
+
+_SYNC_CLIENTS: dict[tuple, Any] = {}
+
+
+class Client(_Base):
+    """Synchronous client. The underlying httpx client is shared per process and server, for keep-alive."""
+
+    def _http(self):
+        key = (self.base_url, self.token, self.connect_timeout, self.read_timeout)
+        client = _SYNC_CLIENTS.get(key)
+        if client is None:
+            import httpx
+
+            client = httpx.Client(**self._httpx_kwargs())
+            _SYNC_CLIENTS[key] = client
+        return client
+
+    def get_json(self, path: str, *, model: str | None = None) -> Any:
+        try:
+            response = self._http().get(path)
+            return self._decode_json(response, model)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    def post_json(self, path: str, payload: dict) -> Any:
+        model = payload.get("model")
+        try:
+            response = self._http().post(path, json=payload)
+            return self._decode_json(response, model)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    def stream(self, path: str, payload: dict) -> Iterator[dict]:
+        """POST with stream=true; yield each JSON chunk; raise StreamCut if the stream ends early."""
+        model = payload.get("model")
+        state = _StreamState(self.base_url, self.token, model)
+        try:
+            with self._http().stream("POST", path, json=payload) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_for_status(
+                        response.status_code,
+                        _parse_body(response.content),
+                        base_url=self.base_url,
+                        token=self.token,
+                        model=model,
+                    )
+                for data in iter_sse_data(response.iter_lines()):
+                    chunk = state.decode(data)
+                    if chunk is not None:
+                        yield chunk
+                    if state.done:
+                        return
+        except LMStudioError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc)
+            if isinstance(error, StreamCut):
+                raise state.cut("the connection dropped") from None
+            raise error from None
+        state.check_complete()
+
+    def greeting(self) -> bool:
+        """True when the server says it is LM Studio; False for any other HTTP server."""
+        try:
+            body = self.get_json("/lmstudio-greeting")
+        except (ModelNotFound, RequestFailed, BadResponse):
+            return False
+        return isinstance(body, dict) and body.get("lmstudio") is True
+
+
+_ASYNC_CLIENTS: dict[tuple, Any] = {}
+
+
+class AsyncClient(_Base):
+    """Asynchronous client, one httpx.AsyncClient per event loop and server."""
+
+    def _http(self):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        key = (id(loop), self.base_url, self.token, self.connect_timeout, self.read_timeout)
+        entry = _ASYNC_CLIENTS.get(key)
+        if entry is None or entry[0] is not loop:
+            import httpx
+
+            entry = (loop, httpx.AsyncClient(**self._httpx_kwargs()))
+            _ASYNC_CLIENTS[key] = entry
+        return entry[1]
+
+    async def get_json(self, path: str, *, model: str | None = None) -> Any:
+        try:
+            response = await self._http().get(path)
+            return self._decode_json(response, model)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def post_json(self, path: str, payload: dict) -> Any:
+        model = payload.get("model")
+        try:
+            response = await self._http().post(path, json=payload)
+            return self._decode_json(response, model)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def stream(self, path: str, payload: dict) -> AsyncIterator[dict]:
+        model = payload.get("model")
+        state = _StreamState(self.base_url, self.token, model)
+        try:
+            async with self._http().stream("POST", path, json=payload) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise error_for_status(
+                        response.status_code,
+                        _parse_body(response.content),
+                        base_url=self.base_url,
+                        token=self.token,
+                        model=model,
+                    )
+                buffer: list[str] = []
+                async for line in response.aiter_lines():
+                    # Same dispatch rules as iter_sse_data, fed line by line.
+                    if line.strip():
+                        buffer.append(line)
+                        continue
+                    for data in iter_sse_data(buffer + [""]):
+                        chunk = state.decode(data)
+                        if chunk is not None:
+                            yield chunk
+                        if state.done:
+                            return
+                    buffer = []
+                for data in iter_sse_data(buffer):
+                    chunk = state.decode(data)
+                    if chunk is not None:
+                        yield chunk
+                    if state.done:
+                        return
+        except LMStudioError:
+            raise
+        except Exception as exc:
+            error = self._translate(exc)
+            if isinstance(error, StreamCut):
+                raise state.cut("the connection dropped") from None
+            raise error from None
+        state.check_complete()
+
+
+# ---------------------------------------------------------------- discovery fetch
+
+
+def quick_get_json(server: settings.Server, path: str, *, token: str | None, deadline: float) -> Any:
+    """GET a small JSON document within a hard wall-clock deadline (seconds from now).
+
+    Used while llm registers models, where every millisecond counts: the standard library's
+    http.client is already imported by llm, httpx would cost ~100 ms to import.
+    """
+    end = time.monotonic() + deadline
+    parts = urlsplit(server.base_url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    remaining = max(end - time.monotonic(), 0.001)
+    if parts.scheme == "https":
+        import ssl
+
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=remaining, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=remaining)
+    try:
+        try:
+            connection.connect()
+        except socket.timeout:
+            raise unreachable(server.base_url) from None
+        except OSError:
+            raise unreachable(server.base_url) from None
+        headers = {"Accept": "application/json", **_auth_headers(token)}
+        sock = connection.sock  # http.client drops its reference once the response says "close"
+        try:
+            sock.settimeout(max(end - time.monotonic(), 0.001))
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            chunks = []
+            while True:
+                sock.settimeout(max(end - time.monotonic(), 0.001))
+                piece = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+                if not piece:
+                    break
+                chunks.append(piece)
+                if time.monotonic() > end:
+                    raise socket.timeout()
+            raw = b"".join(chunks)
+        except socket.timeout:
+            raise timed_out(server.base_url, deadline) from None
+        except (OSError, http.client.HTTPException):
+            raise StreamCut(f"LM Studio at {server.base_url} closed the connection before answering") from None
+        body = _parse_body(raw)
+        if response.status >= 400:
+            raise error_for_status(response.status, body, base_url=server.base_url, token=token)
+        if isinstance(body, str):
+            raise BadResponse(f"LM Studio at {server.base_url} answered {path} with malformed JSON")
+        return body
+    finally:
+        connection.close()
