@@ -1,0 +1,80 @@
+"""Command line entry of the stand-in server: `python -m tests.fake_lmstudio --models-dir DIR --port 0 --ready-file F`.
+Starts one uvicorn server on loopback and reports its port; it must never bind beyond 127.0.0.1 or outlive its parent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A crashed test run must not leave a server behind holding a port and memory.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def _warm_imports() -> None:
+    # Importing mlx-lm takes about a second; do it before the first load asks for it.
+    import mlx_lm  # noqa: F401
+
+
+async def _serve(args) -> None:
+    import uvicorn
+
+    from .app import create_app
+    from .state import LMStudioState
+
+    state = LMStudioState(Path(args.models_dir))
+    app = create_app(state)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level=args.log_level, lifespan="off", timeout_graceful_shutdown=1, access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            await task
+            raise SystemExit("uvicorn exited before it started")
+        await asyncio.sleep(0.01)
+    if args.ready_file:
+        ready = Path(args.ready_file)
+        tmp = ready.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+        tmp.replace(ready)  # atomic: the launcher never reads a half-written file
+    print(f"fake LM Studio listening on http://{args.host}:{port}", file=sys.stderr, flush=True)
+    threading.Thread(target=_warm_imports, daemon=True).start()
+    await task
+    state.close()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_lmstudio")
+    parser.add_argument("--models-dir", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready-file")
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--parent-pid", type=int)
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost"):
+        parser.error("the stand-in only listens on loopback")
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

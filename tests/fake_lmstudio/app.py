@@ -1,0 +1,890 @@
+"""The stand-in's HTTP surface: LM Studio's OpenAI-compatible /v1, native /api/v0 and /api/v1, auth, faults,
+and the /__fake__ control API. Formats what state.py and engine.py produce; it must never make up model output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .engine import Finish, GenerationParams, ImageError, Piece, decode_image_data_uri, image_marker
+from .faults import FaultRegistry
+from .state import DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
+
+RUNTIME = {"name": "mlx-llm-fake-lmstudio", "version": "0.32.2", "supported_formats": ["safetensors"]}
+NO_MODELS_LOADED = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
+AUTH_REQUIRED = (
+    "An LM Studio API token is required to make requests to this server, but none was provided using the "
+    "Authorization header using the 'Bearer' scheme (i.e., 'Authorization: Bearer $LM_API_TOKEN'). "
+    "Learn more at: https://lmstudio.ai/docs/developer/core/authentication."
+)
+AUTH_INVALID = (
+    "The provided LM Studio API token is invalid. Learn more at: "
+    "https://lmstudio.ai/docs/developer/core/authentication."
+)
+# Paths that answer without a token: the SDK probes the greeting before it can authenticate.
+AUTH_EXEMPT = ("/lmstudio-greeting", "/__fake__")
+DEFAULT_MAX_TOKENS = 256
+
+
+class Control:
+    """Per-test knobs that are not LM Studio settings: faults, the request log, hung requests."""
+
+    def __init__(self, state: LMStudioState):
+        self.state = state
+        self.faults = FaultRegistry()
+        state.load_fault = self.faults.take_load_fail
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.default_max_tokens = DEFAULT_MAX_TOKENS
+        self.hang_release = asyncio.Event()  # hung requests wait on this until the next reset
+
+    def release_hangs(self) -> None:
+        self.hang_release.set()
+        self.hang_release = asyncio.Event()
+
+    def record(self, entry: dict) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    def reset(self, *, unload: bool = True) -> None:
+        self.faults.clear()
+        self.state.clear_scripts()
+        self.state.reset_settings()
+        self.default_max_tokens = DEFAULT_MAX_TOKENS
+        with self.lock:
+            self.requests.clear()
+        self.release_hangs()
+        if unload:
+            self.state.unload_all()
+
+
+# -- error bodies -----------------------------------------------------------------------------
+def error(message, status=400, *, code=None, param=None, type_="invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+def model_not_found(model: str, reason: str | None = None) -> JSONResponse:
+    if reason:
+        message = f'Failed to load model "{model}". Error: {reason}'
+    else:
+        message = (
+            f'Invalid model identifier "{model}". Please specify a valid downloaded model '
+            "(i.e. a model key from GET /api/v1/models)."
+        )
+    return error(message, 404, code="model_not_found", param="model")
+
+
+def not_loaded(model: str) -> JSONResponse:
+    return error(NO_MODELS_LOADED, 404, param="model")
+
+
+# -- middleware: body capture, request log, auth, faults ---------------------------------------
+class FakeMiddleware:
+    def __init__(self, app, control: Control):
+        self.app = app
+        self.control = control
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        path, method = scope["path"], scope["method"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not path.startswith("/__fake__"):
+            self._log(method, path, headers, body)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if path.startswith("/__fake__"):
+            return await self.app(scope, replay, send)
+        token = self.control.state.auth_token
+        if token and not path.startswith(AUTH_EXEMPT):
+            auth = headers.get("authorization", "")
+            if not auth.startswith("Bearer ") or not auth[7:].strip():
+                return await self._json(send, 401, _auth_body(AUTH_REQUIRED))
+            if auth[7:].strip() != token:
+                return await self._json(send, 401, _auth_body(AUTH_INVALID))
+        fault = self.control.faults.match(method, path)
+        if fault is not None:
+            if fault.kind == "hang":
+                await self.control.hang_release.wait()
+                return await self._json(send, 503, {"error": "fake LM Studio: hung request released by reset"})
+            if fault.kind == "slow" and fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.kind == "status":
+                return await self._status(send, fault)
+            if fault.kind == "malformed" and not _wants_stream(body):
+                return await self._raw(send, 200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess', "application/json")
+            if fault.kind == "cut" and not _wants_stream(body):
+                # Announce a longer body than we send, then return: the server drops the connection mid-body.
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+                await send({"type": "http.response.body", "body": b'{"id": "chatcmpl-cut", "choices": [', "more_body": True})
+                return
+            scope = dict(scope, fake_fault=fault)
+        return await self.app(scope, replay, send)
+
+    def _log(self, method, path, headers, body) -> None:
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        data = data if isinstance(data, dict) else {}
+        inputs = data.get("input")
+        self.control.record(
+            {
+                "method": method,
+                "path": path,
+                "model": data.get("model"),
+                "authorization": "authorization" in headers,
+                "stream": bool(data.get("stream")),
+                "body_size": len(body),
+                "input_count": (len(inputs) if isinstance(inputs, list) else 1) if inputs is not None else None,
+                "draft_model": data.get("draft_model"),
+                "ttl": data.get("ttl"),
+                "time": time.time(),
+            }
+        )
+
+    async def _raw(self, send, status, payload: bytes, content_type: str):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _json(self, send, status, value):
+        await self._raw(send, status, json.dumps(value).encode(), "application/json")
+
+    async def _status(self, send, fault):
+        if isinstance(fault.body, str):
+            await self._raw(send, fault.status, fault.body.encode(), "text/plain; charset=utf-8")
+        else:
+            body = fault.body if fault.body is not None else {"error": f"fake LM Studio: injected status {fault.status}"}
+            await self._json(send, fault.status, body)
+
+
+def _auth_body(message: str) -> dict:
+    return {"error": {"type": "invalid_request", "code": "invalid_api_key", "message": message}}
+
+
+def _wants_stream(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("stream"))
+
+
+# -- request parsing --------------------------------------------------------------------------
+class BadRequest(Exception):
+    def __init__(self, response: Response):
+        self.response = response
+
+
+async def read_json(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise BadRequest(error("Invalid JSON in request body", 400)) from None
+    if not isinstance(data, dict):
+        raise BadRequest(error("Request body must be a JSON object", 400))
+    return data
+
+
+def prepare_messages(messages, entry) -> list[dict]:
+    """Flatten content parts to text; images are verified and, for a vision model, become markers."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(error("'messages' field is required and must be a non-empty array", 400, param="messages"))
+    prepared, images = [], 0
+    for message in messages:
+        if not isinstance(message, dict) or "role" not in message:
+            raise BadRequest(error("Each message must be an object with a 'role'", 400, param="messages"))
+        message = dict(message)
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text":
+                    texts.append(str(part.get("text", "")))
+                elif kind == "image_url":
+                    if not entry.vision:
+                        raise BadRequest(
+                            error("Model does not support images. Please use a model that does.", 400, param="messages")
+                        )
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    try:
+                        image = decode_image_data_uri(url)
+                    except ImageError as exc:
+                        raise BadRequest(error(str(exc), 400, param="messages")) from None
+                    images += 1
+                    texts.append(image_marker(images, image))
+                else:
+                    raise BadRequest(error(f"Unsupported content part type: {kind!r}", 400, param="messages"))
+            message["content"] = "".join(texts)
+        prepared.append(message)
+    return prepared
+
+
+def generation_params(data: dict, control: Control, script: str | None) -> GenerationParams:
+    stop = data.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    max_tokens = data.get("max_tokens", data.get("max_completion_tokens"))
+    if max_tokens is None or max_tokens < 0:
+        # LM Studio's -1 means "until EOS or the context is full"; random weights rarely emit EOS, so cap it.
+        max_tokens = control.default_max_tokens
+    if max_tokens == 0:
+        raise BadRequest(error("'max_tokens' must be greater than 0 or -1", 400, param="max_tokens"))
+    temperature = data.get("temperature")
+    return GenerationParams(
+        max_tokens=int(max_tokens),
+        temperature=0.8 if temperature is None else float(temperature),
+        top_p=data.get("top_p"),
+        top_k=data.get("top_k"),
+        min_p=data.get("min_p"),
+        repeat_penalty=data.get("repeat_penalty"),
+        presence_penalty=data.get("presence_penalty"),
+        frequency_penalty=data.get("frequency_penalty"),
+        seed=data.get("seed"),
+        stop=[str(s) for s in stop],
+        script=script,
+    )
+
+
+def check_response_format(data: dict) -> None:
+    response_format = data.get("response_format")
+    if response_format is None:
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in ("json_schema", "text"):
+        raise BadRequest(error("'response_format.type' must be 'json_schema' or 'text'", 400, param="response_format"))
+    if kind == "json_schema":
+        schema = response_format.get("json_schema")
+        if not isinstance(schema, dict) or not isinstance(schema.get("schema"), dict):
+            raise BadRequest(
+                error("'response_format.json_schema.schema' must be a JSON schema object", 400, param="response_format")
+            )
+
+
+async def resolve_instance(state: LMStudioState, model: str | None, *, kind: str, ttl=None):
+    """The instance to run on, JIT-loading off the event loop. Raises BadRequest with LM Studio's bodies."""
+    if not model:
+        loaded = state.loaded("embedding" if kind == "embeddings" else "llm")
+        if loaded:
+            state.touch(loaded[0])
+            return loaded[0]
+        raise BadRequest(error(NO_MODELS_LOADED, 404, param="model"))
+    instance = state.instance(model)
+    entry = instance.entry if instance else state.entry(model)
+    if entry is None:
+        raise BadRequest(model_not_found(model))
+    wrong_type = (kind == "embeddings") != (entry.type == "embeddings")
+    if wrong_type:
+        raise BadRequest(model_not_found(model, "Model is not embedding." if kind == "embeddings" else "Model is not an LLM."))
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: state.resolve(model, ttl=ttl))
+    except ModelNotFound:
+        raise BadRequest(model_not_found(model)) from None
+    except NotLoaded:
+        if kind == "embeddings":
+            raise BadRequest(JSONResponse({"error": NO_MODELS_LOADED}, 404)) from None
+        raise BadRequest(not_loaded(model)) from None
+    except LoadError as exc:
+        raise BadRequest(model_not_found(model, str(exc))) from None
+
+
+# -- SSE plumbing -----------------------------------------------------------------------------
+class CutConnection(Exception):
+    """Raised inside a streaming response to drop the connection without a clean end."""
+
+
+class SSEResponse:
+    """Streams `data:` events from an async generator, applying slow/malformed/cut faults between chunks."""
+
+    def __init__(self, events, fault, cancel: threading.Event):
+        self.events = events
+        self.fault = fault
+        self.cancel = cancel
+
+    async def __call__(self, scope, receive, send):
+        async def watch_disconnect():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    self.cancel.set()
+                    return
+
+        watcher = asyncio.create_task(watch_disconnect())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (b"connection", b"keep-alive"),
+                ],
+            }
+        )
+        fault = self.fault
+        sent = 0
+        try:
+            async for event in self.events:
+                if fault is not None and fault.kind == "cut" and sent >= fault.after_chunks:
+                    self.cancel.set()
+                    return  # returning mid-body makes the server close the socket: no [DONE], no final chunk
+                if fault is not None and fault.kind == "malformed" and sent == fault.after_chunks:
+                    await send({"type": "http.response.body", "body": b'data: {"id": "chatcmpl-broken", "choi\n\n', "more_body": True})
+                if fault is not None and fault.kind == "slow" and fault.chunk_delay and sent:
+                    await asyncio.sleep(fault.chunk_delay)
+                payload = event if isinstance(event, str) else json.dumps(event)
+                await send({"type": "http.response.body", "body": f"data: {payload}\n\n".encode(), "more_body": True})
+                sent += 1
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.cancel.set()
+            watcher.cancel()
+
+
+def run_chat_in_thread(engine, messages, tools, params, cancel, state, instance):
+    """Run engine.chat in a worker thread; returns an async iterator of its Pieces and the Finish."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def worker():
+        state.begin_use(instance)
+        try:
+            for item in engine.chat(messages, tools=tools, params=params, cancel=cancel):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except Exception as exc:  # surfaced to the client as an error event / 500
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            state.end_use(instance)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=worker, name="fake-lmstudio-generate", daemon=True).start()
+
+    async def items():
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            yield item
+
+    return items()
+
+
+# -- chat completions -------------------------------------------------------------------------
+def _completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:21]
+
+
+def _tool_call_json(call: dict) -> dict:
+    return {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+
+
+def _stats(finish: Finish) -> dict:
+    return {
+        "tokens_per_second": finish.tokens_per_second,
+        "time_to_first_token": round(finish.time_to_first_token, 3),
+        "generation_time": round(finish.generation_time, 3),
+        "stop_reason": finish.stop_reason,
+    }
+
+
+def _usage(finish: Finish) -> dict:
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.completion_tokens,
+        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+    }
+
+
+def _model_info(instance) -> dict:
+    entry = instance.entry
+    return {"arch": entry.arch, "quant": entry.quantization, "format": entry.format, "context_length": instance.context_length}
+
+
+async def chat_completions(request: Request, *, native: bool) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    control: Control = request.app.state.control
+    try:
+        data = await read_json(request)
+        model = data.get("model")
+        instance_hint = state.instance(model) if model else None
+        entry = instance_hint.entry if instance_hint else (state.entry(model) if model else None)
+        if model and entry is None:
+            raise BadRequest(model_not_found(model))
+        if entry is not None:
+            messages = prepare_messages(data.get("messages"), entry)
+        check_response_format(data)
+        instance = await resolve_instance(state, model, kind="llm", ttl=data.get("ttl"))
+        if entry is None:
+            messages = prepare_messages(data.get("messages"), instance.entry)
+        params = generation_params(data, control, state.pop_script())
+    except BadRequest as exc:
+        return exc.response
+    tools = data.get("tools") or None
+    if data.get("tool_choice") == "none":
+        tools = None
+    cancel = threading.Event()
+    items = run_chat_in_thread(instance.engine, messages, tools, params, cancel, state, instance)
+    completion_id, created = _completion_id(), int(time.time())
+    model_name = instance.identifier
+    reasoning_model = instance.entry.reasoning
+    fault = request.scope.get("fake_fault")
+
+    if not data.get("stream"):
+        content, reasoning, tool_calls, finish = [], [], [], None
+        async for item in items:
+            if isinstance(item, Exception):
+                return error(f"Error during generation: {item}", 500, type_="server_error")
+            if isinstance(item, Finish):
+                finish = item
+            elif item.kind == "content":
+                content.append(item.text)
+            elif item.kind == "reasoning":
+                reasoning.append(item.text)
+            else:
+                tool_calls.append(_tool_call_json(item.tool_call))
+        message = {"role": "assistant", "content": "".join(content)}
+        if reasoning_model:
+            message["reasoning_content"] = "".join(reasoning)
+        if tool_calls or native:
+            message["tool_calls"] = tool_calls
+        body = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": finish.finish_reason, "message": message}],
+            "usage": _usage(finish),
+            "stats": _stats(finish) if native else {},
+            "system_fingerprint": model_name,
+        }
+        if native:
+            body["model_info"] = _model_info(instance)
+            body["runtime"] = RUNTIME
+        return JSONResponse(body)
+
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(delta: dict, finish_reason=None) -> dict:
+        return {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": model_name,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    async def events():
+        first = True
+        tool_index = 0
+        async for item in items:
+            if isinstance(item, Exception):
+                yield {"error": {"message": f"Error during generation: {item}", "type": "server_error"}}
+                return
+            if isinstance(item, Finish):
+                final = chunk({}, item.finish_reason)
+                if native:
+                    final["stats"] = _stats(item)
+                yield final
+                if include_usage:
+                    usage_chunk = chunk({})
+                    usage_chunk["choices"] = []
+                    usage_chunk["usage"] = _usage(item)
+                    yield usage_chunk
+                yield "[DONE]"
+                return
+            role = {"role": "assistant"} if first else {}
+            first = False
+            if item.kind == "content":
+                yield chunk(role | {"content": item.text})
+            elif item.kind == "reasoning":
+                yield chunk(role | {"reasoning_content": item.text})
+            else:
+                call = item.tool_call
+                head = {"index": tool_index, "id": call["id"], "type": "function",
+                        "function": {"name": call["name"], "arguments": ""}}
+                yield chunk(role | {"tool_calls": [head]})
+                # Arguments arrive in fragments, as LM Studio streams them; clients must accumulate by index.
+                arguments = call["arguments"]
+                step = max(1, len(arguments) // 4)
+                for start in range(0, len(arguments), step):
+                    fragment = {"index": tool_index, "function": {"arguments": arguments[start : start + step]}}
+                    yield chunk({"tool_calls": [fragment]})
+                tool_index += 1
+
+    return SSEResponse(events(), fault, cancel)
+
+
+async def v1_chat(request: Request) -> Response:
+    return await chat_completions(request, native=False)
+
+
+async def v0_chat(request: Request) -> Response:
+    return await chat_completions(request, native=True)
+
+
+# -- embeddings -------------------------------------------------------------------------------
+async def embeddings(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    try:
+        data = await read_json(request)
+        texts = data.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise BadRequest(error("'input' field must be a string or an array of strings", 400, param="input"))
+        model = data.get("model")
+        if not model and not state.loaded("embedding"):
+            raise BadRequest(JSONResponse({"error": NO_MODELS_LOADED}, 404))
+        instance = await resolve_instance(state, model, kind="embeddings", ttl=data.get("ttl"))
+    except BadRequest as exc:
+        return exc.response
+    loop = asyncio.get_running_loop()
+    state.begin_use(instance)
+    try:
+        vectors, tokens = await loop.run_in_executor(None, instance.engine.embed, texts)
+    finally:
+        state.end_use(instance)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "embedding": vector, "index": i} for i, vector in enumerate(vectors)],
+            "model": instance.identifier,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+# -- model listings ---------------------------------------------------------------------------
+async def greeting(request: Request) -> Response:
+    return JSONResponse({"lmstudio": True})
+
+
+async def v1_models(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    if state.jit:
+        ids = [entry.key for entry in state.downloaded()]
+    else:
+        ids = [instance.identifier for instance in state.loaded()]
+    return JSONResponse(
+        {"data": [{"id": i, "object": "model", "owned_by": "organization_owner"} for i in ids], "object": "list"}
+    )
+
+
+def v0_model(state: LMStudioState, entry) -> dict:
+    instances = [i for i in state.loaded() if i.entry.key == entry.key]
+    body = {
+        "id": entry.key,
+        "object": "model",
+        "type": entry.type,
+        "publisher": entry.publisher,
+        "arch": entry.arch,
+        "compatibility_type": entry.format,
+        "quantization": entry.quantization,
+        "state": "loaded" if instances else "not-loaded",
+        "max_context_length": entry.max_context_length,
+    }
+    if instances:
+        body["loaded_context_length"] = instances[0].context_length
+    if entry.trained_for_tool_use:
+        body["capabilities"] = ["tool_use"]
+    return body
+
+
+async def v0_models(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    return JSONResponse({"object": "list", "data": [v0_model(state, e) for e in state.downloaded()]})
+
+
+async def v0_model_detail(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    model = request.path_params["model"]
+    instance = state.instance(model)
+    entry = instance.entry if instance else state.entry(model)
+    if entry is None:
+        return error(f'Model "{model}" not found', 404, code="model_not_found", param="model")
+    return JSONResponse(v0_model(state, entry))
+
+
+def _bits(quantization: str | None) -> int | None:
+    if not quantization:
+        return None
+    digits = "".join(ch for ch in quantization if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def v1_model(state: LMStudioState, entry) -> dict:
+    is_embedding = entry.type == "embeddings"
+    body = {
+        "type": "embedding" if is_embedding else "llm",
+        "publisher": entry.publisher,
+        "key": entry.key,
+        "display_name": entry.display_name,
+    }
+    if not is_embedding:
+        body["architecture"] = entry.arch
+    body |= {
+        "quantization": {"name": entry.quantization, "bits_per_weight": _bits(entry.quantization)}
+        if entry.quantization
+        else None,
+        "size_bytes": entry.size_bytes,
+        "params_string": entry.params_string,
+        "loaded_instances": [
+            {"id": i.identifier, "config": {"context_length": i.context_length, "eval_batch_size": 512, "parallel": 1}}
+            for i in state.loaded()
+            if i.entry.key == entry.key
+        ],
+        "max_context_length": entry.max_context_length,
+        "format": entry.format,
+    }
+    if not is_embedding:
+        capabilities = {"vision": entry.vision, "trained_for_tool_use": entry.trained_for_tool_use}
+        if entry.reasoning:
+            capabilities["reasoning"] = {"allowed_options": ["on"], "default": "on"}
+        body["capabilities"] = capabilities
+        body["description"] = None
+    return body
+
+
+async def v1_models_native(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    return JSONResponse({"models": [v1_model(state, e) for e in state.downloaded()]})
+
+
+async def v1_load(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    try:
+        data = await read_json(request)
+    except BadRequest as exc:
+        return exc.response
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        return error("'model' field is required", 400, param="model")
+    if state.entry(model) is None:
+        return model_not_found(model)
+    started = time.monotonic()
+    try:
+        # REST loads get no idle TTL (documented); an undocumented `ttl` in the body is ignored, as LM Studio does.
+        instance = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: state.load(model, context_length=data.get("context_length"))
+        )
+    except LoadError as exc:
+        return error(f'Failed to load model "{model}". Error: {exc}', 500, code="model_load_failed", param="model")
+    body = {
+        "type": "embedding" if instance.entry.type == "embeddings" else "llm",
+        "instance_id": instance.identifier,
+        "load_time_seconds": round(time.monotonic() - started, 3),
+        "status": "loaded",
+    }
+    if data.get("echo_load_config"):
+        body["load_config"] = {"context_length": instance.context_length, "eval_batch_size": 512}
+    return JSONResponse(body)
+
+
+async def v1_unload(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    try:
+        data = await read_json(request)
+    except BadRequest as exc:
+        return exc.response
+    instance_id = data.get("instance_id")
+    if not isinstance(instance_id, str):
+        return error("'instance_id' field is required", 400, param="instance_id")
+    try:
+        state.unload(instance_id)
+    except NotLoaded:
+        return error(f'No loaded model found with instance_id "{instance_id}"', 404, code="model_not_found",
+                     param="instance_id")
+    return JSONResponse({"instance_id": instance_id})
+
+
+async def unexpected_endpoint(request: Request) -> Response:
+    # LM Studio answers unknown routes with 200 and an error body ("Returning 200 anyway").
+    return JSONResponse({"error": f"Unexpected endpoint or method. ({request.method} {request.url.path})"})
+
+
+# -- /__fake__ control API --------------------------------------------------------------------
+def _config_view(control: Control) -> dict:
+    state = control.state
+    return {
+        "jit": state.jit,
+        "auto_evict": state.auto_evict,
+        "default_jit_ttl": state.default_jit_ttl,
+        "auth_token": state.auth_token,
+        "load_fail": state.load_fail,
+        "default_max_tokens": control.default_max_tokens,
+    }
+
+
+async def control_config(request: Request) -> Response:
+    control: Control = request.app.state.control
+    if request.method == "POST":
+        data = await request.json()
+        unknown = set(data) - set(_config_view(control))
+        if unknown:
+            return JSONResponse({"error": f"unknown config keys: {sorted(unknown)}"}, 400)
+        for key, value in data.items():
+            if key == "default_max_tokens":
+                control.default_max_tokens = int(value)
+            else:
+                setattr(control.state, key, value)
+    return JSONResponse(_config_view(control))
+
+
+async def control_reset(request: Request) -> Response:
+    control: Control = request.app.state.control
+    data = json.loads(await request.body() or b"{}")
+    control.reset(unload=data.get("unload", True))
+    return JSONResponse({"ok": True})
+
+
+async def control_faults(request: Request) -> Response:
+    control: Control = request.app.state.control
+    if request.method == "POST":
+        try:
+            fault = control.faults.add(**(await request.json()))
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return JSONResponse(fault.to_dict())
+    if request.method == "DELETE":
+        control.faults.clear()
+    return JSONResponse({"faults": control.faults.list()})
+
+
+async def control_script(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    if request.method == "POST":
+        data = await request.json()
+        outputs = data.get("outputs")
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            return JSONResponse({"error": "'outputs' must be a list of strings"}, 400)
+        state.add_scripts(outputs)
+    elif request.method == "DELETE":
+        state.clear_scripts()
+    return JSONResponse({"outputs": state.scripts()})
+
+
+async def control_requests(request: Request) -> Response:
+    control: Control = request.app.state.control
+    with control.lock:
+        if request.method == "DELETE":
+            control.requests.clear()
+        return JSONResponse({"requests": list(control.requests)})
+
+
+async def control_state(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    return JSONResponse(
+        {
+            "loaded": [
+                {
+                    "identifier": i.identifier,
+                    "model": i.entry.key,
+                    "type": i.entry.type,
+                    "jit": i.jit,
+                    "ttl_seconds": i.ttl_seconds,
+                    "ttl_remaining": state.ttl_remaining(i),
+                    "context_length": i.context_length,
+                    "status": i.status,
+                    "instance_reference": i.instance_reference,
+                }
+                for i in state.loaded()
+            ],
+            "downloaded": [e.key for e in state.downloaded()],
+        }
+    )
+
+
+async def control_load(request: Request) -> Response:
+    """Load with the options only the SDK offers (identifier, ttl), for tests that need such an instance."""
+    state: LMStudioState = request.app.state.lmstudio
+    data = await request.json()
+    try:
+        instance = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: state.load(
+                data["model"],
+                identifier=data.get("identifier"),
+                ttl=data.get("ttl"),
+                context_length=data.get("context_length"),
+                jit=bool(data.get("jit", False)),
+            ),
+        )
+    except ModelNotFound:
+        return JSONResponse({"error": f"no such model {data['model']!r}"}, 404)
+    except DuplicateIdentifier as exc:
+        return JSONResponse({"error": str(exc)}, 409)
+    except LoadError as exc:
+        return JSONResponse({"error": str(exc)}, 500)
+    return JSONResponse({"identifier": instance.identifier, "context_length": instance.context_length})
+
+
+def create_app(state: LMStudioState) -> FakeMiddleware:
+    control = Control(state)
+    routes = [
+        Route("/lmstudio-greeting", greeting),
+        Route("/v1/models", v1_models),
+        Route("/v1/chat/completions", v1_chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/api/v0/models", v0_models),
+        Route("/api/v0/models/{model:path}", v0_model_detail),
+        Route("/api/v0/chat/completions", v0_chat, methods=["POST"]),
+        Route("/api/v0/embeddings", embeddings, methods=["POST"]),
+        Route("/api/v1/models", v1_models_native),
+        Route("/api/v1/models/load", v1_load, methods=["POST"]),
+        Route("/api/v1/models/unload", v1_unload, methods=["POST"]),
+        Route("/__fake__/config", control_config, methods=["GET", "POST"]),
+        Route("/__fake__/reset", control_reset, methods=["POST"]),
+        Route("/__fake__/faults", control_faults, methods=["GET", "POST", "DELETE"]),
+        Route("/__fake__/script", control_script, methods=["GET", "POST", "DELETE"]),
+        Route("/__fake__/requests", control_requests, methods=["GET", "DELETE"]),
+        Route("/__fake__/state", control_state),
+        Route("/__fake__/load", control_load, methods=["POST"]),
+    ]
+    try:
+        from .sdk_ws import websocket_routes
+    except ImportError:  # the SDK websocket protocol lives in its own module, written separately
+        websocket_routes = None
+    if websocket_routes is not None:
+        routes.extend(websocket_routes(state))
+    routes.append(
+        Route("/{path:path}", unexpected_endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    )
+    app = Starlette(routes=routes)
+    app.state.lmstudio = state
+    app.state.control = control
+    return FakeMiddleware(app, control)

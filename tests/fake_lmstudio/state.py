@@ -1,0 +1,362 @@
+"""The stand-in's model state: what is downloaded, what is loaded, JIT loading, idle TTL and auto-evict.
+Thread-safe and transport-free; it must never speak HTTP or websocket, and never fake a load it did not do."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+META_FILE = "lmstudio-meta.json"
+DEFAULT_JIT_TTL = 3600.0
+
+
+@dataclass
+class ModelEntry:
+    """One downloaded model, as LM Studio describes it."""
+
+    key: str
+    path: Path
+    type: str  # "llm" | "vlm" | "embeddings"
+    publisher: str
+    display_name: str
+    arch: str | None
+    format: str
+    quantization: str | None
+    size_bytes: int
+    params_string: str | None
+    max_context_length: int
+    trained_for_tool_use: bool
+    vision: bool
+    reasoning: bool
+
+    @property
+    def is_llm(self) -> bool:
+        return self.type in ("llm", "vlm")
+
+
+@dataclass
+class Instance:
+    """One loaded instance of a model."""
+
+    identifier: str
+    entry: ModelEntry
+    instance_reference: str
+    context_length: int
+    ttl_seconds: float | None
+    jit: bool
+    loaded_at: float
+    last_used: float
+    status: str = "idle"  # "idle" | "generating"
+    engine: object = None
+    gpu_ratio: float | None = None
+    active: int = field(default=0, repr=False)
+
+
+class LoadError(Exception):
+    """The model exists but could not be loaded."""
+
+
+class DuplicateIdentifier(LoadError):
+    """An instance with the requested identifier is already loaded."""
+
+
+class ModelNotFound(LookupError):
+    """No downloaded model has this key."""
+
+
+class NotLoaded(LookupError):
+    """The model is not loaded and JIT loading is not allowed."""
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file():
+                total += item.stat().st_size  # follows symlinks: the size LM Studio would report
+        except OSError:
+            continue
+    return total
+
+
+def _quantization(config: dict) -> str | None:
+    quant = config.get("quantization") or config.get("quantization_config")
+    if isinstance(quant, dict) and quant.get("bits"):
+        return f"{quant['bits']}bit"
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "")
+    return {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(dtype)
+
+
+def _params_string(path: Path, config: dict) -> str | None:
+    # Rough parameter count from the weight file sizes; LM Studio shows strings like "7B" or "135M".
+    weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    if not weights:
+        return None
+    bytes_per = 2 if _quantization(config) in ("F16", "BF16") else 4
+    count = weights / bytes_per
+    if count >= 1e9:
+        return f"{count / 1e9:.0f}B"
+    if count >= 1e6:
+        return f"{count / 1e6:.0f}M"
+    return f"{count / 1e3:.0f}K"
+
+
+def read_entry(models_dir: Path, folder: Path) -> ModelEntry | None:
+    """Describe one `<publisher>/<model>/` folder, or None if it holds no usable model."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError:
+        return None
+    meta = {}
+    if (folder / META_FILE).is_file():
+        meta = json.loads((folder / META_FILE).read_text())
+    publisher = folder.parent.name
+    architectures = " ".join(config.get("architectures") or [])
+    is_embedding = (folder / "modules.json").is_file() or "Bert" in architectures
+    template = ""
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        try:
+            template = json.loads(tokenizer_config.read_text()).get("chat_template") or ""
+        except ValueError:
+            template = ""
+    model_type = meta.get("type") or ("embeddings" if is_embedding else "llm")
+    return ModelEntry(
+        key=meta.get("key") or f"{publisher}/{folder.name}".lower(),
+        path=folder,
+        type=model_type,
+        publisher=publisher,
+        display_name=meta.get("display_name") or folder.name.replace("-", " ").title(),
+        arch=meta.get("arch", config.get("model_type")),
+        format="mlx",
+        quantization=meta.get("quantization", _quantization(config)),
+        size_bytes=_dir_size(folder),
+        params_string=meta.get("params_string", _params_string(folder, config)),
+        max_context_length=int(
+            meta.get("max_context_length") or config.get("max_position_embeddings") or 4096
+        ),
+        trained_for_tool_use=bool(meta.get("trained_for_tool_use", "tools" in template)),
+        vision=bool(meta.get("vision", model_type == "vlm")),
+        reasoning=bool(meta.get("reasoning", False)),
+    )
+
+
+def scan_models_dir(models_dir: Path) -> list[ModelEntry]:
+    entries = []
+    for publisher in sorted(p for p in Path(models_dir).iterdir() if p.is_dir()):
+        for folder in sorted(p for p in publisher.iterdir() if p.is_dir()):
+            entry = read_entry(models_dir, folder)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def _default_engine_factory(entry: ModelEntry, context_length: int):
+    from .engine import load_engine
+
+    return load_engine(entry, context_length)
+
+
+class LMStudioState:
+    """Downloaded models, loaded instances and the server settings that govern loading."""
+
+    def __init__(self, models_dir: Path, engine_factory: Callable = _default_engine_factory, ttl_check_interval=0.2):
+        self.models_dir = Path(models_dir)
+        self._engine_factory = engine_factory
+        self._lock = threading.RLock()
+        # Loads are serialized (like LM Studio's loader) so identifier assignment cannot race.
+        self._load_lock = threading.Lock()
+        self._entries = {e.key: e for e in scan_models_dir(self.models_dir)}
+        self._instances: dict[str, Instance] = {}
+        self.load_fault: Callable[[], str | None] | None = None  # set by the fault registry
+        self._scripts: deque[str] = deque()
+        self.reset_settings()
+        self._stop = threading.Event()
+        self._ttl_thread = threading.Thread(
+            target=self._ttl_loop, args=(ttl_check_interval,), name="fake-lmstudio-ttl", daemon=True
+        )
+        self._ttl_thread.start()
+
+    def reset_settings(self) -> None:
+        self.jit = True
+        self.auto_evict = True
+        self.default_jit_ttl = DEFAULT_JIT_TTL
+        self.auth_token: str | None = None
+        self.load_fail: str | None = None
+
+    # -- scripted outputs: forced through real generation by the engine ----------------------
+    def add_scripts(self, outputs: list[str]) -> None:
+        with self._lock:
+            self._scripts.extend(outputs)
+
+    def pop_script(self) -> str | None:
+        with self._lock:
+            return self._scripts.popleft() if self._scripts else None
+
+    def scripts(self) -> list[str]:
+        with self._lock:
+            return list(self._scripts)
+
+    def clear_scripts(self) -> None:
+        with self._lock:
+            self._scripts.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- downloaded models -------------------------------------------------------------------
+    def downloaded(self) -> list[ModelEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def entry(self, key) -> ModelEntry | None:
+        with self._lock:
+            return self._entries.get(key) or self._entries.get(str(key).lower())
+
+    # -- loaded instances --------------------------------------------------------------------
+    def loaded(self, type: str | None = None) -> list[Instance]:
+        with self._lock:
+            instances = list(self._instances.values())
+        if type is None:
+            return instances
+        wanted = {"llm": ("llm", "vlm"), "embedding": ("embeddings",), "embeddings": ("embeddings",)}.get(type, (type,))
+        return [i for i in instances if i.entry.type in wanted]
+
+    def instance(self, identifier) -> Instance | None:
+        with self._lock:
+            return self._instances.get(identifier)
+
+    def _next_identifier(self, key: str) -> str:
+        if key not in self._instances:
+            return key
+        n = 2
+        while f"{key}:{n}" in self._instances:
+            n += 1
+        return f"{key}:{n}"
+
+    def load(
+        self, key, *, identifier=None, ttl=None, context_length=None, gpu_ratio=None, jit=False, on_progress=None
+    ) -> Instance:
+        entry = self.entry(key)
+        if entry is None:
+            raise ModelNotFound(key)
+        with self._load_lock:
+            with self._lock:
+                if identifier is not None and identifier in self._instances:
+                    raise DuplicateIdentifier(f'Model with identifier "{identifier}" already loaded')
+                chosen = identifier or self._next_identifier(entry.key)
+            failure = self.load_fail or (self.load_fault() if self.load_fault else None)
+            if on_progress:
+                on_progress(0.0)
+            if failure:
+                raise LoadError(failure)
+            ctx = int(context_length or min(entry.max_context_length, 4096))
+            if ctx < 1 or ctx > entry.max_context_length:
+                raise LoadError(
+                    f"Requested context length {ctx} is outside 1..{entry.max_context_length} for {entry.key}"
+                )
+            if on_progress:
+                on_progress(0.5)
+            try:
+                engine = self._engine_factory(entry, ctx)
+            except Exception as exc:  # a broken model folder is a load error, as in LM Studio
+                raise LoadError(f"{type(exc).__name__}: {exc}") from exc
+            now = time.monotonic()
+            instance = Instance(
+                identifier=chosen,
+                entry=entry,
+                instance_reference=uuid.uuid4().hex,
+                context_length=ctx,
+                ttl_seconds=float(ttl) if ttl is not None else None,
+                jit=jit,
+                loaded_at=now,
+                last_used=now,
+                engine=engine,
+                gpu_ratio=gpu_ratio,
+            )
+            with self._lock:
+                self._instances[chosen] = instance
+            if on_progress:
+                on_progress(1.0)
+            return instance
+
+    def unload(self, identifier) -> Instance:
+        with self._lock:
+            instance = self._instances.pop(identifier, None)
+        if instance is None:
+            raise NotLoaded(identifier)
+        return instance
+
+    def unload_all(self) -> None:
+        with self._lock:
+            self._instances.clear()
+
+    def resolve(self, model: str, *, ttl=None, jit_allowed=True) -> Instance:
+        """The instance an inference request for `model` runs on, JIT-loading it if allowed."""
+        with self._lock:
+            instance = self._instances.get(model)
+            if instance is None:
+                entry = self.entry(model)
+                if entry is not None:
+                    instance = next((i for i in self._instances.values() if i.entry.key == entry.key), None)
+            if instance is not None:
+                self.touch(instance)
+                return instance
+        entry = self.entry(model)
+        if entry is None:
+            raise ModelNotFound(model)
+        if not (self.jit and jit_allowed):
+            raise NotLoaded(model)
+        if self.auto_evict:
+            # "Only keep last JIT loaded model": manually loaded instances are never evicted.
+            for previous in [i for i in self.loaded() if i.jit]:
+                try:
+                    self.unload(previous.identifier)
+                except NotLoaded:
+                    pass
+        return self.load(entry.key, ttl=ttl if ttl is not None else self.default_jit_ttl, jit=True)
+
+    # -- idle TTL ----------------------------------------------------------------------------
+    def ttl_remaining(self, instance) -> float | None:
+        if instance.ttl_seconds is None:
+            return None
+        if instance.status == "generating":
+            return instance.ttl_seconds
+        return max(0.0, instance.ttl_seconds - (time.monotonic() - instance.last_used))
+
+    def touch(self, instance) -> None:
+        instance.last_used = time.monotonic()
+
+    def begin_use(self, instance) -> None:
+        """Mark an instance busy: the idle timer must not unload it mid-generation."""
+        with self._lock:
+            instance.active += 1
+            instance.status = "generating"
+            self.touch(instance)
+
+    def end_use(self, instance) -> None:
+        with self._lock:
+            instance.active = max(0, instance.active - 1)
+            if instance.active == 0:
+                instance.status = "idle"
+            self.touch(instance)
+
+    def _ttl_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with self._lock:
+                expired = [
+                    i.identifier
+                    for i in self._instances.values()
+                    if i.ttl_seconds is not None and i.active == 0 and self.ttl_remaining(i) == 0.0
+                ]
+                for identifier in expired:
+                    self._instances.pop(identifier, None)
