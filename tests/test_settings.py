@@ -1,0 +1,62 @@
+import pytest
+
+from llm_lmstudio import settings
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("localhost:1234", "http://localhost:1234"),
+        ("127.0.0.1", "http://127.0.0.1:1234"),
+        ("http://gpu-box:4321/v1", "http://gpu-box:4321"),
+        ("https://lms.example.org", "https://lms.example.org:443"),
+        ("  http://[::1]:1234/  ", "http://[::1]:1234"),
+    ],
+)
+def test_base_url_accepts_host_port_or_url(value, expected):
+    assert settings.normalize_base_url(value) == expected
+
+
+@pytest.mark.parametrize("value", ["ftp://host:21", "file:///etc/passwd", "ws://localhost:1234"])
+def test_base_url_refuses_other_schemes(value):
+    with pytest.raises(settings.SettingsError, match="only http and https"):
+        settings.normalize_base_url(value)
+
+
+@pytest.mark.parametrize("value", ["javascript:alert(1)", "host:port", "http://"])
+def test_base_url_refuses_garbage_with_a_clear_message(value):
+    with pytest.raises(settings.SettingsError, match="LMSTUDIO_BASE_URL"):
+        settings.normalize_base_url(value)
+
+
+def test_default_server_is_localhost_1234():
+    assert settings.servers() == [settings.Server("http://localhost:1234", "lmstudio")]
+
+
+def test_several_servers_get_unique_readable_prefixes(monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "localhost:1234, gpu-box:1234,localhost:1234")
+    servers = settings.servers()
+    assert [s.prefix for s in servers] == ["lmstudio", "lmstudio@gpu-box:1234"]
+    assert servers[1].model_id("qwen/qwen3-4b") == "lmstudio@gpu-box:1234/qwen/qwen3-4b"
+
+
+def test_token_from_llm_keys_beats_environment(monkeypatch, user_path):
+    monkeypatch.setenv("LM_API_TOKEN", "from-env")
+    assert settings.api_token() == "from-env"
+    (user_path / "keys.json").write_text('{"lmstudio": "from-keys"}')
+    assert settings.api_token() == "from-keys"
+
+
+def test_timeouts_reject_nonsense(monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "soon")
+    with pytest.raises(settings.SettingsError, match="LMSTUDIO_TIMEOUT"):
+        settings.timeouts()
+
+
+def test_models_dir_honours_lmstudio_settings(tmp_path, monkeypatch):
+    home = tmp_path / "lmhome"
+    home.mkdir()
+    monkeypatch.setenv("LMSTUDIO_HOME", str(home))
+    assert settings.lmstudio_models_dir() == home / "models"
+    (home / "settings.json").write_text('{"downloadsFolder": "%s"}' % (tmp_path / "elsewhere"))
+    assert settings.lmstudio_models_dir() == tmp_path / "elsewhere"
