@@ -130,6 +130,10 @@ def _llm_bin() -> str:
 
 @pytest.mark.parametrize("state", ["refused", "hung"])
 def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_url, hung_url, user_path):
+    from llm.migrations import migrate
+    import sqlite_utils
+
+    migrate(sqlite_utils.Database(user_path / "logs.db"))
     env = dict(os.environ, LMSTUDIO_BASE_URL=refused_url if state == "refused" else hung_url)
     for args in (["models"], ["logs", "-n", "1"], ["--help"]):
         started = time.monotonic()
