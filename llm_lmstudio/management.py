@@ -342,6 +342,11 @@ class Manager:
             return http.AuthRequired(
                 f"The configured LM Studio API token is malformed (expected sk-lm-…): check `llm keys set lmstudio`"
             )
+        if type(exc).__module__.startswith("httpx"):
+            # The SDK's own probe of /lmstudio-greeting (httpx, 1 s) raised instead of answering False.
+            if "Timeout" in type(exc).__name__:
+                return http.TimedOut(f"LM Studio at {self.base_url} accepted the connection but did not answer")
+            return http.unreachable(self.base_url)
         if isinstance(exc, (ConnectionError, OSError)):
             return http.unreachable(self.base_url)
         return ManagementError(f"LM Studio at {self.base_url}: {_first_line(http.redact(repr(exc), self.token))}")
@@ -553,7 +558,10 @@ def _count_models(body: Any) -> tuple[int | None, int | None]:
 def server_status(server: settings.Server, token: str | None) -> ServerStatus:
     """Is the server up, does it want a token, does ours work, how many models; over HTTP, never the SDK."""
     status = ServerStatus(server.base_url, False, None, None, bool(token), None, None, None, None)
-    client = http.Client(server, token=token)
+    # A health check must answer quickly even from a hung server: no inference-sized read timeout here.
+    limits = settings.timeouts()
+    quick = {"connect_timeout": limits.connect, "read_timeout": limits.connect + 3.0}
+    client = http.Client(server, token=token, **quick)
     started = time.perf_counter()
     try:
         is_lmstudio = client.greeting()
@@ -583,7 +591,7 @@ def server_status(server: settings.Server, token: str | None) -> ServerStatus:
             status.token_accepted = True
             # Our token worked; ask once without it to learn whether the server insists on one.
             try:
-                http.Client(server, token=None).get_json("/api/v1/models")
+                http.Client(server, token=None, **quick).get_json("/api/v1/models")
                 status.requires_token = False
             except http.AuthRequired:
                 status.requires_token = True

@@ -1,0 +1,270 @@
+"""management.py: name matching, option parsing, and the SDK session against the stand-in with the real SDK,
+including how every SDK failure becomes one line (no `ws://`, no traceback) and how the token is handled."""
+
+import subprocess
+import sys
+import time
+
+import lmstudio as lms
+import pytest
+
+from llm_lmstudio import management
+from llm_lmstudio import server as http
+
+LLAMA = "test-org/tiny-llama"
+QWEN = "test-org/tiny-qwen-tools"
+EMBEDDING = "test-org/text-embedding-all-minilm-l6-v2"
+TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
+KEYS = [LLAMA, QWEN, "test-org/tiny-reasoner", "test-org/tiny-vision", EMBEDDING]
+
+
+# ---------------------------------------------------------------- matching and parsing
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        (LLAMA, LLAMA),
+        ("TEST-ORG/Tiny-Llama", LLAMA),
+        (f"lmstudio/{QWEN}", QWEN),
+        ("tiny-llama", LLAMA),  # the part after the publisher
+        ("qwen", QWEN),  # a unique partial match
+        ("minilm", EMBEDDING),
+    ],
+)
+def test_match_model_takes_exact_then_base_name_then_unique_partial(name, key):
+    assert management.match_model(name, KEYS) == key
+
+
+def test_match_model_ambiguous_name_lists_the_candidates():
+    with pytest.raises(management.AmbiguousModel) as caught:
+        management.match_model("tiny", KEYS)
+    assert caught.value.candidates == sorted(k for k in KEYS if "tiny" in k)
+    assert "test-org/tiny-vision" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_match_model_unknown_name_suggests_close_keys():
+    with pytest.raises(management.UnknownModel) as caught:
+        management.match_model("tiny-lama", KEYS)
+    assert LLAMA in str(caught.value)
+    with pytest.raises(management.UnknownModel, match="no models downloaded"):
+        management.match_model("anything", [])
+
+
+@pytest.mark.parametrize("text, ratio", [("off", 0.0), ("max", 1.0), ("MAX", 1.0), ("0.25", 0.25), ("1", 1.0)])
+def test_parse_gpu_accepts_what_lms_load_accepts(text, ratio):
+    assert management.parse_gpu(text) == ratio
+
+
+@pytest.mark.parametrize("text", ["half", "1.5", "-0.1"])
+def test_parse_gpu_rejects_anything_else(text):
+    with pytest.raises(ValueError):
+        management.parse_gpu(text)
+
+
+def test_instance_from_wire_computes_remaining_ttl_and_type():
+    now = 1_000_000.0
+    raw = {
+        "identifier": "a",
+        "modelKey": "pub/vision",
+        "format": "safetensors",
+        "vision": True,
+        "sizeBytes": 10,
+        "contextLength": 512,
+        "maxContextLength": 4096,
+        "ttlMs": 60_000,
+        "lastUsedTime": (now - 20) * 1000,
+    }
+    instance = management.instance_from_wire("llm", raw, now)
+    assert (instance.type, instance.format, instance.ttl, instance.ttl_remaining) == ("vlm", "mlx", 60.0, 40.0)
+    # An older server (SDK 1.5.0 schema) sends no TTL fields at all.
+    bare = management.instance_from_wire("embedding", {"identifier": "e", "modelKey": "e", "format": "gguf"}, now)
+    assert (bare.type, bare.format, bare.ttl, bare.ttl_remaining, bare.status) == ("embedding", "gguf", None, None, "loaded")
+
+
+def test_importing_the_plugin_does_not_import_the_sdk():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import llm_lmstudio, llm_lmstudio.cli, llm_lmstudio.management"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "llm_lmstudio.management" in imported
+    assert not {name for name in imported if name == "lmstudio" or name.startswith("lmstudio.")}
+
+
+# ---------------------------------------------------------------- the SDK session
+
+
+@pytest.fixture
+def manager(lmstudio):
+    with management.connect() as manager:
+        yield manager
+
+
+def test_load_returns_what_was_loaded_and_loaded_lists_it(manager, lmstudio):
+    seen = []
+    result = manager.load("tiny-llama", context_length=1024, gpu=0.5, ttl=300, identifier="mine", on_progress=seen.append)
+    assert (result.identifier, result.model, result.type, result.context_length) == ("mine", LLAMA, "llm", 1024)
+    assert (result.gpu, result.ttl) == (0.5, 300.0)
+    assert result.load_seconds > 0 and result.size_bytes > 0
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    [instance] = manager.loaded()
+    assert (instance.identifier, instance.model, instance.context_length, instance.ttl) == ("mine", LLAMA, 1024, 300.0)
+    assert 0 < instance.ttl_remaining <= 300
+    [state] = lmstudio.loaded()
+    assert (state["identifier"], state["ttl_seconds"], state["context_length"]) == ("mine", 300, 1024)
+
+
+def test_load_without_ttl_gives_no_ttl_like_lms_load(manager, lmstudio):
+    result = manager.load(LLAMA)
+    assert result.ttl is None
+    assert lmstudio.loaded()[0]["ttl_seconds"] is None
+
+
+def test_downloaded_marks_loaded_models_with_their_identifiers(manager):
+    manager.load(LLAMA)
+    manager.load(LLAMA, identifier="second")
+    models = {m.key: m for m in manager.downloaded()}
+    assert set(KEYS) <= set(models)
+    assert models[LLAMA].identifiers == [LLAMA, "second"] and models[LLAMA].loaded
+    assert not models[QWEN].loaded
+    assert models["test-org/tiny-vision"].type == "vlm"
+    assert models[EMBEDDING].type == "embedding" and models[EMBEDDING].format == "mlx"
+    assert {m.key for m in manager.downloaded("embedding")} == {EMBEDDING}
+    assert EMBEDDING not in {m.key for m in manager.downloaded("llm")}
+
+
+def test_embedding_models_load_and_unload_in_their_own_namespace(manager, lmstudio):
+    result = manager.load("minilm")
+    assert (result.model, result.type) == (EMBEDDING, "embedding")
+    assert [i.type for i in manager.loaded()] == ["embedding"]
+    manager.unload(result.identifier)
+    assert lmstudio.loaded() == []
+
+
+def test_unload_and_unload_all(manager, lmstudio):
+    manager.load(LLAMA, identifier="a")
+    manager.load(QWEN, identifier="b")
+    manager.load("minilm", identifier="c")
+    assert manager.unload("a").model == LLAMA
+    assert sorted(i["identifier"] for i in lmstudio.loaded()) == ["b", "c"]
+    assert sorted(i.identifier for i in manager.unload_all()) == ["b", "c"]
+    assert lmstudio.loaded() == [] and manager.unload_all() == []
+
+
+def test_unloading_an_identifier_that_is_not_loaded_names_what_is(manager):
+    manager.load(LLAMA, identifier="present")
+    with pytest.raises(management.UnknownModel, match="'absent' is loaded; loaded: present"):
+        manager.unload("absent")
+
+
+def test_duplicate_identifier_is_its_own_error(manager):
+    manager.load(LLAMA, identifier="twin")
+    with pytest.raises(management.DuplicateIdentifier) as caught:
+        manager.load(QWEN, identifier="twin")
+    assert 'Model with identifier "twin" already loaded' in str(caught.value)
+
+
+def test_refused_load_carries_lm_studios_message(manager, lmstudio):
+    lmstudio.set_fault("load_fail", message="Model loading was stopped due to insufficient system resources.")
+    with pytest.raises(management.LoadRefused) as caught:
+        manager.load(LLAMA)
+    assert str(caught.value) == (
+        "LM Studio refused to load the model: Model loading was stopped due to insufficient system resources."
+    )
+
+
+def test_context_length_beyond_the_model_is_refused(manager):
+    with pytest.raises(management.LoadRefused, match="outside 1..4096"):
+        manager.load(LLAMA, context_length=100_000)
+
+
+def test_not_running_names_the_http_address_not_the_websocket(refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    with pytest.raises(http.Unreachable) as caught:
+        with management.connect():
+            pass
+    message = str(caught.value)
+    assert refused_url in message and "ws://" not in message and "\n" not in message
+
+
+def test_hung_server_fails_quickly_instead_of_hanging(hung_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    started = time.monotonic()
+    with pytest.raises(http.LMStudioError) as caught:
+        with management.connect():
+            pass
+    assert time.monotonic() - started < 15
+    assert hung_url in str(caught.value)
+
+
+def test_https_servers_are_refused_with_an_explanation(monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "https://lmstudio.example:443")
+    with pytest.raises(management.ManagementError, match="https"):
+        with management.connect():
+            pass
+
+
+def test_server_requiring_a_token_without_one_configured(lmstudio):
+    lmstudio.configure(auth_token=TOKEN)
+    with pytest.raises(http.AuthRequired) as caught:
+        with management.connect() as manager:
+            manager.loaded()
+    assert "requires an API token: run `llm keys set lmstudio`" in str(caught.value)
+
+
+def test_token_the_installed_sdk_cannot_send_is_explained(lmstudio, monkeypatch):
+    assert not management.sdk_supports_token()  # lmstudio 1.5.0 has no api_token
+    lmstudio.configure(auth_token=TOKEN)
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    with pytest.raises(management.TokenUnsupported) as caught:
+        with management.connect() as manager:
+            manager.loaded()
+    message = str(caught.value)
+    assert "cannot send one" in message and "1.5.0" in message and TOKEN not in message
+
+
+class _TokenAwareClient(lms.Client):
+    """lmstudio 1.6's Client signature and auth message, built from the installed SDK's own formatter."""
+
+    def __init__(self, api_host=None, api_token=None):
+        super().__init__(api_host)
+        if api_token is not None:
+            client_id, passkey = api_token.removeprefix("sk-lm-").split(":")
+            self._auth_details = self._format_auth_message(client_id, passkey)
+
+
+def test_token_is_passed_to_an_sdk_that_accepts_one(lmstudio, monkeypatch):
+    lmstudio.configure(auth_token=TOKEN)
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    monkeypatch.setattr(lms, "Client", _TokenAwareClient)
+    assert management.sdk_supports_token()
+    with management.connect() as manager:
+        assert manager.load(LLAMA).identifier == LLAMA
+        assert [i.identifier for i in manager.loaded()] == [LLAMA]
+
+
+def test_status_reports_reachability_counts_and_token_needs(lmstudio, monkeypatch):
+    lmstudio.load(LLAMA)
+    server = management.pick_server()
+    status = management.server_status(server, None)
+    assert (status.reachable, status.requires_token, status.downloaded, status.loaded) == (True, False, 5, 1)
+    assert status.latency_ms > 0 and status.error is None
+    lmstudio.configure(auth_token=TOKEN)
+    locked = management.server_status(server, None)
+    assert (locked.reachable, locked.requires_token, locked.token_configured) == (True, True, False)
+    unlocked = management.server_status(server, TOKEN)
+    assert (unlocked.requires_token, unlocked.token_accepted, unlocked.downloaded) == (True, True, 5)
+    rejected = management.server_status(server, "sk-lm-wrongone:" + "x" * 20)
+    assert (rejected.requires_token, rejected.token_accepted) == (True, False)
+
+
+def test_status_of_a_hung_server_is_unreachable_within_the_connect_budget(hung_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    monkeypatch.setenv("LMSTUDIO_CONNECT_TIMEOUT", "0.5")
+    started = time.monotonic()
+    status = management.server_status(management.pick_server(), None)
+    assert time.monotonic() - started < 6
+    assert not status.reachable and hung_url in status.error
