@@ -187,6 +187,16 @@ def test_auto_evict_keeps_only_the_last_jit_model_and_spares_manual_loads(lmstud
     assert {i["identifier"] for i in lmstudio.loaded()} == {VISION, REASONER, LLAMA}
 
 
+def test_concurrent_requests_for_an_unloaded_model_share_one_jit_load(lmstudio, http):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": REASONER, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body).status_code, range(4)))
+    assert statuses == [200] * 4
+    assert [i["identifier"] for i in lmstudio.loaded()] == [REASONER]
+
+
 def test_jit_off_unloaded_model_and_unknown_model_errors(lmstudio, http):
     messages = [{"role": "user", "content": "hi"}]
     unknown = http.post("/v1/chat/completions", json={"model": "test-org/nope", "messages": messages})
@@ -311,6 +321,26 @@ def test_json_schema_response_format_with_script(lmstudio, oai):
         oai.chat.completions.create(
             model=LLAMA, messages=[{"role": "user", "content": "x"}], response_format={"type": "json_object"}
         )
+
+
+def test_json_schema_without_script_constrains_real_generation(lmstudio, oai):
+    schema = {
+        "type": "object",
+        "properties": {"count": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["count", "ok"],
+        "additionalProperties": False,
+    }
+    for seed in (1, 2, 3):
+        completion = oai.chat.completions.create(
+            model=LLAMA,
+            messages=[{"role": "user", "content": "Count."}],
+            seed=seed,
+            max_tokens=64,
+            response_format={"type": "json_schema", "json_schema": {"name": "count", "schema": schema}},
+        )
+        value = json.loads(completion.choices[0].message.content)
+        assert set(value) == {"count", "ok"}
+        assert isinstance(value["count"], int) and isinstance(value["ok"], bool)
 
 
 def test_same_seed_and_temperature_reproduce_the_same_text(lmstudio, oai):

@@ -265,7 +265,12 @@ def generation_params(data: dict, control: Control, script: str | None) -> Gener
     if max_tokens == 0:
         raise BadRequest(error("'max_tokens' must be greater than 0 or -1", 400, param="max_tokens"))
     temperature = data.get("temperature")
+    response_format = data.get("response_format") or {}
+    schema = None
+    if response_format.get("type") == "json_schema":
+        schema = response_format["json_schema"]["schema"]
     return GenerationParams(
+        json_schema=schema,
         max_tokens=int(max_tokens),
         temperature=0.8 if temperature is None else float(temperature),
         top_p=data.get("top_p"),

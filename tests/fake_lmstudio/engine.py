@@ -65,6 +65,7 @@ class GenerationParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     script: str | None = None  # forced output text (see ChatEngine._forcing_processor)
+    json_schema: dict | None = None  # constrain the output to this schema (llguidance), unless scripted
 
 
 @dataclass
@@ -195,6 +196,7 @@ class ChatEngine:
 
         self.entry = entry
         self.context_length = context_length
+        self._ll_tokenizer = None
         with MLX_LOCK:
             self.model, self.tokenizer = load(str(entry.path))
 
@@ -255,6 +257,41 @@ class ChatEngine:
 
         return process
 
+    def _schema_processor(self, schema: dict, prompt_len: int):
+        """A logits processor that masks every token the JSON schema's grammar does not allow next.
+
+        LM Studio constrains MLX models with Outlines; llguidance gives the same guarantee here."""
+        import llguidance
+        import llguidance.hf
+        import llguidance.numpy as ll_numpy
+        import mlx.core as mx
+        import numpy as np
+
+        if self._ll_tokenizer is None:
+            self._ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer._tokenizer)
+        # Compact JSON: a random-weight model would otherwise spend its whole budget on whitespace.
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar)
+        if matcher.is_error():
+            raise ValueError(f"Invalid JSON schema: {matcher.get_error()}")
+        vocab = self._ll_tokenizer.vocab_size
+        bitmask = ll_numpy.allocate_token_bitmask(1, vocab)
+        consumed = 0
+
+        def process(tokens, logits):
+            nonlocal consumed
+            generated = tokens.size - prompt_len
+            while consumed < generated:
+                matcher.consume_token(int(tokens[prompt_len + consumed].item()))
+                consumed += 1
+            ll_numpy.fill_next_token_bitmask(matcher, bitmask, 0)
+            allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:vocab].astype(bool)
+            if logits.shape[-1] > vocab:  # padded embedding rows are never valid tokens
+                allowed = np.concatenate([allowed, np.zeros(logits.shape[-1] - vocab, dtype=bool)])
+            return mx.where(mx.array(allowed), logits, mx.array(-mx.inf, logits.dtype))
+
+        return process
+
     def generate_raw(self, prompt: list[int], params: GenerationParams, cancel: threading.Event | None = None):
         """Yield (text_segment, response) from mlx_lm.stream_generate. Caller must hold MLX_LOCK."""
         import mlx.core as mx
@@ -275,6 +312,8 @@ class ChatEngine:
         )
         if params.script is not None:
             processors = [self._forcing_processor(params.script, len(prompt))]
+        elif params.json_schema is not None:
+            processors = [*processors, self._schema_processor(params.json_schema, len(prompt))]
         max_tokens = params.max_tokens if params.max_tokens and params.max_tokens > 0 else self.context_length
         max_tokens = min(max_tokens, self.context_length - len(prompt))
         for response in stream_generate(

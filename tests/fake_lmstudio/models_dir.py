@@ -1,8 +1,5 @@
 """Lays out an LM Studio-style models folder (`<publisher>/<model>/` + `lmstudio-meta.json`) from generated tiny models.
-Links files from the model factory's cache; it must never download anything except via `minilm_path()`.
-
-`test-org/tiny-vision` is the tiny llama engine behind a "vlm" entry, not a real mlx-vlm model: the server
-validates and decodes each image with Pillow and replaces it in the prompt with a text marker."""
+Links files from the model factory's cache; it must never download anything except via `minilm_path()`."""
 
 from __future__ import annotations
 
@@ -15,6 +12,8 @@ from tests.model_factory import TinyModelSpec
 
 PUBLISHER = "test-org"
 
+# `tiny-vision` is a tiny llama behind a "vlm" entry, not a real mlx-vlm model: the server validates and
+# decodes each image with Pillow and puts a text marker ("<image 1: PNG 4x3>") in the prompt instead.
 # name -> (spec, LM Studio metadata). Metadata a real LM Studio would read from its model catalog.
 CHAT_MODELS = {
     "tiny-llama": (TinyModelSpec(arch="llama"), {"params_string": "1M"}),

@@ -173,8 +173,9 @@ class LMStudioState:
         self.models_dir = Path(models_dir)
         self._engine_factory = engine_factory
         self._lock = threading.RLock()
-        # Loads are serialized (like LM Studio's loader) so identifier assignment cannot race.
-        self._load_lock = threading.Lock()
+        # Loads are serialized (like LM Studio's loader) so identifier assignment cannot race,
+        # and concurrent JIT requests for one model share a single load.
+        self._load_lock = threading.RLock()
         self._entries = {e.key: e for e in scan_models_dir(self.models_dir)}
         self._instances: dict[str, Instance] = {}
         self.load_fault: Callable[[], str | None] | None = None  # set by the fault registry
@@ -300,8 +301,7 @@ class LMStudioState:
         with self._lock:
             self._instances.clear()
 
-    def resolve(self, model: str, *, ttl=None, jit_allowed=True) -> Instance:
-        """The instance an inference request for `model` runs on, JIT-loading it if allowed."""
+    def _find_loaded(self, model: str) -> Instance | None:
         with self._lock:
             instance = self._instances.get(model)
             if instance is None:
@@ -310,20 +310,30 @@ class LMStudioState:
                     instance = next((i for i in self._instances.values() if i.entry.key == entry.key), None)
             if instance is not None:
                 self.touch(instance)
-                return instance
+            return instance
+
+    def resolve(self, model: str, *, ttl=None, jit_allowed=True) -> Instance:
+        """The instance an inference request for `model` runs on, JIT-loading it if allowed."""
+        instance = self._find_loaded(model)
+        if instance is not None:
+            return instance
         entry = self.entry(model)
         if entry is None:
             raise ModelNotFound(model)
         if not (self.jit and jit_allowed):
             raise NotLoaded(model)
-        if self.auto_evict:
-            # "Only keep last JIT loaded model": manually loaded instances are never evicted.
-            for previous in [i for i in self.loaded() if i.jit]:
-                try:
-                    self.unload(previous.identifier)
-                except NotLoaded:
-                    pass
-        return self.load(entry.key, ttl=ttl if ttl is not None else self.default_jit_ttl, jit=True)
+        with self._load_lock:
+            instance = self._find_loaded(model)  # another request may have loaded it meanwhile
+            if instance is not None:
+                return instance
+            if self.auto_evict:
+                # "Only keep last JIT loaded model": manually loaded instances are never evicted.
+                for previous in [i for i in self.loaded() if i.jit]:
+                    try:
+                        self.unload(previous.identifier)
+                    except NotLoaded:
+                        pass
+            return self.load(entry.key, ttl=ttl if ttl is not None else self.default_jit_ttl, jit=True)
 
     # -- idle TTL ----------------------------------------------------------------------------
     def ttl_remaining(self, instance) -> float | None:
