@@ -1,0 +1,350 @@
+"""`llm lmstudio load|unload|ps|ls|status` run through click against the stand-in with the real SDK:
+output for people, the documented --json shapes, JIT + TTL in ps, several instances, --all, and each error."""
+
+import io
+import json
+import re
+
+import httpx
+import lmstudio as lms
+import pytest
+from click.testing import CliRunner
+from llm.cli import cli
+
+from llm_lmstudio import catalog
+
+LLAMA = "test-org/tiny-llama"
+QWEN = "test-org/tiny-qwen-tools"
+EMBEDDING = "test-org/text-embedding-all-minilm-l6-v2"
+TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["lmstudio", *args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output and "ws://" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def chat_with_ttl(base_url, model, ttl):
+    response = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ttl": ttl},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("command", ["load", "unload", "ps", "ls", "status"])
+def test_every_command_has_help_with_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"llm lmstudio {command}" in result.output
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_load_prints_the_identifier_and_the_load_time(lmstudio):
+    result = run("load", "tiny-llama", "--ttl", "600", "-c", "1024")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"Loaded test-org/tiny-llama in \d+\.\d\d s \(.*context 1024, idle TTL 10m\)", result.stdout)
+    assert 'Identifier: "test-org/tiny-llama"' in result.stdout
+    assert f"llm -m lmstudio/{LLAMA}" in result.stdout
+    [loaded] = lmstudio.loaded()
+    assert (loaded["model"], loaded["context_length"], loaded["ttl_seconds"], loaded["jit"]) == (LLAMA, 1024, 600, False)
+
+
+def test_load_json_is_the_documented_shape_without_a_progress_bar(lmstudio):
+    result = run("load", LLAMA, "--identifier", "scripted", "--gpu", "max", "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    data = json.loads(result.stdout)
+    assert set(data) == {
+        "identifier", "model", "model_id", "type", "context_length", "gpu", "ttl", "load_seconds", "size_bytes", "server",
+    }
+    assert (data["identifier"], data["model"], data["model_id"], data["type"]) == ("scripted", LLAMA, f"lmstudio/{LLAMA}", "llm")
+    assert (data["gpu"], data["ttl"], data["server"]) == (1.0, None, lmstudio.base_url)
+    assert data["load_seconds"] > 0 and data["size_bytes"] > 0 and data["context_length"] > 0
+
+
+def test_load_options_reach_lm_studio_as_load_config(lmstudio):
+    assert run("load", LLAMA, "--gpu", "off", "--context-length", "512", "--identifier", "cfg").exit_code == 0
+    with lms.Client(lmstudio.host_port) as client:
+        config = client.llm.model("cfg").get_load_config()
+    assert (config.context_length, config.gpu.ratio) == (512, 0.0)
+
+
+def test_load_progress_bar_follows_sdk_progress_on_a_terminal(monkeypatch):
+    from llm_lmstudio import cli as commands
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    progress = commands._LoadProgress("Loading tiny-llama", enabled=terminal.isatty())
+    for fraction in (0.0, 0.5, 1.0):
+        progress.update(fraction)
+    progress.finish()
+    drawn = terminal.getvalue()
+    assert "Loading tiny-llama" in drawn and "50%" in drawn and "100%" in drawn
+
+
+def test_load_rejects_a_bad_gpu_value_before_connecting():
+    result = run("load", LLAMA, "--gpu", "lots")
+    assert result.exit_code == 2 and "'lots' is not off, max or a number between 0 and 1" in result.output
+
+
+def test_load_ambiguous_name_lists_the_candidates(lmstudio):
+    assert_one_line_error(run("load", "tiny"), "'tiny' matches several models", LLAMA, QWEN)
+    assert lmstudio.loaded() == []
+
+
+def test_load_unknown_name_lists_what_there_is(lmstudio):
+    assert_one_line_error(run("load", "no-such-model"), "No model matches 'no-such-model'", LLAMA)
+
+
+def test_load_duplicate_identifier_fails(lmstudio):
+    lmstudio.load(LLAMA, identifier="taken")
+    assert_one_line_error(run("load", QWEN, "--identifier", "taken"), 'Model with identifier "taken" already loaded')
+
+
+def test_load_refused_by_lm_studio_shows_its_message(lmstudio):
+    lmstudio.set_fault("load_fail", message="Model loading was stopped due to insufficient system resources.")
+    assert_one_line_error(
+        run("load", LLAMA), "LM Studio refused to load the model: Model loading was stopped due to insufficient"
+    )
+
+
+def test_load_and_unload_refresh_the_model_list_cache(lmstudio):
+    def cached_llama():
+        entry = catalog.read_cache()[lmstudio.base_url]
+        return next(m for m in entry["models"] if m["key"] == LLAMA)
+
+    assert run("load", LLAMA).exit_code == 0
+    assert cached_llama()["loaded"] is True
+    assert run("unload", LLAMA).exit_code == 0
+    assert cached_llama()["loaded"] is False
+
+
+# ---------------------------------------------------------------- unload
+
+
+def test_unload_by_identifier_keeps_the_others(lmstudio):
+    lmstudio.load(LLAMA, identifier="one")
+    lmstudio.load(LLAMA, identifier="two")
+    result = run("unload", "one")
+    assert result.exit_code == 0 and result.stdout == f'Unloaded "one" ({LLAMA}).\n'
+    assert [i["identifier"] for i in lmstudio.loaded()] == ["two"]
+
+
+def test_unload_all(lmstudio):
+    lmstudio.load(LLAMA)
+    lmstudio.load(QWEN)
+    lmstudio.load(EMBEDDING)
+    result = run("unload", "--all", "--json")
+    assert result.exit_code == 0, result.output
+    unloaded = json.loads(result.stdout)["unloaded"]
+    assert sorted(i["identifier"] for i in unloaded) == sorted([LLAMA, QWEN, EMBEDDING])
+    assert lmstudio.loaded() == []
+
+
+def test_unload_without_identifier_takes_the_only_loaded_model(lmstudio):
+    lmstudio.load(QWEN)
+    result = run("unload")
+    assert result.exit_code == 0 and QWEN in result.stdout
+    assert lmstudio.loaded() == []
+    assert run("unload").stdout == "No models are loaded.\n"
+
+
+def test_unload_without_identifier_refuses_to_guess_among_several(lmstudio):
+    lmstudio.load(LLAMA)
+    lmstudio.load(QWEN)
+    assert_one_line_error(run("unload"), "Several models are loaded", "--all")
+    assert len(lmstudio.loaded()) == 2
+
+
+def test_unload_unknown_identifier_names_the_loaded_ones(lmstudio):
+    lmstudio.load(LLAMA, identifier="here")
+    assert_one_line_error(run("unload", "elsewhere"), "'elsewhere' is loaded; loaded: here")
+
+
+def test_unload_identifier_and_all_together_is_a_usage_error():
+    result = run("unload", "x", "--all")
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+# ---------------------------------------------------------------- ps
+
+
+def test_ps_shows_jit_ttl_counting_down_and_manual_loads_without_ttl(lmstudio):
+    lmstudio.load(QWEN, identifier="manual")
+    chat_with_ttl(lmstudio.base_url, LLAMA, 90)
+    result = run("ps")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["IDENTIFIER", "MODEL", "TYPE", "SIZE", "CONTEXT", "TTL", "STATUS"]
+    jit_row = next(line for line in lines if line.startswith(LLAMA))
+    assert re.search(r"  (1m \d+s|1m|\d+s) / 1m 30s  ", jit_row), jit_row  # remaining / total
+    manual_row = next(line for line in lines if line.startswith("manual"))
+    assert " - " in manual_row and QWEN in manual_row
+
+
+def test_ps_json_is_the_documented_shape(lmstudio):
+    chat_with_ttl(lmstudio.base_url, LLAMA, 120)
+    lmstudio.load(EMBEDDING)
+    result = run("ps", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["identifier"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {LLAMA, EMBEDDING}
+    for row in rows.values():
+        assert set(row) == {
+            "identifier", "model", "type", "format", "size_bytes", "context_length", "max_context_length",
+            "ttl", "ttl_remaining", "status",
+        }
+    assert (rows[LLAMA]["type"], rows[LLAMA]["ttl"]) == ("llm", 120.0)
+    assert 0 < rows[LLAMA]["ttl_remaining"] <= 120
+    assert (rows[EMBEDDING]["type"], rows[EMBEDDING]["ttl"], rows[EMBEDDING]["ttl_remaining"]) == ("embedding", None, None)
+
+
+def test_ps_lists_several_instances_of_one_model(lmstudio):
+    assert run("load", LLAMA).exit_code == 0
+    assert run("load", LLAMA).exit_code == 0
+    assert run("load", LLAMA, "--identifier", "third").exit_code == 0
+    rows = json.loads(run("ps", "--json").stdout)
+    assert [(r["identifier"], r["model"]) for r in rows] == [(LLAMA, LLAMA), (f"{LLAMA}:2", LLAMA), ("third", LLAMA)]
+
+
+def test_ps_with_nothing_loaded(lmstudio):
+    result = run("ps")
+    assert result.exit_code == 0 and result.stdout == "No models are currently loaded.\n"
+    assert json.loads(run("ps", "--json").stdout) == []
+
+
+def test_jit_model_evicted_by_the_next_jit_load_disappears_from_ps(lmstudio):
+    chat_with_ttl(lmstudio.base_url, LLAMA, 60)
+    chat_with_ttl(lmstudio.base_url, QWEN, 60)
+    assert [r["identifier"] for r in json.loads(run("ps", "--json").stdout)] == [QWEN]
+
+
+# ---------------------------------------------------------------- ls
+
+
+def test_ls_lists_llms_and_embeddings_with_a_loaded_marker(lmstudio):
+    lmstudio.load(LLAMA)
+    lmstudio.load(LLAMA, identifier="again")
+    result = run("ls")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("You have 5 models, taking up ")
+    assert re.search(r"^LLM\s+TYPE\s+FORMAT\s+PARAMS\s+ARCH\s+SIZE$", out, re.M)
+    assert re.search(r"^EMBEDDING\s+TYPE", out, re.M)
+    assert re.search(rf"^{LLAMA}\s+llm\s+mlx\s+1M\s+llama\s+\S+ KB\s+LOADED ×2$", out, re.M)
+    assert re.search(r"^test-org/tiny-vision\s+vlm\s+mlx", out, re.M)
+    assert re.search(rf"^{QWEN}\s+llm\s+mlx\s+1M\s+qwen2\s+\S+ KB$", out, re.M)
+
+
+def test_ls_filters_and_json_shape_include_native_mlx_models(lmstudio, lmstudio_models_dir, monkeypatch):
+    # Point the native-MLX scan at the stand-in's folder, as if LM Studio's models were on this disk.
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(lmstudio_models_dir))
+    lmstudio.load(EMBEDDING)
+    data = json.loads(run("ls", "--embedding", "--json").stdout)
+    assert set(data) == {"lmstudio", "native"}
+    [model] = data["lmstudio"]
+    assert set(model) == {
+        "key", "type", "format", "display_name", "params", "arch", "size_bytes", "max_context_length", "path",
+        "tool_use", "identifiers", "loaded",
+    }
+    assert (model["key"], model["type"], model["loaded"], model["identifiers"]) == (EMBEDDING, "embedding", True, [EMBEDDING])
+    assert data["native"] and all(n["kind"] == "embedding" for n in data["native"])
+    llms = json.loads(run("ls", "--llm", "--json").stdout)
+    assert EMBEDDING not in {m["key"] for m in llms["lmstudio"]}
+    assert "mlx/tiny-llama" in {n["model_id"] for n in llms["native"]}
+    assert set(llms["native"][0]) == {"model_id", "name", "kind", "arch", "size_bytes", "source", "path"}
+    text = run("ls", "--llm").stdout
+    assert "native MLX" in text and "mlx/tiny-llama" in text
+
+
+def test_ls_llm_and_embedding_together_is_a_usage_error():
+    assert run("ls", "--llm", "--embedding").exit_code == 2
+
+
+# ---------------------------------------------------------------- errors shared by the SDK commands
+
+
+@pytest.mark.parametrize("args", [("load", LLAMA), ("unload", "--all"), ("ps",), ("ls",)])
+def test_lm_studio_not_running_is_one_line_naming_the_address(args, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    assert_one_line_error(run(*args), f"LM Studio is not reachable at {refused_url}")
+
+
+def test_server_wanting_a_token_the_sdk_cannot_send_says_so(lmstudio, monkeypatch):
+    lmstudio.configure(auth_token=TOKEN)
+    assert_one_line_error(run("ps"), "requires an API token: run `llm keys set lmstudio`")
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    assert_one_line_error(run("ps"), "requires an API token, and the installed lmstudio SDK (1.5.0) cannot send one")
+
+
+def test_server_option_picks_the_server_to_manage(lmstudio, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{refused_url},{lmstudio.base_url}")
+    lmstudio.load(LLAMA)
+    assert_one_line_error(run("ps"), refused_url)
+    result = run("ps", "--server", lmstudio.host_port)
+    assert result.exit_code == 0 and LLAMA in result.stdout
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_reachable_server_exits_zero(lmstudio):
+    lmstudio.load(LLAMA)
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert re.match(
+        rf"{re.escape(lmstudio.base_url)}  reachable \([\d.]+ ms\)  token: not required  models: 5 downloaded, 1 loaded$",
+        result.stdout.splitlines()[0],
+    )
+
+
+def test_status_json_is_the_documented_shape(lmstudio):
+    result = run("status", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert set(data) == {"servers", "sdk"}
+    [server] = data["servers"]
+    assert set(server) == {
+        "base_url", "reachable", "latency_ms", "requires_token", "token_configured", "token_accepted",
+        "downloaded", "loaded", "error",
+    }
+    assert (server["base_url"], server["reachable"], server["downloaded"], server["loaded"]) == (lmstudio.base_url, True, 5, 0)
+    assert data["sdk"] == {"installed": True, "version": lms.__version__, "token_support": False}
+
+
+def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{refused_url}")
+    result = run("status", "--json")
+    assert result.exit_code == 1
+    reachable = {s["base_url"]: s["reachable"] for s in json.loads(result.stdout)["servers"]}
+    assert reachable == {lmstudio.base_url: True, refused_url: False}
+    text = run("status")
+    assert text.exit_code == 1 and f"{refused_url}  unreachable: LM Studio is not reachable" in text.stdout
+
+
+def test_status_explains_a_token_requirement(lmstudio, monkeypatch):
+    lmstudio.configure(auth_token=TOKEN)
+    result = run("status")
+    assert result.exit_code == 0
+    assert "token: required, none configured" in result.stdout
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    result = run("status")
+    assert "token: required, ours accepted  models: 5 downloaded" in result.stdout
+    assert "lmstudio 1.5.0 cannot send API tokens" in result.stdout
