@@ -374,7 +374,7 @@ def _user_error(exc: http.LMStudioError, key: str) -> llm.ModelError:
     return llm.ModelError(message)
 
 
-CUT_MARKER = "\n[response cut off: {reason}]"
+CUT_MARKER = "\n[response cut off: {reason}]\n"
 
 
 def _report_cut(message: str) -> None:
@@ -414,6 +414,13 @@ class _Shared:
         if prompt.tools and not self.supports_tools:
             raise llm.ModelError(f"{self.model_id} is not trained for tool use according to LM Studio")
 
+    def _interrupted(self, accumulator: "Accumulator", response, exc: http.LMStudioError) -> StreamEvent:
+        """A failure after text has streamed: keep what arrived, mark it, and fail once it is logged."""
+        reason = str(exc)
+        accumulator.finish(response, self._endpoint, cut=reason)
+        _report_cut(f"{reason}; what arrived is shown above and kept in the log")
+        return StreamEvent(type="text", chunk=CUT_MARKER.format(reason=reason))
+
 
 class LMStudioChat(_Shared, llm.Model):
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
@@ -423,20 +430,17 @@ class LMStudioChat(_Shared, llm.Model):
         accumulator = Accumulator(time.monotonic())
         try:
             if stream:
-                try:
-                    for chunk in self._stream(client, payload):
-                        yield from accumulator.feed_chunk(chunk)
-                except http.StreamCut as exc:
-                    yield from accumulator.flush()
-                    yield StreamEvent(type="text", chunk=CUT_MARKER.format(reason=str(exc)))
-                    accumulator.finish(response, self._endpoint, cut=str(exc))
-                    _report_cut(f"{exc}; what arrived is shown above and kept in the log")
-                    return
+                for chunk in self._stream(client, payload):
+                    yield from accumulator.feed_chunk(chunk)
             else:
                 yield from accumulator.feed_completion(self._post(client, payload))
             yield from accumulator.flush()
         except http.LMStudioError as exc:
-            raise _user_error(exc, self.entry.key) from None
+            if accumulator.first_token_at is None:
+                raise _user_error(exc, self.entry.key) from None
+            yield from accumulator.flush()
+            yield self._interrupted(accumulator, response, exc)
+            return
         accumulator.finish(response, self._endpoint)
 
     def _post(self, client: http.Client, payload: dict) -> dict:
@@ -467,17 +471,9 @@ class LMStudioAsyncChat(_Shared, llm.AsyncModel):
         accumulator = Accumulator(time.monotonic())
         try:
             if stream:
-                try:
-                    async for chunk in client.stream(self._endpoint, payload):
-                        for event in accumulator.feed_chunk(chunk):
-                            yield event
-                except http.StreamCut as exc:
-                    for event in accumulator.flush():
+                async for chunk in client.stream(self._endpoint, payload):
+                    for event in accumulator.feed_chunk(chunk):
                         yield event
-                    yield StreamEvent(type="text", chunk=CUT_MARKER.format(reason=str(exc)))
-                    accumulator.finish(response, self._endpoint, cut=str(exc))
-                    _report_cut(f"{exc}; what arrived is shown above and kept in the log")
-                    return
             else:
                 data = await client.post_json(self._endpoint, payload)
                 for event in accumulator.feed_completion(data):
@@ -485,5 +481,10 @@ class LMStudioAsyncChat(_Shared, llm.AsyncModel):
             for event in accumulator.flush():
                 yield event
         except http.LMStudioError as exc:
-            raise _user_error(exc, self.entry.key) from None
+            if accumulator.first_token_at is None:
+                raise _user_error(exc, self.entry.key) from None
+            for event in accumulator.flush():
+                yield event
+            yield self._interrupted(accumulator, response, exc)
+            return
         accumulator.finish(response, self._endpoint)
