@@ -16,6 +16,8 @@ from . import settings
 
 # Token support in the SDK (`Client(api_host, api_token=...)`) arrived in lmstudio 1.6.
 TOKEN_SDK_VERSION = "1.6"
+# Listing and unloading answer at once; only a load may legitimately go quiet for long (LMSTUDIO_TIMEOUT).
+RPC_TIMEOUT = 30.0
 
 
 class ManagementError(http.LMStudioError):
@@ -240,6 +242,7 @@ class Manager:
         self._client = None
         self._token_sent = False
         self._connected: set[str] = set()
+        self._wait = min(self.timeouts.read, RPC_TIMEOUT)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -250,8 +253,6 @@ class Manager:
                 f"LM Studio at {self.base_url} is served over https, which the lmstudio SDK cannot reach: "
                 "model management needs LM Studio's plain http address (host:port)"
             )
-        # The SDK's wait for each server message; a hung server fails the command instead of hanging it.
-        lms.set_sync_api_timeout(self.timeouts.read)
         host = self.server.host_port
         try:
             # Probe /lmstudio-greeting first, so "not running" is reported before anything else.
@@ -313,7 +314,10 @@ class Manager:
             self._connected.add(namespace)
         return session
 
-    def _call(self, func: Callable[[], Any]) -> Any:
+    def _call(self, func: Callable[[], Any], *, wait: float | None = None) -> Any:
+        """Run one SDK call; `wait` bounds the silence between server messages, so a hung server fails the command."""
+        self._wait = wait if wait is not None else min(self.timeouts.read, RPC_TIMEOUT)
+        _lms().set_sync_api_timeout(self._wait)
         try:
             return func()
         except http.LMStudioError:
@@ -328,7 +332,7 @@ class Manager:
         if isinstance(exc, http.LMStudioError):
             return exc
         if isinstance(exc, lms.LMStudioTimeoutError) or isinstance(exc, TimeoutError):
-            return http.timed_out(self.base_url, self.timeouts.read)
+            return http.timed_out(self.base_url, self._wait)
         if isinstance(exc, lms.LMStudioServerError):
             return self._server_error(exc)
         if isinstance(exc, lms.LMStudioWebsocketError):
@@ -340,7 +344,7 @@ class Manager:
             return ManagementError(f"LM Studio at {self.base_url}: {_first_line(str(exc))}")
         if type(exc).__name__ == "LMStudioValueError" and self.token:
             return http.AuthRequired(
-                f"The configured LM Studio API token is malformed (expected sk-lm-…): check `llm keys set lmstudio`"
+                "The configured LM Studio API token is malformed (expected sk-lm-…): check `llm keys set lmstudio`"
             )
         if type(exc).__module__.startswith("httpx"):
             # The SDK's own probe of /lmstudio-greeting (httpx, 1 s) raised instead of answering False.
@@ -455,7 +459,8 @@ class Manager:
         handle = self._call(
             lambda: session.load_new_instance(
                 model.key, identifier, ttl=ttl, config=config or None, on_load_progress=on_progress
-            )
+            ),
+            wait=self.timeouts.read,
         )
         seconds = time.perf_counter() - started
         instance = next((i for i in self.loaded() if i.identifier == handle.identifier), None)
