@@ -19,6 +19,9 @@ def register_models(register):
         if not entry.is_embedding:
             register(LMStudioChat(entry, server), LMStudioAsyncChat(entry, server))
     _register_native(register, "chat")
+    from .router import ROUTER_ALIASES, Router
+
+    register(Router(), aliases=ROUTER_ALIASES)
 
 
 @llm.hookimpl

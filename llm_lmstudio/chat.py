@@ -367,18 +367,28 @@ def _suggest(key: str) -> str:
     return " — list the models with `llm models -q lmstudio`"
 
 
+class LMStudioModelError(llm.ModelError):
+    """A failed LM Studio request; `kind` names the failure (Unreachable, TimedOut, ModelNotFound...) for the router."""
+
+    def __init__(self, message: str, kind: str, status: int | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
 def _user_error(exc: http.LMStudioError, key: str) -> llm.ModelError:
     message = str(exc)
     if isinstance(exc, http.ModelNotFound):
         message += _suggest(key)
-    return llm.ModelError(message)
+    return LMStudioModelError(message, type(exc).__name__, exc.status)
 
 
 CUT_MARKER = "\n[response cut off: {reason}]\n"
 
 
-def _report_cut(message: str) -> None:
-    """Inside the llm CLI, fail only after llm has logged what arrived; elsewhere, fail now."""
+def fail_after_logging(message: str) -> None:
+    """Inside the llm CLI, fail only after llm has logged what arrived (click runs close callbacks
+    after the command, and turns a ClickException raised there into a one-line error); elsewhere, fail now."""
     import click
 
     context = click.get_current_context(silent=True)
@@ -418,7 +428,7 @@ class _Shared:
         """A failure after text has streamed: keep what arrived, mark it, and fail once it is logged."""
         reason = str(exc)
         accumulator.finish(response, self._endpoint, cut=reason)
-        _report_cut(f"{reason}; what arrived is shown above and kept in the log")
+        fail_after_logging(f"{reason}; what arrived is shown above and kept in the log")
         return StreamEvent(type="text", chunk=CUT_MARKER.format(reason=reason))
 
 

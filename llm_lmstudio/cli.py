@@ -455,3 +455,79 @@ def mlx_list(json_):
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers) - 1)]
     for row in [headers] + rows:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + "  " + str(row[-1]))
+
+
+# ---------------------------------------------------------------- route (the router's decision, explained)
+
+
+@lmstudio_group.command(name="route")
+@click.argument("prompt", required=False)
+@click.option("-s", "--system", help="System prompt, as the router would see it")
+@click.option("-a", "--attachment", "attachments", multiple=True, help="Attachment path or URL (images need a vision model)")
+@click.option("--tools", "needs_tools", is_flag=True, help="Route as if the prompt offered tools (-T)")
+@click.option("--schema", "needs_schema", is_flag=True, help="Route as if the prompt had a --schema")
+@click.option("--task", help="Skip classification: route as this task")
+@click.option("json_", "--json", is_flag=True, help="Output the decision as JSON")
+def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
+    """Show how the router would handle PROMPT, without running it.
+
+    Prints the task and confidence, the classifier used, every candidate with its score and
+    reasons, excluded models and why, and the fallback chain. Reads the prompt from standard
+    input when it is not given.
+
+    Example:
+
+        llm lmstudio route "Write a Python function that parses ISO dates"
+        cat error.log | llm lmstudio route --json
+    """
+    import json
+    import sys
+
+    import llm
+
+    from . import router, settings
+
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give a PROMPT or pipe one in")
+        prompt = sys.stdin.read()
+    try:
+        config = settings.router_config()
+    except settings.SettingsError as exc:
+        raise click.ClickException(str(exc))
+    model = router.Router()
+    resolved = []
+    for value in attachments:
+        if value.startswith(("http://", "https://")):
+            resolved.append(llm.Attachment(url=value))
+        else:
+            resolved.append(llm.Attachment(path=value))
+    tools = [llm.Tool(name="tool", description="", input_schema={"type": "object"}, implementation=lambda: "")] if needs_tools else None
+    fake_prompt = llm.Prompt(
+        prompt,
+        model,
+        system=system,
+        attachments=resolved,
+        tools=tools,
+        schema={"type": "object"} if needs_schema else None,
+        options=model.Options(),
+    )
+    plan = router.make_plan(fake_prompt, config, task)
+    data = plan.to_json()
+    if json_:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"Task: {data['task']} (confidence {data['confidence']:.2f}, {data['classifier']} classifier)")
+    if data["classifier_note"]:
+        click.echo(f"  note: {data['classifier_note']}")
+    click.echo("Candidates:")
+    for candidate in data["candidates"] or []:
+        marker = "*" if candidate["model"] == data["chosen"] else " "
+        click.echo(f" {marker} {candidate['score']:7.1f}  {candidate['model']}" + ("  [loaded]" if candidate["loaded"] else ""))
+        for reason in candidate["reasons"]:
+            click.echo(f"              {reason}")
+    if not data["candidates"]:
+        click.echo("   (none)")
+    for item in data["excluded"]:
+        click.echo(f"   excluded: {item['model']}: {item['reason']}")
+    click.echo("Chain: " + (" -> ".join(data["chain"]) if data["chain"] else "(empty: nothing can answer this prompt)"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -162,3 +162,131 @@ def lmstudio_models_dir() -> Path:
         if isinstance(folder, str) and folder:
             return Path(folder).expanduser()
     return home / "models"
+
+
+# ---------------------------------------------------------------- router configuration
+
+ROUTER_CONFIG_NAMES = ("lmstudio-router.yaml", "lmstudio-router.yml", "lmstudio-router.json")
+ROUTER_CLASSIFIERS = ("auto", "keyword", "embedding")
+LOCAL_PREFIXES = ("lmstudio/", "lmstudio@", "mlx/")
+
+
+def is_local_model_id(model_id: str) -> bool:
+    """Models this plugin runs on the user's own LM Studio servers or in-process."""
+    return model_id.startswith(LOCAL_PREFIXES)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The router's settings file, validated. Every field has a safe default: no file means local only."""
+
+    path: Path | None = None
+    classifier: str = "auto"
+    embedding_model: str | None = None
+    prefer: dict = field(default_factory=dict)  # task -> [model id or LM Studio key, ...] in order
+    exclude: tuple = ()
+    fallback: tuple = ()  # cloud models, used only after every local candidate failed
+    tasks: dict = field(default_factory=dict)  # task -> extra exemplar prompts (new tasks allowed)
+    keywords: dict = field(default_factory=dict)  # task -> extra keywords for the keyword classifier
+    ttl: int = 600  # idle seconds before LM Studio unloads a model the router JIT-loaded
+    max_attempts: int = 4
+
+
+def router_config_path() -> Path | None:
+    for name in ROUTER_CONFIG_NAMES:
+        path = llm.user_dir() / name
+        if path.is_file():
+            return path
+    return None
+
+
+def _string_list(value, where: str) -> tuple:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise SettingsError(f"{where} must be a list of non-empty strings")
+    return tuple(v.strip() for v in value)
+
+
+def _task_map(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise SettingsError(f"{where} must be a mapping of task name to a list of strings")
+    result = {}
+    for task, items in value.items():
+        if not isinstance(task, str) or not task.strip():
+            raise SettingsError(f"{where} has a task name that is not a string")
+        # where is "<file>: 'key'"; name the nested key inside the quotes
+        result[task.strip()] = list(_string_list(items, f"{where[:-1]}.{task}'"))
+    return result
+
+
+def parse_router_config(data, name: str = "lmstudio-router.yaml", path: Path | None = None) -> RouterConfig:
+    """Validate the router settings; every error names the file and the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{name}: the top level must be a mapping of settings")
+    known = {"classifier", "embedding_model", "prefer", "exclude", "fallback", "tasks", "keywords", "ttl", "max_attempts"}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise SettingsError(f"{name}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
+    classifier = data.get("classifier", "auto")
+    if classifier not in ROUTER_CLASSIFIERS:
+        raise SettingsError(f"{name}: 'classifier' must be one of {', '.join(ROUTER_CLASSIFIERS)}")
+    embedding_model = data.get("embedding_model")
+    if embedding_model is not None:
+        if not isinstance(embedding_model, str) or not embedding_model.strip():
+            raise SettingsError(f"{name}: 'embedding_model' must be a model id")
+        embedding_model = embedding_model.strip()
+        if not is_local_model_id(embedding_model):
+            # Classifying would send the prompt to that model: only local ones are allowed.
+            raise SettingsError(
+                f"{name}: 'embedding_model' must be a local model (lmstudio/... or mlx/...), not {embedding_model!r}"
+            )
+    fallback = _string_list(data.get("fallback", []), f"{name}: 'fallback'")
+    exclude = _string_list(data.get("exclude", []), f"{name}: 'exclude'")
+    prefer = _task_map(data.get("prefer", {}), f"{name}: 'prefer'")
+    tasks = _task_map(data.get("tasks", {}), f"{name}: 'tasks'")
+    keywords = _task_map(data.get("keywords", {}), f"{name}: 'keywords'")
+    numbers = {}
+    for key, default, low in (("ttl", 600, 1), ("max_attempts", 4, 1)):
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SettingsError(f"{name}: '{key}' must be a whole number of at least {low}")
+        numbers[key] = value
+    return RouterConfig(
+        path=path,
+        classifier=classifier,
+        embedding_model=embedding_model,
+        prefer=prefer,
+        exclude=exclude,
+        fallback=fallback,
+        tasks=tasks,
+        keywords=keywords,
+        **numbers,
+    )
+
+
+def router_config() -> RouterConfig:
+    path = router_config_path()
+    if path is None:
+        return RouterConfig()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except ValueError as exc:
+            raise SettingsError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SettingsError(f"{path}: not valid YAML{where}") from None
+    return parse_router_config(data, name=str(path), path=path)

@@ -1,0 +1,426 @@
+"""The router model: classify a prompt's task, rank the local models that can do it, run the best, fall back.
+It never sends a prompt to a model outside this plugin's local models unless the config lists it under `fallback`."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Optional
+
+import llm
+from llm.parts import StreamEvent
+from pydantic import Field
+
+from . import settings
+
+ROUTER_ID = "lmstudio-router"
+ROUTER_ALIASES = ("router",)
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+
+# What a model's key says about the work it is good at (matched on the lower-cased key).
+TASK_AFFINITY = {
+    "coding": (re.compile(r"coder|code|devstral|codestral|starcoder|codellama|deepseek-v?\d*-?coder"), 30.0),
+    "analysis": (re.compile(r"math|reason|\br1\b|-r1|qwq|think|phi"), 15.0),
+    "creative": (re.compile(r"creative|story|writer|roleplay|rp\b|mistral-nemo|gemma"), 12.0),
+    "research": (re.compile(r"instruct|chat|qwen|llama|gemma|mistral"), 4.0),
+    "general": (re.compile(r"instruct|chat"), 4.0),
+}
+SIZE_WEIGHT = {"coding": 4.0, "analysis": 4.0, "research": 4.0, "creative": 3.0, "general": 1.5}
+LOADED_BONUS = 20.0
+PREFERRED_BONUS = 100.0
+_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
+
+
+def params_billions(text: str | None) -> float | None:
+    """Parameter count in billions from a key or params string: "qwen2.5-coder-7b" → 7, "26B-A4B" → 26."""
+    if not text:
+        return None
+    sizes = [float(m) for m in _SIZE.findall(text)]
+    return max(sizes) if sizes else None
+
+
+@dataclass
+class Needs:
+    tools: bool = False
+    schema: bool = False
+    images: tuple = ()
+    tokens: int = 0  # a generous estimate of the prompt's size, history included
+
+
+@dataclass
+class Candidate:
+    model_id: str
+    score: float = 0.0
+    reasons: list = field(default_factory=list)
+    loaded: bool = False
+    kind: str = "lmstudio"  # "lmstudio" | "mlx" | "cloud"
+
+
+@dataclass
+class Plan:
+    task: str
+    confidence: float
+    classifier: str
+    classifier_note: str | None
+    scores: dict
+    needs: Needs
+    candidates: list  # usable local candidates, best first
+    excluded: list  # [{"model", "reason"}]
+    chain: list  # model ids in the order they will be tried (local, then configured cloud fallbacks)
+
+    def to_json(self) -> dict:
+        return {
+            "task": self.task,
+            "confidence": round(self.confidence, 4),
+            "classifier": self.classifier,
+            "classifier_note": self.classifier_note,
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+            "needs": asdict(self.needs) | {"images": list(self.needs.images)},
+            "candidates": [
+                {"model": c.model_id, "score": round(c.score, 2), "loaded": c.loaded, "kind": c.kind, "reasons": c.reasons}
+                for c in self.candidates
+            ],
+            "excluded": self.excluded,
+            "chosen": self.chain[0] if self.chain else None,
+            "chain": self.chain,
+        }
+
+
+# ---------------------------------------------------------------- what the prompt needs
+
+
+def prompt_text(prompt: llm.Prompt) -> str:
+    return prompt.prompt or ""
+
+
+def needs_of(prompt: llm.Prompt) -> Needs:
+    images = []
+    for attachment in prompt.attachments:
+        try:
+            images.append(attachment.resolve_type())
+        except Exception:  # noqa: BLE001 - an unreadable attachment is the model's error to report
+            images.append("application/octet-stream")
+    chars = len(prompt_text(prompt)) + len(prompt.system or "")
+    for message in prompt.messages:
+        for part in message.parts:
+            chars += len(getattr(part, "text", "") or getattr(part, "output", "") or "")
+    return Needs(
+        tools=bool(prompt.tools),
+        schema=bool(prompt.schema),
+        images=tuple(images),
+        tokens=int(chars / 3.5) + 1,  # tokenizers average ~4 characters a token: err towards "too big"
+    )
+
+
+# ---------------------------------------------------------------- classifiers
+
+_EMBEDDING_CLASSIFIERS: dict[tuple, Any] = {}
+# tool_call_id -> the model that made the call, so the follow-up turn with its result goes back to it.
+_TOOL_CALL_OWNERS: dict[str, str] = {}
+
+
+def _local_embedding_ids() -> list[str]:
+    ids = [m.model_id for m in llm.get_embedding_models() if settings.is_local_model_id(m.model_id)]
+    native = [i for i in ids if i.startswith("mlx/")]
+    loaded = [
+        m.model_id
+        for m in llm.get_embedding_models()
+        if settings.is_local_model_id(m.model_id) and getattr(getattr(m, "entry", None), "loaded", False)
+    ]
+    return native + [i for i in loaded if i not in native]
+
+
+def embedding_classifier(config: settings.RouterConfig):
+    """(classifier or None, note): the embedding classifier when configured or available, else why not."""
+    from . import tasks
+
+    if config.classifier == "keyword":
+        return None, "keyword classifier chosen in the router config"
+    model_id = config.embedding_model
+    if model_id is None:
+        available = _local_embedding_ids()
+        if not available:
+            return None, "no local embedding model available (set embedding_model in the router config)"
+        model_id = available[0]
+    cache_key = (model_id, repr(sorted(config.tasks.items())))
+    if cache_key in _EMBEDDING_CLASSIFIERS:
+        return _EMBEDDING_CLASSIFIERS[cache_key], None
+    try:
+        model = llm.get_embedding_model(model_id)
+    except llm.UnknownModelError:
+        return None, f"embedding model {model_id} is not available"
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [list(v) for v in model.embed_multi(texts)]
+
+    try:
+        classifier = tasks.EmbeddingClassifier(
+            embed, tasks.load_exemplars(config.tasks), model_id=model_id, cache_dir=settings.plugin_dir()
+        )
+    except Exception as exc:  # noqa: BLE001 - a broken embedding model must not stop routing
+        return None, f"embedding model {model_id} failed: {exc}"
+    _EMBEDDING_CLASSIFIERS[cache_key] = classifier
+    return classifier, None
+
+
+def classify(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: str | None = None):
+    from . import tasks
+
+    if forced_task:
+        return tasks.TaskDecision(forced_task, 1.0, "forced", {forced_task: 1.0}), "task set with -o task"
+    embedding, note = embedding_classifier(config)
+    keyword = tasks.KeywordClassifier(extra_keywords=config.keywords or None)
+    decision = tasks.classify(prompt_text(prompt), prompt.system, prompt.attachments, embedding=embedding, keyword=keyword)
+    if decision.fallback_reason:
+        note = decision.fallback_reason
+    if decision.classifier == "embedding":
+        note = None
+    return decision, note
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def _capability(model, needs: Needs) -> str | None:
+    """Why this model cannot take the prompt, or None."""
+    if needs.tools and not model.supports_tools:
+        return "cannot use tools"
+    if needs.schema and not model.supports_schema:
+        return "cannot follow a JSON schema"
+    for mime in needs.images:
+        if mime not in (model.attachment_types or ()):
+            return f"cannot read {mime} attachments"
+    entry = getattr(model, "entry", None)
+    limit = getattr(entry, "loaded_context_length", None) or getattr(entry, "max_context_length", None)
+    if limit and needs.tokens > limit:
+        return f"prompt (~{needs.tokens} tokens) exceeds its context of {limit}"
+    return None
+
+
+def _matches(preference: str, model) -> bool:
+    key = getattr(getattr(model, "entry", None), "key", None) or model.model_id.split("/", 1)[-1]
+    preference = preference.lower()
+    return preference in (model.model_id.lower(), key.lower()) or (
+        "/" not in preference and preference in key.lower().split("/")[-1]
+    )
+
+
+def _is_loaded(model) -> bool:
+    entry = getattr(model, "entry", None)
+    if entry is not None:
+        return bool(entry.loaded)
+    is_loaded = getattr(model, "is_loaded", None)
+    if callable(is_loaded):
+        try:
+            return bool(is_loaded())
+        except Exception:  # noqa: BLE001
+            return False
+    return False
+
+
+def score(model, task: str, config: settings.RouterConfig, history) -> Candidate:
+    candidate = Candidate(model.model_id, kind="mlx" if model.model_id.startswith("mlx/") else "lmstudio")
+    entry = getattr(model, "entry", None)
+    key = (getattr(entry, "key", None) or model.model_id.split("/", 1)[-1]).lower()
+
+    def add(points: float, reason: str):
+        candidate.score += points
+        candidate.reasons.append(f"{reason} ({points:+.1f})")
+
+    for position, preference in enumerate(config.prefer.get(task, [])):
+        if _matches(preference, model):
+            add(PREFERRED_BONUS - 10 * position, f"preferred for {task} (#{position + 1})")
+            break
+    affinity = TASK_AFFINITY.get(task)
+    if affinity and affinity[0].search(key):
+        add(affinity[1], f"name suits {task}")
+    if task == "analysis" and getattr(entry, "reasoning", False):
+        add(10.0, "reasoning model")
+    size = params_billions(getattr(entry, "params_string", None)) or params_billions(key)
+    if size:
+        add(SIZE_WEIGHT.get(task, 2.0) * math.sqrt(min(size, 70.0)), f"{size:g}B parameters")
+    if getattr(entry, "vision", False):
+        add(-3.0, "vision model (heavier)")
+    candidate.loaded = _is_loaded(model)
+    if candidate.loaded:
+        add(LOADED_BONUS, "already loaded")
+    stats = history.get(model.model_id) if history else None
+    if stats is not None:
+        if stats.failure_rate is not None and stats.attempts >= 3:
+            add(-50.0 * stats.failure_rate, f"{stats.failure_rate:.0%} failures in {stats.attempts} attempts")
+        if stats.output_tokens_per_second:
+            add(min(stats.output_tokens_per_second, 100.0) / 10.0, f"{stats.output_tokens_per_second:.0f} tokens/s")
+    return candidate
+
+
+def _history(model_ids: list[str]):
+    from . import stats
+
+    try:
+        return stats.history(llm.user_dir() / "logs.db", model_ids, window=100, attempts_path=stats.default_attempts_path())
+    except Exception:  # noqa: BLE001 - history only sharpens the ranking; never fail a prompt over it
+        return {}
+
+
+def local_chat_models() -> list:
+    return [
+        m for m in llm.get_models() if settings.is_local_model_id(m.model_id) and m.model_id != ROUTER_ID
+    ]
+
+
+def make_plan(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: str | None = None) -> Plan:
+    decision, note = classify(prompt, config, forced_task)
+    needs = needs_of(prompt)
+    models = local_chat_models()
+    history = _history([m.model_id for m in models])
+    candidates, excluded = [], []
+    for model in models:
+        if any(_matches(pattern, model) for pattern in config.exclude):
+            excluded.append({"model": model.model_id, "reason": "excluded in the router config"})
+            continue
+        reason = _capability(model, needs)
+        if reason:
+            excluded.append({"model": model.model_id, "reason": reason})
+            continue
+        candidates.append(score(model, decision.task, config, history))
+    owner = next((_TOOL_CALL_OWNERS[r.tool_call_id] for r in prompt.tool_results if r.tool_call_id in _TOOL_CALL_OWNERS), None)
+    for candidate in candidates:
+        if candidate.model_id == owner:
+            candidate.score += 1000.0
+            candidate.reasons.append("made the tool call this turn answers (+1000.0)")
+    candidates.sort(key=lambda c: (-c.score, c.model_id))
+    chain = [c.model_id for c in candidates[: config.max_attempts]]
+    for cloud in config.fallback:
+        if cloud not in chain:
+            chain.append(cloud)
+    return Plan(
+        task=decision.task,
+        confidence=decision.confidence,
+        classifier=decision.classifier,
+        classifier_note=note,
+        scores=dict(decision.scores),
+        needs=needs,
+        candidates=candidates,
+        excluded=excluded,
+        chain=chain,
+    )
+
+
+# ---------------------------------------------------------------- running
+
+
+def _inner_prompt(prompt: llm.Prompt, inner, options: dict) -> llm.Prompt:
+    fields = getattr(inner.Options, "model_fields", {})
+    usable = {k: v for k, v in options.items() if v is not None and k in fields}
+    return llm.Prompt(
+        prompt._prompt,
+        inner,
+        fragments=prompt.fragments,
+        attachments=prompt.attachments,
+        system=prompt._system,
+        system_fragments=prompt.system_fragments,
+        schema=prompt.schema,
+        tools=prompt.tools,
+        tool_results=prompt.tool_results,
+        messages=prompt.messages,
+        options=inner.Options(**usable),  # never the router's own Options: the inner model reads its own fields
+        hide_reasoning=prompt.hide_reasoning,
+    )
+
+
+def _error_kind(exc: BaseException) -> str:
+    kind = getattr(exc, "kind", None)
+    if kind:
+        return str(kind)
+    return type(exc).__name__
+
+
+class RouterOptions(llm.Options):
+    task: Optional[str] = Field(default=None, description="Skip classification and route as this task (coding, analysis, ...)")
+    temperature: Optional[float] = Field(default=None, ge=0, le=2, description="Sampling temperature, passed to the chosen model")
+    top_p: Optional[float] = Field(default=None, gt=0, le=1, description="Nucleus sampling, passed to the chosen model")
+    max_tokens: Optional[int] = Field(default=None, ge=1, description="Maximum tokens to generate, passed to the chosen model")
+    seed: Optional[int] = Field(default=None, description="Random seed, passed to the chosen model")
+
+
+class Router(llm.Model):
+    model_id = ROUTER_ID
+    can_stream = True
+    supports_tools = True
+    supports_schema = True
+    attachment_types = IMAGE_TYPES
+    Options = RouterOptions
+
+    def __str__(self):
+        return "LM Studio router: picks the best local model for each prompt"
+
+    def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
+        from . import stats
+        from .chat import fail_after_logging
+
+        try:
+            config = settings.router_config()
+        except settings.SettingsError as exc:
+            raise llm.ModelError(str(exc)) from None
+        plan = make_plan(prompt, config, prompt.options.task)
+        if not plan.chain:
+            reasons = "; ".join(f"{e['model']}: {e['reason']}" for e in plan.excluded) or "no local models found"
+            raise llm.ModelError(f"the router has no model for this prompt ({reasons})")
+        options = {k: getattr(prompt.options, k) for k in ("temperature", "top_p", "max_tokens", "seed")}
+        attempts: list[dict] = []
+        log = {"router": plan.to_json(), "attempts": attempts}
+        response.response_json = log
+        for model_id in plan.chain:
+            started = time.monotonic()
+            first_event_at = None
+            attempt = {"model": model_id, "ok": False}
+            attempts.append(attempt)
+            try:
+                inner = llm.get_model(model_id)
+                attempt_options = dict(options)
+                if model_id.startswith(("lmstudio/", "lmstudio@")):
+                    attempt_options["ttl"] = config.ttl  # a model the router JIT-loads must not stay pinned
+                inner_response = llm.Response(_inner_prompt(prompt, inner, attempt_options), inner, stream)
+                for event in inner_response.stream_events():
+                    if first_event_at is None:
+                        first_event_at = time.monotonic()
+                    yield event
+            except Exception as exc:  # noqa: BLE001 - each failure is recorded, then the next model is tried
+                attempt.update(error=str(exc), error_kind=_error_kind(exc))
+                attempt["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+                stats.record_attempt(model_id, False, error_kind=attempt["error_kind"], router_turn_id=response.id)
+                if first_event_at is not None:
+                    # Text has reached the user: retrying elsewhere would splice two answers together.
+                    fail_after_logging(f"{model_id} failed after it had started answering: {exc}")
+                    yield StreamEvent(type="text", chunk=f"\n[{model_id} stopped: {exc}]\n")
+                    return
+                continue
+            duration = (time.monotonic() - started) * 1000
+            ttft = (first_event_at - started) * 1000 if first_event_at is not None else None
+            inner_json = inner_response.response_json or {}
+            cut = isinstance(inner_json, dict) and inner_json.get("cut")
+            attempt.update(ok=not cut, duration_ms=round(duration, 1), ttft_ms=round(ttft, 1) if ttft else None)
+            if cut:
+                attempt["error"] = inner_json.get("error")
+                attempt["error_kind"] = "StreamCut"
+            stats.record_attempt(
+                model_id,
+                not cut,
+                error_kind=attempt.get("error_kind"),
+                ttft_ms=ttft,
+                duration_ms=duration,
+                router_turn_id=response.id,
+            )
+            usage = inner_response.usage()
+            response.set_usage(input=usage.input, output=usage.output, details=usage.details)
+            for call in inner_response.tool_calls():
+                if call.tool_call_id:
+                    _TOOL_CALL_OWNERS[call.tool_call_id] = model_id
+                response.add_tool_call(call)
+            log["answer"] = inner_json
+            response.set_resolved_model(model_id)
+            return
+        summary = "; ".join(f"{a['model']}: {a.get('error')}" for a in attempts)
+        raise llm.ModelError(f"every model the router tried failed — {summary}")
