@@ -296,7 +296,8 @@ def generate_events(local: LocalModel, prompt: llm.Prompt, response) -> Iterator
         nonlocal tool_text, previous
         events = []
         if previous == "tool" and segment_state != "tool":
-            events.extend(_tool_call_events(tokenizer, tool_text, prompt, tools, response))
+            closed = segment_state is not None  # None: the reply ended (max_tokens) inside the call
+            events.extend(_tool_call_events(tokenizer, tool_text, closed, tools, response))
             tool_text = ""
         previous = segment_state
         if not text:
@@ -360,8 +361,8 @@ def generate_events(local: LocalModel, prompt: llm.Prompt, response) -> Iterator
     }
 
 
-def _tool_call_events(tokenizer, tool_text: str, prompt, tools, response) -> list[StreamEvent]:
-    raw = f"{tokenizer.tool_call_start}{tool_text}{tokenizer.tool_call_end or ''}"
+def _tool_call_events(tokenizer, tool_text: str, closed: bool, tools, response) -> list[StreamEvent]:
+    raw = f"{tokenizer.tool_call_start}{tool_text}{(tokenizer.tool_call_end or '') if closed else ''}"
     if not tools:
         # Tools were not offered, so a tool-call block is just text the model wrote.
         return [StreamEvent(type="text", chunk=raw)]

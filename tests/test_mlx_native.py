@@ -1,0 +1,424 @@
+"""Native MLX chat through llm: streaming, options, conversations, prompt-cache reuse, reasoning, tools, errors."""
+
+import asyncio
+import json
+import shutil
+
+import llm
+import pytest
+import sqlite_utils
+from click.testing import CliRunner
+from llm.cli import cli
+
+from llm_lmstudio import local_models, mlx_native
+
+
+@pytest.fixture
+def models(user_path, tmp_path, monkeypatch, tiny_llama_path, tiny_qwen_tools_path):
+    """mlx/tiny-llama (plain template) and mlx/tiny-qwen (tool-capable template), nothing else on disk."""
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "no-lmstudio"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no server models
+    local_models.add(tiny_llama_path, "tiny-llama")
+    local_models.add(tiny_qwen_tools_path, "tiny-qwen")
+    return {"llama": tiny_llama_path, "qwen": tiny_qwen_tools_path}
+
+
+@pytest.fixture
+def fresh_cache():
+    """Start without loaded models, so no prompt cache from an earlier test can be reused."""
+    mlx_native.unload_all()
+    yield
+    mlx_native.unload_all()
+
+
+def turns(user_path):
+    return list(sqlite_utils.Database(str(user_path / "logs.db"))["turns"].rows)
+
+
+def render(name, messages, tools=None):
+    runtime = mlx_native.load_chat(local_models.find(name))
+    return runtime.render(messages, tools)
+
+
+def script_output(monkeypatch, *scripts):
+    """Make the next generations emit exactly these texts (then end-of-turn) by forcing logits.
+
+    The model, tokenizer, detokenizer, mlx-lm's text state machine and tool parser all still run;
+    only the choice of token is scripted, because random weights never write a tool call."""
+    import mlx.core as mx
+    import mlx_lm.sample_utils as sample_utils
+
+    original = sample_utils.make_logits_processors
+    pending = list(scripts)
+
+    def make_logits_processors(*args, **kwargs):
+        processors = original(*args, **kwargs)
+        if not pending:
+            return processors
+        tokenizer = mlx_native.load_chat(local_models.find("tiny-qwen")).tokenizer
+        script = tokenizer.encode(pending.pop(0), add_special_tokens=False) + [tokenizer.eos_token_id]
+        step = {"n": 0}
+
+        def force(tokens, logits):
+            target = script[min(step["n"], len(script) - 1)]
+            step["n"] += 1
+            mask = (mx.arange(logits.shape[-1]) == target)[None]
+            return mx.where(mask, mx.zeros_like(logits), mx.full(logits.shape, -1e9, logits.dtype))
+
+        return [force] + processors
+
+    monkeypatch.setattr(sample_utils, "make_logits_processors", make_logits_processors)
+
+
+# ---------------------------------------------------------------- streaming, usage, logging
+
+
+def test_cli_prompt_streams_and_logs_usage_speed_and_memory(models, user_path):
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hello there", "-o", "max_tokens", "12", "-o", "seed", "3"])
+    assert result.exit_code == 0, result.output
+    (turn,) = turns(user_path)
+    details = json.loads(turn["response_json"])
+    expected_prompt = render("tiny-llama", [{"role": "user", "content": "hello there"}])
+    assert turn["model"] == "mlx/tiny-llama"
+    assert turn["input_tokens"] == len(expected_prompt) == details["prompt_tokens"]
+    assert turn["output_tokens"] == details["generation_tokens"] and 1 <= turn["output_tokens"] <= 12
+    assert details["generation_tps"] > 0 and details["peak_memory_gb"] > 0 and details["prompt_tps"] > 0
+    assert json.loads(turn["options_json"]) == {"max_tokens": 12, "seed": 3}
+
+
+def test_python_api_streams_token_by_token(models):
+    response = llm.get_model("mlx/tiny-llama").prompt("stream please", max_tokens=10, temperature=0)
+    chunks = list(response)
+    assert len(chunks) > 1
+    assert "".join(chunks) == response.text()
+
+
+def test_model_is_loaded_once_per_process(models, fresh_cache, monkeypatch):
+    import mlx_lm
+
+    calls = []
+    original = mlx_lm.load
+    monkeypatch.setattr(mlx_lm, "load", lambda *a, **k: calls.append(a) or original(*a, **k))
+    model = llm.get_model("mlx/tiny-llama")
+    for text in ("one", "two", "three"):
+        model.prompt(text, max_tokens=3).text()
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_seeded_sampling_matches_mlx_lm_and_is_reproducible(models, fresh_cache):
+    import mlx.core as mx
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    options = dict(temperature=1.0, top_p=0.9, top_k=50, min_p=0.0, max_tokens=16, seed=1234)
+    model = llm.get_model("mlx/tiny-qwen")
+    first = model.prompt("tell me something", **options).text()
+    second = model.prompt("tell me something", **options).text()  # second run reuses the prompt cache
+    other_seed = model.prompt("tell me something", **(options | {"seed": 99})).text()
+
+    runtime = mlx_native.load_chat(local_models.find("tiny-qwen"))
+    tokens = runtime.render([{"role": "user", "content": "tell me something"}], None)
+    mx.random.seed(1234)
+    sampler = make_sampler(temp=1.0, top_p=0.9, min_p=0.0, top_k=50)
+    direct = "".join(r.text for r in stream_generate(runtime.model, runtime.tokenizer, tokens, max_tokens=16, sampler=sampler))
+    assert first == second == direct
+    assert other_seed != first
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("temperature", "5", "Input should be less than or equal to 2"),
+        ("top_p", "0", "Input should be greater than 0"),
+        ("top_k", "-1", "Input should be greater than or equal to 0"),
+        ("min_p", "1.5", "Input should be less than or equal to 1"),
+        ("max_tokens", "0", "Input should be greater than or equal to 1"),
+        ("seed", "-3", "Input should be greater than or equal to 0"),
+        ("repetition_penalty", "abc", "valid number"),
+        ("nonsense", "1", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_options_are_rejected_with_a_reason(option, value, message):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match=message):
+        mlx_native.ChatOptions(**{option: value})
+
+
+def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "temperature", "5"])
+    assert result.exit_code == 1
+    assert result.output == "Error: temperature\n  Input should be less than or equal to 2\n"
+    assert not (user_path / "logs.db").exists() or turns(user_path) == []
+
+
+def test_options_are_described(models):
+    result = CliRunner().invoke(cli, ["models", "--options", "-q", "mlx/tiny-llama"])
+    assert result.exit_code == 0
+    for option in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed"):
+        assert f"  {option}:" in result.output
+    assert "Random seed" in result.output and "Nucleus sampling" in result.output
+
+
+def test_repetition_penalty_changes_greedy_output(models):
+    model = llm.get_model("mlx/tiny-llama")
+    plain = model.prompt("repeat", temperature=0, max_tokens=24).text()
+    penalised = model.prompt("repeat", temperature=0, max_tokens=24, repetition_penalty=3.0).text()
+    assert plain != penalised
+
+
+# ---------------------------------------------------------------- conversations and the prompt cache
+
+
+def test_continue_sends_system_prompt_and_history_through_the_template(models, user_path):
+    runner = CliRunner()
+    first = runner.invoke(cli, ["-m", "mlx/tiny-llama", "first question", "-s", "be terse", "-o", "max_tokens", "6"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(cli, ["-c", "second question", "-o", "max_tokens", "6"])
+    assert second.exit_code == 0, second.output
+    turn_one, turn_two = turns(user_path)
+    logged = json.loads(runner.invoke(cli, ["logs", "--json", "-n", "2"]).output)
+    reply = next(entry["response"] for entry in logged if entry["prompt"] == "first question")
+    history = [
+        {"role": "system", "content": "be terse"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "second question"},
+    ]
+    assert turn_two["input_tokens"] == len(render("tiny-llama", history))
+    assert turn_two["input_tokens"] > turn_one["input_tokens"]
+
+
+def test_llm_chat_reuses_the_cache_between_turns(models, user_path, fresh_cache):
+    result = CliRunner().invoke(
+        cli, ["chat", "-m", "mlx/tiny-llama", "-o", "max_tokens", "5"], input="first turn\nsecond turn\nquit\n"
+    )
+    assert result.exit_code == 0, result.output
+    turn_one, turn_two = (json.loads(t["response_json"]) for t in turns(user_path))
+    assert turn_one["prompt_tokens_cached"] == 0
+    assert turn_two["prompt_tokens_cached"] >= turn_one["prompt_tokens"]
+    assert turn_two["prompt_tokens_processed"] == turn_two["prompt_tokens"] - turn_two["prompt_tokens_cached"]
+
+
+def common_prefix(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def test_turn_two_processes_only_the_new_tokens_and_matches_an_uncached_run(models, fresh_cache):
+    from mlx_lm import stream_generate
+
+    model = llm.get_model("mlx/tiny-qwen")
+    conversation = model.conversation()
+    long_question = "Explain the difference between a list and a tuple in Python. " * 12
+    one = conversation.prompt(long_question, temperature=0, max_tokens=8)
+    one.text()
+    two = conversation.prompt("And a set?", temperature=0, max_tokens=8)
+    text_two = two.text()
+
+    runtime = mlx_native.load_chat(local_models.find("tiny-qwen"))
+    prompt_one = runtime.render([{"role": "user", "content": long_question}], None)
+    prompt_two = runtime.render(
+        [
+            {"role": "user", "content": long_question},
+            {"role": "assistant", "content": one.text()},
+            {"role": "user", "content": "And a set?"},
+        ],
+        None,
+    )
+    generated_one = runtime.tokenizer.encode(one.text(), add_special_tokens=False)
+    stats = two.response_json
+    assert stats["prompt_tokens"] == len(prompt_two) == two.usage().input
+    assert two.usage().details == {"cached_tokens": stats["prompt_tokens_cached"]}
+    assert stats["prompt_tokens_cached"] >= len(prompt_one) > 100
+    # Everything the cache held (turn 1's prompt and reply) is skipped; only what differs is processed.
+    assert stats["prompt_tokens_cached"] == common_prefix(prompt_two, prompt_one + generated_one) or (
+        stats["prompt_tokens_cached"] >= common_prefix(prompt_two, prompt_one)
+    )
+    assert stats["prompt_tokens_processed"] == len(prompt_two) - stats["prompt_tokens_cached"]
+    assert stats["prompt_tokens_processed"] < len(prompt_two) - len(prompt_one) + 2
+
+    direct = "".join(r.text for r in stream_generate(runtime.model, runtime.tokenizer, prompt_two, max_tokens=8))
+    assert text_two == direct
+
+
+def test_diverging_history_trims_the_cache_to_the_shared_prefix(models, fresh_cache):
+    model = llm.get_model("mlx/tiny-qwen")
+    model.prompt("The capital of France is Paris. " * 8, temperature=0, max_tokens=4).text()
+    other = model.prompt("Completely different words here", temperature=0, max_tokens=4)
+    other.text()
+    runtime = mlx_native.load_chat(local_models.find("tiny-qwen"))
+    new_prompt = runtime.render([{"role": "user", "content": "Completely different words here"}], None)
+    old_prompt = runtime.render([{"role": "user", "content": "The capital of France is Paris. " * 8}], None)
+    shared = common_prefix(new_prompt, old_prompt)
+    assert 0 < shared < 10
+    assert other.response_json["prompt_tokens_cached"] == shared
+    assert other.response_json["prompt_tokens_processed"] == len(new_prompt) - shared
+
+
+def test_async_model_streams_and_records_usage(models):
+    async def run():
+        model = llm.get_async_model("mlx/tiny-llama")
+        conversation = model.conversation()
+        chunks = [c async for c in conversation.prompt("hello async", max_tokens=6, temperature=0)]
+        second = conversation.prompt("again", max_tokens=6, temperature=0)
+        await second.text()
+        return chunks, await second.usage(), second.response_json
+
+    chunks, usage, stats = asyncio.run(run())
+    assert chunks and usage.output >= 1
+    assert stats["prompt_tokens_cached"] > 0
+
+
+def test_cli_async_flag(models, user_path):
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "--async", "hi", "-o", "max_tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert turns(user_path)[0]["output_tokens"] >= 1
+
+
+# ---------------------------------------------------------------- reasoning, tools, schemas
+
+
+def test_thinking_is_separated_from_the_answer(models, monkeypatch):
+    script_output(monkeypatch, "<think>Let me think about this carefully.</think>The answer is 42.")
+    response = llm.get_model("mlx/tiny-qwen").prompt("question", max_tokens=64)
+    events = list(response.stream_events())
+    reasoning = "".join(e.chunk for e in events if e.type == "reasoning")
+    assert reasoning == "Let me think about this carefully."
+    assert response.text() == "The answer is 42."
+
+
+def test_tool_call_round_trips_through_llm_chain(models, monkeypatch):
+    calls = []
+
+    def get_weather(city: str) -> str:
+        "Current weather for a city."
+        calls.append(city)
+        return f"Sunny in {city}"
+
+    script_output(monkeypatch, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    model = llm.get_model("mlx/tiny-qwen")
+    assert model.supports_tools
+    chain = model.chain("What is the weather in Paris?", tools=[get_weather], options={"max_tokens": 40})
+    responses = list(chain.responses())  # runs the chain: model, tool, model
+    assert calls == ["Paris"]
+    assert len(responses) == 2
+    (call,) = responses[0].tool_calls()
+    assert (call.name, call.arguments) == ("get_weather", {"city": "Paris"})
+    assert responses[0].text() == ""
+
+    # The second turn rendered the call and its result with the model's own template.
+    tools = mlx_native.tool_specs(responses[1].prompt.tools)
+    expected = render(
+        "tiny-qwen",
+        [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": call.tool_call_id, "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                ],
+            },
+            {"role": "tool", "content": "Sunny in Paris", "tool_call_id": call.tool_call_id, "name": "get_weather"},
+        ],
+        tools,
+    )
+    assert responses[1].usage().input == len(expected)
+    tokenizer = mlx_native.load_chat(local_models.find("tiny-qwen")).tokenizer
+    assert "<tool_response>\nSunny in Paris\n</tool_response>" in tokenizer.decode(expected)
+
+
+def test_cli_tool_call_is_logged_as_parts(models, user_path, monkeypatch):
+    script_output(monkeypatch, '<tool_call>\n{"name": "shout", "arguments": {"text": "hi"}}\n</tool_call>')
+    result = CliRunner().invoke(
+        cli,
+        ["-m", "mlx/tiny-qwen", "call shout", "--functions", "def shout(text: str) -> str:\n    return text.upper()", "-o", "max_tokens", "60"],
+    )
+    assert result.exit_code == 0, result.output
+    db = sqlite_utils.Database(str(user_path / "logs.db"))
+    assert db["turns"].count == 2
+    parts = {row["type"]: row for row in db.query("select type, tool_name, payload from parts where type like 'tool%'")}
+    assert parts["tool_call"]["tool_name"] == "shout"
+    assert json.loads(parts["tool_result"]["payload"])["output"] == "HI"
+
+
+def test_tool_support_follows_the_template(models):
+    assert llm.get_model("mlx/tiny-qwen").supports_tools is True
+    assert llm.get_model("mlx/tiny-llama").supports_tools is False
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "--functions", "def f() -> str:\n    return 'x'"])
+    assert result.exit_code == 1 and "does not support tools" in result.output
+
+
+def test_truncated_tool_call_stays_visible_as_text(models, monkeypatch):
+    script_output(monkeypatch, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    response = llm.get_model("mlx/tiny-qwen").prompt("weather?", tools=[llm.Tool.function(str.upper, name="get_weather")], max_tokens=8)
+    text = response.text()
+    assert response.tool_calls() == []
+    assert text.startswith('<tool_call>\n{"name"') and '</tool_call>' not in text
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'.startswith(text)
+
+
+def test_tool_call_without_tools_offered_stays_text(models, monkeypatch):
+    script_output(monkeypatch, '<tool_call>\n{"name": "x", "arguments": {}}\n</tool_call>')
+    response = llm.get_model("mlx/tiny-qwen").prompt("no tools here", max_tokens=40)
+    assert response.tool_calls() == []
+    assert response.text() == '<tool_call>\n{"name": "x", "arguments": {}}\n</tool_call>'
+
+
+def test_schemas_are_not_claimed(models):
+    assert llm.get_model("mlx/tiny-qwen").supports_schema is False
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", "hi", "--schema", "name, age int"])
+    assert result.exit_code == 1 and "does not support schemas" in result.output
+
+
+# ---------------------------------------------------------------- errors
+
+
+def one_line_error(result):
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    return result.output
+
+
+def test_missing_folder_is_one_clear_line(models, tmp_path, tiny_llama_path):
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "gone")
+    local_models.add(copy, "gone")
+    shutil.rmtree(copy)
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/gone", "hi"]))
+    assert "is not a folder" in output and "llm lmstudio mlx remove gone" in output
+
+
+def test_corrupt_weights_are_one_clear_line(models, tmp_path, tiny_llama_path):
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "corrupt")
+    (copy / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    local_models.add(copy, "corrupt")
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/corrupt", "hi"]))
+    assert "mlx/corrupt failed while loading" in output and str(copy) in output
+
+
+def test_unsupported_architecture_is_one_clear_line(models, tmp_path, tiny_llama_path):
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "future")
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config | {"model_type": "llama9000"}))
+    local_models.add(copy, "future")
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/future", "hi"]))
+    assert "'llama9000' architecture" in output and "pip install -U mlx-lm" in output
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [MemoryError(), RuntimeError("[metal::malloc] Resource limit (499000) exceeded."), RuntimeError("std::bad_alloc")],
+)
+def test_out_of_memory_is_one_clear_line(exc):
+    local = local_models.LocalModel("big", local_models.Path("/m/big"), "chat", "llama", 7_400_000_000, "user")
+    message = str(mlx_native._model_error(local, exc, "loading"))
+    assert message == "Out of memory loading mlx/big (7.4 GB of weights): close other models or use a smaller quantization"
