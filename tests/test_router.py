@@ -1,0 +1,274 @@
+import json
+import time
+
+import llm
+import pytest
+import sqlite_utils
+from click.testing import CliRunner
+from llm.cli import cli
+from llm.plugins import pm
+
+from llm_lmstudio import catalog, router, settings
+
+LLAMA = "lmstudio/test-org/tiny-llama"
+TOOLS = "lmstudio/test-org/tiny-qwen-tools"
+VISION = "lmstudio/test-org/tiny-vision"
+REASONER = "lmstudio/test-org/tiny-reasoner"
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def write_config(user_path, text):
+    (user_path / "lmstudio-router.yaml").write_text(text)
+
+
+def last_turn(user_path):
+    rows = sorted(sqlite_utils.Database(user_path / "logs.db")["turns"].rows, key=lambda r: r["datetime_utc"])
+    return rows[-1]
+
+
+@pytest.fixture
+def cloud(monkeypatch):
+    """A registered non-local model that records every prompt it receives (stands in for gpt-4o-mini)."""
+    received = []
+
+    class FakeCloud(llm.Model):
+        model_id = "fake-cloud"
+        can_stream = True
+        supports_tools = True
+        supports_schema = True
+
+        def execute(self, prompt, stream, response, conversation=None):
+            received.append(prompt.prompt)
+            yield "cloud answer"
+
+    class Plugin:
+        __name__ = "FakeCloudPlugin"
+
+        @llm.hookimpl
+        def register_models(self, register):
+            register(FakeCloud())
+
+    pm.register(Plugin(), name="fake-cloud-plugin")
+    try:
+        yield received
+    finally:
+        pm.unregister(name="fake-cloud-plugin")
+
+
+PREFS = """
+prefer:
+  coding: [test-org/tiny-qwen-tools]
+  creative: [tiny-llama]
+  general: [tiny-llama]
+ttl: 300
+"""
+
+
+def test_routes_by_task_and_logs_the_truth(lmstudio, user_path):
+    write_config(user_path, PREFS)
+    result = run("-m", "router", "Write a Python function that reverses a linked list", "-o", "max_tokens", "4")
+    assert result.exit_code == 0, result.output
+    turn = last_turn(user_path)
+    assert turn["model"] == "lmstudio-router"
+    assert turn["resolved_model"] == TOOLS
+    data = json.loads(turn["response_json"])
+    assert data["router"]["task"] == "coding"
+    assert data["router"]["classifier"] == "keyword"
+    assert data["router"]["candidates"][0]["model"] == TOOLS
+    assert data["attempts"] == [dict(data["attempts"][0], model=TOOLS, ok=True)]
+    assert turn["output_tokens"] and turn["input_tokens"]
+
+    result = run("-m", "router", "Write a short poem about the sea", "-o", "max_tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert last_turn(user_path)["resolved_model"] == LLAMA
+    assert json.loads(last_turn(user_path)["response_json"])["router"]["task"] == "creative"
+
+
+def test_router_jit_loads_the_chosen_model_with_the_configured_ttl(lmstudio, user_path):
+    write_config(user_path, PREFS)
+    assert not lmstudio.loaded()
+    assert run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2").exit_code == 0
+    [instance] = lmstudio.loaded()
+    assert instance["model"] == "test-org/tiny-llama"
+    assert instance["jit"] and instance["ttl_seconds"] == 300
+
+
+def test_capabilities_filter_candidates(lmstudio, user_path, tmp_path):
+    write_config(user_path, PREFS)
+    lmstudio.script("plain answer")
+    assert run("-m", "router", "-T", "llm_version", "hello there", "--td").exit_code == 0
+    assert last_turn(user_path)["resolved_model"] == TOOLS  # the only model trained for tool use
+
+    from tests.test_chat import _png
+
+    image = tmp_path / "red.png"
+    image.write_bytes(_png())
+    result = run("-m", "router", "What is in this picture?", "-a", str(image), "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert last_turn(user_path)["resolved_model"] == VISION
+    excluded = json.loads(last_turn(user_path)["response_json"])["router"]["excluded"]
+    assert {"model": LLAMA, "reason": "cannot read image/png attachments"} in excluded
+
+
+def test_prompt_too_long_for_a_models_context_excludes_it(lmstudio, user_path):
+    run("models")
+    cache = catalog.read_cache()
+    for model in cache[lmstudio.base_url]["models"]:
+        if model["key"] == "test-org/tiny-llama":
+            model["max_context_length"] = 64
+    catalog._write_cache(cache)
+    plan = json.loads(run("lmstudio", "route", "--json", "word " * 400).output)
+    assert any(e["model"] == LLAMA and "exceeds its context of 64" in e["reason"] for e in plan["excluded"])
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "status", "status": 500, "body": {"error": {"message": "engine crashed"}}},
+        {"kind": "status", "status": 429, "body": {"error": {"message": "busy"}}},
+        {"kind": "status", "status": 404, "body": {"error": {"message": "model vanished", "code": "model_not_found"}}},
+        {"kind": "load_fail", "message": "Not enough memory (guardrails)"},
+        {"kind": "hang"},
+        {"kind": "malformed"},
+    ],
+    ids=["5xx", "429", "vanished", "load-failure", "timeout", "malformed"],
+)
+def test_falls_back_to_the_next_local_model_on_each_failure_kind(lmstudio, user_path, monkeypatch, fault):
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "1")
+    write_config(user_path, PREFS)
+    run("models")
+    kind = fault.pop("kind")
+    path = "/api/v0/chat" if kind != "load_fail" else "/"
+    lmstudio.set_fault(kind, path, times=1, **fault)
+    result = run("-m", "router", "Write a Python function that adds two numbers", "--no-stream", "-o", "max_tokens", "3")
+    assert result.exit_code == 0, result.output
+    data = json.loads(last_turn(user_path)["response_json"])
+    first, second = data["attempts"][:2]
+    assert first["model"] == TOOLS and not first["ok"] and first["error"]
+    assert second["ok"] and last_turn(user_path)["resolved_model"] == second["model"] != TOOLS
+
+
+def test_falls_back_across_servers_when_one_is_down(lmstudio, refused_url, user_path, monkeypatch):
+    run("models")
+    good = catalog.read_cache()[lmstudio.base_url]
+    dead = settings.normalize_base_url(refused_url)
+    cache = catalog.read_cache()
+    cache[dead] = dict(good, fetched_at=time.time())
+    catalog._write_cache(cache)
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{refused_url},{lmstudio.base_url}")
+    write_config(user_path, "prefer:\n  coding: [lmstudio/test-org/tiny-qwen-tools]\n")
+    result = run("-m", "router", "Fix this Python bug: def f(: pass", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    data = json.loads(last_turn(user_path)["response_json"])
+    assert data["attempts"][0]["model"] == TOOLS and data["attempts"][0]["error_kind"] == "Unreachable"
+    assert data["attempts"][-1]["ok"]
+
+
+def test_failure_after_text_streamed_is_reported_not_retried(lmstudio, user_path):
+    write_config(user_path, PREFS)
+    run("models")
+    lmstudio.script("def add(a, b): return a + b and more words here")
+    lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=3, times=1)
+    result = run("-m", "router", "Write a Python function that adds two numbers")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    turn = last_turn(user_path)
+    data = json.loads(turn["response_json"])
+    assert len(data["attempts"]) == 1 and data["attempts"][0]["error_kind"] == "StreamCut"
+
+
+def test_no_prompt_leaves_the_machine_without_a_configured_fallback(lmstudio, user_path, cloud):
+    # The config names the cloud model as a preference, but not as a fallback: it must never be used.
+    write_config(user_path, "prefer:\n  coding: [fake-cloud]\n")
+    run("models")
+    lmstudio.set_fault("status", "/api/v0/chat", status=500, body={"error": {"message": "down"}})
+    result = run("-m", "router", "Write a Python function", "--no-stream")
+    assert result.exit_code == 1
+    assert "every model the router tried failed" in result.output
+    assert cloud == []
+    plan = json.loads(run("lmstudio", "route", "--json", "Write a Python function").output)
+    assert "fake-cloud" not in plan["chain"]
+
+
+def test_cloud_fallback_only_when_configured(lmstudio, user_path, cloud):
+    write_config(user_path, "fallback: [fake-cloud]\n")
+    run("models")
+    lmstudio.set_fault("status", "/api/v0/chat", status=503, body={"error": {"message": "overloaded"}})
+    result = run("-m", "router", "Write a Python function", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert "cloud answer" in result.output
+    assert cloud == ["Write a Python function"]
+    turn = last_turn(user_path)
+    assert turn["resolved_model"] == "fake-cloud"
+    data = json.loads(turn["response_json"])
+    assert [a["ok"] for a in data["attempts"]][-1] is True
+    assert all(not a["ok"] for a in data["attempts"][:-1]) and len(data["attempts"]) >= 2
+
+
+def test_route_json_is_stable(lmstudio, user_path):
+    write_config(user_path, PREFS)
+    result = run("lmstudio", "route", "--json", "Explain how vaccines train the immune system")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"task", "confidence", "classifier", "classifier_note", "scores", "needs", "candidates", "excluded", "chosen", "chain"}
+    assert data["task"] == "research"
+    assert set(data["candidates"][0]) == {"model", "score", "loaded", "kind", "reasons"}
+    assert data["chain"][0] == data["chosen"]
+    people = run("lmstudio", "route", "Explain how vaccines train the immune system")
+    assert "Task: research" in people.output and "Chain:" in people.output
+
+
+def test_forced_task_and_piped_prompt(lmstudio, user_path):
+    data = json.loads(run("lmstudio", "route", "--json", "--task", "coding", input="anything at all").output)
+    assert data["task"] == "coding" and data["classifier"] == "forced"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("prefer: [a, b]", "'prefer' must be a mapping"),
+        ("prefer:\n  coding: 3", "'prefer.coding' must be a list"),
+        ("ttl: -5", "'ttl' must be a whole number"),
+        ("colour: blue", "unknown key 'colour'"),
+        ("embedding_model: 3-small", "'embedding_model' must be a local model"),
+        ("prefer: {coding: [a", "not valid YAML"),
+    ],
+)
+def test_bad_config_is_one_clear_line_naming_file_and_key(lmstudio, user_path, text, message):
+    write_config(user_path, text)
+    result = run("lmstudio", "route", "hello")
+    assert result.exit_code == 1 and message in result.output and "lmstudio-router.yaml" in result.output
+    prompt = run("-m", "router", "hello")
+    assert prompt.exit_code == 1 and message in prompt.output and "Traceback" not in prompt.output
+
+
+def test_history_from_the_log_shapes_the_ranking(lmstudio, user_path):
+    from llm_lmstudio import stats
+
+    write_config(user_path, "")
+    for _ in range(6):
+        stats.record_attempt(LLAMA, False, error_kind="TimedOut")
+    plan = json.loads(run("lmstudio", "route", "--json", "--task", "general", "hello").output)
+    scores = {c["model"]: c for c in plan["candidates"]}
+    assert any("100% failures in 6 attempts" in r for r in scores[LLAMA]["reasons"])
+    assert plan["chosen"] != LLAMA
+
+
+def test_params_parsing():
+    assert router.params_billions("qwen2.5-coder-7b-instruct") == 7
+    assert router.params_billions("26B-A4B") == 26
+    assert router.params_billions("qwen2.5-0.5b") == 0.5
+    assert router.params_billions("llama-3.2-1b") == 1
+    assert router.params_billions("mistral-nemo") is None
+
+
+@pytest.mark.minilm
+def test_embedding_classifier_with_a_native_minilm(lmstudio, user_path, minilm_path):
+    assert run("lmstudio", "mlx", "add", str(minilm_path), "--name", "minilm").exit_code == 0
+    write_config(user_path, "embedding_model: mlx/minilm\n")
+    data = json.loads(run("lmstudio", "route", "--json", "Write a Python function that merges two sorted lists").output)
+    assert data["classifier"] == "embedding", data["classifier_note"]
+    assert data["task"] == "coding"
