@@ -540,6 +540,22 @@ def test_cut_fault_drops_the_stream_without_done(lmstudio, http, oai):
         http.post("/v1/chat/completions", json=body | {"stream": False})
 
 
+def test_stream_faults_still_fire_when_the_stream_is_shorter_than_after_chunks(lmstudio, http):
+    body = {"model": LLAMA, "messages": [{"role": "user", "content": "x"}], "stream": True}
+    lmstudio.script("ok", "ok")
+    lmstudio.set_fault("malformed", "/v1/chat/completions", after_chunks=50, times=1)
+    events = sse_events(http.post("/v1/chat/completions", json=body).text)
+    assert events[-1] == "[DONE]"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(events[-2])
+    lmstudio.set_fault("cut", "/v1/chat/completions", after_chunks=50, times=1)
+    received = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            received.extend(line for line in response.iter_lines() if line.startswith("data: "))
+    assert received and "data: [DONE]" not in received
+
+
 def test_load_fail_fault_and_setting_make_loads_fail(lmstudio, http):
     lmstudio.set_fault("load_fail", message="Out of memory", times=1)
     failed = http.post("/v1/chat/completions", json={"model": LLAMA, "messages": [{"role": "user", "content": "x"}]})

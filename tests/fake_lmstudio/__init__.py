@@ -23,7 +23,7 @@ class FakeLMStudioError(RuntimeError):
 class FakeLMStudio:
     """One stand-in server process on 127.0.0.1 with a random free port."""
 
-    def __init__(self, models_dir: Path, *, startup_timeout: float = 30.0):
+    def __init__(self, models_dir: Path, *, startup_timeout: float = 15.0):
         self.models_dir = Path(models_dir)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None

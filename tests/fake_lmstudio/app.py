@@ -364,11 +364,14 @@ class SSEResponse:
         sent = 0
         try:
             async for event in self.events:
-                if fault is not None and fault.kind == "cut" and sent >= fault.after_chunks:
+                # A stream shorter than `after_chunks` still gets its fault, just before [DONE].
+                due = fault is not None and (sent == fault.after_chunks or event == "[DONE]")
+                if due and fault.kind == "cut":
                     self.cancel.set()
                     return  # returning mid-body makes the server close the socket: no [DONE], no final chunk
-                if fault is not None and fault.kind == "malformed" and sent == fault.after_chunks:
+                if due and fault.kind == "malformed":
                     await send({"type": "http.response.body", "body": b'data: {"id": "chatcmpl-broken", "choi\n\n', "more_body": True})
+                    fault = None
                 if fault is not None and fault.kind == "slow" and fault.chunk_delay and sent:
                     await asyncio.sleep(fault.chunk_delay)
                 payload = event if isinstance(event, str) else json.dumps(event)
