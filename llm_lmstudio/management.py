@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from . import server as http
 from . import settings
@@ -508,7 +509,8 @@ def pick_server(address: str | None = None) -> settings.Server:
     for server in servers:
         if server.base_url == url:
             return server
-    return settings.Server(base_url=url, prefix=f"lmstudio@{settings.Server(url, '').host_port}")
+    # Not configured: its models are not registered with llm, but it can still be managed.
+    return settings.Server(base_url=url, prefix=f"lmstudio@{urlsplit(url).netloc}")
 
 
 @contextmanager
