@@ -1,0 +1,261 @@
+"""Per-model history for the router: latency and throughput learned from llm's logs.db, failures and
+time to first token from our own router.db. Never writes to, locks, migrates or indexes llm's logs.db."""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+STORE_FILE = "router.db"  # inside settings.plugin_dir(); ours alone, so llm never sees our tables
+DEFAULT_WINDOW = 200
+HORIZON = 20_000  # most recent turns of llm's log we mirror: months of use, and older ones say little about a model today
+KEEP_ATTEMPTS = 50_000
+_PRUNE_EVERY = 500
+
+_SCHEMA = """
+create table if not exists lmstudio_attempts (
+    id integer primary key,
+    datetime_utc text not null,
+    model text not null,
+    ok integer not null,
+    error_kind text,
+    ttft_ms real,
+    duration_ms real,
+    router_turn_id text
+);
+create index if not exists lmstudio_attempts_model_id on lmstudio_attempts (model, id);
+-- a narrow copy of llm's turns (rowid, effective model, duration, output tokens), indexed by model:
+-- llm's own table has no index on model, and we must not add one
+create table if not exists lmstudio_turns (
+    turn_rowid integer primary key,
+    model text,
+    duration_ms integer,
+    output_tokens integer
+);
+create index if not exists lmstudio_turns_model_rowid on lmstudio_turns (model, turn_rowid);
+-- how far the copy has got: the source file, and the rowid and id of the last turn copied
+create table if not exists lmstudio_sync (
+    one integer primary key check (one = 1),
+    source text not null,
+    last_rowid integer not null,
+    last_id text
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model_id: str
+    turns: int  # logged turns in the window (routed turns count for the model that answered)
+    median_duration_ms: float | None  # whole response, as llm measures it
+    output_tokens_per_second: float | None  # median over turns of output_tokens / duration
+    median_ttft_ms: float | None  # from our attempts; llm does not log it
+    failures: int
+    attempts: int
+    failure_rate: float | None  # failures / attempts; None until something was attempted
+
+
+def default_store_path() -> Path:
+    from . import settings
+
+    return settings.plugin_dir() / STORE_FILE
+
+
+def _open_store(path: Path, timeout: float) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _open_log(path: Path, timeout: float):
+    """llm's logs.db, read-only, through sqlite-utils; None when it has no `turns` table.
+    Raises sqlite3.Error when it cannot be read right now (locked by a writer, corrupt)."""
+    import sqlite_utils
+
+    # mode=ro: never create the file, never take a write lock, never run llm's migrations
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    db = sqlite_utils.Database(conn)
+    try:
+        if db["turns"].exists():  # an llm older than 0.36 logs to `responses` only
+            return db
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    return None
+
+
+def _sync(store: sqlite3.Connection, log, source: str) -> None:
+    """Copy turns added to llm's log since the last sync. Detects a replaced or rewritten log by
+    checking that the last copied rowid still holds the same turn id, and starts over if not."""
+    columns = log["turns"].columns_dict
+    model_expr = "coalesce(resolved_model, model)" if "resolved_model" in columns else "model"
+    store.execute("begin immediate")  # one process syncs at a time; the others wait, then find little to do
+    try:
+        state = store.execute("select source, last_rowid, last_id from lmstudio_sync").fetchone()
+        newest = log.execute("select max(rowid) from turns").fetchone()[0] or 0
+        start = None
+        if state and state[0] == source and state[1] <= newest:
+            same = log.execute("select id from turns where rowid = ?", (state[1],)).fetchone()
+            if state[1] == 0 or (same[0] if same else None) == state[2]:
+                start = state[1]
+        if start is None:
+            store.execute("delete from lmstudio_turns")
+            start = max(0, newest - HORIZON)
+            start_id = log.execute("select id from turns where rowid = ?", (start,)).fetchone()
+            last = (start, start_id[0] if start_id else None)
+        else:
+            last = (state[1], state[2])
+        if newest > start:
+            rows = log.execute(
+                f"select rowid, id, {model_expr}, duration_ms, output_tokens from turns where rowid > ? order by rowid", (start,)
+            ).fetchall()
+            if rows:
+                store.executemany(
+                    "insert or replace into lmstudio_turns values (?, ?, ?, ?)", [(r[0], r[2], r[3], r[4]) for r in rows]
+                )
+                last = (rows[-1][0], rows[-1][1])
+                store.execute("delete from lmstudio_turns where turn_rowid <= ?", (last[0] - HORIZON,))
+        if state is None or (state[0], state[1], state[2]) != (source, *last):
+            store.execute("insert or replace into lmstudio_sync values (1, ?, ?, ?)", (source, *last))
+        store.execute("commit")
+    except BaseException:
+        store.execute("rollback")
+        raise
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def history(
+    db_path: str | Path,
+    model_ids: list[str] | tuple[str, ...] | None = None,
+    window: int = DEFAULT_WINDOW,
+    *,
+    store_path: str | Path | None = None,
+    timeout: float = 0.2,
+) -> dict[str, ModelStats]:
+    """Stats over each model's `window` most recent turns and attempts. Every requested model id is in the
+    result (zero counts when nothing is known); with model_ids=None, every model seen.
+
+    llm's log is mirrored incrementally into our store, so each call reads only the turns logged since
+    the last one. A missing logs.db or one without `turns` gives no turn stats; a locked one gives what
+    the store already knew. Nothing here raises for a database problem."""
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    ids = list(dict.fromkeys(model_ids)) if model_ids is not None else None
+    if ids == []:
+        return {}
+    log_path = Path(db_path)
+    try:
+        store = _open_store(Path(store_path) if store_path else default_store_path(), timeout)
+    except (OSError, sqlite3.Error):
+        store = None  # an unwritable plugin dir means no history, not a failed prompt
+    turns: dict[str, list[tuple]] = {}
+    attempts: dict[str, list[tuple]] = {}
+    if store is not None:
+        try:
+            log_known = _refresh(store, log_path, timeout)
+            if ids is None:
+                names = [r[0] for r in store.execute("select distinct model from lmstudio_turns where model is not null")] if log_known else []
+                names += [r[0] for r in store.execute("select distinct model from lmstudio_attempts")]
+                ids_to_read = sorted(set(names))
+            else:
+                ids_to_read = ids
+            for model in ids_to_read:
+                if log_known:
+                    found = store.execute(
+                        "select duration_ms, output_tokens from lmstudio_turns where model = ? order by turn_rowid desc limit ?",
+                        (model, window),
+                    ).fetchall()
+                    if found:
+                        turns[model] = found
+                found = store.execute(
+                    "select ok, ttft_ms from lmstudio_attempts where model = ? order by id desc limit ?", (model, window)
+                ).fetchall()
+                if found:
+                    attempts[model] = found
+        except sqlite3.Error:
+            pass
+        finally:
+            store.close()
+    names = ids if ids is not None else sorted(set(turns) | set(attempts))
+    return {model: _summarise(model, turns.get(model, []), attempts.get(model, [])) for model in names}
+
+
+def _refresh(store: sqlite3.Connection, log_path: Path, timeout: float) -> bool:
+    """Bring the copy up to date; False when there is no usable log behind it at all."""
+    if not log_path.is_file():
+        return False
+    source = str(log_path.resolve())
+    try:
+        log = _open_log(log_path, timeout)
+        if log is None:
+            return False
+        try:
+            _sync(store, log, source)
+        finally:
+            log.conn.close()
+    except sqlite3.Error:
+        # llm is committing (locked past our timeout) or another process holds the store: the copy
+        # as it stands is at most a few turns behind, which is good enough to route on
+        pass
+    state = store.execute("select source from lmstudio_sync").fetchone()
+    return bool(state and state[0] == source)
+
+
+def _summarise(model: str, turns: list[tuple], attempts: list[tuple]) -> ModelStats:
+    # a zero or negative duration is a cached answer or llm's re-iteration quirk: no latency or rate from it
+    durations = [float(d) for d, _ in turns if d is not None and d > 0]
+    rates = [o / (d / 1000.0) for d, o in turns if d is not None and d > 0 and o is not None and o > 0]
+    failures = sum(1 for ok, _ in attempts if not ok)
+    ttfts = [float(t) for ok, t in attempts if ok and t is not None and t >= 0]
+    return ModelStats(
+        model_id=model,
+        turns=len(turns),
+        median_duration_ms=_median(durations),
+        output_tokens_per_second=_median(rates),
+        median_ttft_ms=_median(ttfts),
+        failures=failures,
+        attempts=len(attempts),
+        failure_rate=(failures / len(attempts)) if attempts else None,
+    )
+
+
+def record_attempt(
+    model: str,
+    ok: bool,
+    *,
+    error_kind: str | None = None,
+    ttft_ms: float | None = None,
+    duration_ms: float | None = None,
+    router_turn_id: str | None = None,
+    store_path: str | Path | None = None,
+    timeout: float = 1.0,
+) -> bool:
+    """Append one delegated attempt to our store (created on first use). Returns False instead of
+    raising when it cannot be written: recording stats must never fail a prompt."""
+    try:
+        conn = _open_store(Path(store_path) if store_path else default_store_path(), timeout)
+    except (OSError, sqlite3.Error):
+        return False
+    try:
+        with conn:
+            conn.execute("begin immediate")
+            cursor = conn.execute(
+                "insert into lmstudio_attempts (datetime_utc, model, ok, error_kind, ttft_ms, duration_ms, router_turn_id)"
+                " values (?, ?, ?, ?, ?, ?, ?)",
+                (datetime.now(timezone.utc).isoformat(), model, 1 if ok else 0, error_kind, ttft_ms, duration_ms, router_turn_id),
+            )
+            if cursor.lastrowid % _PRUNE_EVERY == 0:
+                conn.execute("delete from lmstudio_attempts where id <= ?", (cursor.lastrowid - KEEP_ATTEMPTS,))
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()

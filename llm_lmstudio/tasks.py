@@ -1,0 +1,426 @@
+"""Task classification for the router: which kind of work a prompt asks for (coding, analysis, ...).
+Owns the keyword and embedding classifiers and their exemplars; never calls a model or the network itself."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+DEFAULT_TASKS = ("coding", "analysis", "creative", "research", "general")
+FALLBACK_TASK = "general"
+
+EXEMPLARS_FILE = Path(__file__).parent / "data" / "router_exemplars.json"
+
+Embed = Callable[[list[str]], Sequence[Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class TaskDecision:
+    task: str
+    confidence: float  # probability-like, 0..1; the top entry of `scores`
+    classifier: str  # "keyword" or "embedding"
+    scores: dict[str, float] = field(default_factory=dict)  # every task's share, summing to 1
+    fallback_reason: str | None = None  # why the embedding classifier was not used, when it was wanted
+
+
+# ----------------------------------------------------------------------------------------- prompt views
+
+
+def prompt_view(text: str, system: str | None = None, *, head: int = 700, tail: int = 300, system_chars: int = 200) -> str:
+    """The part of a prompt worth classifying: the instruction usually sits at the start or the end,
+    while pasted material (logs, articles, code) fills the middle."""
+    text = text or ""
+    if len(text) > head + tail:
+        text = text[:head] + "\n…\n" + text[-tail:]
+    if system:
+        text = system[:system_chars] + "\n\n" + text
+    return text
+
+
+def _attachment_type(attachment) -> str:
+    if isinstance(attachment, str):
+        return attachment.lower()
+    kind = getattr(attachment, "type", None)
+    if not kind and hasattr(attachment, "resolve_type"):
+        try:
+            kind = attachment.resolve_type()
+        except Exception:  # an unreadable attachment must not stop routing; it just gives no hint
+            kind = None
+    return (kind or "").lower()
+
+
+def _softmax(scores: Mapping[str, float], temperature: float) -> dict[str, float]:
+    top = max(scores.values())
+    exps = {task: math.exp((value - top) / temperature) for task, value in scores.items()}
+    total = sum(exps.values())
+    return {task: value / total for task, value in exps.items()}
+
+
+def _decision(raw: Mapping[str, float], classifier: str, temperature: float) -> TaskDecision:
+    probs = _softmax(raw, temperature)
+    # ties go to the order tasks were declared in, which puts the defaults first
+    task = max(probs, key=lambda name: probs[name])
+    return TaskDecision(task=task, confidence=probs[task], classifier=classifier, scores=probs)
+
+
+# ----------------------------------------------------------------------------------------- keywords
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One piece of evidence for a task. It fires once if any of its words or phrases (whole words,
+    up to three) occurs, any stem occurs as a substring (stems of inflected words, and scripts written
+    without spaces), or its pattern matches. Python's `re` is slow on long alternations, so keywords
+    are set lookups and the few patterns left look for code and maths notation only."""
+
+    task: str
+    weight: float
+    words: frozenset = frozenset()
+    stems: tuple = ()
+    pattern: re.Pattern | None = None
+
+
+def _rule(task: str, weight: float, words: str = "", stems: str = "", pattern: str | None = None) -> _Rule:
+    return _Rule(
+        task,
+        weight,
+        frozenset(w.strip() for w in words.split("|") if w.strip()),
+        tuple(s for s in stems.split("|") if s),
+        re.compile(pattern, re.MULTILINE) if pattern else None,
+    )
+
+
+# Matched against a lower-cased view of the prompt. Weights and words were fitted on the training
+# split (benchmarks/eval_router.py), never on the test split.
+_RULES: tuple[_Rule, ...] = (
+    # coding: code itself, its vocabulary, its tools
+    _rule("coding", 3.0, stems="```|traceback (most recent call last)|\", line "),
+    _rule("coding", 2.5, pattern=r"^\s*(def|class|import|from \S+ import|return|const|let|var|function|public|private|static|void|fn|func|struct|impl|#include|package|using)\b[^\n]{0,80}[(:{=;]"),
+    _rule("coding", 2.0, stems="=>|->|){|) {|};|$(|self.|this.|::|c++|c#|.net|node.js|</|/>|();"),
+    _rule("coding", 2.0, pattern=r"\w\.(py|js|ts|tsx|jsx|java|kt|rs|go|rb|php|cpp|cc|hpp|cs|swift|sh|sql|yaml|yml|toml|ipynb|vue|lua|zig|dart)\b"),
+    _rule("coding", 2.0, words="python|javascript|typescript|java|kotlin|rust|golang|ruby|php|swift|scala|haskell|bash|powershell|sql|html|css|react|vue|angular|django|flask|fastapi|node|numpy|pandas|pytorch|tensorflow|docker|kubernetes|k8s|git|github|linux|regex|json|yaml|api|sdk|vba|excel formula|matlab|latex|unity|unreal|godot|arduino|esp32|flutter|terraform|aws|azure|gcp|cloudflare|torch|gpu|cuda|llm prompt|yara"),
+    _rule("coding", 2.0, words="code|coding|script|program|function|method|class|variable|compile|compiler|compiled|debug|bug|refactor|implement|algorithm|endpoint|library|framework|repository|repo|database|query|schema|stack trace|exception|syntax|runtime|segfault|deploy|frontend|backend|snippet|unit test|unit tests|pseudocode"),
+    _rule("coding", 2.0, words="input format|output format|test case|test cases|time complexity|leetcode|codeforces|hackerrank|advent of code|string|strings|array|arrays|linked list|binary tree|hashmap|hash map|dataframe|csv file"),
+    _rule("coding", 1.5, words="error|errors|fail|fails|crash|crashes|not working|undefined|null|nonetype"),
+    _rule("coding", 1.5, words="server|servers|nginx|apache|ssh|dns|vpn|firewall|raspberry pi|homelab|terminal|command line|cli|shell|install|config|configuration|owasp|devops|app|website|webpage|browser|plugin|extension|excel|macro", stems="vulnerabilit|self-host"),
+    _rule("coding", 1.5, stems="программ|функци|скрипт|код|代码|函数|程序|コード|関数|código|función|programa"),
+    # analysis: mathematics, logic, calculation, estimation, extraction
+    _rule("analysis", 2.5, words="calculate|calculation|compute|solve|prove|proof|derivative|integral|equation|equations|theorem|lemma|matrix|probability|expected value|variance|median|average|mean of|percent|percentage|factorial|prime|logarithm|log base|modulo|polynomial|fraction|geometry|triangle|circle|radius|area of|volume of|vector|optimize|optimise|simplify|evaluate|estimate|fermi", stems="eigen"),
+    _rule("analysis", 2.0, words="math|maths|mathematics|mathematical|algebra|calculus|statistics|statistical|logic|logical|puzzle|riddle|how many|how much|how far|how long|what is the value|what is the probability|what is the sum|step by step|reasoning"),
+    _rule("analysis", 2.0, words="extract|parse the|pull out|pull the|pick out|list all|list every|tabulate|convert this|convert the|turn this into a table|classify these|categorize these|categorise these|count how many|count the"),
+    _rule("analysis", 2.0, words="find the|find all|find x|find y|find n|smallest|largest|integer|integers|divisible|divided by|remainder|digits|sum of|product of|number line|real numbers|function f|graph of|resistance|voltage|current|velocity|acceleration|force|energy|mass|density|pressure|temperature|circuit|impedance|inductance|capacitance|marbles|coin|coins|dice|die|cards|jar|jars|ball|balls|analyze|analyse|analysis|what is the length|what is the area|what is the distance|what is the speed|what is the ratio|what is the chance|what is the minimum|what is the maximum"),
+    _rule("analysis", 2.5, stems="\\frac|\\sqrt|\\begin|\\int|\\sum|∫|√|∑|π|≈|f(x)", pattern=r"\d[a-z]?\s?[-+*/^×÷=<>≤≥]\s?\(?[\da-z]|[a-z]\^\d|\$[^$\n]{1,80}\$|\d+, \d+, \d+, \d+|\b[a-z] ?= ?\d"),
+    _rule("analysis", 1.0, pattern=r"\d\s?(%|km\b|kg\b|m/s|mph\b|°|degrees|meters|metres|cm\b|mm\b|seconds|hours|dollars|euros|usd\b|eur\b)"),
+    _rule("analysis", 2.0, words="реши|дан|дано|дана|даны|найти|сколько|какая|какой|resolver|resuelve|probabilidad|wahrscheinlichkeit|příklad|řešení|bilangan|hitung|tentukan", stems="вычисл|решит|найдит|вероятност|докаж|уравнени|задач|чисел|числа|число|масса|массы|计算|求解|概率|证明|方程|計算|確率|calcul|berechne|vypočít|数学|倍数|约数|已知|面积|几何"),
+    # creative: writing, roleplay, brainstorming
+    _rule("creative", 3.0, pattern=r"\b(write|compose|create|draft|generate|give me|tell me|make up|invent)\b[^.?!\n]{0,40}\b(stor(y|ies)|poems?|poetry|haiku|limerick|sonnet|song|lyrics|verse|rap|tale|fable|novel|chapter|scene|script|screenplay|dialog(ue)?|monologue|speech|toast|eulogy|joke|riddle|letter|e-?mail|blog|article|essay|review|post|tweet|caption|slogan|tagline|ad|advert\w*|pitch|description|bio|backstory|plot|prologue|epilogue|fan ?fic\w*)\b"),
+    _rule("creative", 2.5, words="story|stories|poem|poems|poetry|haiku|limerick|sonnet|lyrics|fiction|fictional|novel|narrative|narrator|protagonist|character|characters|villain|hero|plot|roleplay|role-play|role play|fantasy|sci-fi|fic|fanfic|fairy tale|bedtime story|screenplay|storyline|worldbuilding|rhyme|stanza|verse"),
+    _rule("creative", 2.5, words="pretend to be|pretend you are|pretend you're|imagine you are|imagine you're|imagine that you|act as|as a pirate|as a knight|as a wizard|as a detective|as a superhero|as a chef|as a captain|as a character|as a villain|as a dragon|as a ghost|as a vampire|let's do a|let's role|in the style|brainstorm|come up with|ideas for|names for|plot twist|plot twists"),
+    _rule("creative", 1.5, words="creative|funny|humorous|witty|whimsical|dark comedy|tone|vivid|emotional|captivating|compelling|engaging|catchy"),
+    _rule("creative", 2.5, words="escribe|escreva|poema|historia|história|cuento|invente|poème|histoire|gedicht|geschichte|viết|truyện|příběh|báseň|hikaye|şiir|cerita|puisi|bài thơ|câu chuyện", stems="напиши|написать|сочини|срифмуй|рифм|придумай|рассказ|стих|сказк|поэм|песн|写一|写个|写首|写篇|诗|故事|小说|歌词|物語|小説|詩|書いて|écri|schreib|básničk|pesm|stihov|이야기|소설|시를|話を|お話|ラノベ|キャラ|shayari|कविता|कहानी|قصة|قصيدة|סיפור|שיר|ιστορία|ποίημα|ποιημα"),
+    _rule("creative", 3.0, words="anime script|movie script|film script|video script|youtube script|tiktok script|comedy script|sitcom script|episode script|play script|radio script|podcast script|script where|script about|script of|script in|script for a|a script where|transcript|caption|captions|estrofa|estrofas|canción|cancion|chanson|cartoon"),
+    # research: knowledge, explanation, comparison
+    _rule("research", 2.0, words="explain|explanation|describe|overview|history of|what is|what's|what are|what was|what were|the difference|difference between|differences between|compare|comparison|versus|vs|pros and cons|advantages and disadvantages|how does|how did|how are|how is|who was|who is|who were|who invented|who discovered|when did|what caused|causes of|origin of|significance of|implications|impact of|effect of|effects of|role of|what if|would have|why is|why are|why do|why does|why did|why was|why were|why might|why would|why should", pattern=r"\bhow (do|can|could|would|might|should|will) (?!i\b)"),
+    _rule("research", 1.5, words="science|scientific|theory|history|historical|economy|economics|biology|physics|chemistry|philosophy|politics|political|geography|evolution|climate|society|culture|cultural|ethics|ethical|government|policy|technology|medicine|medical|disease|century|war|empire|civilization|revolution"),
+    # general: personal advice, everyday text chores, chit-chat (greetings are handled separately)
+    _rule("general", 2.5, words="how are you|who are you|what can you do|are you a|are you an|are you real|your favourite|your favorite|do you like|i'm bored|i am bored|i'm feeling|i'm nervous|i'm stressed|i'm sad|i'm tired|i'm excited|i'm worried|i feel|just got|tell me something"),
+    _rule("general", 2.0, words="advice|tip|tips|recommend|recommendation|recommendations|suggest|suggestion|suggestions|should i|can i|how can i|how do i|how should i|help me|my wife|my husband|my partner|my boyfriend|my girlfriend|my friend|my mom|my mum|my dad|my boss|my coworker|my colleague|my kid|my son|my daughter|my cat|my dog|my landlord|my teacher|what should|is it rude|is it ok|is it okay|is it normal|is it better|ideas for a|ideas for my|plan my|gift|dinner|recipe|weekend|vacation|holiday|trip"),
+    _rule("general", 3.0, words="summarise|summarize|summary|tl;dr|tldr|condense|shorten|rephrase|reword|paraphrase|proofread|fix the grammar|grammar|translate|translation|how do i say|how do you say|make this sound|make this more|more polite|politely"),
+    _rule("general", 1.5, words="improve my|productivity|time management|stress|habit|motivation|skills|career|interview|job|health|healthy|exercise|sleep|relationship"),
+)
+
+# Attachments hint at the work before any text is read. An image with little text is usually
+# "what is this / describe it" (general); charts and tables are caught by the analysis words.
+_ATTACHMENT_HINTS: tuple[tuple[str, str, float], ...] = (
+    ("image/", "general", 1.5),
+    ("audio/", "general", 1.5),
+    ("application/pdf", "research", 1.0),
+    ("text/x-", "coding", 2.0),
+    ("application/json", "analysis", 1.0),
+    ("text/csv", "analysis", 2.0),
+)
+
+_GREETING = re.compile(r"\s*(hi|hello|hey|yo|hiya|howdy|good (morning|afternoon|evening|night)|thanks|thank you|thx|ok(ay)?|cool|lol|haha|bye|goodbye|sup|what's up)\b")
+_WORD = re.compile(r"\w+(?:['+#.;-]\w+)*")
+_SHORT_PROMPT = 40  # characters: below this, with nothing else to go on, it is chit-chat
+_KEYWORD_TEMPERATURE = 1.5
+
+
+class KeywordClassifier:
+    """Weighted keyword and notation rules over the head and tail of a prompt: no model, well under 1 ms."""
+
+    name = "keyword"
+
+    def __init__(self, extra_keywords: Mapping[str, Iterable[str]] | None = None, *, head: int = 800, tail: int = 400):
+        # 1,200 characters hold the instruction of nearly every prompt; on the training split, views of
+        # 750 to 3,000 characters classify equally well, and cost grows with the view
+        self.head = head
+        self.tail = tail
+        rules = list(_RULES)
+        self.tasks: list[str] = list(DEFAULT_TASKS)
+        for task, words in (extra_keywords or {}).items():
+            words = [" ".join(_WORD.findall(w.lower())) for w in words if w and w.strip()]
+            if task not in self.tasks:
+                self.tasks.append(task)
+            if any(words):
+                # user keywords are whole words or phrases; they outrank one built-in rule
+                rules.append(_Rule(task, 3.0, frozenset(w for w in words if w)))
+        self._rules = tuple(rules)
+
+    def _fired(self, view: str) -> list[_Rule]:
+        tokens = _WORD.findall(view)
+        grams = set(tokens)
+        grams.update(" ".join(tokens[i : i + 2]) for i in range(len(tokens) - 1))
+        grams.update(" ".join(tokens[i : i + 3]) for i in range(len(tokens) - 2))
+        fired = []
+        for rule in self._rules:
+            if (
+                not rule.words.isdisjoint(grams)
+                or any(stem in view for stem in rule.stems)
+                or (rule.pattern is not None and rule.pattern.search(view))
+            ):
+                fired.append(rule)
+        return fired
+
+    def raw_scores(self, text: str, system: str | None = None, attachments: Sequence = ()) -> dict[str, float]:
+        text = text or ""
+        scores = dict.fromkeys(self.tasks, 0.0)
+        scores[FALLBACK_TASK] = 0.5  # a prompt without any signal is everyday chat
+        if len(text) > self.head + self.tail:
+            view = text[: self.head] + "\n" + text[-self.tail :]
+        else:
+            view = text
+        view = view.lower()
+        for rule in self._fired(view):
+            scores[rule.task] += rule.weight
+        # "hi!" is chit-chat; "hi, I am learning C++ and ..." is a request that opens politely
+        if _GREETING.match(view):
+            scores[FALLBACK_TASK] += 3.0 if len(text) < 80 else 0.5
+        if system:
+            for rule in self._fired(system[:500].lower()):
+                scores[rule.task] += rule.weight * 0.5
+        # two or more fences anywhere (even past the truncated view) means code was pasted
+        if text.count("```") >= 2:
+            scores["coding"] += 1.0
+        if len(text.strip()) < _SHORT_PROMPT and max(scores.values()) <= 0.5:
+            scores[FALLBACK_TASK] += 1.0
+        media = False
+        for attachment in attachments:
+            kind = _attachment_type(attachment)
+            media = media or kind.startswith(("image/", "audio/"))
+            for prefix, task, weight in _ATTACHMENT_HINTS:
+                if kind.startswith(prefix) and task in scores:
+                    scores[task] += weight
+                    break
+        # "what's this?" next to a photo asks about the photo; a clear task word still wins
+        if media and len(text) < 60 and max(v for t, v in scores.items() if t != FALLBACK_TASK) <= 2.0:
+            scores[FALLBACK_TASK] += 1.0
+        return scores
+
+    def classify(self, text: str, system: str | None = None, attachments: Sequence = ()) -> TaskDecision:
+        return _decision(self.raw_scores(text, system, attachments), self.name, _KEYWORD_TEMPERATURE)
+
+
+# ----------------------------------------------------------------------------------------- exemplars
+
+
+def default_exemplars() -> dict[str, list[str]]:
+    """The shipped exemplars: prompts from the training split of benchmarks/eval_router.py."""
+    data = json.loads(EXEMPLARS_FILE.read_text(encoding="utf-8"))
+    return {task: list(prompts) for task, prompts in data["tasks"].items()}
+
+
+def load_exemplars(extra: Mapping[str, Iterable[str]] | None = None, *, base: Mapping[str, Iterable[str]] | None = None) -> dict[str, list[str]]:
+    """The default exemplars with the user's merged in: new prompts are appended to a task, and
+    a task name the defaults do not know becomes a new task. Duplicates are dropped."""
+    merged = {task: list(prompts) for task, prompts in (base if base is not None else default_exemplars()).items()}
+    for task, prompts in (extra or {}).items():
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        bucket = merged.setdefault(str(task), [])
+        seen = set(bucket)
+        for prompt in prompts:
+            if isinstance(prompt, str) and prompt.strip() and prompt not in seen:
+                bucket.append(prompt)
+                seen.add(prompt)
+    return {task: prompts for task, prompts in merged.items() if prompts}
+
+
+# ----------------------------------------------------------------------------------------- embeddings
+
+_CACHE_FORMAT = 1
+
+
+def _digest(pairs: Sequence[tuple[str, str]], view: tuple[int, int]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": _CACHE_FORMAT, "view": view, "pairs": pairs}, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def _slug(model_id: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:60]
+    return f"{readable}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
+
+
+class EmbeddingClassifier:
+    """Nearest exemplars in an embedding space: per task, the mean similarity of its k closest exemplars.
+    Exemplar vectors are computed once per (model, exemplar set) and cached on disk; a prompt costs one call."""
+
+    name = "embedding"
+
+    def __init__(
+        self,
+        embed: Embed,
+        exemplars: Mapping[str, Sequence[str]],
+        *,
+        model_id: str = "unknown",
+        cache_dir: str | os.PathLike | None = None,
+        method: str = "knn",
+        k: int = 5,
+        head: int = 700,
+        tail: int = 300,
+        temperature: float = 0.03,
+        batch_size: int = 32,
+    ):
+        if method not in ("knn", "centroid"):
+            raise ValueError(f"method must be 'knn' or 'centroid', not {method!r}")
+        self.embed = embed
+        self.model_id = model_id
+        self.method = method
+        self.k = k
+        self.head = head
+        self.tail = tail
+        self.temperature = temperature
+        pairs = [(task, prompt_view(p, head=head, tail=tail)) for task, prompts in exemplars.items() for p in prompts]
+        if not pairs:
+            raise ValueError("the embedding classifier needs at least one exemplar")
+        self.tasks = list(dict.fromkeys(task for task, _ in pairs))
+        self.digest = _digest(pairs, (head, tail))
+        self.cache_path = (Path(cache_dir) / "router-exemplars" / f"{_slug(model_id)}-{self.digest[:16]}.npy") if cache_dir else None
+        vectors = self._load_cached(len(pairs))
+        if vectors is None:
+            texts = [text for _, text in pairs]
+            vectors = []
+            for start in range(0, len(texts), batch_size):
+                vectors.extend(self._embed_checked(texts[start : start + batch_size]))
+            self._store_cached(vectors)
+        self._build_index([task for task, _ in pairs], vectors)
+
+    # -- cache
+
+    def _load_cached(self, count: int):
+        if self.cache_path is None or not self.cache_path.is_file():
+            return None
+        import numpy as np
+
+        try:
+            vectors = np.load(self.cache_path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a torn or foreign file is rebuilt, never trusted
+        if vectors.ndim != 2 or vectors.shape[0] != count:
+            return None
+        return vectors
+
+    def _store_cached(self, vectors) -> None:
+        if self.cache_path is None:
+            return
+        import numpy as np
+
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            # write-then-rename, so a concurrent `llm` process never reads half a file
+            fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+            os.replace(tmp, self.cache_path)
+        except OSError:
+            pass  # no cache is slower next time, not wrong
+
+    # -- index
+
+    def _embed_checked(self, texts: list[str]) -> list[list[float]]:
+        vectors = [list(map(float, v)) for v in self.embed(texts)]
+        if len(vectors) != len(texts):
+            raise ValueError(f"embedding model {self.model_id} returned {len(vectors)} vectors for {len(texts)} texts")
+        return vectors
+
+    def _build_index(self, labels: list[str], vectors) -> None:
+        import numpy as np  # numpy is heavy to import; only the embedding path needs it
+
+        matrix = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        matrix = matrix / np.where(norms == 0, 1.0, norms)
+        self._labels = np.asarray([self.tasks.index(t) for t in labels])
+        if self.method == "centroid":
+            centroids = np.stack([matrix[self._labels == i].mean(axis=0) for i in range(len(self.tasks))])
+            centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+            self._matrix = centroids
+            self._labels = np.arange(len(self.tasks))
+        else:
+            self._matrix = matrix
+
+    def scores_for_vector(self, vector: Sequence[float]) -> dict[str, float]:
+        """Per-task similarity of one (already embedded) prompt; exposed for offline evaluation."""
+        import numpy as np
+
+        query = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise ValueError(f"embedding model {self.model_id} returned a zero vector")
+        sims = self._matrix @ (query / norm)
+        scores = {}
+        for index, task in enumerate(self.tasks):
+            task_sims = sims[self._labels == index]
+            if self.method == "knn" and len(task_sims) > self.k:
+                task_sims = np.partition(task_sims, -self.k)[-self.k :]
+            scores[task] = float(task_sims.mean())
+        return scores
+
+    def view(self, text: str, system: str | None = None) -> str:
+        return prompt_view(text, system, head=self.head, tail=self.tail)
+
+    def classify(self, text: str, system: str | None = None, attachments: Sequence = ()) -> TaskDecision:
+        [vector] = self._embed_checked([self.view(text, system)])
+        return _decision(self.scores_for_vector(vector), self.name, self.temperature)
+
+
+# ----------------------------------------------------------------------------------------- entry point
+
+_DEFAULT_KEYWORD: KeywordClassifier | None = None
+
+
+def classify(
+    text: str,
+    system: str | None = None,
+    attachments: Sequence = (),
+    *,
+    embedding: EmbeddingClassifier | None = None,
+    keyword: KeywordClassifier | None = None,
+) -> TaskDecision:
+    """The task of one prompt, from the best classifier available: the embedding classifier when one
+    is given and works, else keywords. A failed embedding call falls back and says why."""
+    global _DEFAULT_KEYWORD
+    if keyword is None:
+        if _DEFAULT_KEYWORD is None:
+            _DEFAULT_KEYWORD = KeywordClassifier()
+        keyword = _DEFAULT_KEYWORD
+    reason = None
+    if embedding is not None:
+        if (text or "").strip() or (system or "").strip():
+            try:
+                return embedding.classify(text, system, attachments)
+            except Exception as exc:  # any embedding failure (server down, bad vector) must not block routing
+                reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "empty prompt"
+    decision = keyword.classify(text, system, attachments)
+    if reason:
+        decision = TaskDecision(decision.task, decision.confidence, decision.classifier, decision.scores, fallback_reason=reason)
+    return decision

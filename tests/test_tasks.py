@@ -1,0 +1,323 @@
+"""Specifications for llm_lmstudio.tasks: the keyword and embedding task classifiers and their exemplars."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_lmstudio import tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- a real, cheap embedding
+
+
+class HashedBagOfWords:
+    """A deterministic embedding: words hashed into 256 buckets, L2-normalised. Similar wording gives
+    similar vectors, which is all the exemplar classifier needs; it counts the texts it embeds."""
+
+    dims = 256
+
+    def __init__(self):
+        self.calls = 0
+        self.texts = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        self.texts += len(texts)
+        vectors = []
+        for text in texts:
+            vector = [0.0] * self.dims
+            for word in re.findall(r"\w+", text.lower()):
+                bucket = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big") % self.dims
+                vector[bucket] += 1.0
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            vectors.append([x / norm for x in vector])
+        return vectors
+
+
+SMALL_EXEMPLARS = {
+    "coding": ["write a python function to parse json", "fix this javascript bug in my react component", "sql query to join two tables"],
+    "analysis": ["calculate the area of a circle with radius 3", "solve the equation 2x + 3 = 7", "what is the probability of two heads"],
+    "creative": ["write a poem about the sea", "tell me a story about a dragon", "write song lyrics about summer love"],
+    "research": ["explain how vaccines work", "what is the history of the roman empire", "compare nuclear and solar power"],
+    "general": ["hi how are you", "thanks that was helpful", "what should I cook for dinner tonight"],
+}
+
+
+# ----------------------------------------------------------------------------- keyword classifier
+
+
+@pytest.mark.parametrize(
+    "prompt, task",
+    [
+        ("why does this fail?\n```python\ndef f(x):\n    return x[0]\n```", "coding"),
+        ('Traceback (most recent call last):\n  File "app.py", line 3, in <module>\nKeyError: "port"', "coding"),
+        ("how do I fix the import error in utils.py", "coding"),
+        ("write a haiku about autumn", "creative"),
+        ("pretend you're a pirate captain and give a speech to your crew", "creative"),
+        ("what is 17 * 23 + 4?", "analysis"),
+        ("prove that the square root of 2 is irrational", "analysis"),
+        ("hi, how are you", "general"),
+        ("thanks!", "general"),
+        ("summarise this: the meeting moved to Friday and the budget was approved.", "general"),
+        ("explain how vaccines work", "research"),
+        ("compare the french and american revolutions", "research"),
+    ],
+)
+def test_keyword_classifier_recognises_the_obvious_cases(prompt, task):
+    decision = tasks.classify(prompt)
+    assert decision.task == task
+    assert decision.classifier == "keyword"
+
+
+def test_scores_are_a_distribution_with_the_winner_on_top():
+    decision = tasks.classify("write a python script that reads a csv file")
+    assert set(decision.scores) == set(tasks.DEFAULT_TASKS)
+    assert sum(decision.scores.values()) == pytest.approx(1.0)
+    assert decision.confidence == max(decision.scores.values()) == decision.scores[decision.task]
+
+
+def test_confidence_is_higher_for_a_clearer_prompt():
+    clear = tasks.classify("```python\nimport os\ndef main():\n    return os.listdir()\n```\nthis function raises an exception, debug it")
+    vague = tasks.classify("can you look at this for me")
+    ambiguous = tasks.classify("write a story about a programmer who fixes a bug in a python script")
+    assert clear.task == "coding"
+    assert clear.confidence > ambiguous.confidence
+    assert clear.confidence > vague.confidence
+
+
+def test_system_prompt_counts_but_less_than_the_prompt():
+    assert tasks.classify("what's wrong here?", system="You are an expert Python programmer. Review code.").task == "coding"
+    # the user's own words outweigh a generic system prompt
+    assert tasks.classify("write a poem about the sea", system="You are a Python expert.").task == "creative"
+
+
+def test_image_attachment_hints_at_everyday_questions():
+    class Attachment:  # the shape of llm.Attachment that matters here
+        type = "image/png"
+
+    assert tasks.classify("what's this?", attachments=[Attachment()]).task == "general"
+    assert tasks.classify("", attachments=["image/jpeg"]).task == "general"
+    assert tasks.classify("what is the integral shown in this picture? solve it", attachments=[Attachment()]).task == "analysis"
+
+
+def test_long_prompts_are_classified_from_head_and_tail_quickly():
+    pasted = "lorem ipsum dolor sit amet " * 4000  # ~100 kB of pasted material in the middle
+    prompt = "Here is a log from my server.\n" + pasted + "\nwhy does my python script crash with this traceback?"
+    keyword = tasks.KeywordClassifier()
+    keyword.classify(prompt)
+    start = time.perf_counter()
+    for _ in range(20):
+        decision = keyword.classify(prompt)
+    per_call_ms = (time.perf_counter() - start) * 1000 / 20
+    assert decision.task == "coding"
+    # the budget is < 1 ms on an idle machine; this bound only catches a scan of the whole 100 kB
+    assert per_call_ms < 20
+
+
+def test_user_keywords_add_a_task():
+    keyword = tasks.KeywordClassifier(extra_keywords={"legal": ["contract", "tenancy agreement", "clause"]})
+    assert keyword.classify("is this clause in my tenancy agreement enforceable?").task == "legal"
+    assert keyword.classify("write a haiku about autumn").task == "creative"
+
+
+def test_importing_tasks_stays_cheap():
+    # llm itself may already have numpy loaded; what matters is that tasks.py adds nothing heavy
+    code = (
+        "import sys, llm_lmstudio; before = set(sys.modules); import llm_lmstudio.tasks; "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('numpy', 'mlx', 'mlx_embeddings', 'sqlite_utils', 'httpx')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- exemplars
+
+
+def test_default_exemplars_cover_every_task_and_hold_no_test_prompt():
+    exemplars = tasks.load_exemplars()
+    assert set(exemplars) == set(tasks.DEFAULT_TASKS)
+    assert all(len(prompts) >= 40 for prompts in exemplars.values())
+    split = json.loads((ROOT / "benchmarks" / "data" / "router_split.json").read_text())
+    test_ids = set(split["test_ids"])
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import eval_router
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    held_out = {tasks.prompt_view(r["prompt"]) for r in eval_router.load_labelled() if r["id"] in test_ids}
+    shipped = {p for prompts in exemplars.values() for p in prompts}
+    assert held_out and not (held_out & shipped)
+
+
+def test_user_exemplars_extend_tasks_and_add_new_ones():
+    merged = tasks.load_exemplars({"legal": ["review this NDA clause", "is my lease agreement fair"], "coding": ["write a bash loop"]}, base=SMALL_EXEMPLARS)
+    assert merged["legal"] == ["review this NDA clause", "is my lease agreement fair"]
+    assert merged["coding"][-1] == "write a bash loop"
+    assert len(merged["coding"]) == len(SMALL_EXEMPLARS["coding"]) + 1
+    # merging the same prompt twice does not duplicate it
+    again = tasks.load_exemplars({"coding": ["write a bash loop"]}, base=merged)
+    assert again["coding"].count("write a bash loop") == 1
+
+
+# ----------------------------------------------------------------------------- embedding classifier
+
+
+def test_embedding_classifier_picks_the_nearest_task():
+    embed = HashedBagOfWords()
+    clf = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", k=2)
+    cases = {
+        "write a python function to reverse a list": "coding",
+        "solve the equation 5x - 2 = 8": "analysis",
+        "write a poem about winter": "creative",
+        "explain how the roman empire fell": "research",
+        "hi, how are you today": "general",
+    }
+    for prompt, task in cases.items():
+        decision = clf.classify(prompt)
+        assert (prompt, decision.task) == (prompt, task)
+        assert decision.classifier == "embedding"
+        assert sum(decision.scores.values()) == pytest.approx(1.0)
+
+
+def test_centroid_method_also_classifies():
+    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid")
+    assert clf.classify("tell me a story about a brave dragon").task == "creative"
+
+
+def test_user_task_from_extra_exemplars_is_recognised():
+    exemplars = tasks.load_exemplars(
+        {"legal": ["is this contract clause enforceable", "review my tenancy agreement", "can my landlord keep the deposit under the lease"]},
+        base=SMALL_EXEMPLARS,
+    )
+    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", k=2)
+    assert "legal" in clf.tasks
+    assert clf.classify("is this clause in my lease enforceable").task == "legal"
+
+
+def test_exemplar_vectors_are_cached_per_model_and_exemplar_set(tmp_path):
+    first = HashedBagOfWords()
+    clf = tasks.EmbeddingClassifier(first, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=4)
+    exemplar_count = sum(len(v) for v in SMALL_EXEMPLARS.values())
+    assert first.texts == exemplar_count
+    assert clf.cache_path is not None and clf.cache_path.exists()
+
+    second = HashedBagOfWords()
+    cached = tasks.EmbeddingClassifier(second, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
+    assert second.calls == 0  # nothing re-embedded
+    decision = cached.classify("write a poem about the moon")
+    assert (second.calls, second.texts) == (1, 1)  # one call, the prompt only
+    assert decision == clf.classify("write a poem about the moon")
+
+    # another model or another exemplar set must not reuse those vectors
+    other_model = HashedBagOfWords()
+    tasks.EmbeddingClassifier(other_model, SMALL_EXEMPLARS, model_id="another-model", cache_dir=tmp_path)
+    assert other_model.texts == exemplar_count
+    other_set = HashedBagOfWords()
+    tasks.EmbeddingClassifier(other_set, tasks.load_exemplars({"general": ["good night"]}, base=SMALL_EXEMPLARS), model_id="hashed-bow", cache_dir=tmp_path)
+    assert other_set.texts == exemplar_count + 1
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path):
+    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
+    clf.cache_path.write_bytes(b"not a numpy file")
+    embed = HashedBagOfWords()
+    rebuilt = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
+    assert embed.texts == sum(len(v) for v in SMALL_EXEMPLARS.values())
+    assert rebuilt.classify("write a poem about the sea").task == "creative"
+
+
+def test_long_prompts_are_embedded_as_head_and_tail():
+    embed = HashedBagOfWords()
+    seen = []
+
+    def recording(texts):
+        seen.extend(texts)
+        return embed(texts)
+
+    clf = tasks.EmbeddingClassifier(recording, SMALL_EXEMPLARS, model_id="hashed-bow")
+    seen.clear()
+    clf.classify("START " + "filler " * 5000 + " END")
+    [view] = seen
+    assert view.startswith("START") and view.endswith("END")
+    assert len(view) <= clf.head + clf.tail + 10
+
+
+def test_classify_prefers_embeddings_and_falls_back_to_keywords_with_a_reason():
+    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow")
+    assert tasks.classify("write a poem about winter", embedding=clf).classifier == "embedding"
+
+    def broken(texts):
+        raise ConnectionError("LM Studio is not running")
+
+    clf.embed = broken
+    decision = tasks.classify("write a poem about winter", embedding=clf)
+    assert decision.classifier == "keyword"
+    assert decision.task == "creative"
+    assert "LM Studio is not running" in decision.fallback_reason
+
+
+def test_wrong_number_of_vectors_is_an_error_not_a_guess():
+    with pytest.raises(ValueError):
+        tasks.EmbeddingClassifier(lambda texts: [[1.0, 0.0]], SMALL_EXEMPLARS, model_id="bad")
+
+
+# ----------------------------------------------------------------------------- the real MiniLM
+
+
+# Written for this test, never part of any split or exemplar set: plain prompts of each kind.
+MINILM_CASES = {
+    "write a function in rust that merges two sorted vectors": "coding",
+    "my flask app returns a 500 error when I post a form, how do I debug it": "coding",
+    "what is the sum of the first 100 odd numbers? show your working": "analysis",
+    "a car travels 150 km in 2.5 hours, what is its average speed": "analysis",
+    "write a short poem about a lighthouse in a storm": "creative",
+    "write a bedtime story about a sleepy owl": "creative",
+    "what caused the fall of the Byzantine empire": "research",
+    "explain how a refrigerator keeps food cold": "research",
+    "hey, good morning! how's your day going?": "general",
+    "any tips for staying motivated when working from home?": "general",
+}
+
+
+@pytest.mark.minilm
+@pytest.mark.slow
+def test_minilm_classifier_gets_held_out_prompts_right():
+    from tests import model_factory
+
+    try:
+        path = model_factory.minilm_path()
+    except model_factory.MiniLMUnavailable as exc:
+        pytest.skip(f"MiniLM weights unavailable: {exc}")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from eval_router import MiniLM
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    minilm = MiniLM(path)
+    # exemplars: the NumPy replay of the same weights (MLX's Linux CPU path is too slow for ~700 texts),
+    # checked against mlx_embeddings first; each prompt then goes through mlx_embeddings itself
+    assert minilm.check_replay(["write a haiku about rain", "explain the krebs cycle"]) > 0.9999
+    calls = []
+
+    def embed(texts):
+        calls.append(len(texts))
+        return minilm.embed_numpy(texts) if len(texts) > 1 else minilm.embed_mlx(texts)
+
+    clf = tasks.EmbeddingClassifier(
+        embed, tasks.load_exemplars(), model_id=minilm.model_id, cache_dir=model_factory.cache_root() / "router", batch_size=32
+    )
+    calls.clear()
+    results = {prompt: clf.classify(prompt).task for prompt in MINILM_CASES}
+    assert calls == [1] * len(MINILM_CASES)
+    assert results == MINILM_CASES
