@@ -24,7 +24,9 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _warm_imports() -> None:
-    # Importing mlx-lm takes about a second; do it before the first load asks for it.
+    # Import the engines before serving: transformers' lazy module is not thread-safe, and a load
+    # importing mlx_embeddings while another thread imports mlx_lm fails with an ImportError.
+    import mlx_embeddings  # noqa: F401
     import mlx_lm  # noqa: F401
 
 
@@ -40,6 +42,7 @@ async def _serve(args) -> None:
     from .app import create_app
     from .state import LMStudioState
 
+    _warm_imports()
     state = LMStudioState(Path(args.models_dir))
     app = create_app(state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -63,7 +66,6 @@ async def _serve(args) -> None:
         tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
         tmp.replace(ready)  # atomic: the launcher never reads a half-written file
     print(f"fake LM Studio listening on http://{args.host}:{port}", file=sys.stderr, flush=True)
-    threading.Thread(target=_warm_imports, daemon=True).start()
     await task
     state.close()
 
