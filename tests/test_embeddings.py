@@ -127,3 +127,15 @@ def test_over_long_input_reports_lmstudio_message(lmstudio):
     model = LMStudioEmbedding(CatalogModel(key="m", type="embeddings"), settings.servers()[0])
     with pytest.raises(llm.ModelError, match="exceeds the model's context length"):
         model.embed("word " * 9000)
+
+
+@pytest.mark.minilm
+def test_lmstudio_and_native_paths_agree(lmstudio, minilm_path):
+    assert run("lmstudio", "mlx", "add", str(minilm_path), "--name", "minilm").exit_code == 0
+    served = llm.get_embedding_model(MINILM)
+    native = llm.get_embedding_model("mlx/minilm")
+    texts = [CAT, KITTEN, STOCKS, "def add(a, b): return a + b"]
+    for text, a, b in zip(texts, served.embed_multi(texts), native.embed_multi(texts)):
+        assert cosine(a, b) > 0.99, text
+    native_cat, native_kitten, native_stocks = native.embed_multi([CAT, KITTEN, STOCKS])
+    assert cosine(native_cat, native_kitten) > cosine(native_cat, native_stocks)
