@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import click
 import llm
 from llm.parts import StreamEvent
 from pydantic import Field
@@ -50,7 +51,15 @@ class ChatOptions(llm.Options):
 # ---------------------------------------------------------------- errors
 
 
-def _model_error(local: LocalModel, exc: BaseException, doing: str) -> llm.ModelError:
+class NativeModelError(llm.ModelError, click.ClickException):
+    """A one-line model error. Also a ClickException because `llm embed` lets ModelError escape as a
+    traceback (llm 0.36 catches it only around prompts); click prints this one as `Error: ...`."""
+
+    def __init__(self, message: str):
+        click.ClickException.__init__(self, message)
+
+
+def _model_error(local: LocalModel, exc: BaseException, doing: str, engine: str = "mlx-lm") -> NativeModelError:
     """Turn whatever mlx raised into one line that says what happened and what to do."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     lowered = text.lower()
@@ -58,27 +67,27 @@ def _model_error(local: LocalModel, exc: BaseException, doing: str) -> llm.Model
         marker in lowered for marker in ("out of memory", "bad_alloc", "resource limit", "[metal::malloc]", "failed to allocate")
     ):
         gigabytes = local.size_bytes / 1e9
-        return llm.ModelError(
+        return NativeModelError(
             f"Out of memory {doing} {local.model_id} ({gigabytes:.1f} GB of weights): "
             "close other models or use a smaller quantization"
         )
     if "not supported" in lowered and "model type" in lowered:
         from importlib.metadata import version
 
-        return llm.ModelError(
-            f"{local.model_id} uses the '{local.arch}' architecture, which mlx-lm {version('mlx-lm')} "
-            "cannot run: try `pip install -U mlx-lm`"
+        return NativeModelError(
+            f"{local.model_id} uses the '{local.arch}' architecture, which {engine} {version(engine)} "
+            f"cannot run: try `pip install -U {engine}`"
         )
-    return llm.ModelError(f"{local.model_id} failed while {doing} ({local.path}): {text}")
+    return NativeModelError(f"{local.model_id} failed while {doing} ({local.path}): {text}")
 
 
 def _check_folder(local: LocalModel) -> None:
     if local.problem:
-        raise llm.ModelError(f"{local.model_id}: {local.problem} (remove it with `llm lmstudio mlx remove {local.name}`)")
+        raise NativeModelError(f"{local.model_id}: {local.problem} (remove it with `llm lmstudio mlx remove {local.name}`)")
     try:
         inspect_folder(local.path)
     except LocalModelError as exc:
-        raise llm.ModelError(f"{local.model_id}: {exc}") from None
+        raise NativeModelError(f"{local.model_id}: {exc}") from None
 
 
 # ---------------------------------------------------------------- chat runtime
@@ -179,6 +188,12 @@ def load_chat(local: LocalModel) -> ChatRuntime:
         return runtime
 
 
+def clear_prompt_caches() -> None:
+    """Forget every kept KV cache but keep the models loaded (benchmarks measure an uncached turn this way)."""
+    for runtime in list(_CHAT.values()):
+        runtime.checkout_cache([0])
+
+
 def unload_all() -> None:
     """Drop every loaded model (tests and benchmarks use this to measure a cold start)."""
     with _LOAD_LOCK:
@@ -263,11 +278,11 @@ def generate_events(local: LocalModel, prompt: llm.Prompt, response) -> Iterator
     tokenizer = runtime.tokenizer
     options = prompt.options
     if tools and not tokenizer.has_tool_calling:
-        raise llm.ModelError(f"{local.model_id}: mlx-lm found no tool-call format in this model's chat template")
+        raise NativeModelError(f"{local.model_id}: mlx-lm found no tool-call format in this model's chat template")
     try:
         tokens = runtime.render(messages, tools)
     except Exception as exc:
-        raise llm.ModelError(f"{local.model_id}: its chat template failed on this conversation: {exc}") from exc
+        raise NativeModelError(f"{local.model_id}: its chat template failed on this conversation: {exc}") from exc
     sampling = _sampling(runtime, options)
     sampler = make_sampler(
         temp=sampling["temperature"], top_p=sampling["top_p"], min_p=sampling["min_p"], top_k=sampling["top_k"]
@@ -608,7 +623,7 @@ def load_embedding(local: LocalModel) -> EmbeddingRuntime:
 
             model, tokenizer = load(str(local.path))
         except Exception as exc:
-            raise _model_error(local, exc, "loading") from exc
+            raise _model_error(local, exc, "loading", engine="mlx-embeddings") from exc
         runtime = EmbeddingRuntime(local, model, tokenizer)
         _EMBED[key] = runtime
         return runtime
@@ -634,4 +649,4 @@ class MLXEmbeddingModel(llm.EmbeddingModel):
         try:
             return runtime.embed(texts)
         except Exception as exc:
-            raise _model_error(self.local, exc, "running") from exc
+            raise _model_error(self.local, exc, "running", engine="mlx-embeddings") from exc

@@ -422,3 +422,13 @@ def test_out_of_memory_is_one_clear_line(exc):
     local = local_models.LocalModel("big", local_models.Path("/m/big"), "chat", "llama", 7_400_000_000, "user")
     message = str(mlx_native._model_error(local, exc, "loading"))
     assert message == "Out of memory loading mlx/big (7.4 GB of weights): close other models or use a smaller quantization"
+
+
+def test_unsupported_embedding_architecture_is_one_clear_line(models, tmp_path):
+    folder = tmp_path / "odd-embedder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert9000", "architectures": ["Bert9000Model"]}))
+    (folder / "model.safetensors").write_bytes(b"never read")
+    local_models.add(folder, "odd-embedder")
+    output = one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/odd-embedder", "-c", "hello"]))
+    assert "'bert9000' architecture" in output and "pip install -U mlx-embeddings" in output
