@@ -259,8 +259,12 @@ def _history(model_ids: list[str]):
     from . import stats
 
     try:
-        return stats.history(llm.user_dir() / "logs.db", model_ids, window=100, attempts_path=stats.default_attempts_path())
-    except Exception:  # noqa: BLE001 - history only sharpens the ranking; never fail a prompt over it
+        return stats.history(llm.user_dir() / "logs.db", model_ids, window=100)
+    except Exception as exc:  # noqa: BLE001 - history only sharpens the ranking; never fail a prompt over it
+        if settings.debug():
+            import sys
+
+            print(f"llm-lmstudio: router history unavailable: {exc}", file=sys.stderr)
         return {}
 
 
