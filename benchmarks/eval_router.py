@@ -235,9 +235,9 @@ def exemplars_of(rows) -> dict[str, list[str]]:
     return dict(exemplars)
 
 
-def embedding_predictions(train_rows, train_vectors, query_vectors, *, method, k):
-    clf = tasks.EmbeddingClassifier(lookup_embed(train_rows, train_vectors), exemplars_of(train_rows), method=method, k=k, batch_size=len(train_rows))
-    return [max(s := clf.scores_for_vector(v), key=s.get) for v in query_vectors]
+def embedding_predictions(train_rows, train_vectors, query_rows, query_vectors, **options):
+    clf = tasks.EmbeddingClassifier(lookup_embed(train_rows, train_vectors), exemplars_of(train_rows), batch_size=len(train_rows), **options)
+    return [clf.decide(v, r["prompt"]).task for r, v in zip(query_rows, query_vectors)]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -260,7 +260,7 @@ def report(name: str, gold: list[str], pred: list[str], task_names) -> dict:
     return {"name": name, "accuracy": accuracy, "balanced_accuracy": macro, "per_task": per_task, "confusions": dict(confusion.most_common(10))}
 
 
-def markdown(results: list[dict], task_names, n: int) -> str:
+def markdown(results: list[dict], task_names, n: int, what: str = "test") -> str:
     header = "| classifier | " + " | ".join(task_names) + " | overall | balanced |"
     lines = [header, "|" + "---|" * (len(task_names) + 3)]
     for result in results:
@@ -269,8 +269,13 @@ def markdown(results: list[dict], task_names, n: int) -> str:
             t = result["per_task"][task]
             cells.append(f"{t['recall']:.0%} (P {t['precision']:.0%})")
         lines.append(f"| {result['name']} | " + " | ".join(cells) + f" | **{result['accuracy']:.1%}** | {result['balanced_accuracy']:.1%} |")
-    lines.append(f"\nPer task: recall = share of that task's test prompts classified correctly; P = precision. n = {n} test prompts.")
+    lines.append(f"\nPer task: recall = share of that task's test prompts classified correctly; P = precision. n = {n} {what} prompts.")
     return "\n".join(lines)
+
+
+def describe(options: dict) -> str:
+    method = options["method"] + (f" k={options['k']}" if options["method"] == "knn" else "")
+    return f"{method}, T={options['temperature']}, keyword weight {options['keyword_weight']}"
 
 
 def median_us(fn, items, repeat=3) -> float:
@@ -292,7 +297,7 @@ def main() -> None:
     parser.add_argument("--no-embedding", action="store_true", help="skip MiniLM (keyword classifiers only)")
     parser.add_argument("--write-exemplars", action="store_true", help="write llm_lmstudio/data/router_exemplars.json from the training split")
     parser.add_argument("--dev-only", action="store_true", help="report dev-fold results only, never the test split")
-    parser.add_argument("--timing-prompts", type=int, default=20, help="prompts to time one real MiniLM call on")
+    parser.add_argument("--timing-prompts", type=int, default=10, help="prompts to time one real MiniLM call on")
     args = parser.parse_args()
 
     rows = load_labelled()
@@ -321,11 +326,9 @@ def main() -> None:
     dev_results = {name: report(name, [r["task"] for r in train], pred, task_names) for name, pred in dev.items()}
 
     minilm = None
-    chosen = None
+    chosen = chosen_pure = None
     if not args.no_embedding:
         from tests.model_factory import minilm_path
-
-        import numpy as np
 
         minilm = MiniLM(minilm_path())
         agreement = minilm.check_replay([tasks.prompt_view(r["prompt"]) for r in train[:6]] + ["hi", "write a haiku about rain"])
@@ -333,31 +336,50 @@ def main() -> None:
         if agreement < 0.9999:
             raise SystemExit("the NumPy replay of MiniLM disagrees with mlx_embeddings; refusing to report")
         train_vectors = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in train])
-        # choose method and k on dev folds of the training split
-        grid = [("centroid", 0)] + [("knn", k) for k in (1, 3, 5, 7, 10, 15)]
-        grid_results = {}
-        for method, k in grid:
+        # The shipped exemplars are the training views, so their MiniLM vectors are already here: put
+        # them in the classifier's own cache (keyed by model id + exemplar digest) that the MiniLM test
+        # reads. A shipped exemplar outside the training split would fail this lookup.
+        from tests.model_factory import cache_root
+
+        try:
+            tasks.EmbeddingClassifier(lookup_embed(train, train_vectors), tasks.load_exemplars(), model_id=minilm.model_id,
+                                      cache_dir=cache_root() / "router", batch_size=len(train))
+        except KeyError as exc:
+            raise SystemExit(f"router_exemplars.json holds a prompt that is not in the training split: {exc}; rerun with --write-exemplars")
+        # choose the method, k, temperature and keyword weight on dev folds of the training split
+        grid = [
+            {"method": method, "k": k, "temperature": temperature, "keyword_weight": weight}
+            for method, k in [("centroid", 0), ("knn", 3), ("knn", 5), ("knn", 10)]
+            for temperature in (0.02, 0.05)
+            for weight in (0.0, 0.3, 0.5, 0.7)
+        ]
+        grid_results = []
+        for options in grid:
             pred = [None] * len(train)
             for fit, held in folds:
-                fit_rows = [train[i] for i in fit]
-                out = embedding_predictions(fit_rows, train_vectors[fit], train_vectors[held], method=method, k=k)
+                out = embedding_predictions([train[i] for i in fit], train_vectors[fit], [train[i] for i in held], train_vectors[held], **options)
                 for i, p in zip(held, out):
                     pred[i] = p
-            name = f"embedding {method}" + (f" k={k}" if method == "knn" else "")
-            grid_results[(method, k)] = report(name, [r["task"] for r in train], pred, task_names)
-            print(f"dev {name}: {grid_results[(method, k)]['accuracy']:.1%} (balanced {grid_results[(method, k)]['balanced_accuracy']:.1%})")
-        chosen = max(grid, key=lambda mk: (grid_results[mk]["balanced_accuracy"], grid_results[mk]["accuracy"]))
-        dev_results["embedding"] = grid_results[chosen]
-        print(f"chosen on dev folds: {chosen}")
+            name = describe(options)
+            result = report(name, [r["task"] for r in train], pred, task_names)
+            grid_results.append((options, result))
+            print(f"dev {name}: {result['accuracy']:.1%} (balanced {result['balanced_accuracy']:.1%})")
+        chosen, best = max(grid_results, key=lambda item: (item[1]["balanced_accuracy"], item[1]["accuracy"]))
+        pure = [item for item in grid_results if item[0]["keyword_weight"] == 0.0]
+        chosen_pure, best_pure = max(pure, key=lambda item: (item[1]["balanced_accuracy"], item[1]["accuracy"]))
+        dev_results["embedding only"] = best_pure
+        dev_results["embedding + keyword"] = best
+        print(f"chosen on dev folds: {describe(chosen)}; best without keywords: {describe(chosen_pure)}")
 
     print("\n## Dev (5-fold over the training split)\n")
-    print(markdown(list(dev_results.values()), task_names, len(train)))
+    print(markdown(list(dev_results.values()), task_names, len(train), "training (dev-fold)"))
 
     result = {
         "split": {"seed": split["seed"], "test_fraction": split["test_fraction"], "train": len(train), "test": len(test),
                   "train_per_task": dict(Counter(r["task"] for r in train)), "test_per_task": dict(Counter(r["task"] for r in test))},
         "dev": dev_results,
-        "embedding_choice": {"method": chosen[0], "k": chosen[1]} if chosen else None,
+        "embedding_choice": chosen,
+        "embedding_only_choice": chosen_pure,
     }
     if args.dev_only:
         (OUT / "router_eval_dev.json").write_text(json.dumps(result, indent=2))
@@ -372,23 +394,22 @@ def main() -> None:
               "keyword_max_prompt_median_us": median_us(lambda r: keyword.classify(r["prompt"]), sorted(test, key=lambda r: -len(r["prompt"]))[:10])}
     if minilm is not None:
         test_vectors = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in test])
-        method, k = chosen
-        pred = embedding_predictions(train, train_vectors, test_vectors, method=method, k=k)
-        test_results.append(report(f"embedding (MiniLM, {method}{' k=%d' % k if method == 'knn' else ''})", gold, pred, task_names))
+        for options in (chosen_pure, chosen):
+            pred = embedding_predictions(train, train_vectors, test, test_vectors, **options)
+            test_results.append(report(f"MiniLM {describe(options)}", gold, pred, task_names))
         # decision overhead: one real mlx_embeddings call per prompt, plus scoring against the exemplars
-        clf = tasks.EmbeddingClassifier(lookup_embed(train, train_vectors, fallback=minilm.embed_mlx), exemplars_of(train), model_id=minilm.model_id, method=method, k=k, batch_size=len(train))
-        flat = clf._matrix
+        clf = tasks.EmbeddingClassifier(lookup_embed(train, train_vectors, fallback=minilm.embed_mlx), exemplars_of(train), model_id=minilm.model_id, batch_size=len(train), **chosen)
         sample = random.Random(SEED).sample(test, args.timing_prompts)
         minilm.embed_mlx(["warm up"])
         timing["embedding_call_median_ms"] = median_us(lambda r: minilm.embed_mlx([clf.view(r["prompt"])]), sample, repeat=1) / 1000
         timing["embedding_short_prompt_median_ms"] = median_us(lambda t: minilm.embed_mlx([t]), ["hi, how are you", "write a haiku about rain", "explain how vaccines work"], repeat=3) / 1000
-        timing["embedding_scoring_median_us"] = median_us(lambda v: clf.scores_for_vector(v), list(test_vectors[:50]))
+        timing["embedding_decision_without_call_median_us"] = median_us(lambda i: clf.decide(test_vectors[i], test[i]["prompt"]), list(range(50)))
         timing["embedding_classify_median_ms"] = median_us(lambda r: clf.classify(r["prompt"]), sample[:5], repeat=1) / 1000
         # for the record: what pure-Python cosine over every exemplar would cost instead of NumPy
-        rows_py = [list(map(float, v)) for v in flat]
+        rows_py = [list(map(float, v)) for v in train_vectors]
         query = list(map(float, test_vectors[0]))
         timing["pure_python_knn_scan_median_us"] = median_us(lambda q: [sum(a * b for a, b in zip(q, row)) for row in rows_py], [query], repeat=5)
-        timing["exemplars"] = len(flat)
+        timing["exemplars"] = len(rows_py)
     print("\n## Test (held out)\n")
     table = markdown(test_results, task_names, len(test))
     print(table)

@@ -67,6 +67,10 @@ def default_store_path() -> Path:
 def _open_store(path: Path, timeout: float) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    # WAL: readers (the router asking for history) never wait for a writer (another `llm` recording an
+    # attempt); synchronous=normal is crash-safe in WAL and spares an fsync per attempt
+    conn.execute("pragma journal_mode=wal")
+    conn.execute("pragma synchronous=normal")
     conn.executescript(_SCHEMA)
     return conn
 

@@ -270,7 +270,8 @@ def _slug(model_id: str) -> str:
 
 
 class EmbeddingClassifier:
-    """Nearest exemplars in an embedding space: per task, the mean similarity of its k closest exemplars.
+    """Exemplars in an embedding space: per task, the similarity of the prompt to the task's centroid
+    (or the mean of its k nearest exemplars), combined with the keyword classifier's evidence.
     Exemplar vectors are computed once per (model, exemplar set) and cached on disk; a prompt costs one call."""
 
     name = "embedding"
@@ -282,13 +283,18 @@ class EmbeddingClassifier:
         *,
         model_id: str = "unknown",
         cache_dir: str | os.PathLike | None = None,
-        method: str = "knn",
-        k: int = 5,
+        method: str = "centroid",
+        k: int = 10,
         head: int = 700,
         tail: int = 300,
-        temperature: float = 0.03,
+        temperature: float = 0.05,
+        keyword_weight: float = 0.7,
+        keyword: KeywordClassifier | None = None,
         batch_size: int = 32,
     ):
+        # Defaults chosen on dev folds of the training split (benchmarks/eval_router.py). Code syntax and
+        # non-English prompts are where MiniLM-sized models are weak and keywords strong, so the decision
+        # multiplies both classifiers' probabilities, weighted (keyword_weight=0: embeddings alone).
         if method not in ("knn", "centroid"):
             raise ValueError(f"method must be 'knn' or 'centroid', not {method!r}")
         self.embed = embed
@@ -298,6 +304,8 @@ class EmbeddingClassifier:
         self.head = head
         self.tail = tail
         self.temperature = temperature
+        self.keyword_weight = keyword_weight
+        self.keyword = keyword if keyword is not None else KeywordClassifier()
         pairs = [(task, prompt_view(p, head=head, tail=tail)) for task, prompts in exemplars.items() for p in prompts]
         if not pairs:
             raise ValueError("the embedding classifier needs at least one exemplar")
@@ -386,9 +394,26 @@ class EmbeddingClassifier:
     def view(self, text: str, system: str | None = None) -> str:
         return prompt_view(text, system, head=self.head, tail=self.tail)
 
+    def decide(self, vector: Sequence[float], text: str, system: str | None = None, attachments: Sequence = ()) -> TaskDecision:
+        """The decision for a prompt whose view is already embedded as `vector`."""
+        similarity = _softmax(self.scores_for_vector(vector), self.temperature)
+        if self.keyword_weight <= 0:
+            return TaskDecision(max(similarity, key=similarity.get), max(similarity.values()), self.name, similarity)
+        keyword = self.keyword.classify(text, system, attachments).scores
+        # a user's task without keywords is judged by its exemplars alone: the keyword side gives it
+        # the best score it gave anything, so it can lift the built-in tasks against each other but
+        # never hold a user's task back
+        neutral = max(keyword.values())
+        w = self.keyword_weight
+        combined = {
+            task: (1 - w) * math.log(max(similarity[task], 1e-12)) + w * math.log(max(keyword.get(task, neutral), 1e-12))
+            for task in self.tasks
+        }
+        return _decision(combined, self.name, 1.0)
+
     def classify(self, text: str, system: str | None = None, attachments: Sequence = ()) -> TaskDecision:
         [vector] = self._embed_checked([self.view(text, system)])
-        return _decision(self.scores_for_vector(vector), self.name, self.temperature)
+        return self.decide(vector, text, system, attachments)
 
 
 # ----------------------------------------------------------------------------------------- entry point

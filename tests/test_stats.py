@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sqlite3
+import tempfile
 import time
 from itertools import count
+from pathlib import Path
 
 import llm
 import pytest
@@ -17,10 +21,20 @@ from llm_lmstudio import stats
 _ids = count(1)
 
 
+_TEMPLATE = {}
+
+
 def make_log(path, turns=()):
-    """A logs.db with llm 0.36's real schema (its own migrations) and the given turns appended in order."""
+    """A logs.db with llm 0.36's real schema (its own migrations) and the given turns appended in order.
+    Migrating takes seconds on a busy disk, so it runs once and later logs start as copies."""
+    if "path" not in _TEMPLATE:
+        folder = tempfile.mkdtemp(prefix="llm-logs-template-")
+        atexit.register(shutil.rmtree, folder, True)
+        template = Path(folder) / "template-logs.db"
+        migrate(sqlite_utils.Database(template))
+        _TEMPLATE["path"] = template
+    shutil.copyfile(_TEMPLATE["path"], path)
     db = sqlite_utils.Database(path)
-    migrate(db)
     add_turns(db, turns)
     return db
 

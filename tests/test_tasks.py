@@ -175,7 +175,7 @@ def test_user_exemplars_extend_tasks_and_add_new_ones():
 
 def test_embedding_classifier_picks_the_nearest_task():
     embed = HashedBagOfWords()
-    clf = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", k=2)
+    clf = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", method="knn", k=2, keyword_weight=0)
     cases = {
         "write a python function to reverse a list": "coding",
         "solve the equation 5x - 2 = 8": "analysis",
@@ -191,8 +191,21 @@ def test_embedding_classifier_picks_the_nearest_task():
 
 
 def test_centroid_method_also_classifies():
-    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid")
+    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", keyword_weight=0)
     assert clf.classify("tell me a story about a brave dragon").task == "creative"
+
+
+def test_keyword_evidence_is_combined_with_the_exemplars():
+    prompt = "```\nstory = poem + song_lyrics\nprint(story)\n```"
+    # bag-of-words similarities spread far wider than a sentence model's, hence the higher temperature
+    alone = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", keyword_weight=0, temperature=0.5)
+    combined = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", keyword_weight=0.7, temperature=0.5)
+    # the words match the creative exemplars; the code fence and syntax say coding
+    assert alone.classify(prompt).task == "creative"
+    decision = combined.classify(prompt)
+    assert decision.task == "coding"
+    assert decision.classifier == "embedding"
+    assert sum(decision.scores.values()) == pytest.approx(1.0)
 
 
 def test_user_task_from_extra_exemplars_is_recognised():
@@ -200,9 +213,11 @@ def test_user_task_from_extra_exemplars_is_recognised():
         {"legal": ["is this contract clause enforceable", "review my tenancy agreement", "can my landlord keep the deposit under the lease"]},
         base=SMALL_EXEMPLARS,
     )
-    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", k=2)
-    assert "legal" in clf.tasks
-    assert clf.classify("is this clause in my lease enforceable").task == "legal"
+    for weight in (0.0, 0.7):  # keywords know nothing of "legal" and must not hold it back
+        clf = tasks.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", method="knn", k=2, keyword_weight=weight)
+        assert "legal" in clf.tasks
+        assert clf.classify("is this clause in my lease enforceable").task == "legal"
+        assert clf.classify("write a poem about winter").task == "creative"
 
 
 def test_exemplar_vectors_are_cached_per_model_and_exemplar_set(tmp_path):
