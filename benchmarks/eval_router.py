@@ -273,6 +273,12 @@ def markdown(results: list[dict], task_names, n: int, what: str = "test") -> str
     return "\n".join(lines)
 
 
+def is_english(prompt: str) -> bool:
+    """Mostly ASCII letters in the first 500 characters: a rough but reproducible language split."""
+    head = prompt[:500]
+    return sum(c.isascii() for c in head) >= 0.9 * max(1, len(head))
+
+
 def describe(options: dict) -> str:
     method = options["method"] + (f" k={options['k']}" if options["method"] == "knn" else "")
     return f"{method}, T={options['temperature']}, keyword weight {options['keyword_weight']}"
@@ -386,17 +392,16 @@ def main() -> None:
         return
 
     gold = [r["task"] for r in test]
-    test_results = [
-        report("naive keyword (baseline)", gold, [naive_keyword(r["prompt"]) for r in test], task_names),
-        report("keyword", gold, [keyword.classify(r["prompt"]).task for r in test], task_names),
-    ]
+    predictions = {
+        "naive keyword (baseline)": [naive_keyword(r["prompt"]) for r in test],
+        "keyword": [keyword.classify(r["prompt"]).task for r in test],
+    }
     timing = {"keyword_median_us": median_us(lambda r: keyword.classify(r["prompt"]), test),
               "keyword_max_prompt_median_us": median_us(lambda r: keyword.classify(r["prompt"]), sorted(test, key=lambda r: -len(r["prompt"]))[:10])}
     if minilm is not None:
         test_vectors = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in test])
         for options in (chosen_pure, chosen):
-            pred = embedding_predictions(train, train_vectors, test, test_vectors, **options)
-            test_results.append(report(f"MiniLM {describe(options)}", gold, pred, task_names))
+            predictions[f"MiniLM {describe(options)}"] = embedding_predictions(train, train_vectors, test, test_vectors, **options)
         # decision overhead: one real mlx_embeddings call per prompt, plus scoring against the exemplars
         clf = tasks.EmbeddingClassifier(lookup_embed(train, train_vectors, fallback=minilm.embed_mlx), exemplars_of(train), model_id=minilm.model_id, batch_size=len(train), **chosen)
         sample = random.Random(SEED).sample(test, args.timing_prompts)
@@ -410,13 +415,25 @@ def main() -> None:
         query = list(map(float, test_vectors[0]))
         timing["pure_python_knn_scan_median_us"] = median_us(lambda q: [sum(a * b for a, b in zip(q, row)) for row in rows_py], [query], repeat=5)
         timing["exemplars"] = len(rows_py)
+    test_results = [report(name, gold, pred, task_names) for name, pred in predictions.items()]
     print("\n## Test (held out)\n")
     table = markdown(test_results, task_names, len(test))
     print(table)
+    # MiniLM was trained on English; a third of arena-hard is not. Reported, never tuned on.
+    english = [is_english(r["prompt"]) for r in test]
+    by_language = {}
+    for name, pred in predictions.items():
+        by_language[name] = {
+            label: sum(p == g for p, g, e in zip(pred, gold, english) if e == flag) / max(1, sum(1 for e in english if e == flag))
+            for label, flag in (("english", True), ("other", False))
+        }
+    print(f"\nBy language (english {sum(english)}, other {len(english) - sum(english)} test prompts):")
+    for name, values in by_language.items():
+        print(f"- {name}: english {values['english']:.1%}, other {values['other']:.1%}")
     print("\n## Decision overhead\n")
     for key, value in timing.items():
         print(f"- {key}: {value:.1f}" if isinstance(value, float) else f"- {key}: {value}")
-    result.update({"test": test_results, "timing": timing, "markdown": table})
+    result.update({"test": test_results, "test_by_language": by_language, "timing": timing, "markdown": table})
     (OUT / "router_eval.json").write_text(json.dumps(result, indent=2))
     print(f"\nwrote {OUT / 'router_eval.json'}")
 

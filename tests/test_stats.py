@@ -267,11 +267,10 @@ def probe_models():
         pm.unregister(name="stats-probe-plugin")
 
 
-def test_history_of_turns_logged_by_llm_itself_leaves_the_log_untouched(tmp_path, store, monkeypatch, probe_models):
-    user = tmp_path / "llm-user"
-    user.mkdir()
-    monkeypatch.setenv("LLM_USER_PATH", str(user))
+def test_history_of_turns_logged_by_llm_itself_leaves_the_log_untouched(user_path, store, probe_models):
     from llm.cli import cli
+
+    user = user_path  # conftest points LLM_USER_PATH here
 
     runner = CliRunner()
     for model in ("stats-probe", "stats-router", "stats-probe"):
