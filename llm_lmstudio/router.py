@@ -144,7 +144,7 @@ def embedding_classifier(config: settings.RouterConfig):
         if not available:
             return None, "no local embedding model available (set embedding_model in the router config)"
         model_id = available[0]
-    cache_key = (model_id, repr(sorted(config.tasks.items())))
+    cache_key = (model_id, repr(sorted(config.tasks.items())), repr(sorted(config.keywords.items())))
     if cache_key in _EMBEDDING_CLASSIFIERS:
         return _EMBEDDING_CLASSIFIERS[cache_key], None
     try:
@@ -157,7 +157,12 @@ def embedding_classifier(config: settings.RouterConfig):
 
     try:
         classifier = tasks.EmbeddingClassifier(
-            embed, tasks.load_exemplars(config.tasks), model_id=model_id, cache_dir=settings.plugin_dir()
+            embed,
+            tasks.load_exemplars(config.tasks),
+            model_id=model_id,
+            cache_dir=settings.plugin_dir(),
+            # the combined decision (similarity + keywords) scored best on held-out prompts
+            keyword=tasks.KeywordClassifier(extra_keywords=config.keywords or None),
         )
     except Exception as exc:  # noqa: BLE001 - a broken embedding model must not stop routing
         return None, f"embedding model {model_id} failed: {exc}"
