@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
+import click
 import llm
 
 from . import server as http
@@ -31,7 +32,7 @@ def batch_size() -> int:
 
 def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
     """The embeddings of one /v1/embeddings answer, in input order (LM Studio gives each an index)."""
-    data = body.get("data")
+    data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or len(data) != expected:
         count = len(data) if isinstance(data, list) else 0
         raise http.BadResponse(f"LM Studio at {base_url} returned {count} embeddings for {expected} inputs")
@@ -42,8 +43,19 @@ def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
         index = item.get("index", position)
         if not isinstance(index, int) or not 0 <= index < expected or ordered[index] is not None:
             raise http.BadResponse(f"LM Studio at {base_url} returned embeddings with inconsistent indexes")
-        ordered[index] = [float(x) for x in item["embedding"]]
+        vector = item["embedding"]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+            raise http.BadResponse(f"LM Studio at {base_url} returned an embedding that is not a list of numbers")
+        ordered[index] = [float(x) for x in vector]
     return ordered  # type: ignore[return-value]
+
+
+class EmbeddingError(llm.ModelError, click.ClickException):
+    """A failed embedding request. `llm embed` and `llm embed-multi` do not catch model errors the way
+    `llm prompt` does, so the error is also a ClickException: click prints its one line and exits 1."""
+
+    def __init__(self, message: str):
+        click.ClickException.__init__(self, message)
 
 
 class LMStudioEmbedding(llm.EmbeddingModel):
@@ -68,9 +80,7 @@ class LMStudioEmbedding(llm.EmbeddingModel):
             body = client.post_json("/v1/embeddings", {"model": self.entry.key, "input": texts})
             vectors = vectors_from(body, len(texts), self.server.base_url)
         except http.ModelNotFound as exc:
-            raise llm.ModelError(
-                f"{exc} — is {self.entry.key} an embedding model? See `llm embed-models`"
-            ) from None
+            raise EmbeddingError(f"{exc} — is {self.entry.key} an embedding model? See `llm embed-models`") from None
         except http.LMStudioError as exc:
-            raise llm.ModelError(str(exc)) from None
+            raise EmbeddingError(str(exc)) from None
         return iter(vectors)
