@@ -195,7 +195,10 @@ class _StreamState:
             raise BadResponse(f"LM Studio at {self.base_url} sent a stream chunk that is not a JSON object")
         if "error" in chunk and "choices" not in chunk:
             raise error_for_status(500, chunk, base_url=self.base_url, token=self.token, model=self.model)
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            raise BadResponse(f"LM Studio at {self.base_url} sent a stream chunk whose choices are not a list")
+        for choice in choices or []:
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finished = True
         return chunk
