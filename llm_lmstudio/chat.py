@@ -220,6 +220,19 @@ class ThinkSplitter:
 META_KEYS = ("id", "object", "created", "model", "system_fingerprint", "stats", "model_info", "runtime")
 
 
+# A server may send any JSON type where the OpenAI shape has an object, a list or a string: read what fits, skip the rest.
+def _as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 class Accumulator:
     """Consumes chat completion chunks (or one completion) and turns them into llm events and log data."""
 
@@ -253,14 +266,12 @@ class Accumulator:
 
     def feed_chunk(self, chunk: dict) -> Iterator[StreamEvent]:
         self._keep_meta(chunk)
-        for choice in chunk.get("choices") or []:
+        for choice in _as_list(chunk.get("choices")):
             if not isinstance(choice, dict):
                 continue
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
-            delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
-                continue
+            delta = _as_dict(choice.get("delta"))
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 self._mark_first()
@@ -269,20 +280,22 @@ class Accumulator:
             if isinstance(content, str) and content:
                 self._mark_first()
                 yield from self._text(content)
-            for call in delta.get("tool_calls") or []:
+            for call in _as_list(delta.get("tool_calls")):
                 if not isinstance(call, dict):
                     continue
                 self._mark_first()
-                index = call.get("index", len(self.tool_calls))
-                function = call.get("function") or {}
+                index = call.get("index")
+                if not isinstance(index, int):
+                    index = len(self.tool_calls)
+                function = _as_dict(call.get("function"))
                 current = self.tool_calls.get(index)
                 if current is None:
-                    current = {"id": call.get("id"), "name": function.get("name") or "", "arguments": ""}
+                    current = {"id": _as_text(call.get("id")) or None, "name": _as_text(function.get("name")), "arguments": ""}
                     self.tool_calls[index] = current
                     yield StreamEvent(type="tool_call_name", chunk=current["name"], tool_call_id=current["id"])
-                elif function.get("name") and not current["name"]:
+                elif _as_text(function.get("name")) and not current["name"]:
                     current["name"] = function["name"]
-                if call.get("id") and not current["id"]:
+                if _as_text(call.get("id")) and not current["id"]:
                     current["id"] = call["id"]
                 arguments = function.get("arguments")
                 if isinstance(arguments, str) and arguments:
@@ -296,18 +309,18 @@ class Accumulator:
             raise http.BadResponse("LM Studio answered without any choices")
         choice = choices[0]
         self.finish_reason = choice.get("finish_reason")
-        message = choice.get("message") or {}
+        message = _as_dict(choice.get("message"))
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             yield StreamEvent(type="reasoning", chunk=reasoning)
-        for index, call in enumerate(message.get("tool_calls") or []):
+        for index, call in enumerate(_as_list(message.get("tool_calls"))):
             if not isinstance(call, dict):
                 continue
-            function = call.get("function") or {}
+            function = _as_dict(call.get("function"))
             arguments = function.get("arguments")
-            if isinstance(arguments, dict):
+            if isinstance(arguments, (dict, list)):
                 arguments = json.dumps(arguments)
-            entry = {"id": call.get("id"), "name": function.get("name") or "", "arguments": arguments or ""}
+            entry = {"id": _as_text(call.get("id")) or None, "name": _as_text(function.get("name")), "arguments": _as_text(arguments)}
             self.tool_calls[index] = entry
             yield StreamEvent(type="tool_call_name", chunk=entry["name"], tool_call_id=entry["id"])
             if entry["arguments"]:
