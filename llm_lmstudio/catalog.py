@@ -77,6 +77,10 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _entries(body: Any, key: str) -> list[dict]:
     if not isinstance(body, dict):
         return []
@@ -126,11 +130,10 @@ def parse_v1(body: Any) -> list[CatalogModel]:
         kind = _str(item.get("type")) or "llm"
         capabilities = item.get("capabilities") if isinstance(item.get("capabilities"), dict) else {}
         vision = capabilities.get("vision") is True
-        instances = [
-            inst["id"] for inst in item.get("loaded_instances") or [] if isinstance(inst, dict) and _str(inst.get("id"))
-        ]
+        loaded_instances = _list(item.get("loaded_instances"))
+        instances = [inst["id"] for inst in loaded_instances if isinstance(inst, dict) and _str(inst.get("id"))]
         loaded_context = None
-        for inst in item.get("loaded_instances") or []:
+        for inst in loaded_instances:
             if isinstance(inst, dict) and isinstance(inst.get("config"), dict):
                 loaded_context = _int(inst["config"].get("context_length"))
                 break
@@ -216,7 +219,13 @@ def read_cache() -> dict:
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("servers"), dict):
         return {}
-    return data["servers"]
+    # A hand-edited or foreign file may hold anything: keep only entries of the shape we write.
+    return {url: entry for url, entry in data["servers"].items() if isinstance(entry, dict)}
+
+
+def _fetched_at(entry: dict) -> float:
+    value = entry.get("fetched_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _write_cache(servers: dict) -> None:
@@ -234,7 +243,9 @@ def _write_cache(servers: dict) -> None:
 
 def _entry_models(entry: dict) -> list[CatalogModel]:
     models = []
-    for raw in entry.get("models") or []:
+    for raw in _list(entry.get("models")):
+        if not isinstance(raw, dict) or not _str(raw.get("key")):
+            continue
         try:
             models.append(CatalogModel(**raw))
         except TypeError:
@@ -335,7 +346,7 @@ def models_for_registration() -> list[CatalogModel]:
     now = time.time()
     for server in servers:
         entry = cache.get(server.base_url)
-        if entry and now - float(entry.get("fetched_at") or 0) < ttl:
+        if entry and now - _fetched_at(entry) < ttl:
             continue
         remaining = end - time.monotonic()
         if (entry and entry.get("status") == "timeout") or remaining <= 0.005:
