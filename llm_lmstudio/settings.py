@@ -4,6 +4,7 @@ Reads environment, llm's key store and small files only; never touches the netwo
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,10 @@ def normalize_base_url(value: str) -> str:
         raise SettingsError("LMSTUDIO_BASE_URL is empty: set it to host:port or http://host:port")
     if "://" not in raw:
         raw = "http://" + raw
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise SettingsError(f"LMSTUDIO_BASE_URL {value.strip()!r} is not a valid address") from None
     if parts.scheme not in ("http", "https"):
         raise SettingsError(
             f"LMSTUDIO_BASE_URL {value.strip()!r} uses the scheme {parts.scheme!r}: only http and https are allowed"
@@ -94,6 +98,9 @@ def _float_env(name: str, default: float) -> float:
         result = float(value)
     except ValueError:
         raise SettingsError(f"{name}={value!r} is not a number of seconds") from None
+    if not math.isfinite(result):
+        # "inf" would be an unbounded wait; "nan" compares false with everything, so it never fires either.
+        raise SettingsError(f"{name}={value!r} must be a finite number of seconds")
     if result <= 0:
         raise SettingsError(f"{name}={value!r} must be greater than zero")
     return result
@@ -275,6 +282,8 @@ def router_config() -> RouterConfig:
         text = path.read_text()
     except OSError as exc:
         raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: is not UTF-8 text") from None
     if path.suffix == ".json":
         try:
             data = json.loads(text) if text.strip() else {}
