@@ -555,7 +555,7 @@ class ServerStatus:
 def _count_models(body: Any) -> tuple[int | None, int | None]:
     if isinstance(body, dict) and isinstance(body.get("models"), list):  # /api/v1/models
         models = [m for m in body["models"] if isinstance(m, dict)]
-        return len(models), sum(len(m.get("loaded_instances") or []) for m in models)
+        return len(models), sum(len(m["loaded_instances"]) for m in models if isinstance(m.get("loaded_instances"), list))
     if isinstance(body, dict) and isinstance(body.get("data"), list):  # /api/v0/models
         models = [m for m in body["data"] if isinstance(m, dict)]
         return len(models), sum(1 for m in models if m.get("state") == "loaded")
