@@ -45,7 +45,9 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "bench_mlx_embed.py": ["--docs", "32", "--reps", "2"],
     "bench_mlx_matmul.py": ["--quick"],
     "bench_stats.py": ["--repeat", "5", "--attempts", "100"],
-    "bench_router.py": ["--runs", "20"],
+    # The embedding part did not finish within 5 minutes on 2 loaded cores (first use embeds every exemplar
+    # per fresh LLM_USER_PATH); drop --no-embedding here once it is quick. --full runs it.
+    "bench_router.py": ["--runs", "10", "--no-embedding"],
     "eval_router.py": ["--timing-prompts", "5"],
 }
 MAX_TABLES_PER_JSON = 12
