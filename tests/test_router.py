@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import llm
 import pytest
@@ -267,8 +268,17 @@ def test_params_parsing():
 
 @pytest.mark.minilm
 def test_embedding_classifier_with_a_native_minilm(lmstudio, user_path, minilm_path):
+    from tests.conftest import seed_minilm_exemplars
+
+    seed_minilm_exemplars(settings.plugin_dir(), "mlx/minilm")
     assert run("lmstudio", "mlx", "add", str(minilm_path), "--name", "minilm").exit_code == 0
     write_config(user_path, "embedding_model: mlx/minilm\n")
     data = json.loads(run("lmstudio", "route", "--json", "Write a Python function that merges two sorted lists").output)
     assert data["classifier"] == "embedding", data["classifier_note"]
     assert data["task"] == "coding"
+    data = json.loads(run("lmstudio", "route", "--json", "what caused the fall of the Byzantine empire").output)
+    assert (data["classifier"], data["task"]) == ("embedding", "research")
+    result = run("-m", "router", "write a bedtime story about a sleepy owl", "-o", "max_tokens", "3")
+    assert result.exit_code == 0, result.output
+    routed = json.loads(last_turn(user_path)["response_json"])["router"]
+    assert (routed["classifier"], routed["task"]) == ("embedding", "creative")

@@ -329,9 +329,11 @@ def test_minilm_classifier_gets_held_out_prompts_right():
         calls.append(len(texts))
         return minilm.embed_numpy(texts) if len(texts) > 1 else minilm.embed_mlx(texts)
 
-    clf = tasks.EmbeddingClassifier(
-        embed, tasks.load_exemplars(), model_id=minilm.model_id, cache_dir=model_factory.cache_root() / "router", batch_size=32
-    )
+    from tests.conftest import seed_minilm_exemplars
+
+    cache_dir = model_factory.cache_root() / "router"
+    seed_minilm_exemplars(cache_dir, minilm.model_id)
+    clf = tasks.EmbeddingClassifier(embed, tasks.load_exemplars(), model_id=minilm.model_id, cache_dir=cache_dir, batch_size=32)
     calls.clear()
     results = {prompt: clf.classify(prompt).task for prompt in MINILM_CASES}
     assert calls == [1] * len(MINILM_CASES)
