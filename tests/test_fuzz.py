@@ -1,0 +1,329 @@
+"""Property tests: whatever a server or a config file sends, the parsers answer or raise the plugin's own
+one-line error — never an unhandled exception. Each property runs a bounded number of examples (seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings as hsettings, strategies as st
+
+from llm_lmstudio import catalog, chat, embeddings, management, settings
+from llm_lmstudio import server as http
+
+FAST = hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Any JSON value: what a misbehaving server or a hand-edited file can put anywhere.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+
+
+def fields_of(names: list[str]):
+    """Objects that use the real field names with values of any type, some fields missing, some extra."""
+    return st.dictionaries(st.sampled_from(names) | st.text(max_size=8), json_values, max_size=len(names) + 2)
+
+
+# ---------------------------------------------------------------- SSE
+
+
+sse_lines = st.lists(
+    st.one_of(
+        st.just(""),
+        st.just("data: [DONE]"),
+        st.builds(lambda v: "data: " + json.dumps(v), json_values),
+        st.builds(lambda t: "data:" + t, st.text(max_size=30)),
+        st.sampled_from([": keep-alive", "event: message", "id: 7", "retry: 10", "data", "data:"]),
+        st.text(max_size=30),
+    ),
+    max_size=12,
+)
+
+
+@FAST
+@given(sse_lines)
+def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
+    events = list(http.iter_sse_data(lines))
+    assert all(isinstance(event, str) for event in events)
+    assert len(events) <= len(lines)
+
+
+@FAST
+@given(json_values)
+def test_any_sse_data_is_a_chunk_or_the_plugins_error(value):
+    state = http._StreamState("http://h:1", "sk-lm-tok:secret", "m")
+    try:
+        chunk = state.decode(json.dumps(value))
+    except http.LMStudioError as exc:
+        assert "\n" not in str(exc) and "sk-lm-tok:secret" not in str(exc)
+        return
+    assert chunk is None or isinstance(chunk, dict)
+
+
+@FAST
+@given(st.text(max_size=60))
+def test_any_sse_text_is_a_chunk_or_the_plugins_error(text):
+    state = http._StreamState("http://h:1", None, "m")
+    try:
+        state.decode(text)
+    except http.LMStudioError as exc:
+        assert "\n" not in str(exc)
+
+
+@FAST
+@given(st.lists(fields_of(["id", "model", "choices", "usage", "stats", "error", "delta"]), max_size=4))
+@example([{"choices": True}])
+def test_streamed_chunks_of_any_shape_become_events_or_the_plugins_error(chunks):
+    # The chat model consumes what the SSE parser lets through: together they must not raise anything else.
+    state = http._StreamState("http://h:1", None, "m")
+    accumulator = chat.Accumulator(0.0)
+    try:
+        for value in chunks:
+            chunk = state.decode(json.dumps(value))
+            if chunk is not None:
+                list(accumulator.feed_chunk(chunk))
+    except http.LMStudioError:
+        pass
+
+
+choice_shapes = fields_of(["index", "delta", "message", "finish_reason"])
+delta_shapes = fields_of(["content", "reasoning_content", "reasoning", "tool_calls", "role"])
+call_shapes = fields_of(["index", "id", "type", "function"])
+
+
+@FAST
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"choices": st.lists(st.fixed_dictionaries({"delta": st.fixed_dictionaries({"tool_calls": st.lists(call_shapes | json_values, max_size=3)}) | delta_shapes}) | choice_shapes, max_size=2)}
+        ),
+        max_size=4,
+    )
+)
+@example([{"choices": [{"delta": {"tool_calls": [{"index": [1], "function": "get_weather", "id": 7}]}}]}])
+def test_tool_call_deltas_of_any_shape_are_events_or_the_plugins_error(chunks):
+    state = http._StreamState("http://h:1", None, "m")
+    accumulator = chat.Accumulator(0.0)
+    try:
+        for value in chunks:
+            chunk = state.decode(json.dumps(value))
+            if chunk is not None:
+                list(accumulator.feed_chunk(chunk))
+        list(accumulator.flush())
+    except http.LMStudioError:
+        pass
+
+
+@FAST
+@given(fields_of(["id", "model", "choices", "usage", "stats", "error"]) | st.fixed_dictionaries({"choices": st.lists(choice_shapes | json_values, max_size=2)}))
+@example({"choices": [{"message": True}]})
+def test_a_completion_of_any_shape_is_events_or_the_plugins_error(body):
+    accumulator = chat.Accumulator(0.0)
+    try:
+        list(accumulator.feed_completion(body))
+    except http.LMStudioError:
+        pass
+
+
+# ---------------------------------------------------------------- error bodies
+
+
+@FAST
+@given(st.integers(min_value=400, max_value=599), json_values | st.text(max_size=80))
+def test_any_error_body_maps_to_one_line_without_the_token(status, body):
+    token = "sk-lm-SENTINEL0:fuzzsecret"
+    if isinstance(body, str):
+        body = body + token  # a proxy that echoes the Authorization header back
+    error = http.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
+    assert isinstance(error, http.LMStudioError)
+    assert "\n" not in str(error) and token not in str(error)
+
+
+# ---------------------------------------------------------------- model lists
+
+
+V0_FIELDS = ["id", "object", "type", "publisher", "arch", "compatibility_type", "quantization", "state",
+             "max_context_length", "loaded_context_length", "capabilities"]
+V1_FIELDS = ["type", "publisher", "key", "display_name", "architecture", "quantization", "size_bytes", "params_string",
+             "loaded_instances", "max_context_length", "format", "capabilities", "description"]
+
+
+def listing(key: str, fields: list[str]):
+    return st.dictionaries(st.just(key) | st.text(max_size=6), st.lists(fields_of(fields) | json_values, max_size=4) | json_values, max_size=3)
+
+
+@FAST
+@given(listing("data", V0_FIELDS) | json_values)
+def test_v0_model_list_of_any_shape_parses_to_models(body):
+    models = catalog.parse_v0(body)
+    assert all(isinstance(m.key, str) and m.key for m in models)
+
+
+@FAST
+@given(listing("models", V1_FIELDS) | json_values)
+@example({"models": [{"key": "a", "loaded_instances": True}]})
+def test_v1_model_list_of_any_shape_parses_to_models(body):
+    models = catalog.parse_v1(body)
+    assert all(isinstance(m.key, str) and m.key for m in models)
+
+
+@FAST
+@given(
+    st.fixed_dictionaries(
+        {
+            "models": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "key": st.text(min_size=1, max_size=8),
+                        "loaded_instances": st.lists(fields_of(["id", "config"]) | json_values, max_size=3) | json_values,
+                        "capabilities": fields_of(["vision", "trained_for_tool_use", "reasoning"]) | json_values,
+                        "quantization": fields_of(["name", "bits_per_weight"]) | json_values,
+                    }
+                ),
+                max_size=3,
+            )
+        }
+    )
+)
+def test_v1_nested_fields_of_any_type_parse_to_models(body):
+    models = catalog.parse_v1(body)
+    assert len(models) == len(body["models"])
+
+
+@FAST
+@given(listing("data", ["id", "object", "owned_by", "created"]) | json_values)
+def test_openai_model_list_of_any_shape_parses_to_models(body):
+    models = catalog.parse_openai(body)
+    assert all(m.type in ("llm", "embeddings") for m in models)
+
+
+@FAST
+@given(listing("models", V1_FIELDS) | listing("data", V0_FIELDS) | json_values)
+@example({"models": [{"key": "a", "loaded_instances": 5}]})
+def test_status_counts_models_in_any_listing_shape(body):
+    downloaded, loaded = management._count_models(body)
+    assert (downloaded is None) == (loaded is None)
+
+
+@FAST
+@given(json_values, st.integers(min_value=1, max_value=3))
+@example(None, 1)
+@example({"data": [{"index": 0, "embedding": ["0.5"]}]}, 1)
+def test_embedding_answers_of_any_shape_are_vectors_or_the_plugins_error(body, expected):
+    try:
+        vectors = embeddings.vectors_from(body, expected, "http://h:1")
+    except http.LMStudioError:
+        return
+    assert len(vectors) == expected and all(isinstance(x, float) for v in vectors for x in v)
+
+
+# ---------------------------------------------------------------- the on-disk cache
+
+
+# Examples share one user directory (fixtures are set up once per test, not per example).
+PER_TEST_FIXTURES = hsettings(FAST, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+cache_files = json_values | st.fixed_dictionaries(
+    {
+        "version": st.just(catalog.CACHE_VERSION),
+        "servers": st.dictionaries(
+            st.sampled_from(["http://127.0.0.1:9"]) | st.text(max_size=5),
+            fields_of(["fetched_at", "status", "error", "models"]) | json_values,
+            max_size=2,
+        ),
+    }
+)
+
+
+@PER_TEST_FIXTURES
+@given(cache_files)
+@example(value={"version": catalog.CACHE_VERSION, "servers": {"http://127.0.0.1:9": True}})
+@example(value={"version": catalog.CACHE_VERSION, "servers": {"http://127.0.0.1:9": {"fetched_at": "soon", "models": 3}}})
+def test_a_cache_file_of_any_content_never_breaks_registration(user_path, monkeypatch, value):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "0.01")
+    # A stale "timeout" entry is refreshed in a detached process: not what this property is about.
+    monkeypatch.setattr(catalog, "_spawn_background_refresh", lambda: None)
+    (settings.plugin_dir() / catalog.CACHE_FILE).write_text(json.dumps(value))
+    models = catalog.models_for_registration()
+    assert all(isinstance(m, catalog.CatalogModel) for m in models)
+    catalog.find("lmstudio/anything")
+    catalog.server_status("http://127.0.0.1:9")
+
+
+# ---------------------------------------------------------------- settings and the router config
+
+
+ROUTER_KEYS = ["classifier", "embedding_model", "prefer", "exclude", "fallback", "tasks", "keywords", "ttl", "max_attempts"]
+
+
+@FAST
+@given(fields_of(ROUTER_KEYS) | json_values)
+def test_router_config_of_any_shape_is_valid_or_one_line_naming_the_file(data):
+    try:
+        config = settings.parse_router_config(data, name="lmstudio-router.yaml")
+    except settings.SettingsError as exc:
+        assert "lmstudio-router.yaml" in str(exc) and "\n" not in str(exc)
+        return
+    assert config.embedding_model is None or settings.is_local_model_id(config.embedding_model)
+    assert config.ttl >= 1 and config.max_attempts >= 1
+
+
+@PER_TEST_FIXTURES
+@given(
+    st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values),
+    st.sampled_from(settings.ROUTER_CONFIG_NAMES),
+)
+@example(raw=b"\x80", name="lmstudio-router.yaml")
+def test_router_config_file_of_any_bytes_loads_or_fails_with_a_settings_error(user_path, raw, name):
+    for other in settings.ROUTER_CONFIG_NAMES:
+        (user_path / other).unlink(missing_ok=True)
+    (user_path / name).write_bytes(raw)
+    try:
+        settings.router_config()
+    except settings.SettingsError as exc:
+        assert name in str(exc) and "\n" not in str(exc)
+
+
+@FAST
+@given(st.text(max_size=40))
+@example("[")
+@example("file:///etc/passwd")
+def test_any_base_url_is_normalised_to_http_or_refused(value):
+    try:
+        url = settings.normalize_base_url(value)
+    except settings.SettingsError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert url.startswith(("http://", "https://"))
+
+
+@FAST
+@given(st.text(max_size=12) | st.sampled_from(["nan", "inf", "-inf", "1e999", "0", "-1", "0.5", " 2 "]))
+def test_timeouts_from_any_environment_value_are_finite_and_positive_or_refused(value):
+    assume("\x00" not in value)
+    old = os.environ.get("LMSTUDIO_TIMEOUT")
+    os.environ["LMSTUDIO_TIMEOUT"] = value
+    try:
+        try:
+            limits = settings.timeouts()
+        except settings.SettingsError as exc:
+            assert "LMSTUDIO_TIMEOUT" in str(exc)
+            return
+        # An infinite or NaN timeout would be an unbounded wait in disguise.
+        assert math.isfinite(limits.read) and limits.read > 0
+    finally:
+        if old is None:
+            os.environ.pop("LMSTUDIO_TIMEOUT", None)
+        else:
+            os.environ["LMSTUDIO_TIMEOUT"] = old
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
+def test_non_finite_timeouts_are_refused_with_the_variable_named(monkeypatch, value):
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", value)
+    with pytest.raises(settings.SettingsError, match="LMSTUDIO_TIMEOUT"):
+        settings.timeouts()
