@@ -36,11 +36,14 @@ def register_embedding_models(register):
 
 def _register_native(register, kind):
     """Native MLX models found on disk, registered as mlx/<name>; discovery reads small files only."""
-    from . import local_models, mlx_native
+    from . import local_models
 
-    for local in local_models.discover():
-        if local.kind != kind:
-            continue
+    found = [local for local in local_models.discover() if local.kind == kind]
+    if not found:
+        return
+    from . import mlx_native  # only once there is a native model to register
+
+    for local in found:
         if kind == "chat":
             register(mlx_native.MLXChatModel(local), mlx_native.MLXAsyncChatModel(local))
         else:

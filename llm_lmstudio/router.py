@@ -21,23 +21,23 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 # What a model's key says about the work it is good at (matched on the lower-cased key).
 TASK_AFFINITY = {
-    "coding": (re.compile(r"coder|code|devstral|codestral|starcoder|codellama|deepseek-v?\d*-?coder"), 30.0),
-    "analysis": (re.compile(r"math|reason|\br1\b|-r1|qwq|think|phi"), 15.0),
-    "creative": (re.compile(r"creative|story|writer|roleplay|rp\b|mistral-nemo|gemma"), 12.0),
-    "research": (re.compile(r"instruct|chat|qwen|llama|gemma|mistral"), 4.0),
-    "general": (re.compile(r"instruct|chat"), 4.0),
+    "coding": (r"coder|code|devstral|codestral|starcoder|codellama|deepseek-v?\d*-?coder", 30.0),
+    "analysis": (r"math|reason|\br1\b|-r1|qwq|think|phi", 15.0),
+    "creative": (r"creative|story|writer|roleplay|rp\b|mistral-nemo|gemma", 12.0),
+    "research": (r"instruct|chat|qwen|llama|gemma|mistral", 4.0),
+    "general": (r"instruct|chat", 4.0),
 }
 SIZE_WEIGHT = {"coding": 4.0, "analysis": 4.0, "research": 4.0, "creative": 3.0, "general": 1.5}
 LOADED_BONUS = 20.0
 PREFERRED_BONUS = 100.0
-_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
+_SIZE = r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])"
 
 
 def params_billions(text: str | None) -> float | None:
     """Parameter count in billions from a key or params string: "qwen2.5-coder-7b" → 7, "26B-A4B" → 26."""
     if not text:
         return None
-    sizes = [float(m) for m in _SIZE.findall(text)]
+    sizes = [float(m) for m in re.findall(_SIZE, text)]
     return max(sizes) if sizes else None
 
 
@@ -239,7 +239,7 @@ def score(model, task: str, config: settings.RouterConfig, history) -> Candidate
             add(PREFERRED_BONUS - 10 * position, f"preferred for {task} (#{position + 1})")
             break
     affinity = TASK_AFFINITY.get(task)
-    if affinity and affinity[0].search(key):
+    if affinity and re.search(affinity[0], key):  # re caches compiled patterns; no cost at import
         add(affinity[1], f"name suits {task}")
     if task == "analysis" and getattr(entry, "reasoning", False):
         add(10.0, "reasoning model")
