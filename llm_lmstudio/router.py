@@ -388,6 +388,9 @@ class Router(llm.Model):
             attempts.append(attempt)
             try:
                 inner = llm.get_model(model_id)
+                if isinstance(inner, Router):
+                    # `fallback: [router]` (or an alias of it) would nest the whole chain once per level.
+                    raise llm.ModelError("the router cannot fall back to itself")
                 attempt_options = dict(options)
                 if model_id.startswith(("lmstudio/", "lmstudio@")):
                     attempt_options["ttl"] = config.ttl  # a model the router JIT-loads must not stay pinned
