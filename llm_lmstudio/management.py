@@ -591,6 +591,8 @@ def server_status(server: settings.Server, token: str | None) -> ServerStatus:
             break
         except http.LMStudioError as exc:
             status.error = status.error or str(exc)
+            if isinstance(exc, (http.TimedOut, http.Unreachable)):
+                break  # the other listing would wait out the same timeout again
     if body is not None:
         status.error = None if is_lmstudio else status.error
         status.downloaded, status.loaded = _count_models(body)
