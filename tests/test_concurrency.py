@@ -1,0 +1,78 @@
+"""Eight real `llm` processes prompting at once through the plugin (chat and router) against the stand-in:
+every prompt and answer lands in logs.db, none is lost, none hits "database is locked", all within bounded time."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from llm.cli import cli
+
+from llm_lmstudio import settings
+from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+LLM = REPO / ".venv" / "bin" / "llm"
+LLAMA = "lmstudio/test-org/tiny-llama"
+PROCESSES = 8
+# Eight Python start-ups (llm imports ~4 s of CPU each) on a shared two-core machine, plus generation.
+WALL_CLOCK_LIMIT = 180.0
+
+
+def test_eight_llm_processes_prompting_at_once_all_land_in_logs_db(lmstudio, user_path, logs_db):
+    (user_path / "lmstudio-router.yaml").write_text("prefer:\n  creative: [tiny-llama]\n")
+    # Cache the model list, as any earlier `llm` command would have: registration then needs no network.
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    env = dict(
+        os.environ,
+        LLM_USER_PATH=str(user_path),
+        LMSTUDIO_BASE_URL=lmstudio.base_url,
+        LMSTUDIO_CACHE_TTL="600",
+        LMSTUDIO_TIMEOUT="120",
+    )
+    prompts = [f"Write a poem about number {i}" for i in range(PROCESSES)]
+    answers = [f"Answer number {i}" for i in range(PROCESSES)]
+    lmstudio.script(*answers)  # one per prediction, in arrival order: each must land exactly once
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(
+            # Half go straight to the model, half through the router (which also writes router.db).
+            [str(LLM), "-m", LLAMA if i % 2 == 0 else "router", prompt],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+    results = []
+    for process in processes:
+        remaining = max(WALL_CLOCK_LIMIT - (time.monotonic() - started), 1.0)
+        try:
+            stdout, stderr = process.communicate(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise AssertionError(f"the {PROCESSES} processes did not finish within {WALL_CLOCK_LIMIT:g} s")
+        results.append((process.returncode, stdout, stderr))
+    elapsed = time.monotonic() - started
+
+    for code, stdout, stderr in results:
+        assert "database is locked" not in stderr
+        assert code == 0 and stdout.strip(), stderr
+    logged = json.loads(CliRunner().invoke(cli, ["logs", "--json", "-n", "0"]).output)
+    assert sorted(row["prompt"] for row in logged) == sorted(prompts)
+    by_prompt = {row["prompt"]: row for row in logged}
+    for prompt, (_, stdout, _) in zip(prompts, results):
+        assert by_prompt[prompt]["response"].strip() == stdout.strip()
+    assert sorted(row["response"].strip() for row in logged) == sorted(answers)
+    routed = [row for row in logged if row["model"] == "lmstudio-router"]
+    assert len(routed) == PROCESSES // 2 and all(row["resolved_model"] == LLAMA for row in routed)
+    with sqlite3.connect(settings.plugin_dir() / "router.db") as conn:
+        assert conn.execute("select count(*) from lmstudio_attempts where ok = 1").fetchone()[0] == PROCESSES // 2
+    assert elapsed < WALL_CLOCK_LIMIT

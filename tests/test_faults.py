@@ -1,0 +1,553 @@
+"""The fault matrix: every interface of the plugin × every fault the stand-in can inject ends in a correct
+answer, or in one clear line and a non-zero exit, within the configured timeout — never a traceback, never an
+unbounded wait. The matrix is written to benchmarks/out/fault_matrix.md and printed after the module runs.
+Then: nothing is lost when something fails (cut streams, failed router attempts)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import sqlite_utils
+from click.testing import CliRunner
+from llm.cli import cli
+
+from llm_lmstudio import catalog, router, settings
+from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+LLAMA_KEY = "test-org/tiny-llama"
+LLAMA = f"lmstudio/{LLAMA_KEY}"
+EMBED_KEY = "test-org/text-embedding-all-minilm-l6-v2"
+EMBED = f"lmstudio/{EMBED_KEY}"
+SECRET = "sk-lm-FAULTS01:matrixPass0123"
+WRONG = "sk-lm-WRONG999:notTheRightOne"
+ANSWER = "The quick brown fox jumps over the lazy dog"
+
+# Short limits so that a hung cell fails in about a second; the discovery budget is raised from its
+# 0.25 s default so that the "slow" fault (0.3 s) must be waited out rather than skipped.
+READ_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 1.0
+DISCOVERY_BUDGET = 2.0
+SLOW = {"delay": 0.3, "chunk_delay": 0.05}
+# Time a cell may take beyond the timeouts it is allowed to wait out: process-free JIT loads of tiny
+# models and a busy shared machine. Generous, but finite: the point is "bounded", not "fast".
+SLACK = 8.0
+
+# LM Studio's own error bodies: the context-overflow 400 is the bare-string shape its server sends,
+# the 404 is its "model_not_found" shape, the 500 a crashed engine.
+BODY_4XX = {
+    "error": "Trying to keep the first 4211 tokens when context the overflows. However, the model is loaded with "
+    "context length of only 4096 tokens, which is not enough. Try to load the model with a larger context length, "
+    "or provide a shorter input"
+}
+BODY_5XX = {"error": {"message": "The model has crashed without additional information. (Exit code: null)", "type": "internal_error"}}
+BODY_VANISHED = {
+    "error": {
+        "message": f'Invalid model identifier "{LLAMA_KEY}". Please specify a valid downloaded model '
+        "(i.e. a model key from GET /api/v1/models).",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+}
+LOAD_FAILURE = "Model loading was stopped due to insufficient system resources."
+
+FAULTS = (
+    "healthy",
+    "refused",
+    "hung",
+    "slow",
+    "4xx",
+    "5xx",
+    "malformed",
+    "cut",
+    "token required",
+    "token wrong",
+    "vanished",
+    "load fails",
+)
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    output: str
+    stderr: str
+    exception: BaseException | None
+    seconds: float
+
+
+@dataclass
+class Expect:
+    kind: str  # "ok" (a correct answer), "reported" (exit 0, the problem named), "error" (one line, exit != 0)
+    needle: str | None = None  # regex the error line (or, for "reported", the output) must match
+
+
+@dataclass
+class Interface:
+    name: str
+    path: str  # where the stand-in's HTTP faults are armed ("" for the SDK commands: they use the websocket)
+    args: Callable[[], list[str]]
+    expect: dict  # fault -> Expect; faults left out do not apply to this interface
+    budget: float  # seconds of configured timeouts the interface may legitimately wait out
+    correct: Callable[[Outcome], None] = lambda outcome: None
+    error_line: str = r"^Error: "
+    prime: bool = True  # cache the model list first, as a user who ran `llm models` before would have
+    fault_options: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # settings this interface needs on top of the short timeouts
+
+
+def _lines_matching(pattern: str, text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+def outcome_class(interface: Interface, outcome: Outcome) -> str:
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        return f"traceback ({type(outcome.exception).__name__}: {outcome.exception})"
+    if "Traceback" in outcome.output:
+        return "traceback"
+    if outcome.exit_code == 0:
+        return "ok"
+    errors = _lines_matching(interface.error_line, outcome.output)
+    if len(errors) != 1:
+        return f"{len(errors)} error lines"
+    return "error"
+
+
+# ---------------------------------------------------------------- what each interface should answer
+
+
+def _chat_answer(outcome: Outcome) -> None:
+    assert outcome.output.strip() == ANSWER
+
+
+def _listing_has_the_models(outcome: Outcome) -> None:
+    assert f"LM Studio: {LLAMA}" in outcome.output
+
+
+def _embedding_vector(outcome: Outcome) -> None:
+    vector = json.loads(outcome.output)
+    assert len(vector) == 384 and all(isinstance(x, float) for x in vector)
+
+
+def _json_output(outcome: Outcome) -> None:
+    json.loads(outcome.output)
+
+
+def _route_classified_by_embedding(outcome: Outcome) -> None:
+    plan = json.loads(outcome.output)
+    assert plan["classifier"] == "embedding" and plan["classifier_note"] is None and plan["chain"], plan
+
+
+def _status_ok(outcome: Outcome) -> None:
+    assert re.search(r"reachable \([\d.]+ ms\)  token: not required  models: 5 downloaded", outcome.output)
+
+
+# Per fault, what a one-request HTTP interface must say.
+HTTP_ERRORS = {
+    "refused": Expect("error", "LM Studio is not reachable at .*`lms server start`"),
+    "hung": Expect("error", "did not answer within 1 s"),
+    "4xx": Expect("error", r"HTTP 400.*Trying to keep the first 4211 tokens"),
+    "5xx": Expect("error", r"HTTP 500.*The model has crashed"),
+    "malformed": Expect("error", "malformed"),
+    "cut": Expect("error", "cut off mid-stream|closed the connection before the answer was complete"),
+    "token required": Expect("error", r"requires an API token: run `llm keys set lmstudio`"),
+    "token wrong": Expect("error", "rejected the API token"),
+    "vanished": Expect("error", f'Invalid model identifier "{LLAMA_KEY}"'),
+    "load fails": Expect("error", f"could not load .*{LOAD_FAILURE}"),
+}
+CHAT_EXPECT = {"healthy": Expect("ok"), "slow": Expect("ok"), **HTTP_ERRORS}
+EMBED_EXPECT = {
+    **CHAT_EXPECT,
+    "vanished": Expect("error", "Invalid model identifier .* is .* an embedding model"),
+    "load fails": Expect("error", LOAD_FAILURE),
+}
+ROUTER_FAILED = "every model the router tried failed — "
+ROUTER_EXPECT = {
+    "healthy": Expect("ok"),
+    "slow": Expect("ok"),
+    **{fault: Expect("error", ROUTER_FAILED + ".*" + e.needle) for fault, e in HTTP_ERRORS.items()},
+    # Text had reached the user: no second model's answer is spliced on; the cut answer stays, marked.
+    "malformed": Expect("error", "malformed stream chunk.*what arrived is shown above and kept in the log"),
+    "cut": Expect("error", "cut off mid-stream.*what arrived is shown above and kept in the log"),
+}
+# The model list must survive every fault: the last good list stays registered.
+LISTING_EXPECT = {
+    fault: Expect("ok")
+    for fault in ("healthy", "refused", "hung", "slow", "4xx", "5xx", "malformed", "cut", "token required", "token wrong")
+}
+STATUS_EXPECT = {
+    "healthy": Expect("ok"),
+    "slow": Expect("ok"),
+    "refused": Expect("error", "unreachable: LM Studio is not reachable"),
+    "hung": Expect("reported", "did not answer within 4 s"),
+    "4xx": Expect("reported", "HTTP 400"),
+    "5xx": Expect("reported", "HTTP 500"),
+    "malformed": Expect("reported", "malformed JSON"),
+    "cut": Expect("reported", "closed the connection"),
+    "token required": Expect("reported", "token: required, none configured"),
+    "token wrong": Expect("reported", "token: required, ours rejected"),
+}
+# Routing only touches the network to embed the prompt; every failure there must fall back to keywords.
+ROUTE_EXPECT = {
+    "healthy": Expect("ok"),
+    "slow": Expect("ok"),
+    **{
+        fault: Expect("reported", r'"classifier": "keyword"')
+        for fault in ("refused", "hung", "4xx", "5xx", "malformed", "cut", "token required", "token wrong", "vanished")
+    },
+}
+SDK_ERRORS = {
+    "refused": Expect("error", "LM Studio is not reachable at"),
+    "hung": Expect("error", "accepted the connection but did not answer"),
+    "token required": Expect("error", r"requires an API token: run `llm keys set lmstudio`"),
+    # lmstudio 1.5 cannot send a token at all, so the wrong one is never even tried: it must say so.
+    "token wrong": Expect("error", "requires an API token, and the installed lmstudio SDK .* cannot send one"),
+}
+
+INTERFACES = [
+    Interface("llm models", "/", lambda: ["models"], LISTING_EXPECT, DISCOVERY_BUDGET, _listing_has_the_models),
+    Interface(
+        "chat, streamed", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something"], CHAT_EXPECT, READ_TIMEOUT, _chat_answer,
+        fault_options={"after_chunks": 2},
+    ),
+    Interface(
+        "chat, not streamed", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something", "--no-stream"], CHAT_EXPECT,
+        READ_TIMEOUT, _chat_answer,
+    ),
+    Interface(
+        "chat, async", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something", "--async"], CHAT_EXPECT, READ_TIMEOUT,
+        _chat_answer, fault_options={"after_chunks": 2},
+    ),
+    Interface("embeddings", "/v1/embeddings", lambda: ["embed", "-m", EMBED, "-c", "hello"], EMBED_EXPECT, READ_TIMEOUT, _embedding_vector),
+    Interface(
+        "router", "/api/v0/chat", lambda: ["-m", "router", "Write a haiku about autumn"], ROUTER_EXPECT,
+        4 * READ_TIMEOUT, _chat_answer, fault_options={"after_chunks": 2},
+    ),
+    Interface(
+        "lmstudio route", "/v1/embeddings", lambda: ["lmstudio", "route", "--json", "Write a Python function that sorts a list"],
+        ROUTE_EXPECT, READ_TIMEOUT, _route_classified_by_embedding,
+    ),
+    Interface(
+        "lmstudio status", "/api", lambda: ["lmstudio", "status"], STATUS_EXPECT, 2 * (CONNECT_TIMEOUT + 3.0),
+        _status_ok, error_line=r"unreachable: ", prime=False,
+    ),
+    Interface(
+        "lmstudio load", "", lambda: ["lmstudio", "load", "tiny-llama", "--json"],
+        {"healthy": Expect("ok"), **SDK_ERRORS, "load fails": Expect("error", f"LM Studio refused to load the model: {LOAD_FAILURE}")},
+        CONNECT_TIMEOUT + 10.0, _json_output, prime=False,
+        # LMSTUDIO_TIMEOUT bounds the load itself: one second is less than a real load takes.
+        env={"LMSTUDIO_TIMEOUT": "30"},
+    ),
+    Interface(
+        "lmstudio unload", "", lambda: ["lmstudio", "unload", "--all", "--json"], {"healthy": Expect("ok"), **SDK_ERRORS},
+        CONNECT_TIMEOUT + 10.0, _json_output, prime=False,
+    ),
+    Interface(
+        "lmstudio ps", "", lambda: ["lmstudio", "ps", "--json"], {"healthy": Expect("ok"), **SDK_ERRORS},
+        CONNECT_TIMEOUT + 10.0, _json_output, prime=False,
+    ),
+    Interface(
+        "lmstudio ls", "", lambda: ["lmstudio", "ls", "--json"], {"healthy": Expect("ok"), **SDK_ERRORS},
+        CONNECT_TIMEOUT + 10.0, _json_output, prime=False,
+    ),
+]
+BY_NAME = {interface.name: interface for interface in INTERFACES}
+CELLS = [(i.name, fault) for i in INTERFACES for fault in FAULTS if fault in i.expect]
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", str(READ_TIMEOUT))
+    monkeypatch.setenv("LMSTUDIO_CONNECT_TIMEOUT", str(CONNECT_TIMEOUT))
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", str(DISCOVERY_BUDGET))
+
+
+def seed_exemplar_vectors() -> None:
+    """Store the router's exemplar vectors as if an earlier `llm` run had embedded them.
+
+    Embedding all 729 exemplars through the stand-in's CPU MiniLM takes minutes (one long text ~7 s), far
+    beyond the matrix's one-second timeout; with the vectors on disk, routing embeds only the prompt, which
+    is the request these cells fault. The seeded vectors are stand-ins, so the task chosen is not checked."""
+    import hashlib
+
+    from llm_lmstudio import tasks
+
+    def pseudo_vectors(texts):
+        return [[b / 255 for b in hashlib.shake_128(text.encode()).digest(384)] for text in texts]
+
+    tasks.EmbeddingClassifier(pseudo_vectors, tasks.load_exemplars({}), model_id=EMBED, cache_dir=settings.plugin_dir())
+
+
+@pytest.fixture(scope="module")
+def matrix(request):
+    """Collects each cell's result; after the module, writes the Markdown table and prints it."""
+    results: dict[tuple[str, str], str] = {}
+    yield results
+    table = render_matrix(results)
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fault_matrix.md").write_text(table)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n\nFault matrix (also in benchmarks/out/fault_matrix.md):\n\n" + table)
+
+
+def render_matrix(results: dict) -> str:
+    lines = [
+        "# Fault matrix",
+        "",
+        f"Each cell: outcome and wall-clock seconds. `LMSTUDIO_TIMEOUT={READ_TIMEOUT:g}`, "
+        f"`LMSTUDIO_CONNECT_TIMEOUT={CONNECT_TIMEOUT:g}`, `LMSTUDIO_DISCOVERY_BUDGET={DISCOVERY_BUDGET:g}`. "
+        "ok = correct answer; reported = exit 0 with the problem named; error = one line, exit 1; "
+        "n/a = the fault cannot reach that interface (SDK commands use the websocket, not the faulted HTTP paths).",
+        "",
+        "| interface | " + " | ".join(FAULTS) + " |",
+        "|---|" + "---|" * len(FAULTS),
+    ]
+    for interface in INTERFACES:
+        cells = [results.get((interface.name, fault), "n/a" if fault not in interface.expect else "not run") for fault in FAULTS]
+        lines.append(f"| {interface.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- running one cell
+
+
+def invoke_bounded(args: list[str], limit: float, release: Callable[[], None]) -> Outcome:
+    """Run `llm ARGS` in-process; if it outlives `limit`, release the stand-in's hung requests and report it."""
+    box: dict = {}
+
+    def target():
+        started = time.monotonic()
+        result = CliRunner().invoke(cli, args)
+        box["outcome"] = Outcome(result.exit_code, result.output, result.stderr, result.exception, time.monotonic() - started)
+
+    worker = threading.Thread(target=target, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        release()
+        worker.join(30)
+        pytest.fail(f"`llm {' '.join(args)}` was still running after {time.monotonic() - started:.1f} s (limit {limit:g} s)")
+    return box["outcome"]
+
+
+def arm(fault: str, interface: Interface, lmstudio, refused_url, hung_url, monkeypatch) -> None:
+    """Put the stand-in (or the configured address) into the state that `fault` names."""
+    http_path = interface.path
+    options = dict(interface.fault_options)
+    if fault == "refused":
+        if interface.prime:
+            # The list was cached while the server was up (now stale, so listing must try it again).
+            cache = catalog.read_cache()
+            dead = settings.normalize_base_url(refused_url)
+            cache[dead] = dict(cache[lmstudio.base_url], fetched_at=0 if interface.name == "llm models" else time.time())
+            catalog._write_cache(cache)
+        monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    elif fault == "hung":
+        if http_path:
+            lmstudio.set_fault("hang", http_path)
+        else:
+            monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    elif fault == "slow":
+        lmstudio.set_fault("slow", http_path, **SLOW)
+    elif fault == "4xx":
+        lmstudio.set_fault("status", http_path, status=400, body=BODY_4XX)
+    elif fault == "5xx":
+        lmstudio.set_fault("status", http_path, status=500, body=BODY_5XX)
+    elif fault == "malformed":
+        lmstudio.set_fault("malformed", http_path, after_chunks=options.get("after_chunks", 1))
+    elif fault == "cut":
+        lmstudio.set_fault("cut", http_path, after_chunks=options.get("after_chunks", 1))
+    elif fault == "token required":
+        lmstudio.configure(auth_token=SECRET)
+    elif fault == "token wrong":
+        lmstudio.configure(auth_token=SECRET)
+        monkeypatch.setenv("LM_API_TOKEN", WRONG)
+    elif fault == "vanished":
+        lmstudio.set_fault("status", http_path, status=404, body=BODY_VANISHED)
+    elif fault == "load fails":
+        lmstudio.configure(load_fail=LOAD_FAILURE)
+    if interface.name == "llm models" and fault not in ("refused", "healthy"):
+        # Expire the cached list so this run has to ask the (faulty) server again.
+        cache = catalog.read_cache()
+        cache[lmstudio.base_url]["fetched_at"] = 0
+        catalog._write_cache(cache)
+
+
+@pytest.mark.parametrize("interface_name, fault", CELLS, ids=[re.sub(r"\W+", "_", f"{i}-{f}") for i, f in CELLS])
+def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
+    interface_name, fault, matrix, lmstudio, refused_url, hung_url, monkeypatch, short_timeouts, logs_db
+):
+    interface = BY_NAME[interface_name]
+    expect = interface.expect[fault]
+    matrix[(interface_name, fault)] = "FAILED"
+    for name, value in interface.env.items():
+        monkeypatch.setenv(name, value)
+    if interface.name == "lmstudio route":
+        lmstudio.load(EMBED_KEY)  # a loaded embedding model is what makes routing embed the prompt
+        seed_exemplar_vectors()
+    if interface.name == "lmstudio unload":
+        lmstudio.load(LLAMA_KEY)
+    if interface.prime:
+        assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    monkeypatch.setattr(router, "_EMBEDDING_CLASSIFIERS", {})  # no classifier object survives from before
+    lmstudio.script(ANSWER)
+    arm(fault, interface, lmstudio, refused_url, hung_url, monkeypatch)
+
+    limit = interface.budget + SLACK
+    outcome = invoke_bounded(interface.args(), limit + 20.0, lambda: lmstudio.reset(unload=False))
+    got = outcome_class(interface, outcome)
+    matrix[(interface_name, fault)] = f"{'reported' if expect.kind == 'reported' and got == 'ok' else got} {outcome.seconds:.1f}s"
+
+    assert "Traceback" not in outcome.output and not got.startswith("traceback"), outcome.output
+    assert outcome.seconds <= limit, f"took {outcome.seconds:.1f} s, limit {limit:g} s"
+    if expect.kind == "error":
+        assert got == "error" and outcome.exit_code != 0, outcome.output
+        [line] = _lines_matching(interface.error_line, outcome.output)
+        assert re.search(expect.needle, line), line
+        assert "ws://" not in line
+    elif expect.kind == "reported":
+        assert got == "ok", outcome.output
+        assert re.search(expect.needle, outcome.output), outcome.output
+    else:
+        assert got == "ok", outcome.output
+        interface.correct(outcome)
+
+
+# ---------------------------------------------------------------- the real process: exit code, stderr, wall clock
+
+
+def llm_process(args: list[str], env_extra: dict, user_path: Path, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    import os
+
+    env = dict(os.environ, LLM_USER_PATH=str(user_path), **env_extra)
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "llm"), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "fault, needle",
+    [("hung", "did not answer within 1 s"), ("cut", "cut off mid-stream"), ("token required", "requires an API token")],
+)
+def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, logs_db, short_timeouts, fault, needle):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    lmstudio.script(ANSWER)
+    if fault == "hung":
+        lmstudio.set_fault("hang", "/api/v0/chat")
+    elif fault == "cut":
+        lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=2)
+    else:
+        lmstudio.configure(auth_token=SECRET)
+    env = {"LMSTUDIO_BASE_URL": lmstudio.base_url, "LMSTUDIO_TIMEOUT": "1", "LMSTUDIO_CONNECT_TIMEOUT": "1"}
+    result, seconds = llm_process(["-m", LLAMA, "Say something"], env, user_path, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("Error: ") and needle in line
+    # Process start-up (imports, plugins) is part of the wall clock on a shared machine.
+    assert seconds < READ_TIMEOUT + SLACK + 10
+
+
+def test_real_lmstudio_command_against_a_hung_server_exits_one_in_bounded_time(hung_url, user_path, short_timeouts):
+    result, seconds = llm_process(["lmstudio", "ps"], {"LMSTUDIO_BASE_URL": hung_url}, user_path, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("Error: ") and hung_url in line
+    assert seconds < CONNECT_TIMEOUT + 10 + SLACK + 10
+
+
+# ---------------------------------------------------------------- nothing lost
+
+
+def logged_turns(logs_db: Path) -> list[dict]:
+    return sorted(sqlite_utils.Database(logs_db)["turns"].rows, key=lambda r: r["datetime_utc"])
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"]], ids=["sync", "async"])
+def test_a_stream_cut_midway_keeps_what_arrived_marked_as_cut_in_the_log(lmstudio, logs_db, short_timeouts, mode):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    lmstudio.script("one two three four five six seven eight nine ten")
+    lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=3)
+    result = CliRunner().invoke(cli, ["-m", LLAMA, "count", *mode])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stdout.startswith("one")
+    assert "[response cut off:" in result.stdout
+    [turn] = logged_turns(logs_db)
+    data = json.loads(turn["response_json"])
+    assert data["cut"] is True and "cut off mid-stream" in data["error"]
+    logged = last_logged_response()
+    assert logged.startswith("one") and "[response cut off:" in logged
+
+
+def last_logged_response() -> str:
+    return json.loads(CliRunner().invoke(cli, ["logs", "-n", "1", "--json"]).output)[0]["response"]
+
+
+def attempts_recorded() -> list[dict]:
+    path = settings.plugin_dir() / "router.db"
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("select * from lmstudio_attempts order by id")]
+
+
+def test_a_router_turn_where_every_model_failed_still_records_each_attempt(lmstudio, logs_db, short_timeouts):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    lmstudio.set_fault("status", "/api/v0/chat", status=500, body=BODY_5XX)
+    result = CliRunner().invoke(cli, ["-m", "router", "Write a haiku about autumn"])
+    assert result.exit_code == 1 and ROUTER_FAILED in result.output
+    attempts = attempts_recorded()
+    chats = [r for r in lmstudio.requests() if "chat" in r["path"]]
+    assert len(attempts) == len(chats) >= 2  # one row per model tried, each request accounted for
+    assert all(a["ok"] == 0 and a["error_kind"] == "RequestFailed" for a in attempts)
+    assert {a["model"] for a in attempts} == {f"lmstudio/{r['model']}" for r in chats}
+
+
+def test_a_router_turn_that_fell_back_logs_the_failed_attempt_with_the_answer(lmstudio, logs_db, short_timeouts):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    lmstudio.script(ANSWER)
+    lmstudio.set_fault("hang", "/api/v0/chat", times=1)
+    result = CliRunner().invoke(cli, ["-m", "router", "Write a haiku about autumn"])
+    assert result.exit_code == 0, result.output
+    [turn] = logged_turns(logs_db)
+    assert last_logged_response() == ANSWER
+    first, second = json.loads(turn["response_json"])["attempts"]
+    assert (first["ok"], first["error_kind"]) == (False, "TimedOut") and "did not answer within 1 s" in first["error"]
+    assert second["ok"] and turn["resolved_model"] == second["model"]
+    assert [(a["model"], a["ok"]) for a in attempts_recorded()] == [(first["model"], 0), (second["model"], 1)]
+
+
+def test_a_router_answer_cut_midway_is_logged_with_the_attempt_marked_cut(lmstudio, logs_db, short_timeouts):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    lmstudio.script("one two three four five six seven eight nine ten")
+    lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=3)
+    result = CliRunner().invoke(cli, ["-m", "router", "Write a haiku about autumn"])
+    assert result.exit_code == 1 and "cut off mid-stream" in result.output and "Traceback" not in result.output
+    [turn] = logged_turns(logs_db)
+    logged = last_logged_response()
+    assert logged.startswith("one") and "[response cut off:" in logged
+    [attempt] = json.loads(turn["response_json"])["attempts"]
+    assert attempt["ok"] is False and attempt["error_kind"] == "StreamCut"
+    assert [(a["ok"], a["error_kind"]) for a in attempts_recorded()] == [(0, "StreamCut")]
