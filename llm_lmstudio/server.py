@@ -265,6 +265,17 @@ class _Base:
             return RequestFailed(f"LM Studio at {self.base_url}: {_one_line(redact(str(exc), self.token))}")
         return RequestFailed(f"LM Studio at {self.base_url}: {_one_line(redact(repr(exc), self.token))}")
 
+    def _status_error(self, response, model: str | None) -> LMStudioError:
+        """The error for a streamed request's failed status (its body already read)."""
+        return error_for_status(
+            response.status_code, _parse_body(response.content), base_url=self.base_url, token=self.token, model=model
+        )
+
+    def _stream_failure(self, exc: Exception, state: "_StreamState") -> LMStudioError:
+        """A transport failure during a stream: a dropped connection is a cut stream, the rest as usual."""
+        error = self._translate(exc)
+        return state.cut("the connection dropped") if isinstance(error, StreamCut) else error
+
     def _decode_json(self, response, model: str | None) -> Any:
         body = _parse_body(response.content)
         if response.status_code >= 400:
@@ -317,13 +328,7 @@ class Client(_Base):
             with self._http().stream("POST", path, json=payload) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise error_for_status(
-                        response.status_code,
-                        _parse_body(response.content),
-                        base_url=self.base_url,
-                        token=self.token,
-                        model=model,
-                    )
+                    raise self._status_error(response, model)
                 for data in iter_sse_data(response.iter_lines()):
                     chunk = state.decode(data)
                     if chunk is not None:
@@ -333,10 +338,7 @@ class Client(_Base):
         except LMStudioError:
             raise
         except Exception as exc:
-            error = self._translate(exc)
-            if isinstance(error, StreamCut):
-                raise state.cut("the connection dropped") from None
-            raise error from None
+            raise self._stream_failure(exc, state) from None
         state.check_complete()
 
     def greeting(self) -> bool:
@@ -389,13 +391,7 @@ class AsyncClient(_Base):
             async with self._http().stream("POST", path, json=payload) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise error_for_status(
-                        response.status_code,
-                        _parse_body(response.content),
-                        base_url=self.base_url,
-                        token=self.token,
-                        model=model,
-                    )
+                    raise self._status_error(response, model)
                 buffer: list[str] = []
                 async for line in response.aiter_lines():
                     # Same dispatch rules as iter_sse_data, fed line by line.
@@ -418,10 +414,7 @@ class AsyncClient(_Base):
         except LMStudioError:
             raise
         except Exception as exc:
-            error = self._translate(exc)
-            if isinstance(error, StreamCut):
-                raise state.cut("the connection dropped") from None
-            raise error from None
+            raise self._stream_failure(exc, state) from None
         state.check_complete()
 
 
