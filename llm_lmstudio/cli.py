@@ -268,15 +268,7 @@ def ls_command(only_llm, only_embedding, server, json_):
             {
                 "lmstudio": [m.to_json() for m in models],
                 "native": [
-                    {
-                        "model_id": m.model_id,
-                        "name": m.name,
-                        "kind": m.kind,
-                        "arch": m.arch,
-                        "size_bytes": m.size_bytes,
-                        "source": m.source,
-                        "path": str(m.path),
-                    }
+                    m.to_json()
                     for m in native
                 ],
             }
@@ -430,19 +422,7 @@ def mlx_list(json_):
 
     models = local_models.discover()
     if json_:
-        rows = [
-            {
-                "model_id": m.model_id,
-                "name": m.name,
-                "kind": m.kind,
-                "arch": m.arch,
-                "size_bytes": m.size_bytes,
-                "source": m.source,
-                "path": str(m.path),
-                "problem": m.problem,
-            }
-            for m in models
-        ]
+        rows = [m.to_json() | {"problem": m.problem} for m in models]
         click.echo(json.dumps(rows, indent=2))
         return
     if not models:

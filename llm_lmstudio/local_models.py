@@ -56,6 +56,18 @@ class LocalModel:
     def model_id(self) -> str:
         return f"mlx/{self.name}"
 
+    def to_json(self) -> dict:
+        """The row `llm lmstudio ls --json` and `mlx list --json` print (documented in docs/commands.md)."""
+        return {
+            "model_id": self.model_id,
+            "name": self.name,
+            "kind": self.kind,
+            "arch": self.arch,
+            "size_bytes": self.size_bytes,
+            "source": self.source,
+            "path": str(self.path),
+        }
+
 
 @dataclass(frozen=True)
 class _Candidate:

@@ -150,25 +150,38 @@ def _check_body_error(data: Any, *, base_url: str, token: str | None, model: str
 # ---------------------------------------------------------------- SSE
 
 
-def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """Yield each event's data from Server-Sent Events lines (per the SSE spec: multi-line data joined)."""
-    buffer: list[str] = []
-    for line in lines:
+class SSEDecoder:
+    """Server-Sent Events, fed one line at a time: returns each event's data once its blank line arrives
+    (per the SSE spec: `data:` lines joined with newlines, comments and other fields ignored)."""
+
+    def __init__(self):
+        self.buffer: list[str] = []
+
+    def feed(self, line: str) -> list[str]:
         line = line.rstrip("\r\n")
         if not line:
-            if buffer:
-                yield "\n".join(buffer)
-                buffer = []
-            continue
+            return self.flush()
         if line.startswith(":"):
-            continue
+            return []
         field, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if field == "data":
-            buffer.append(value)
-    if buffer:
-        yield "\n".join(buffer)
+            self.buffer.append(value)
+        return []
+
+    def flush(self) -> list[str]:
+        events = ["\n".join(self.buffer)] if self.buffer else []
+        self.buffer = []
+        return events
+
+
+def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """Yield each event's data from Server-Sent Events lines."""
+    decoder = SSEDecoder()
+    for line in lines:
+        yield from decoder.feed(line)
+    yield from decoder.flush()
 
 
 class _StreamState:
@@ -180,6 +193,24 @@ class _StreamState:
         self.model = model
         self.done = False
         self.finished = False  # saw a finish_reason
+        self.sse = SSEDecoder()
+
+    def feed_line(self, line: str) -> list[dict]:
+        """The JSON chunks completed by one more line of the stream (none after [DONE])."""
+        return self._chunks(self.sse.feed(line))
+
+    def end_of_lines(self) -> list[dict]:
+        return self._chunks(self.sse.flush())
+
+    def _chunks(self, events: list[str]) -> list[dict]:
+        chunks = []
+        for data in events:
+            if self.done:
+                break
+            chunk = self.decode(data)
+            if chunk is not None:
+                chunks.append(chunk)
+        return chunks
 
     def decode(self, data: str) -> dict | None:
         if data.strip() == "[DONE]":
@@ -329,12 +360,11 @@ class Client(_Base):
                 if response.status_code >= 400:
                     response.read()
                     raise self._status_error(response, model)
-                for data in iter_sse_data(response.iter_lines()):
-                    chunk = state.decode(data)
-                    if chunk is not None:
-                        yield chunk
+                for line in response.iter_lines():
+                    yield from state.feed_line(line)
                     if state.done:
                         return
+                yield from state.end_of_lines()
         except LMStudioError:
             raise
         except Exception as exc:
@@ -392,25 +422,13 @@ class AsyncClient(_Base):
                 if response.status_code >= 400:
                     await response.aread()
                     raise self._status_error(response, model)
-                buffer: list[str] = []
                 async for line in response.aiter_lines():
-                    # Same dispatch rules as iter_sse_data, fed line by line.
-                    if line.strip():
-                        buffer.append(line)
-                        continue
-                    for data in iter_sse_data(buffer + [""]):
-                        chunk = state.decode(data)
-                        if chunk is not None:
-                            yield chunk
-                        if state.done:
-                            return
-                    buffer = []
-                for data in iter_sse_data(buffer):
-                    chunk = state.decode(data)
-                    if chunk is not None:
+                    for chunk in state.feed_line(line):
                         yield chunk
                     if state.done:
                         return
+                for chunk in state.end_of_lines():
+                    yield chunk
         except LMStudioError:
             raise
         except Exception as exc:
