@@ -223,6 +223,8 @@ def test_chat_usage_counts_come_from_the_real_tokenizer(lmstudio, oai, tokenizer
 
 
 def test_streamed_chat_with_include_usage_ends_with_usage_only_chunk(lmstudio, oai):
+    # Scripted past max_tokens: a random-weight model may otherwise sample end-of-text early.
+    lmstudio.script("one two three four five six seven eight nine ten eleven twelve thirteen fourteen")
     stream = oai.chat.completions.create(
         model=LLAMA,
         messages=[{"role": "user", "content": "Tell me a story"}],
