@@ -18,10 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from llm_lmstudio import tasks  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "router"
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "data" / "router"
 OUT = Path(__file__).resolve().parent / "out"
-SPLIT_FILE = DATA / "router_split.json"
+SPLIT_FILE = DATA / "split.json"
 SEED = 20260523
 TEST_FRACTION = 0.30
 DEV_FOLDS = 5
@@ -46,15 +45,15 @@ VICUNA_TASK = {
 def load_labelled() -> list[dict]:
     """Every labelled prompt as {id, source, task, prompt}, mapped onto tasks as SOURCES.md suggests."""
     rows = []
-    with open(SHARED / "arena_hard_v2.0_question.jsonl", encoding="utf-8") as handle:
+    with open(DATA / "arena_hard_v2.0_question.jsonl", encoding="utf-8") as handle:
         for line in handle:
             item = json.loads(line)
             rows.append({"id": f"arena-{item['uid']}", "source": "arena", "task": ARENA_TASK[item["subcategory"]], "prompt": item["prompt"]})
-    with open(SHARED / "vicuna_bench_question.jsonl", encoding="utf-8") as handle:
+    with open(DATA / "vicuna_bench_question.jsonl", encoding="utf-8") as handle:
         for line in handle:
             item = json.loads(line)
             rows.append({"id": f"vicuna-{item['question_id']}", "source": "vicuna", "task": VICUNA_TASK[item["category"]], "prompt": item["turns"][0]})
-    with open(DATA / "router_extra.jsonl", encoding="utf-8") as handle:
+    with open(DATA / "extra.jsonl", encoding="utf-8") as handle:
         for line in handle:
             item = json.loads(line)
             rows.append({"id": item["id"], "source": "extra", "task": item["task"], "prompt": item["prompt"]})
@@ -319,7 +318,7 @@ def main() -> None:
             view.setdefault(row["task"], []).append(tasks.prompt_view(row["prompt"]))
         payload = {
             "about": "Default router exemplars: every prompt of the training split of benchmarks/eval_router.py "
-            f"(seed {SEED}, {1 - TEST_FRACTION:.0%} of arena-hard v2.0, vicuna-bench and benchmarks/data/router_extra.jsonl), "
+            f"(seed {SEED}, {1 - TEST_FRACTION:.0%} of arena-hard v2.0, vicuna-bench and benchmarks/data/router/extra.jsonl), "
             "each cut to the head and tail the classifier embeds. Test-split prompts are never included.",
             "tasks": {task: view[task] for task in task_names},
         }

@@ -148,7 +148,7 @@ def test_default_exemplars_cover_every_task_and_hold_no_test_prompt():
     exemplars = tasks.load_exemplars()
     assert set(exemplars) == set(tasks.DEFAULT_TASKS)
     assert all(len(prompts) >= 40 for prompts in exemplars.values())
-    split = json.loads((ROOT / "benchmarks" / "data" / "router_split.json").read_text())
+    split = json.loads((ROOT / "benchmarks" / "data" / "router" / "split.json").read_text())
     test_ids = set(split["test_ids"])
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
