@@ -1,5 +1,7 @@
 """Shared fixtures: an isolated llm user directory per test, and generated models cached across runs."""
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,17 @@ from tests import model_factory
 
 # The LM Studio stand-in's fixtures (`fake_lmstudio`, `lmstudio`, ...) live with the stand-in.
 pytest_plugins = ["tests.fake_lmstudio.pytest_plugin"]
+
+
+def llm_command() -> str:
+    """The `llm` executable of the environment running the tests (beside sys.executable), so that a
+    subprocess runs the same llm and plugin as the test itself, whatever venv or checkout that is."""
+    folder = Path(sys.executable).parent
+    for name in ("llm", "llm.exe"):
+        candidate = folder / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise RuntimeError(f"no `llm` executable beside {sys.executable}: install llm into that environment")
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ import os
 import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 from click.testing import CliRunner
 from llm.cli import cli
 
 from llm_lmstudio import settings
+from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 
-REPO = Path(__file__).resolve().parents[1]
-LLM = REPO / ".venv" / "bin" / "llm"
 LLAMA = "lmstudio/test-org/tiny-llama"
 PROCESSES = 8
 # Eight Python start-ups (llm imports ~4 s of CPU each) on a shared two-core machine, plus generation.
@@ -42,7 +40,7 @@ def test_eight_llm_processes_prompting_at_once_all_land_in_logs_db(lmstudio, use
     processes = [
         subprocess.Popen(
             # Half go straight to the model, half through the router (which also writes router.db).
-            [str(LLM), "-m", LLAMA if i % 2 == 0 else "router", prompt],
+            [llm_command(), "-m", LLAMA if i % 2 == 0 else "router", prompt],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

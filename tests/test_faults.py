@@ -22,7 +22,8 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import catalog, router, settings
+from llm_lmstudio import catalog, management, router, settings
+from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,8 +216,10 @@ SDK_ERRORS = {
     "refused": Expect("error", "LM Studio is not reachable at"),
     "hung": Expect("error", "accepted the connection but did not answer"),
     "token required": Expect("error", r"requires an API token: run `llm keys set lmstudio`"),
-    # lmstudio 1.5 cannot send a token at all, so the wrong one is never even tried: it must say so.
-    "token wrong": Expect("error", "requires an API token, and the installed lmstudio SDK .* cannot send one"),
+    # An SDK that can send a token (lmstudio >= 1.6) has it rejected; an older one must say it cannot send it.
+    "token wrong": Expect("error", "rejected the API token")
+    if management.sdk_supports_token()
+    else Expect("error", "requires an API token, and the installed lmstudio SDK .* cannot send one"),
 }
 
 INTERFACES = [
@@ -443,7 +446,7 @@ def llm_process(args: list[str], env_extra: dict, user_path: Path, timeout: floa
     env = dict(os.environ, LLM_USER_PATH=str(user_path), **env_extra)
     started = time.monotonic()
     result = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "llm"), *args], capture_output=True, text=True, env=env, timeout=timeout
+        [llm_command(), *args], capture_output=True, text=True, env=env, timeout=timeout
     )
     return result, time.monotonic() - started
 
