@@ -72,7 +72,7 @@ def main():
     from llm.cli import cli
     from mlx_embeddings.utils import load
 
-    from llm_lmstudio import local_models, mlx_native
+    from llm_lmstudio import local_models, mlx_embed
 
     local_models.add(path, "minilm")
     docs = documents(args.docs)
@@ -81,7 +81,7 @@ def main():
     docs_file.write_text(json.dumps(docs))
 
     plugin = llm.get_embedding_model("mlx/minilm")
-    runtime = mlx_native.load_embedding(local_models.find("minilm"))
+    runtime = mlx_embed.load_embedding(local_models.find("minilm"))
     model, tokenizer = load(str(path))
     batch_size = min(100, plugin.batch_size)  # what llm's collections use
 

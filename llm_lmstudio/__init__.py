@@ -41,13 +41,13 @@ def _register_native(register, kind):
     found = [local for local in local_models.discover() if local.kind == kind]
     if not found:
         return
-    from . import mlx_native  # only once there is a native model to register
+    from . import mlx_embed, mlx_native  # only once there is a native model to register
 
     for local in found:
         if kind == "chat":
             register(mlx_native.MLXChatModel(local), mlx_native.MLXAsyncChatModel(local))
         else:
-            register(mlx_native.MLXEmbeddingModel(local))
+            register(mlx_embed.MLXEmbeddingModel(local))
 
 
 @llm.hookimpl

@@ -1,4 +1,4 @@
-"""Native MLX chat and embedding models, run inside the llm process with mlx-lm and mlx-embeddings.
+"""Native MLX chat models, run inside the llm process with mlx-lm (embeddings live in mlx_embed.py).
 Imports mlx* only inside functions; loads each model once per process; never touches the network."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 import llm
@@ -161,31 +161,40 @@ def _generation_config(path: Path) -> dict:
 
 
 _CHAT: dict[str, ChatRuntime] = {}
-_EMBED: dict[str, "EmbeddingRuntime"] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def load_chat(local: LocalModel) -> ChatRuntime:
-    """The loaded model for `local`, loading it on first use; it stays loaded for the life of the process."""
+def load_once(loaded: dict, local: LocalModel, engine: str, make: Callable[[], Any]):
+    """loaded[local.path], built by make() on first use; it stays loaded for the life of the process.
+    Shared by chat and embeddings (mlx_embed.py) so that two threads never load the same weights twice."""
     key = str(local.path)
-    runtime = _CHAT.get(key)
+    runtime = loaded.get(key)
     if runtime is not None:
         return runtime
     with _LOAD_LOCK:
-        runtime = _CHAT.get(key)
+        runtime = loaded.get(key)
         if runtime is not None:
             return runtime
         _check_folder(local)
-        started = time.perf_counter()
         try:
-            from mlx_lm import load
-
-            model, tokenizer = load(str(local.path))
+            runtime = make()
         except Exception as exc:  # mlx and transformers raise many types; all become one line
-            raise _model_error(local, exc, "loading") from exc
-        runtime = ChatRuntime(local, model, tokenizer, time.perf_counter() - started)
-        _CHAT[key] = runtime
+            raise _model_error(local, exc, "loading", engine) from exc
+        loaded[key] = runtime
         return runtime
+
+
+def load_chat(local: LocalModel) -> ChatRuntime:
+    """The loaded chat model for `local`, loading it on first use."""
+
+    def make():
+        started = time.perf_counter()
+        from mlx_lm import load
+
+        model, tokenizer = load(str(local.path))
+        return ChatRuntime(local, model, tokenizer, time.perf_counter() - started)
+
+    return load_once(_CHAT, local, "mlx-lm", make)
 
 
 def clear_prompt_caches() -> None:
@@ -195,10 +204,9 @@ def clear_prompt_caches() -> None:
 
 
 def unload_all() -> None:
-    """Drop every loaded model (tests and benchmarks use this to measure a cold start)."""
+    """Drop every loaded chat model (tests and benchmarks use this to measure a cold start)."""
     with _LOAD_LOCK:
         _CHAT.clear()
-        _EMBED.clear()
 
 
 # ---------------------------------------------------------------- prompt translation
@@ -533,120 +541,3 @@ class MLXAsyncChatModel(_ChatBase, llm.AsyncModel):
             cancelled.set()
             while worker.is_alive():  # let it release its stream before anyone can exit
                 await asyncio.sleep(0.005)
-
-
-# ---------------------------------------------------------------- embeddings
-
-
-class EmbeddingRuntime:
-    """A loaded mlx-embeddings model with sentence-transformers' pooling and normalisation for that model."""
-
-    def __init__(self, local: LocalModel, model, tokenizer):
-        self.local = local
-        self.model = model
-        self.tokenizer = tokenizer
-        self.pooling, self.normalize, self.max_length = _sentence_transformers_config(local.path)
-        if self.max_length is None:
-            limit = getattr(tokenizer, "model_max_length", None)
-            self.max_length = limit if isinstance(limit, int) and 0 < limit < 100_000 else 512
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        import mlx.core as mx
-
-        encoded = self.tokenizer.batch_encode_plus(
-            texts, return_tensors="mlx", padding=True, truncation=True, max_length=self.max_length
-        )
-        mask = encoded["attention_mask"]
-        output = self.model(encoded["input_ids"], attention_mask=mask)
-        if self.pooling is None or (self.pooling == "mean" and self.normalize and output.text_embeds is not None):
-            # mlx-embeddings' text_embeds is exactly sentence-transformers' mean pooling + L2 normalise.
-            vectors = output.text_embeds
-        else:
-            hidden = output.last_hidden_state
-            weights = mask[..., None].astype(hidden.dtype)
-            if self.pooling == "cls":
-                vectors = hidden[:, 0]
-            elif self.pooling == "max":
-                vectors = mx.where(weights > 0, hidden, -1e9).max(axis=1)
-            elif self.pooling == "lasttoken":
-                last = mask.sum(axis=1).astype(mx.int32) - 1  # right padding: the last real token
-                vectors = hidden[mx.arange(hidden.shape[0]), last]
-            else:
-                vectors = (hidden * weights).sum(axis=1) / mx.maximum(weights.sum(axis=1), 1e-9)
-            if self.normalize:
-                vectors = vectors / mx.maximum(mx.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-        return vectors.astype(mx.float32).tolist()
-
-
-def _sentence_transformers_config(path: Path) -> tuple[str | None, bool, int | None]:
-    """(pooling mode, normalise?, max_seq_length) as sentence-transformers would use them; pooling None when absent."""
-    try:
-        modules = json.loads((path / "modules.json").read_text())
-    except (OSError, ValueError):
-        return None, True, None
-    pooling, normalize = "mean", False
-    for module in modules if isinstance(modules, list) else []:
-        kind = str(module.get("type", ""))
-        if kind.endswith("Normalize"):
-            normalize = True
-        elif kind.endswith("Pooling"):
-            try:
-                config = json.loads((path / module.get("path", "") / "config.json").read_text())
-            except (OSError, ValueError):
-                config = {}
-            flags = {
-                "cls": "pooling_mode_cls_token",
-                "max": "pooling_mode_max_tokens",
-                "lasttoken": "pooling_mode_lasttoken",
-                "mean": "pooling_mode_mean_tokens",
-            }
-            pooling = next((mode for mode, flag in flags.items() if config.get(flag)), "mean")
-    try:
-        max_length = json.loads((path / "sentence_bert_config.json").read_text()).get("max_seq_length")
-    except (OSError, ValueError, AttributeError):
-        max_length = None
-    return pooling, normalize, max_length if isinstance(max_length, int) else None
-
-
-def load_embedding(local: LocalModel) -> EmbeddingRuntime:
-    key = str(local.path)
-    runtime = _EMBED.get(key)
-    if runtime is not None:
-        return runtime
-    with _LOAD_LOCK:
-        runtime = _EMBED.get(key)
-        if runtime is not None:
-            return runtime
-        _check_folder(local)
-        try:
-            from mlx_embeddings.utils import load
-
-            model, tokenizer = load(str(local.path))
-        except Exception as exc:
-            raise _model_error(local, exc, "loading", engine="mlx-embeddings") from exc
-        runtime = EmbeddingRuntime(local, model, tokenizer)
-        _EMBED[key] = runtime
-        return runtime
-
-
-class MLXEmbeddingModel(llm.EmbeddingModel):
-    """A native MLX embedding model: `mlx-embeddings` in this process, batches padded and run together."""
-
-    supports_text = True
-    supports_binary = False
-    batch_size = 32
-
-    def __init__(self, local: LocalModel):
-        self.local = local
-        self.model_id = local.model_id
-
-    def __str__(self):
-        return f"MLX (native) embeddings: {self.model_id}"
-
-    def embed_batch(self, items):
-        runtime = load_embedding(self.local)
-        texts = [item if isinstance(item, str) else item.decode("utf-8", "replace") for item in items]
-        try:
-            return runtime.embed(texts)
-        except Exception as exc:
-            raise _model_error(self.local, exc, "running", engine="mlx-embeddings") from exc

@@ -10,7 +10,7 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import local_models, mlx_native
+from llm_lmstudio import local_models, mlx_embed
 
 pytestmark = pytest.mark.minilm
 
@@ -104,12 +104,12 @@ def test_padding_in_a_batch_does_not_change_embeddings(minilm):
 def test_batches_run_together_and_the_model_loads_once(minilm, monkeypatch):
     import mlx_embeddings.utils
 
-    mlx_native.unload_all()
+    mlx_embed.unload_all()
     loads, batch_sizes = [], []
     original_load = mlx_embeddings.utils.load
     monkeypatch.setattr(mlx_embeddings.utils, "load", lambda *a, **k: loads.append(a) or original_load(*a, **k))
-    original_embed = mlx_native.EmbeddingRuntime.embed
-    monkeypatch.setattr(mlx_native.EmbeddingRuntime, "embed", lambda self, texts: batch_sizes.append(len(texts)) or original_embed(self, texts))
+    original_embed = mlx_embed.EmbeddingRuntime.embed
+    monkeypatch.setattr(mlx_embed.EmbeddingRuntime, "embed", lambda self, texts: batch_sizes.append(len(texts)) or original_embed(self, texts))
     minilm.batch_size = 4  # llm slices embed_multi input into batches of this size
     vectors = list(minilm.embed_multi([f"document number {i}" for i in range(10)]))
     assert len(vectors) == 10
@@ -118,7 +118,7 @@ def test_batches_run_together_and_the_model_loads_once(minilm, monkeypatch):
 
 
 def test_truncates_like_sentence_transformers(minilm):
-    runtime = mlx_native.load_embedding(local_models.find("minilm"))
+    runtime = mlx_embed.load_embedding(local_models.find("minilm"))
     assert (runtime.pooling, runtime.normalize, runtime.max_length) == ("mean", True, 256)
     # Longer than BERT's 512 positions: cut to sentence-transformers' 256 tokens, as LM Studio users get.
     encoded = runtime.tokenizer.batch_encode_plus(["word " * 1000], truncation=True, max_length=runtime.max_length)
