@@ -136,6 +136,21 @@ OPTION_FIELDS = (
 )
 
 
+def tool_specs(tools: list[llm.Tool]) -> list[dict]:
+    """llm's tools as OpenAI function specs: LM Studio's request field, and what chat templates render (native MLX)."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description or "",
+                "parameters": tool.input_schema or {"type": "object", "properties": {}},
+            },
+        }
+        for tool in tools
+    ]
+
+
 def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
     payload: dict[str, Any] = {"model": key, "messages": build_messages(prompt), "stream": stream}
     options = prompt.options
@@ -152,17 +167,7 @@ def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
             "json_schema": {"name": "output", "strict": True, "schema": prompt.schema},
         }
     if prompt.tools:
-        payload["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description or "",
-                    "parameters": tool.input_schema or {"type": "object", "properties": {}},
-                },
-            }
-            for tool in prompt.tools
-        ]
+        payload["tools"] = tool_specs(prompt.tools)
     if stream:
         payload["stream_options"] = {"include_usage": True}
     return payload

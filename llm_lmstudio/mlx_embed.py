@@ -9,7 +9,7 @@ from pathlib import Path
 import llm
 
 from .local_models import LocalModel
-from .mlx_native import _model_error, load_once
+from .mlx_load import load_once, model_error
 
 _EMBED: dict[str, "EmbeddingRuntime"] = {}
 
@@ -121,4 +121,4 @@ class MLXEmbeddingModel(llm.EmbeddingModel):
         try:
             return runtime.embed(texts)
         except Exception as exc:
-            raise _model_error(self.local, exc, "running", engine="mlx-embeddings") from exc
+            raise model_error(self.local, exc, "running", engine="mlx-embeddings") from exc

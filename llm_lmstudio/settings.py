@@ -171,6 +171,37 @@ def lmstudio_models_dir() -> Path:
     return home / "models"
 
 
+# ---------------------------------------------------------------- native MLX
+
+MLX_PROMPT_CACHE_DEFAULT = 2 * 1024**3  # a few long conversations of a 7B model (~60 KB of fp16 KV per token)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+_OFF = ("0", "off", "false", "no")
+
+
+def mlx_prompt_cache_bytes() -> int:
+    """Disk budget for native MLX prompt caches kept across processes; 0 turns the disk cache off."""
+    name = "LMSTUDIO_MLX_PROMPT_CACHE"
+    value = os.environ.get(name, "").strip().lower().replace(" ", "")
+    if not value:
+        return MLX_PROMPT_CACHE_DEFAULT
+    if value in _OFF:
+        return 0
+    number = value.rstrip("kmgtb")
+    unit = value[len(number) :]
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise SettingsError(f"{name}={os.environ[name]!r} is not a size: use e.g. 2GB, 500MB, or off") from None
+    if not math.isfinite(size) or size < 0:
+        raise SettingsError(f"{name}={os.environ[name]!r} must be a size of zero or more, e.g. 2GB, or off")
+    return int(size)
+
+
+def mlx_memory_check() -> bool:
+    """Whether native MLX models too large for the memory available are refused before loading."""
+    return os.environ.get("LMSTUDIO_MLX_MEMORY_CHECK", "").strip().lower() not in _OFF
+
+
 # ---------------------------------------------------------------- router configuration
 
 ROUTER_CONFIG_NAMES = ("lmstudio-router.yaml", "lmstudio-router.yml", "lmstudio-router.json")

@@ -10,7 +10,8 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import local_models, mlx_native
+from llm_lmstudio import chat, local_models, mlx_load, mlx_native
+from llm_lmstudio.mlx_cache import common_prefix
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def test_seeded_sampling_matches_mlx_lm_and_is_reproducible(models, fresh_cache)
         ("min_p", "1.5", "Input should be less than or equal to 1"),
         ("max_tokens", "0", "Input should be greater than or equal to 1"),
         ("seed", "-3", "Input should be greater than or equal to 0"),
-        ("repetition_penalty", "abc", "valid number"),
+        ("repeat_penalty", "abc", "valid number"),
         ("nonsense", "1", "Extra inputs are not permitted"),
     ],
 )
@@ -146,7 +147,7 @@ def test_invalid_options_are_rejected_with_a_reason(option, value, message):
     import pydantic
 
     with pytest.raises(pydantic.ValidationError, match=message):
-        mlx_native.ChatOptions(**{option: value})
+        mlx_native.MLXOptions(**{option: value})
 
 
 def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
@@ -159,15 +160,15 @@ def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
 def test_options_are_described(models):
     result = CliRunner().invoke(cli, ["models", "--options", "-q", "mlx/tiny-llama"])
     assert result.exit_code == 0
-    for option in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed"):
+    for option in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed"):
         assert f"  {option}:" in result.output
     assert "Random seed" in result.output and "Nucleus sampling" in result.output
 
 
-def test_repetition_penalty_changes_greedy_output(models):
+def test_repeat_penalty_changes_greedy_output(models):
     model = llm.get_model("mlx/tiny-llama")
     plain = model.prompt("repeat", temperature=0, max_tokens=24).text()
-    penalised = model.prompt("repeat", temperature=0, max_tokens=24, repetition_penalty=3.0).text()
+    penalised = model.prompt("repeat", temperature=0, max_tokens=24, repeat_penalty=3.0).text()
     assert plain != penalised
 
 
@@ -202,15 +203,6 @@ def test_llm_chat_reuses_the_cache_between_turns(models, user_path, fresh_cache)
     assert turn_one["prompt_tokens_cached"] == 0
     assert turn_two["prompt_tokens_cached"] >= turn_one["prompt_tokens"]
     assert turn_two["prompt_tokens_processed"] == turn_two["prompt_tokens"] - turn_two["prompt_tokens_cached"]
-
-
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_turn_two_processes_only_the_new_tokens_and_matches_an_uncached_run(models, fresh_cache):
@@ -262,6 +254,37 @@ def test_diverging_history_trims_the_cache_to_the_shared_prefix(models, fresh_ca
     assert 0 < shared < 10
     assert other.response_json["prompt_tokens_cached"] == shared
     assert other.response_json["prompt_tokens_processed"] == len(new_prompt) - shared
+
+
+def test_alternating_conversations_keep_their_own_caches(models, fresh_cache):
+    model = llm.get_model("mlx/tiny-qwen")
+    first, second = model.conversation(), model.conversation()
+    opening = {}
+    for conversation, topic in ((first, "lists and tuples in Python. "), (second, "the capital of France. ")):
+        response = conversation.prompt("Tell me about " + topic * 10, temperature=0, max_tokens=4)
+        response.text()
+        opening[conversation.id] = response.response_json["prompt_tokens"]
+    for conversation in (first, second):
+        follow_up = conversation.prompt("And then?", temperature=0, max_tokens=4)
+        follow_up.text()
+        stats = follow_up.response_json
+        # Each conversation reuses its own history: its whole first prompt is skipped.
+        assert stats["prompt_tokens_cached"] >= opening[conversation.id] > 40
+        assert stats["prompt_tokens_processed"] == stats["prompt_tokens"] - stats["prompt_tokens_cached"]
+
+
+def test_caches_beyond_the_capacity_go_least_recent_first(models, fresh_cache):
+    model = llm.get_model("mlx/tiny-llama")
+    capacity = mlx_native.load_chat(local_models.find("tiny-llama")).caches.capacity
+    conversations = [model.conversation() for _ in range(capacity + 1)]
+    for number, conversation in enumerate(conversations):
+        conversation.prompt(f"Conversation number {number}: " + "words " * 30, temperature=0, max_tokens=2).text()
+    oldest = conversations[0].prompt("again", temperature=0, max_tokens=2)
+    oldest.text()
+    newest = conversations[-1].prompt("again", temperature=0, max_tokens=2)
+    newest.text()
+    assert oldest.response_json["prompt_tokens_cached"] == 0
+    assert newest.response_json["prompt_tokens_cached"] > 30
 
 
 def test_async_model_streams_and_records_usage(models):
@@ -316,7 +339,7 @@ def test_tool_call_round_trips_through_llm_chain(models, monkeypatch):
     assert responses[0].text() == ""
 
     # The second turn rendered the call and its result with the model's own template.
-    tools = mlx_native.tool_specs(responses[1].prompt.tools)
+    tools = chat.tool_specs(responses[1].prompt.tools)
     expected = render(
         "tiny-qwen",
         [
@@ -351,7 +374,8 @@ def test_cli_tool_call_is_logged_as_parts(models, user_path, monkeypatch):
     assert json.loads(parts["tool_result"]["payload"])["output"] == "HI"
 
 
-def test_tool_support_follows_the_template(models):
+def test_tool_support_follows_the_template(models, fresh_cache):
+    # Asked before any model is loaded: mlx-lm's tokenizer loader decides, from the template.
     assert llm.get_model("mlx/tiny-qwen").supports_tools is True
     assert llm.get_model("mlx/tiny-llama").supports_tools is False
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "--functions", "def f() -> str:\n    return 'x'"])
@@ -411,7 +435,7 @@ def test_unsupported_architecture_is_one_clear_line(models, tmp_path, tiny_llama
     (copy / "config.json").write_text(json.dumps(config | {"model_type": "llama9000"}))
     local_models.add(copy, "future")
     output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/future", "hi"]))
-    assert "'llama9000' architecture" in output and "pip install -U mlx-lm" in output
+    assert "'llama9000' architecture" in output and "llm install -U mlx-lm" in output
 
 
 @pytest.mark.parametrize(
@@ -420,7 +444,7 @@ def test_unsupported_architecture_is_one_clear_line(models, tmp_path, tiny_llama
 )
 def test_out_of_memory_is_one_clear_line(exc):
     local = local_models.LocalModel("big", local_models.Path("/m/big"), "chat", "llama", 7_400_000_000, "user")
-    message = str(mlx_native._model_error(local, exc, "loading"))
+    message = str(mlx_load.model_error(local, exc, "loading"))
     assert message == "Out of memory loading mlx/big (7.4 GB of weights): close other models or use a smaller quantization"
 
 
@@ -431,4 +455,4 @@ def test_unsupported_embedding_architecture_is_one_clear_line(models, tmp_path):
     (folder / "model.safetensors").write_bytes(b"never read")
     local_models.add(folder, "odd-embedder")
     output = one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/odd-embedder", "-c", "hello"]))
-    assert "'bert9000' architecture" in output and "pip install -U mlx-embeddings" in output
+    assert "'bert9000' architecture" in output and "llm install -U mlx-embeddings" in output
