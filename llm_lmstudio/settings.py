@@ -126,6 +126,45 @@ def cache_ttl() -> float:
     return _float_env("LMSTUDIO_CACHE_TTL", 30.0)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """`90s`, `10m`, `1h`, `7d` (or bare seconds) as seconds; `0` and `off` as 0."""
+    value = str(text).strip().lower()
+    if value in ("0", "off", "no", "false"):
+        return 0.0
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _DURATION_UNITS else (value, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise SettingsError(f"{what} {text!r} is not a duration: use a number with s, m, h or d, like 30m or 7d") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise SettingsError(f"{what} {text!r} must be a finite, positive duration like 30m or 7d")
+    return seconds
+
+
+def response_cache_ttl() -> float:
+    """Seconds the response cache keeps answers for every model ($LMSTUDIO_RESPONSE_CACHE); 0 when off.
+    Per model or for the router, `llm models options set MODEL cache 1h` does the same through llm."""
+    value = os.environ.get("LMSTUDIO_RESPONSE_CACHE")
+    return parse_duration(value, "LMSTUDIO_RESPONSE_CACHE") if value and value.strip() else 0.0
+
+
+def response_cache_max_bytes() -> int:
+    """The response cache's size cap ($LMSTUDIO_RESPONSE_CACHE_SIZE, e.g. 200MB; default 100MB)."""
+    value = (os.environ.get("LMSTUDIO_RESPONSE_CACHE_SIZE") or "100MB").strip().lower().replace(" ", "")
+    digits = value.rstrip("kmgb")
+    try:
+        size = int(float(digits) * _SIZE_UNITS[value[len(digits):]])
+    except (ValueError, KeyError, OverflowError):
+        raise SettingsError(f"LMSTUDIO_RESPONSE_CACHE_SIZE={value!r} is not a size: use a number with KB, MB or GB, like 200MB") from None
+    if size < 1:
+        raise SettingsError(f"LMSTUDIO_RESPONSE_CACHE_SIZE={value!r} must be greater than zero")
+    return size
+
+
 def plugin_dir() -> Path:
     """Where the plugin keeps its own files, inside llm's user directory."""
     path = llm.user_dir() / "lmstudio"

@@ -231,6 +231,12 @@ def _summarise(model: str, turns: list[tuple], attempts: list[tuple]) -> ModelSt
     )
 
 
+def error_kind(exc: BaseException) -> str:
+    """The failure's kind as the plugin's errors name it (Unreachable, TimedOut...), else its class name."""
+    kind = getattr(exc, "kind", None)
+    return str(kind) if kind else type(exc).__name__
+
+
 def record_attempt(
     model: str,
     ok: bool,
