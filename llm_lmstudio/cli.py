@@ -511,3 +511,6 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
     for item in data["excluded"]:
         click.echo(f"   excluded: {item['model']}: {item['reason']}")
     click.echo("Chain: " + (" -> ".join(data["chain"]) if data["chain"] else "(empty: nothing can answer this prompt)"))
+
+
+from . import cli_metrics  # noqa: E402,F401 - registers `cache` and `stats` on this group (their own module)
