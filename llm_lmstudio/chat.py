@@ -14,12 +14,13 @@ from pydantic import Field, field_validator
 
 from . import server as http
 from . import settings
+from .cache import CacheOptions, cached
 from .catalog import CatalogModel
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 
-class ChatOptions(llm.Options):
+class ChatOptions(CacheOptions):
     temperature: Optional[float] = Field(
         default=None, ge=0, le=2, description="Sampling temperature: 0 is near-deterministic, higher is more random"
     )
@@ -451,6 +452,7 @@ class _Shared:
 
 
 class LMStudioChat(_Shared, llm.Model):
+    @cached
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
         self._check(prompt)
         payload = build_payload(self.entry.key, prompt, stream)
@@ -492,6 +494,7 @@ class LMStudioChat(_Shared, llm.Model):
 
 
 class LMStudioAsyncChat(_Shared, llm.AsyncModel):
+    @cached
     async def execute(self, prompt, stream, response, conversation=None) -> AsyncIterator[StreamEvent]:
         self._check(prompt)
         payload = build_payload(self.entry.key, prompt, stream)
