@@ -14,6 +14,7 @@ from llm.parts import StreamEvent
 from pydantic import Field
 
 from . import settings
+from .cache import CacheOptions, cached
 
 ROUTER_ID = "lmstudio-router"
 ROUTER_ALIASES = ("router",)
@@ -339,14 +340,7 @@ def _inner_prompt(prompt: llm.Prompt, inner, options: dict) -> llm.Prompt:
     )
 
 
-def _error_kind(exc: BaseException) -> str:
-    kind = getattr(exc, "kind", None)
-    if kind:
-        return str(kind)
-    return type(exc).__name__
-
-
-class RouterOptions(llm.Options):
+class RouterOptions(CacheOptions):
     task: Optional[str] = Field(default=None, description="Skip classification and route as this task (coding, analysis, ...)")
     temperature: Optional[float] = Field(default=None, ge=0, le=2, description="Sampling temperature, passed to the chosen model")
     top_p: Optional[float] = Field(default=None, gt=0, le=1, description="Nucleus sampling, passed to the chosen model")
@@ -365,6 +359,7 @@ class Router(llm.Model):
     def __str__(self):
         return "LM Studio router: picks the best local model for each prompt"
 
+    @cached  # the router owns the entry: the model it delegates to neither caches nor records on its own
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
         from . import stats
         from .chat import fail_after_logging
@@ -400,7 +395,7 @@ class Router(llm.Model):
                         first_event_at = time.monotonic()
                     yield event
             except Exception as exc:  # noqa: BLE001 - each failure is recorded, then the next model is tried
-                attempt.update(error=str(exc), error_kind=_error_kind(exc))
+                attempt.update(error=str(exc), error_kind=stats.error_kind(exc))
                 attempt["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
                 stats.record_attempt(model_id, False, error_kind=attempt["error_kind"], router_turn_id=response.id)
                 if first_event_at is not None:
