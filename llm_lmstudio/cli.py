@@ -12,7 +12,7 @@ def lmstudio_group():
     "Manage LM Studio and native MLX models"
 
 
-# ---------------------------------------------------------------- model management (load, unload, ps, ls, status)
+# ---------------------------------------------------------------- model management (load, unload, ps, ls, get, status)
 # Every SDK call goes through management.py; its errors arrive here as server.LMStudioError, one line each.
 
 
@@ -39,7 +39,7 @@ _SERVER_OPTION = click.option(
 
 @contextmanager
 def _managing(server):
-    """An SDK session for a command; any failure becomes a one-line error and a non-zero exit."""
+    """A management session for a command; any failure becomes a one-line error and a non-zero exit."""
     from . import management
     from . import server as http
     from . import settings
@@ -51,15 +51,10 @@ def _managing(server):
         raise click.ClickException(str(exc)) from None
 
 
-def _format_size(size: int | None) -> str:
-    if not size:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
+def _size(size) -> str:
+    from .management import format_size
+
+    return format_size(size)
 
 
 def _format_seconds(seconds: float | None) -> str:
@@ -83,9 +78,11 @@ def _format_ttl(instance) -> str:
     return f"{_format_seconds(instance.ttl_remaining)} / {_format_seconds(instance.ttl)}"
 
 
-def _table(headers, rows) -> list[str]:
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
+def _echo_table(headings, rows) -> None:
+    from llm.utils import dicts_to_table_string
+
+    for line in dicts_to_table_string(list(headings), [dict(zip(headings, row)) for row in rows]):
+        click.echo(line.rstrip())
 
 
 def _echo_json(data) -> None:
@@ -116,40 +113,83 @@ class _LoadProgress:
             self.bar = None
 
 
+def _echo_estimate(estimate) -> None:
+    click.echo(f"Model: {estimate.model}")
+    if estimate.context_length is not None:
+        click.echo(f"Context Length: {estimate.context_length:,}")
+    if estimate.gpu is not None:
+        click.echo(f"GPU Offload: {estimate.gpu * 100:g}%")
+    click.echo(f"Estimated GPU Memory:   {_size(estimate.gpu_bytes)}")
+    click.echo(f"Estimated Total Memory: {_size(estimate.total_bytes)} "
+               f"(model {_size(estimate.model_bytes)}, context {_size(estimate.context_bytes)})")
+    if estimate.confidence == "low":
+        click.echo("Confidence: LOW")
+    verdict = "may be loaded" if estimate.fits else "will fail to load"
+    click.echo(f"Estimate: this model {verdict} under LM Studio's resource guardrails.")
+
+
 @lmstudio_group.command(name="load")
 @click.argument("model")
 @click.option("-c", "--context-length", type=click.IntRange(min=1), help="Context length in tokens")
 @click.option("--gpu", type=_GpuRatio(), help="GPU offload: off, max, or a ratio between 0 and 1")
+@click.option(
+    "--flash-attention/--no-flash-attention", default=None, help="Flash attention (llama.cpp engine; LLMs only)"
+)
+@click.option("--eval-batch-size", type=click.IntRange(min=1), help="Tokens evaluated per batch (llama.cpp; LLMs only)")
+@click.option("--num-experts", type=click.IntRange(min=1), help="Experts used per token by a MoE model (llama.cpp)")
+@click.option(
+    "--offload-kv-cache/--no-offload-kv-cache",
+    default=None,
+    help="Keep the KV cache in GPU memory, or in RAM (llama.cpp; LLMs only)",
+)
 @click.option(
     "--ttl",
     type=click.IntRange(min=1),
     help="Unload after this many idle seconds (default: stay loaded until unloaded)",
 )
 @click.option("--identifier", help="Instance identifier to use in API calls (default: chosen by LM Studio)")
+@click.option("--estimate-only", is_flag=True, help="Print LM Studio's memory estimate for this load and exit")
 @_SERVER_OPTION
-@click.option("json_", "--json", is_flag=True, help="Output the loaded instance as JSON, with no progress bar")
-def load_command(model, context_length, gpu, ttl, identifier, server, json_):
+@click.option("json_", "--json", is_flag=True, help="Output the loaded instance (or the estimate) as JSON")
+def load_command(
+    model, context_length, gpu, flash_attention, eval_batch_size, num_experts, offload_kv_cache, ttl, identifier,
+    estimate_only, server, json_,
+):
     """Load a model into LM Studio
 
-    MODEL is a model key from `llm lmstudio ls`, or a unique part of one.
+    MODEL is a model key from `llm lmstudio ls`, or a unique part of one; `KEY@VARIANT` picks a variant.
+    A load LM Studio estimates will not fit is refused before anything is loaded.
 
     \b
-    Example:
+    Examples:
         llm lmstudio load qwen3-4b --context-length 8192 --gpu max --ttl 600
+        llm lmstudio load gpt-oss-20b --flash-attention --num-experts 4 --estimate-only
+        llm lmstudio load nomic-embed-text-v1.5@q8_0
     """
-    progress = _LoadProgress(f"Loading {model}", enabled=not json_ and sys.stderr.isatty())
     from . import management
 
+    settings_ = management.LoadSettings(
+        context_length=context_length,
+        gpu=gpu,
+        flash_attention=flash_attention,
+        eval_batch_size=eval_batch_size,
+        num_experts=num_experts,
+        offload_kv_cache=offload_kv_cache,
+        ttl=ttl,
+        identifier=identifier,
+    )
+    if estimate_only:
+        with _managing(server) as manager:
+            estimate = manager.estimate(model, settings_)
+        if json_:
+            _echo_json(estimate.to_json())
+        else:
+            _echo_estimate(estimate)
+        return
+    progress = _LoadProgress(f"Loading {model}", enabled=not json_ and sys.stderr.isatty())
     with _managing(server) as manager:
         try:
-            result = manager.load(
-                model,
-                context_length=context_length,
-                gpu=gpu,
-                ttl=ttl,
-                identifier=identifier,
-                on_progress=progress.update,
-            )
+            result = manager.load(model, settings_, on_progress=progress.update)
         finally:
             progress.finish()
         model_id = manager.server.model_id(result.model)
@@ -157,7 +197,7 @@ def load_command(model, context_length, gpu, ttl, identifier, server, json_):
     if json_:
         _echo_json({**result.to_json(), "model_id": model_id, "server": manager.server.base_url})
         return
-    details = [_format_size(result.size_bytes), f"context {result.context_length}"]
+    details = [_size(result.size_bytes), f"context {result.context_length}"]
     if result.ttl is not None:
         details.append(f"idle TTL {_format_seconds(result.ttl)}")
     click.echo(f"Loaded {result.model} in {result.load_seconds:.2f} s ({', '.join(details)}).")
@@ -228,81 +268,81 @@ def ps_command(server, json_):
         return
     headers = ("IDENTIFIER", "MODEL", "TYPE", "SIZE", "CONTEXT", "TTL", "STATUS")
     rows = [
-        (i.identifier, i.model, i.type, _format_size(i.size_bytes), i.context_length, _format_ttl(i), i.status)
+        (i.identifier, i.model, i.type, _size(i.size_bytes), i.context_length, _format_ttl(i), i.status)
         for i in loaded
     ]
-    for line in _table(headers, rows):
-        click.echo(line)
+    _echo_table(headers, rows)
 
 
 def _native_models(kind: str | None) -> list:
-    try:
-        from . import local_models
+    from . import local_models
 
-        models = local_models.discover()
-    except (ImportError, AttributeError):
-        return []
-    return [m for m in models if kind is None or m.kind == kind]
+    return [m for m in local_models.discover() if kind is None or m.kind == kind]
+
+
+def _loaded_marker(model) -> str:
+    if not model.loaded:
+        return ""
+    return "LOADED" if len(model.identifiers) == 1 else f"LOADED ×{len(model.identifiers)}"
 
 
 @lmstudio_group.command(name="ls")
 @click.option("--llm", "only_llm", is_flag=True, help="Only language models")
 @click.option("--embedding", "only_embedding", is_flag=True, help="Only embedding models")
+@click.option("--variants", "with_variants", is_flag=True, help="List each model's downloaded variants under it")
 @_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
-def ls_command(only_llm, only_embedding, server, json_):
+def ls_command(only_llm, only_embedding, with_variants, server, json_):
     """List the models LM Studio has downloaded, and native MLX models found on disk
 
+    Models of a type or format this plugin does not know are listed as LM Studio reports them.
+
     \b
-    Example:
+    Examples:
         llm lmstudio ls --llm
+        llm lmstudio ls --variants
     """
     if only_llm and only_embedding:
         raise click.UsageError("Give --llm or --embedding, not both")
     namespace = "llm" if only_llm else "embedding" if only_embedding else None
     with _managing(server) as manager:
         models = manager.downloaded(namespace)
+        variants = {m.key: manager.variants(m) for m in models} if with_variants else {}
     native = _native_models({"llm": "chat", "embedding": "embedding"}.get(namespace))
     if json_:
-        _echo_json(
-            {
-                "lmstudio": [m.to_json() for m in models],
-                "native": [
-                    m.to_json()
-                    for m in native
-                ],
-            }
-        )
+        rows = []
+        for m in models:
+            row = m.to_json()
+            if with_variants:
+                row["variant_details"] = [v.to_json() for v in variants[m.key]]
+            rows.append(row)
+        _echo_json({"lmstudio": rows, "native": [m.to_json() for m in native]})
         return
     total = sum(m.size_bytes for m in models)
-    click.echo(f"You have {len(models)} models, taking up {_format_size(total)} of disk space.")
-    for title, group in (
-        ("LLM", [m for m in models if m.type != "embedding"]),
-        ("EMBEDDING", [m for m in models if m.type == "embedding"]),
-    ):
+    click.echo(f"You have {len(models)} models, taking up {_size(total)} of disk space.")
+    groups = {"LLM": [], "EMBEDDING": [], "OTHER": []}
+    for m in models:
+        groups["EMBEDDING" if m.type == "embedding" else "LLM" if m.namespace else "OTHER"].append(m)
+    for title, group in groups.items():
         if not group:
             continue
         click.echo("")
-        rows = [
-            (
-                m.key,
-                m.type,
-                m.format,
-                m.params or "-",
-                m.arch or "-",
-                _format_size(m.size_bytes),
-                ("LOADED" if len(m.identifiers) == 1 else f"LOADED ×{len(m.identifiers)}") if m.loaded else "",
-            )
-            for m in group
-        ]
-        for line in _table((title, "TYPE", "FORMAT", "PARAMS", "ARCH", "SIZE", ""), rows):
-            click.echo(line)
+        rows = []
+        for m in group:
+            label = f"{m.key} ({len(m.variants)} variants)" if len(m.variants) > 1 else m.key
+            rows.append((label, m.type, m.format, m.params or "-", m.arch or "-", _size(m.size_bytes), _loaded_marker(m)))
+            for variant in variants.get(m.key, []):
+                mark = " * " if variant.key == m.selected_variant else "   "
+                rows.append((mark + variant.key, "", variant.format, variant.params or "-", variant.arch or "-",
+                             _size(variant.size_bytes), ""))
+        _echo_table((title, "TYPE", "FORMAT", "PARAMS", "ARCH", "SIZE", ""), rows)
+        if title == "OTHER":
+            click.echo("(types this plugin cannot load or chat with; LM Studio lists them)")
     if native:
         click.echo("")
         click.echo("native MLX (run inside llm, not by LM Studio)")
-        rows = [(m.model_id, m.kind, m.arch, _format_size(m.size_bytes), m.source) for m in native]
-        for line in _table(("MODEL", "KIND", "ARCH", "SIZE", "SOURCE"), rows):
-            click.echo(line)
+        rows = [(m.model_id, m.kind, m.arch, _size(m.size_bytes), m.source) for m in native]
+        _echo_table(("MODEL", "KIND", "ARCH", "SIZE", "SOURCE"), rows)
 
 
 def _token_text(status) -> str:
@@ -321,49 +361,51 @@ def _token_text(status) -> str:
 def status_command(ctx, json_):
     """Check each configured LM Studio server: reachable, token, models, latency
 
-    Exits with status 0 only when every configured server is reachable, so scripts can use it
-    as a health check.
+    Says where the API token came from (`llm keys set lmstudio`, $LM_API_TOKEN or $LMSTUDIO_API_TOKEN),
+    never the token. Exits with status 0 only when every configured server is reachable, so scripts can
+    use it as a health check.
 
     \b
     Example:
         llm lmstudio status && llm -m lmstudio/qwen3-4b "hello"
     """
-    from . import management
-    from . import settings
+    from . import management, settings, status
 
     try:
         servers = settings.servers()
-        token = settings.api_token()
+        token, source = settings.api_token_source()
     except settings.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    statuses = [management.server_status(server, token) for server in servers]
+    statuses = [status.server_status(server, token, source) for server in servers]
     version = management.sdk_version()
     sdk = {
         "installed": version is not None,
         "version": version,
-        "token_support": management.sdk_supports_token(),
+        "token_support": version is not None and management.sdk_supports_token(),
     }
     if json_:
         _echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk})
     else:
-        for status in statuses:
-            if not status.reachable:
-                click.echo(f"{status.base_url}  unreachable: {status.error}")
+        for state in statuses:
+            if not state.reachable:
+                click.echo(f"{state.base_url}  unreachable: {state.error}")
                 continue
             models = (
-                f"models: {status.downloaded} downloaded, {status.loaded} loaded"
-                if status.downloaded is not None
+                f"models: {state.downloaded} downloaded, {state.loaded} loaded"
+                if state.downloaded is not None
                 else "models: unknown"
             )
-            click.echo(f"{status.base_url}  reachable ({status.latency_ms:g} ms)  {_token_text(status)}  {models}")
-            if status.error:
-                click.echo(f"  {status.error}")
+            click.echo(f"{state.base_url}  reachable ({state.latency_ms:g} ms)  {_token_text(state)}  {models}")
+            if state.error:
+                click.echo(f"  {state.error}")
+        click.echo(f"API token: {'from ' + source if source else 'none configured'}")
         if version is None:
             click.echo("SDK: lmstudio is not installed; load/unload/ps/ls need it (`llm install lmstudio`)")
         elif any(s.requires_token for s in statuses) and not sdk["token_support"]:
             click.echo(
-                f"SDK: lmstudio {version} cannot send API tokens, so load/unload/ps/ls cannot reach a server "
-                f"that requires one; upgrade to {management.TOKEN_SDK_VERSION} or later"
+                f"SDK: lmstudio {version} cannot send API tokens: load/unload/ps/ls use LM Studio's REST API "
+                f"instead (no --gpu, --ttl, --identifier or estimates); lmstudio {management.TOKEN_SDK_VERSION}+ "
+                "can do those"
             )
     if not all(s.reachable for s in statuses):
         ctx.exit(1)
@@ -377,14 +419,6 @@ def mlx_group():
     "Native MLX models, run inside llm with mlx-lm (registered as mlx/<name>)"
 
 
-def _human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
 @mlx_group.command(name="add")
 @click.argument("path")
 @click.option("--name", help="Register as mlx/NAME (default: the folder name, lower-cased)")
@@ -396,7 +430,7 @@ def mlx_add(path, name):
         model = local_models.add(path, name)
     except local_models.LocalModelError as exc:
         raise click.ClickException(str(exc))
-    click.echo(f"Added {model.model_id}: {model.kind} model, {model.arch}, {_human_size(model.size_bytes)}, {model.path}")
+    click.echo(f"Added {model.model_id}: {model.kind} model, {model.arch}, {_size(model.size_bytes)}, {model.path}")
 
 
 @mlx_group.command(name="remove")
@@ -430,7 +464,7 @@ def mlx_list(json_):
         return
     headers = ("MODEL", "KIND", "ARCH", "SIZE", "SOURCE", "PATH")
     rows = [
-        (m.model_id, m.kind, m.arch, _human_size(m.size_bytes), m.source, m.problem or str(m.path)) for m in models
+        (m.model_id, m.kind, m.arch, _size(m.size_bytes), m.source, m.problem or str(m.path)) for m in models
     ]
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers) - 1)]
     for row in [headers] + rows:
@@ -461,7 +495,6 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
         cat error.log | llm lmstudio route --json
     """
     import json
-    import sys
 
     import llm
 

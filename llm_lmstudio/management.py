@@ -1,5 +1,9 @@
-"""The one SDK client (`lmstudio`, over its websocket): list downloaded and loaded models, load and unload.
-`lmstudio` is imported only inside these functions, and no SDK exception or `ws://` address ever leaves this module."""
+"""Model management: list downloaded and loaded models, estimate, load, unload, through the `lmstudio` SDK.
+`lmstudio` is imported only inside functions here, and no SDK exception or `ws://` address ever leaves this module.
+
+Over 450 lines because it holds the one SDK session (connection, deadlines, error translation) and the
+data every management command shares; the REST fallback and downloads live in management_rest.py and downloads.py.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import server as http
+from . import server
 from . import settings
 
 # Token support in the SDK (`Client(api_host, api_token=...)`) arrived in lmstudio 1.6.
 TOKEN_SDK_VERSION = "1.6"
 # Listing and unloading answer at once; only a load may legitimately go quiet for long (LMSTUDIO_TIMEOUT).
 RPC_TIMEOUT = 30.0
+KNOWN_TYPES = ("llm", "vlm", "embedding")
 
 
-class ManagementError(http.LMStudioError):
+class ManagementError(server.LMStudioError):
     """A model-management failure; `str()` is one line that says what happened and what to do."""
 
 
@@ -33,11 +38,11 @@ class AmbiguousModel(ManagementError):
         self.candidates = candidates
 
 
-class UnknownModel(ManagementError, http.ModelNotFound):
+class UnknownModel(ManagementError, server.ModelNotFound):
     """No downloaded model (or no loaded instance) matches the name."""
 
 
-class LoadRefused(ManagementError, http.ModelLoadFailed):
+class LoadRefused(ManagementError, server.ModelLoadFailed):
     """LM Studio knows the model but would not load it (guardrails, bad context length, broken files)."""
 
 
@@ -45,15 +50,15 @@ class DuplicateIdentifier(LoadRefused):
     """An instance with the requested identifier is already loaded."""
 
 
-class TokenUnsupported(ManagementError, http.AuthRequired):
-    """The server wants an API token that the installed SDK cannot send."""
+class Unsupported(ManagementError):
+    """This server (or the way we must reach it) cannot do what was asked."""
 
 
 @dataclass
 class DownloadedModel:
     key: str
-    type: str  # "llm" | "vlm" | "embedding"
-    format: str  # "gguf" | "mlx" | another LM Studio compatibility type
+    type: str  # "llm" | "vlm" | "embedding", or a newer LM Studio type shown as it comes
+    format: str  # "gguf" | "mlx" | another LM Studio format (e.g. "openvino")
     display_name: str
     params: str | None
     arch: str | None
@@ -62,14 +67,17 @@ class DownloadedModel:
     path: str
     tool_use: bool
     identifiers: list[str] = field(default_factory=list)  # loaded instances of this model
+    variants: list[str] = field(default_factory=list)  # `key@variant` keys; empty when it has none
+    selected_variant: str | None = None  # the variant a load of the bare key uses
 
     @property
     def loaded(self) -> bool:
         return bool(self.identifiers)
 
     @property
-    def namespace(self) -> str:
-        return "embedding" if self.type == "embedding" else "llm"
+    def namespace(self) -> str | None:
+        """The SDK namespace that loads it; None for a type this plugin does not know how to load."""
+        return {"llm": "llm", "vlm": "llm", "embedding": "embedding"}.get(self.type)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -99,6 +107,92 @@ class LoadedInstance:
 
 
 @dataclass
+class LoadSettings:
+    """What `llm lmstudio load` may ask of LM Studio 0.4; None leaves LM Studio's default."""
+
+    context_length: int | None = None
+    gpu: float | None = None  # offload ratio 0..1
+    flash_attention: bool | None = None
+    eval_batch_size: int | None = None
+    num_experts: int | None = None
+    offload_kv_cache: bool | None = None
+    ttl: int | None = None
+    identifier: str | None = None
+
+    LLM_ONLY = ("flash_attention", "eval_batch_size", "num_experts", "offload_kv_cache")
+
+    def check_for(self, model: "DownloadedModel") -> None:
+        if model.namespace is None:
+            raise Unsupported(f"{model.key} is a {model.type!r} model, which llm cannot load into LM Studio")
+        if model.namespace == "embedding":
+            given = [name for name in self.LLM_ONLY if getattr(self, name) is not None]
+            if given:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise Unsupported(f"{flags} only apply to language models; {model.key} is an embedding model")
+
+    def _named(self, names: dict[str, str]) -> dict[str, Any]:
+        return {key: getattr(self, name) for name, key in names.items() if getattr(self, name) is not None}
+
+    def sdk_config(self) -> dict:
+        """The SDK's load config (lmstudio LlmLoadModelConfig / EmbeddingLoadModelConfig keys)."""
+        config = self._named(
+            {
+                "context_length": "contextLength",
+                "flash_attention": "flashAttention",
+                "eval_batch_size": "evalBatchSize",
+                "num_experts": "numExperts",
+                "offload_kv_cache": "offloadKVCacheToGpu",
+            }
+        )
+        if self.gpu is not None:
+            config["gpu"] = {"ratio": self.gpu}
+        return config
+
+    def rest_fields(self) -> dict:
+        """The body fields of LM Studio 0.4's `POST /api/v1/models/load` (docs: developer/rest/load)."""
+        return self._named(
+            {
+                "context_length": "context_length",
+                "eval_batch_size": "eval_batch_size",
+                "flash_attention": "flash_attention",
+                "num_experts": "num_experts",
+                "offload_kv_cache": "offload_kv_cache_to_gpu",
+            }
+        )
+
+    def kv_fields(self, namespace: str) -> list[dict]:
+        """The same settings as LM Studio's KV config fields, as `estimateModelUsage` takes them
+        (key names: lmstudio-python _kv_config.py SUPPORTED_SERVER_KEYS; lmstudio-js ModelNamespace.ts)."""
+        keys = {
+            "context_length": f"{namespace}.load.contextLength",
+            "gpu": f"{namespace}.load.llama.acceleration.offloadRatio",
+            "flash_attention": "llm.load.llama.flashAttention",
+            "eval_batch_size": "llm.load.llama.evalBatchSize",
+            "num_experts": "llm.load.numExperts",
+            "offload_kv_cache": "llm.load.offloadKVCacheToGpu",
+        }
+        return [{"key": key, "value": getattr(self, name)} for name, key in keys.items() if getattr(self, name) is not None]
+
+
+@dataclass
+class Estimate:
+    """LM Studio's memory estimate for a load (lmstudio-js EstimatedResourcesUsage)."""
+
+    model: str
+    context_length: int | None
+    gpu: float | None
+    total_bytes: int
+    model_bytes: int
+    context_bytes: int
+    gpu_bytes: int
+    confidence: str  # "high" | "low"
+    fits: bool  # passes LM Studio's resource guardrails
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class LoadResult:
     identifier: str
     model: str
@@ -108,6 +202,7 @@ class LoadResult:
     ttl: float | None
     load_seconds: float
     size_bytes: int
+    config: dict = field(default_factory=dict)  # the settings sent, as `llm lmstudio load` flags name them
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -116,17 +211,19 @@ class LoadResult:
 # ---------------------------------------------------------------- pure helpers
 
 
-def display_format(wire_format: str | None) -> str:
+def display_format(wire_format: Any) -> str:
     # LM Studio runs safetensors models through MLX, and reports them as "safetensors".
     if wire_format == "safetensors":
         return "mlx"
-    return wire_format or "unknown"
+    return str(wire_format).lower() if wire_format else "unknown"
 
 
-def model_type(namespace: str, vision: bool) -> str:
-    if namespace == "embedding":
+def model_type(wire_type: Any, vision: bool) -> str:
+    if wire_type in ("embedding", "embeddings"):
         return "embedding"
-    return "vlm" if vision else "llm"
+    if wire_type in ("llm", "vlm", None):
+        return "vlm" if vision or wire_type == "vlm" else "llm"
+    return str(wire_type)  # a type newer than this plugin: shown, never fatal
 
 
 def parse_gpu(value: str) -> float:
@@ -143,6 +240,24 @@ def parse_gpu(value: str) -> float:
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"{value!r} is outside 0..1 (use off, max or a fraction such as 0.5)")
     return ratio
+
+
+def format_size(size: int | float | None) -> str:
+    """Bytes for people, in powers of 1000 as LM Studio shows them ("-" when unknown)."""
+    if not size:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """`publisher/model@q4_k_m` -> (`publisher/model`, `q4_k_m`), as LM Studio spells variant keys."""
+    base, sep, variant = name.partition("@")
+    return (base, variant) if sep and variant else (name, None)
 
 
 def match_model(name: str, keys: list[str]) -> str:
@@ -176,6 +291,10 @@ def _ttl_remaining(raw: dict, now: float) -> float | None:
     return round(max(0.0, ttl_ms / 1000 - (now - last_used_ms / 1000)), 1)
 
 
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 def instance_from_wire(namespace: str, raw: dict, now: float | None = None) -> LoadedInstance:
     """Read an SDK ModelInstanceInfo; newer servers add `ttlMs` and `lastUsedTime` (lmstudio-js)."""
     now = time.time() if now is None else now
@@ -185,12 +304,53 @@ def instance_from_wire(namespace: str, raw: dict, now: float | None = None) -> L
         model=str(raw.get("modelKey")),
         type=model_type(namespace, bool(raw.get("vision"))),
         format=display_format(raw.get("format")),
-        size_bytes=int(raw.get("sizeBytes") or 0),
-        context_length=int(raw.get("contextLength") or 0),
-        max_context_length=int(raw.get("maxContextLength") or 0),
+        size_bytes=_int(raw.get("sizeBytes")),
+        context_length=_int(raw.get("contextLength")),
+        max_context_length=_int(raw.get("maxContextLength")),
         ttl=ttl_ms / 1000 if isinstance(ttl_ms, (int, float)) else None,
         ttl_remaining=_ttl_remaining(raw, now),
         status=str(raw.get("status") or "loaded"),
+    )
+
+
+def model_from_wire(raw: dict) -> DownloadedModel | None:
+    """Read one SDK ModelInfo from the raw listing. The SDK's own parser raises on any format or type it
+    does not know (newer LM Studio lists e.g. `openvino`); here those are kept and shown as they come."""
+    key = raw.get("modelKey")
+    if not isinstance(key, str) or not key:
+        return None
+    variants = raw.get("variants")
+    selected = raw.get("selectedVariant")
+    return DownloadedModel(
+        key=key,
+        type=model_type(raw.get("type"), bool(raw.get("vision"))),
+        format=display_format(raw.get("format")),
+        display_name=str(raw.get("displayName") or key),
+        params=raw.get("paramsString") if isinstance(raw.get("paramsString"), str) else None,
+        arch=raw.get("architecture") if isinstance(raw.get("architecture"), str) else None,
+        size_bytes=_int(raw.get("sizeBytes")),
+        max_context_length=_int(raw.get("maxContextLength")),
+        path=str(raw.get("path") or ""),
+        tool_use=raw.get("trainedForToolUse") is True,
+        variants=[v for v in variants if isinstance(v, str)] if isinstance(variants, list) else [],
+        selected_variant=selected if isinstance(selected, str) else None,
+    )
+
+
+def estimate_from_wire(key: str, load: LoadSettings, raw: Any) -> Estimate:
+    memory = raw.get("memory") if isinstance(raw, dict) else None
+    if not isinstance(memory, dict):
+        raise ManagementError("LM Studio answered the memory estimate with an unexpected shape")
+    return Estimate(
+        model=key,
+        context_length=load.context_length,
+        gpu=load.gpu,
+        total_bytes=_int(memory.get("totalBytes")),
+        model_bytes=_int(memory.get("modelBytes")),
+        context_bytes=_int(memory.get("contextBytes")),
+        gpu_bytes=_int(memory.get("totalVramBytes")),
+        confidence=str(memory.get("confidence") or "low"),
+        fits=raw.get("passesGuardrails") is True,
     )
 
 
@@ -205,14 +365,7 @@ def sdk_version() -> str | None:
 
 def sdk_supports_token() -> bool:
     """Whether the installed SDK can send an API token (`Client(..., api_token=...)`)."""
-    try:
-        import lmstudio
-    except ImportError:
-        return False
-    return "api_token" in inspect.signature(lmstudio.Client).parameters
-
-
-# ---------------------------------------------------------------- the SDK session
+    return "api_token" in inspect.signature(_lms().Client).parameters
 
 
 def _lms():
@@ -225,48 +378,116 @@ def _lms():
     return lmstudio
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: Any) -> str:
     for line in str(text).splitlines():
         if line.strip():
             return " ".join(line.split())
     return ""
 
 
-class Manager:
-    """One SDK connection to one LM Studio server. Use `with connect(...) as manager:`."""
+class _Params(dict):
+    """A raw RPC parameter: the SDK's remote_call sends `params.to_dict()`, and has no struct for newer endpoints."""
 
-    def __init__(self, server: settings.Server, token: str | None = None):
-        self.server = server
-        self.base_url = server.base_url
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
+# ---------------------------------------------------------------- SDK errors -> one line
+
+
+def auth_error(base_url: str, token: str | None, token_sent: bool) -> server.AuthRequired:
+    if token and token_sent:
+        return server.AuthRequired(
+            f"LM Studio at {base_url} rejected the API token: check it with `llm keys set lmstudio` (or $LM_API_TOKEN)"
+        )
+    return server.AuthRequired(
+        f"LM Studio at {base_url} requires an API token: run `llm keys set lmstudio` or set $LM_API_TOKEN"
+    )
+
+
+def server_error(exc: Any, base_url: str, token: str | None, token_sent: bool) -> server.LMStudioError:
+    """An `lmstudio.LMStudioServerError` (LM Studio's SerializedLMSExtendedError) as one of our errors."""
+    details = getattr(exc, "server_error", None)
+    title = _first_line(getattr(details, "title", None) or str(exc))
+    cause = getattr(details, "cause", None)
+    display = getattr(details, "display_data", None) or {}
+    code = display.get("code") if isinstance(display, dict) else None
+    text = str(exc)
+    if text.startswith("Authentication failed"):
+        return auth_error(base_url, token, token_sent)
+    if code in ("generic.pathNotFound", "generic.noModelMatchingQuery", "generic.identifierNotFound"):
+        return UnknownModel(f"LM Studio at {base_url}: {title}")
+    if code == "generic.domainMismatch":
+        return LoadRefused(f"LM Studio at {base_url}: {title}")
+    if "already" in title.lower() and "identifier" in title.lower():
+        return DuplicateIdentifier(f"LM Studio at {base_url}: {title}")
+    if text.startswith(("Model load error", "Model get/load error")):
+        reason = f"{title} ({_first_line(cause)})" if cause else title
+        return LoadRefused(f"LM Studio refused to load the model: {reason}")
+    return ManagementError(f"LM Studio at {base_url}: {title}")
+
+
+def sdk_error(exc: BaseException, base_url: str, token: str | None, token_sent: bool, waited: float) -> server.LMStudioError:
+    """Any exception from an SDK call as one of our errors: one line, no `ws://`, never the token."""
+    lms = _lms()
+    if isinstance(exc, server.LMStudioError):
+        return exc
+    if isinstance(exc, (lms.LMStudioTimeoutError, TimeoutError)):
+        return server.timed_out(base_url, waited)
+    if isinstance(exc, lms.LMStudioServerError):
+        return server_error(exc, base_url, token, token_sent)
+    if isinstance(exc, lms.LMStudioWebsocketError):
+        # The SDK says "ws://host:port/llm"; users know the http address they configured.
+        return server.unreachable(base_url)
+    if isinstance(exc, lms.LMStudioClientError):
+        if "not reachable" in str(exc):
+            return server.unreachable(base_url)
+        return ManagementError(f"LM Studio at {base_url}: {server.redact(_first_line(exc), token)}")
+    if isinstance(exc, lms.LMStudioValueError) and token:
+        # lmstudio 1.6 checks the token's shape before sending it.
+        return server.AuthRequired(
+            "The configured LM Studio API token is malformed (expected sk-lm-…): check `llm keys set lmstudio`"
+        )
+    if type(exc).__module__.startswith("httpx"):
+        # The SDK's own probe of /lmstudio-greeting (httpx, 1 s) raised instead of answering False.
+        if "Timeout" in type(exc).__name__:
+            return server.TimedOut(f"LM Studio at {base_url} accepted the connection but did not answer")
+        return server.unreachable(base_url)
+    if isinstance(exc, (ConnectionError, OSError)):
+        return server.unreachable(base_url)
+    return ManagementError(f"LM Studio at {base_url}: {_first_line(server.redact(repr(exc), token))}")
+
+
+# ---------------------------------------------------------------- the SDK session
+
+
+class SdkSession:
+    """One SDK connection to one LM Studio server: raw listings, estimate, load, unload."""
+
+    def __init__(self, target: settings.Server, token: str | None):
+        self.server = target
+        self.base_url = target.base_url
         self.token = token
         self.timeouts = settings.timeouts()
         self._client = None
-        self._token_sent = False
+        self.token_sent = False
         self._connected: set[str] = set()
         self._wait = min(self.timeouts.read, RPC_TIMEOUT)
 
-    # -- connection --------------------------------------------------------------------------
-
-    def open(self) -> "Manager":
+    def open(self) -> "SdkSession":
         lms = _lms()
-        if self.base_url.startswith("https://"):
-            raise ManagementError(
-                f"LM Studio at {self.base_url} is served over https, which the lmstudio SDK cannot reach: "
-                "model management needs LM Studio's plain http address (host:port)"
-            )
         host = self.server.host_port
         try:
             # Probe /lmstudio-greeting first, so "not running" is reported before anything else.
             if not self._bounded(lambda: lms.Client.is_valid_api_host(host), "answer"):
-                raise http.unreachable(self.base_url)
+                raise server.unreachable(self.base_url)
             if self.token and sdk_supports_token():
-                client = lms.Client(host, api_token=self.token)
-                self._token_sent = True
+                self._client = lms.Client(host, api_token=self.token)
+                self.token_sent = True
             else:
-                client = lms.Client(host)
+                self._client = lms.Client(host)
         except Exception as exc:
             raise self._translate(exc) from None
-        self._client = client
         return self
 
     def close(self) -> None:
@@ -277,11 +498,8 @@ class Manager:
             except Exception:  # noqa: BLE001 - closing a half-dead connection must not mask the real error
                 pass
 
-    def __enter__(self) -> "Manager":
-        return self.open()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def _translate(self, exc: BaseException) -> server.LMStudioError:
+        return sdk_error(exc, self.base_url, self.token, self.token_sent, self._wait)
 
     def _bounded(self, func: Callable[[], Any], what: str) -> Any:
         """Run a step whose wait the SDK does not bound (probe, websocket handshake) under our own deadline."""
@@ -298,7 +516,7 @@ class Manager:
         limit = self.timeouts.connect + 10.0
         worker.join(limit)
         if worker.is_alive():
-            raise http.TimedOut(
+            raise server.TimedOut(
                 f"LM Studio at {self.base_url} accepted the connection but did not {what} within {limit:g} s"
             )
         if "error" in outcome:
@@ -315,165 +533,181 @@ class Manager:
             self._connected.add(namespace)
         return session
 
-    def _call(self, func: Callable[[], Any], *, wait: float | None = None) -> Any:
-        """Run one SDK call; `wait` bounds the silence between server messages, so a hung server fails the command."""
+    def call(self, namespace: str, method: Callable[[Any], Any], *, wait: float | None = None) -> Any:
+        """Run one SDK call on a namespace's session; `wait` bounds the silence between server messages."""
         self._wait = wait if wait is not None else min(self.timeouts.read, RPC_TIMEOUT)
-        _lms().set_sync_api_timeout(self._wait)
         try:
-            return func()
-        except http.LMStudioError:
+            _lms().set_sync_api_timeout(self._wait)
+            return method(self._session(namespace))
+        except server.LMStudioError:
             raise
         except Exception as exc:
             raise self._translate(exc) from None
 
-    # -- error translation: every SDK exception becomes one line here ------------------------
+    def rpc(self, namespace: str, endpoint: str, params: dict | None = None, **kwargs) -> Any:
+        return self.call(namespace, lambda s: s.remote_call(endpoint, _Params(params) if params else None), **kwargs)
 
-    def _translate(self, exc: BaseException) -> http.LMStudioError:
-        lms = _lms()
-        if isinstance(exc, http.LMStudioError):
-            return exc
-        if isinstance(exc, lms.LMStudioTimeoutError) or isinstance(exc, TimeoutError):
-            return http.timed_out(self.base_url, self._wait)
-        if isinstance(exc, lms.LMStudioServerError):
-            return self._server_error(exc)
-        if isinstance(exc, lms.LMStudioWebsocketError):
-            # The SDK says "ws://host:port/llm"; users know the http address they configured.
-            return http.unreachable(self.base_url)
-        if isinstance(exc, lms.LMStudioClientError):
-            if "not reachable" in str(exc):
-                return http.unreachable(self.base_url)
-            return ManagementError(f"LM Studio at {self.base_url}: {_first_line(str(exc))}")
-        if type(exc).__name__ == "LMStudioValueError" and self.token:
-            return http.AuthRequired(
-                "The configured LM Studio API token is malformed (expected sk-lm-…): check `llm keys set lmstudio`"
-            )
-        if type(exc).__module__.startswith("httpx"):
-            # The SDK's own probe of /lmstudio-greeting (httpx, 1 s) raised instead of answering False.
-            if "Timeout" in type(exc).__name__:
-                return http.TimedOut(f"LM Studio at {self.base_url} accepted the connection but did not answer")
-            return http.unreachable(self.base_url)
-        if isinstance(exc, (ConnectionError, OSError)):
-            return http.unreachable(self.base_url)
-        return ManagementError(f"LM Studio at {self.base_url}: {_first_line(http.redact(repr(exc), self.token))}")
-
-    def _server_error(self, exc) -> http.LMStudioError:
-        details = getattr(exc, "server_error", None)
-        title = _first_line(getattr(details, "title", None) or str(exc))
-        cause = getattr(details, "cause", None)
-        display = getattr(details, "display_data", None) or {}
-        code = display.get("code") if isinstance(display, dict) else None
-        text = str(exc)
-        if text.startswith("Authentication failed"):
-            if self.token and not self._token_sent:
-                version = sdk_version() or "unknown"
-                return TokenUnsupported(
-                    f"LM Studio at {self.base_url} requires an API token, and the installed lmstudio SDK "
-                    f"({version}) cannot send one: upgrade it to {TOKEN_SDK_VERSION} or later with "
-                    "`llm install -U lmstudio`"
-                )
-            if self.token:
-                return http.AuthRequired(
-                    f"LM Studio at {self.base_url} rejected the API token: check it with `llm keys set lmstudio` "
-                    "(or $LM_API_TOKEN)"
-                )
-            return http.AuthRequired(
-                f"LM Studio at {self.base_url} requires an API token: run `llm keys set lmstudio` or set $LM_API_TOKEN"
-            )
-        if code in ("generic.pathNotFound", "generic.noModelMatchingQuery", "generic.identifierNotFound"):
-            return UnknownModel(f"LM Studio at {self.base_url}: {title}")
-        if code == "generic.domainMismatch":
-            return LoadRefused(f"LM Studio at {self.base_url}: {title}")
-        if "already" in title.lower() and "identifier" in title.lower():
-            return DuplicateIdentifier(f"LM Studio at {self.base_url}: {title}")
-        if text.startswith(("Model load error", "Model get/load error")):
-            reason = f"{title} ({_first_line(cause)})" if cause else title
-            return LoadRefused(f"LM Studio refused to load the model: {reason}")
-        return ManagementError(f"LM Studio at {self.base_url}: {title}")
-
-    # -- queries -----------------------------------------------------------------------------
+    # -- the operations Manager needs ---------------------------------------------------------
 
     def loaded(self) -> list[LoadedInstance]:
         now = time.time()
         instances = []
         for namespace in ("llm", "embedding"):
-            session = self._call(lambda: self._session(namespace))
             # The raw listing keeps fields newer servers add (ttlMs, lastUsedTime) that typed handles drop.
-            raw = self._call(lambda: session.remote_call("listLoaded")) or []
+            raw = self.rpc(namespace, "listLoaded") or []
             instances.extend(instance_from_wire(namespace, item, now) for item in raw if isinstance(item, dict))
         return instances
 
+    def downloaded(self) -> list[DownloadedModel]:
+        raw = self.rpc("system", "listDownloadedModels") or []
+        return [m for m in (model_from_wire(item) for item in raw if isinstance(item, dict)) if m is not None]
+
+    def variants(self, key: str) -> list[DownloadedModel]:
+        raw = self.rpc("system", "listDownloadedModelVariants", {"modelKey": key}) or []
+        return [m for m in (model_from_wire(item) for item in raw if isinstance(item, dict)) if m is not None]
+
+    def estimate(self, key: str, namespace: str, load: LoadSettings) -> Estimate:
+        stack = {"layers": [{"layerName": "apiOverride", "config": {"fields": load.kv_fields(namespace)}}]}
+        raw = self.rpc(namespace, "estimateModelUsage", {"modelKey": key, "loadConfigStack": stack})
+        return estimate_from_wire(key, load, raw)
+
+    def load(self, key: str, namespace: str, load: LoadSettings, on_progress) -> str:
+        config = load.sdk_config()
+        handle = self.call(
+            namespace,
+            lambda s: s.load_new_instance(
+                key, load.identifier, ttl=load.ttl, config=config or None, on_load_progress=on_progress
+            ),
+            wait=self.timeouts.read,
+        )
+        return handle.identifier
+
+    def unload(self, identifier: str, namespace: str) -> None:
+        self.call(namespace, lambda s: s.unload(identifier))
+
+
+# ---------------------------------------------------------------- what the commands use
+
+
+class Manager:
+    """Model management on one LM Studio server, over the SDK, or over LM Studio 0.4's REST API when the
+    server wants a token that the installed SDK cannot send. Use `with connect(...) as manager:`."""
+
+    def __init__(self, target: settings.Server, token: str | None = None):
+        self.server = target
+        self.base_url = target.base_url
+        self.token = token
+        self.backend: Any = None
+        self.via = "sdk"  # "sdk" | "rest"
+
+    def open(self) -> "Manager":
+        if self.base_url.startswith("https://"):
+            raise ManagementError(
+                f"LM Studio at {self.base_url} is served over https, which the lmstudio SDK cannot reach: "
+                "model management needs LM Studio's plain http address (host:port)"
+            )
+        session = SdkSession(self.server, self.token).open()
+        if self.token and not session.token_sent:
+            # This SDK cannot send the token: if the server insists on one, manage over REST with it.
+            try:
+                session.rpc("system", "listDownloadedModels")
+            except server.AuthRequired:
+                session.close()
+                from .management_rest import RestSession
+
+                self.backend, self.via = RestSession(self.server, self.token), "rest"
+                return self
+            except Exception:
+                session.close()
+                raise
+        self.backend = session
+        return self
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+    def __enter__(self) -> "Manager":
+        return self.open()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def loaded(self) -> list[LoadedInstance]:
+        return self.backend.loaded()
+
     def downloaded(self, namespace: str | None = None) -> list[DownloadedModel]:
-        system = self._call(lambda: self._session("system"))
-        listing = self._call(system.list_downloaded_models)
         identifiers: dict[str, list[str]] = {}
         for instance in self.loaded():
             identifiers.setdefault(instance.model, []).append(instance.identifier)
         models = []
-        for item in listing:
-            info = item.info
-            kind = model_type(item.type, bool(getattr(info, "vision", False)))
-            if namespace is not None and (kind == "embedding") != (namespace == "embedding"):
+        for model in self.backend.downloaded():
+            if namespace is not None and (model.type == "embedding") != (namespace == "embedding"):
                 continue
-            models.append(
-                DownloadedModel(
-                    key=info.model_key,
-                    type=kind,
-                    format=display_format(info.format),
-                    display_name=info.display_name,
-                    params=info.params_string,
-                    arch=info.architecture,
-                    size_bytes=int(info.size_bytes),
-                    max_context_length=int(info.max_context_length),
-                    path=info.path,
-                    tool_use=bool(getattr(info, "trained_for_tool_use", False)),
-                    identifiers=identifiers.get(info.model_key, []),
-                )
-            )
+            model.identifiers = identifiers.get(model.key, [])
+            models.append(model)
         return models
 
-    def resolve(self, name: str) -> DownloadedModel:
+    def variants(self, model: DownloadedModel) -> list[DownloadedModel]:
+        """Each downloaded variant of `model` (`key@quant`), as LM Studio describes it."""
+        if not model.variants:
+            return []
+        return self.backend.variants(model.key)
+
+    def resolve(self, name: str) -> tuple[DownloadedModel, str]:
+        """The downloaded model `name` means, and the key to load: `key@variant` picks a variant."""
+        base, variant = split_variant(name)
         models = self.downloaded()
-        key = match_model(name, [m.key for m in models])
-        return next(m for m in models if m.key == key)
+        key = match_model(base, [m.key for m in models])
+        model = next(m for m in models if m.key == key)
+        if variant is None:
+            return model, model.key
+        wanted = f"{model.key}@{variant}".lower()
+        for candidate in model.variants:
+            if candidate.lower() == wanted:
+                return model, candidate
+        known = ", ".join(v.partition("@")[2] for v in model.variants)
+        raise UnknownModel(
+            f"{model.key} has no variant {variant!r}; " + (f"downloaded: {known}" if known else "it has no variants")
+        )
 
     # -- changes -----------------------------------------------------------------------------
 
+    def estimate(self, name: str, load: LoadSettings) -> Estimate:
+        model, key = self.resolve(name)
+        load.check_for(model)
+        return self.backend.estimate(key, model.namespace, load)
+
     def load(
-        self,
-        name: str,
-        *,
-        context_length: int | None = None,
-        gpu: float | None = None,
-        ttl: int | None = None,
-        identifier: str | None = None,
-        on_progress: Callable[[float], Any] | None = None,
+        self, name: str, load: LoadSettings | None = None, on_progress: Callable[[float], Any] | None = None
     ) -> LoadResult:
-        """Load a new instance of the model `name` matches. Without `ttl` it stays until unloaded, as with `lms load`."""
-        model = self.resolve(name)
-        config: dict[str, Any] = {}
-        if context_length is not None:
-            config["contextLength"] = context_length
-        if gpu is not None:
-            config["gpu"] = {"ratio": gpu}
-        session = self._call(lambda: self._session(model.namespace))
+        """Load a new instance of the model `name` matches, refusing first what LM Studio estimates will not fit.
+        Without a TTL it stays until unloaded, as with `lms load`."""
+        load = load or LoadSettings()
+        model, key = self.resolve(name)
+        load.check_for(model)
+        try:
+            estimate = self.backend.estimate(key, model.namespace, load)
+        except (Unsupported, ManagementError):
+            estimate = None  # an older LM Studio cannot estimate: its own guardrails still refuse at load time
+        if estimate is not None and not estimate.fits:
+            raise LoadRefused(refusal(estimate, model))
         started = time.perf_counter()
-        handle = self._call(
-            lambda: session.load_new_instance(
-                model.key, identifier, ttl=ttl, config=config or None, on_load_progress=on_progress
-            ),
-            wait=self.timeouts.read,
-        )
+        identifier = self.backend.load(key, model.namespace, load, on_progress)
         seconds = time.perf_counter() - started
-        instance = next((i for i in self.loaded() if i.identifier == handle.identifier), None)
+        instance = next((i for i in self.loaded() if i.identifier == identifier), None)
         return LoadResult(
-            identifier=handle.identifier,
-            model=model.key,
+            identifier=identifier,
+            model=key,
             type=model.type,
-            context_length=instance.context_length if instance else (context_length or 0),
-            gpu=gpu,
-            ttl=instance.ttl if instance and instance.ttl is not None else (float(ttl) if ttl else None),
+            context_length=instance.context_length if instance else (load.context_length or 0),
+            gpu=load.gpu,
+            ttl=instance.ttl if instance and instance.ttl is not None else (float(load.ttl) if load.ttl else None),
             load_seconds=round(seconds, 3),
             size_bytes=model.size_bytes,
+            config={k: v for k, v in asdict(load).items() if v is not None},
         )
 
     def unload(self, identifier: str) -> LoadedInstance:
@@ -484,20 +718,32 @@ class Manager:
                 raise UnknownModel(f"No model with identifier {identifier!r} is loaded: nothing is loaded")
             names = ", ".join(i.identifier for i in loaded)
             raise UnknownModel(f"No model with identifier {identifier!r} is loaded; loaded: {names}")
-        session = self._call(lambda: self._session(instance.namespace))
-        self._call(lambda: session.unload(identifier))
+        self.backend.unload(identifier, instance.namespace)
         return instance
 
     def unload_all(self) -> list[LoadedInstance]:
         unloaded = []
         for instance in self.loaded():
-            session = self._call(lambda: self._session(instance.namespace))
             try:
-                self._call(lambda: session.unload(instance.identifier))
+                self.backend.unload(instance.identifier, instance.namespace)
             except UnknownModel:
                 continue  # its idle TTL ran out while we were unloading the others
             unloaded.append(instance)
         return unloaded
+
+
+def refusal(estimate: Estimate, model: DownloadedModel) -> str:
+    size = format_size
+    parts = f"model {size(estimate.model_bytes)} + context {size(estimate.context_bytes)}"
+    advice = "lower --context-length"
+    if estimate.gpu is None or estimate.gpu > 0:
+        advice += ", lower --gpu"
+    if len(model.variants) > 1:
+        advice += ", pick a smaller variant (`llm lmstudio ls --variants`)"
+    return (
+        f"{estimate.model} would need about {size(estimate.total_bytes)} ({parts}), more than LM Studio's "
+        f"resource guardrails allow: nothing was loaded; {advice}, or relax the guardrails in LM Studio's settings"
+    )
 
 
 def pick_server(address: str | None = None) -> settings.Server:
@@ -506,16 +752,16 @@ def pick_server(address: str | None = None) -> settings.Server:
     if not address:
         return servers[0]
     url = settings.normalize_base_url(address)
-    for server in servers:
-        if server.base_url == url:
-            return server
+    for candidate in servers:
+        if candidate.base_url == url:
+            return candidate
     # Not configured: its models are not registered with llm, but it can still be managed.
     return settings.Server(base_url=url, prefix=f"lmstudio@{urlsplit(url).netloc}")
 
 
 @contextmanager
 def connect(address: str | None = None) -> Iterator[Manager]:
-    """An open SDK session to the server `address` names, with the configured token."""
+    """An open management session to the server `address` names, with the configured token."""
     manager = Manager(pick_server(address), token=settings.api_token())
     with manager:
         yield manager
@@ -523,89 +769,9 @@ def connect(address: str | None = None) -> Iterator[Manager]:
 
 def refresh_catalog() -> None:
     """Re-read the model list so `llm models` is right at once after a load or unload."""
-    try:
-        from . import catalog
+    from . import catalog
 
+    try:
         catalog.refresh()
-    except (ImportError, AttributeError):
-        pass  # the catalog is optional here: a stale list corrects itself when its cache expires
-    except http.LMStudioError:
-        pass
-
-
-# ---------------------------------------------------------------- status (HTTP only)
-
-
-@dataclass
-class ServerStatus:
-    base_url: str
-    reachable: bool
-    latency_ms: float | None
-    requires_token: bool | None  # None: could not tell
-    token_configured: bool
-    token_accepted: bool | None  # None: no token configured, or could not tell
-    downloaded: int | None
-    loaded: int | None
-    error: str | None
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def _count_models(body: Any) -> tuple[int | None, int | None]:
-    if isinstance(body, dict) and isinstance(body.get("models"), list):  # /api/v1/models
-        models = [m for m in body["models"] if isinstance(m, dict)]
-        return len(models), sum(len(m["loaded_instances"]) for m in models if isinstance(m.get("loaded_instances"), list))
-    if isinstance(body, dict) and isinstance(body.get("data"), list):  # /api/v0/models
-        models = [m for m in body["data"] if isinstance(m, dict)]
-        return len(models), sum(1 for m in models if m.get("state") == "loaded")
-    return None, None
-
-
-def server_status(server: settings.Server, token: str | None) -> ServerStatus:
-    """Is the server up, does it want a token, does ours work, how many models; over HTTP, never the SDK."""
-    status = ServerStatus(server.base_url, False, None, None, bool(token), None, None, None, None)
-    # A health check must answer quickly even from a hung server: no inference-sized read timeout here.
-    limits = settings.timeouts()
-    quick = {"connect_timeout": limits.connect, "read_timeout": limits.connect + 3.0}
-    client = http.Client(server, token=token, **quick)
-    started = time.perf_counter()
-    try:
-        is_lmstudio = client.greeting()
-    except http.LMStudioError as exc:
-        status.error = str(exc)
-        return status
-    status.latency_ms = round((time.perf_counter() - started) * 1000, 1)
-    status.reachable = True
-    if not is_lmstudio:
-        status.error = f"{server.base_url} answered, but it is not LM Studio (no /lmstudio-greeting)"
-    body = None
-    for path in ("/api/v1/models", "/api/v0/models"):
-        try:
-            body = client.get_json(path)
-            break
-        except http.AuthRequired as exc:
-            status.requires_token = True
-            status.token_accepted = False if token else None
-            status.error = str(exc)
-            break
-        except http.LMStudioError as exc:
-            status.error = status.error or str(exc)
-            if isinstance(exc, (http.TimedOut, http.Unreachable)):
-                break  # the other listing would wait out the same timeout again
-    if body is not None:
-        status.error = None if is_lmstudio else status.error
-        status.downloaded, status.loaded = _count_models(body)
-        if token:
-            status.token_accepted = True
-            # Our token worked; ask once without it to learn whether the server insists on one.
-            try:
-                http.Client(server, token=None, **quick).get_json("/api/v1/models")
-                status.requires_token = False
-            except http.AuthRequired:
-                status.requires_token = True
-            except http.LMStudioError:
-                status.requires_token = None
-        else:
-            status.requires_token = False
-    return status
+    except server.LMStudioError:
+        pass  # a stale list corrects itself when its cache expires

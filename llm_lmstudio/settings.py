@@ -15,6 +15,8 @@ import llm
 DEFAULT_BASE_URL = "http://localhost:1234"
 KEY_ALIAS = "lmstudio"
 TOKEN_ENV = "LM_API_TOKEN"
+# LM Studio's docs name $LM_API_TOKEN; the lmstudio SDK (1.6+) and lmstudio-js read $LMSTUDIO_API_TOKEN.
+TOKEN_ENVS = (TOKEN_ENV, "LMSTUDIO_API_TOKEN")
 
 
 class SettingsError(ValueError):
@@ -85,9 +87,19 @@ def servers() -> list[Server]:
 
 
 def api_token() -> str | None:
-    """The LM Studio API token: `llm keys set lmstudio` wins over $LM_API_TOKEN."""
-    token = llm.get_key(alias=KEY_ALIAS, env=TOKEN_ENV)
-    return token or None
+    """The LM Studio API token: `llm keys set lmstudio` wins over $LM_API_TOKEN, then $LMSTUDIO_API_TOKEN."""
+    return api_token_source()[0]
+
+
+def api_token_source() -> tuple[str | None, str | None]:
+    """The token and where it came from (`llm keys set lmstudio` or the variable's name), to report the source only."""
+    stored = llm.get_key(alias=KEY_ALIAS)
+    if stored:
+        return stored, "llm keys set lmstudio"
+    for name in TOKEN_ENVS:
+        if os.environ.get(name):
+            return os.environ[name], f"${name}"
+    return None, None
 
 
 def _float_env(name: str, default: float) -> float:

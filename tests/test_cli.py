@@ -1,6 +1,7 @@
 """`llm lmstudio load|unload|ps|ls|status` run through click against the stand-in with the real SDK:
 output for people, the documented --json shapes, JIT + TTL in ps, several instances, --all, and each error."""
 
+import inspect
 import io
 import json
 import re
@@ -69,7 +70,9 @@ def test_load_json_is_the_documented_shape_without_a_progress_bar(lmstudio):
     data = json.loads(result.stdout)
     assert set(data) == {
         "identifier", "model", "model_id", "type", "context_length", "gpu", "ttl", "load_seconds", "size_bytes", "server",
+        "config",
     }
+    assert data["config"] == {"identifier": "scripted", "gpu": 1.0}
     assert (data["identifier"], data["model"], data["model_id"], data["type"]) == ("scripted", LLAMA, f"lmstudio/{LLAMA}", "llm")
     assert (data["gpu"], data["ttl"], data["server"]) == (1.0, None, lmstudio.base_url)
     assert data["load_seconds"] > 0 and data["size_bytes"] > 0 and data["context_length"] > 0
@@ -262,7 +265,7 @@ def test_ls_filters_and_json_shape_include_native_mlx_models(lmstudio, lmstudio_
     [model] = data["lmstudio"]
     assert set(model) == {
         "key", "type", "format", "display_name", "params", "arch", "size_bytes", "max_context_length", "path",
-        "tool_use", "identifiers", "loaded",
+        "tool_use", "identifiers", "loaded", "variants", "selected_variant",
     }
     assert (model["key"], model["type"], model["loaded"], model["identifiers"]) == (EMBEDDING, "embedding", True, [EMBEDDING])
     assert data["native"] and all(n["kind"] == "embedding" for n in data["native"])
@@ -287,11 +290,15 @@ def test_lm_studio_not_running_is_one_line_naming_the_address(args, refused_url,
     assert_one_line_error(run(*args), f"LM Studio is not reachable at {refused_url}")
 
 
-def test_server_wanting_a_token_the_sdk_cannot_send_says_so(lmstudio, monkeypatch):
+def test_server_wanting_a_token_says_so_and_works_once_one_is_set(lmstudio, monkeypatch):
     lmstudio.configure(auth_token=TOKEN)
+    lmstudio.load(LLAMA)
     assert_one_line_error(run("ps"), "requires an API token: run `llm keys set lmstudio`")
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
-    assert_one_line_error(run("ps"), "requires an API token, and the installed lmstudio SDK (1.5.0) cannot send one")
+    result = run("ps", "--json")
+    assert result.exit_code == 0, result.output
+    assert [row["identifier"] for row in json.loads(result.stdout)] == [LLAMA]
+    assert TOKEN not in result.output
 
 
 def test_server_option_picks_the_server_to_manage(lmstudio, refused_url, monkeypatch):
@@ -322,11 +329,13 @@ def test_status_json_is_the_documented_shape(lmstudio):
     assert set(data) == {"servers", "sdk"}
     [server] = data["servers"]
     assert set(server) == {
-        "base_url", "reachable", "latency_ms", "requires_token", "token_configured", "token_accepted",
+        "base_url", "reachable", "latency_ms", "requires_token", "token_configured", "token_source", "token_accepted",
         "downloaded", "loaded", "error",
     }
     assert (server["base_url"], server["reachable"], server["downloaded"], server["loaded"]) == (lmstudio.base_url, True, 5, 0)
-    assert data["sdk"] == {"installed": True, "version": lms.__version__, "token_support": False}
+    assert data["sdk"] == {
+        "installed": True, "version": lms.__version__, "token_support": "api_token" in inspect.signature(lms.Client).parameters,
+    }
 
 
 def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_url, monkeypatch):
@@ -346,5 +355,21 @@ def test_status_explains_a_token_requirement(lmstudio, monkeypatch):
     assert "token: required, none configured" in result.stdout
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
     result = run("status")
+    assert "API token: from $LM_API_TOKEN" in result.stdout and TOKEN not in result.stdout
     assert "token: required, ours accepted  models: 5 downloaded" in result.stdout
-    assert "lmstudio 1.5.0 cannot send API tokens" in result.stdout
+    # Only an SDK without token support falls back to the REST API, and says what that costs.
+    fallback = "cannot send API tokens: load/unload/ps/ls use LM Studio's REST API" in result.stdout
+    assert fallback == ("api_token" not in inspect.signature(lms.Client).parameters)
+
+
+@pytest.mark.parametrize("how", ["keys", "LM_API_TOKEN", "LMSTUDIO_API_TOKEN"])
+def test_status_says_where_the_token_came_from(lmstudio, monkeypatch, how):
+    if how == "keys":
+        assert CliRunner().invoke(cli, ["keys", "set", "lmstudio", "--value", TOKEN]).exit_code == 0
+    else:
+        monkeypatch.setenv(how, TOKEN)
+    data = json.loads(run("status", "--json").stdout)
+    source = "llm keys set lmstudio" if how == "keys" else f"${how}"
+    assert data["servers"][0]["token_source"] == source
+    text = run("status").stdout
+    assert f"API token: from {source}" in text and TOKEN not in text and TOKEN[:10] not in text

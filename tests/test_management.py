@@ -105,7 +105,8 @@ def manager(lmstudio):
 
 def test_load_returns_what_was_loaded_and_loaded_lists_it(manager, lmstudio):
     seen = []
-    result = manager.load("tiny-llama", context_length=1024, gpu=0.5, ttl=300, identifier="mine", on_progress=seen.append)
+    wanted = management.LoadSettings(context_length=1024, gpu=0.5, ttl=300, identifier="mine")
+    result = manager.load("tiny-llama", wanted, on_progress=seen.append)
     assert (result.identifier, result.model, result.type, result.context_length) == ("mine", LLAMA, "llm", 1024)
     assert (result.gpu, result.ttl) == (0.5, 300.0)
     assert result.load_seconds > 0 and result.size_bytes > 0
@@ -125,7 +126,7 @@ def test_load_without_ttl_gives_no_ttl_like_lms_load(manager, lmstudio):
 
 def test_downloaded_marks_loaded_models_with_their_identifiers(manager):
     manager.load(LLAMA)
-    manager.load(LLAMA, identifier="second")
+    manager.load(LLAMA, management.LoadSettings(identifier="second"))
     models = {m.key: m for m in manager.downloaded()}
     assert set(KEYS) <= set(models)
     assert models[LLAMA].identifiers == [LLAMA, "second"] and models[LLAMA].loaded
@@ -145,9 +146,9 @@ def test_embedding_models_load_and_unload_in_their_own_namespace(manager, lmstud
 
 
 def test_unload_and_unload_all(manager, lmstudio):
-    manager.load(LLAMA, identifier="a")
-    manager.load(QWEN, identifier="b")
-    manager.load("minilm", identifier="c")
+    manager.load(LLAMA, management.LoadSettings(identifier="a"))
+    manager.load(QWEN, management.LoadSettings(identifier="b"))
+    manager.load("minilm", management.LoadSettings(identifier="c"))
     assert manager.unload("a").model == LLAMA
     assert sorted(i["identifier"] for i in lmstudio.loaded()) == ["b", "c"]
     assert sorted(i.identifier for i in manager.unload_all()) == ["b", "c"]
@@ -155,15 +156,15 @@ def test_unload_and_unload_all(manager, lmstudio):
 
 
 def test_unloading_an_identifier_that_is_not_loaded_names_what_is(manager):
-    manager.load(LLAMA, identifier="present")
+    manager.load(LLAMA, management.LoadSettings(identifier="present"))
     with pytest.raises(management.UnknownModel, match="'absent' is loaded; loaded: present"):
         manager.unload("absent")
 
 
 def test_duplicate_identifier_is_its_own_error(manager):
-    manager.load(LLAMA, identifier="twin")
+    manager.load(LLAMA, management.LoadSettings(identifier="twin"))
     with pytest.raises(management.DuplicateIdentifier) as caught:
-        manager.load(QWEN, identifier="twin")
+        manager.load(QWEN, management.LoadSettings(identifier="twin"))
     assert 'Model with identifier "twin" already loaded' in str(caught.value)
 
 
@@ -178,7 +179,7 @@ def test_refused_load_carries_lm_studios_message(manager, lmstudio):
 
 def test_context_length_beyond_the_model_is_refused(manager):
     with pytest.raises(management.LoadRefused, match="outside 1..4096"):
-        manager.load(LLAMA, context_length=100_000)
+        manager.load(LLAMA, management.LoadSettings(context_length=100_000))
 
 
 def test_not_running_names_the_http_address_not_the_websocket(refused_url, monkeypatch):
@@ -215,15 +216,36 @@ def test_server_requiring_a_token_without_one_configured(lmstudio):
     assert "requires an API token: run `llm keys set lmstudio`" in str(caught.value)
 
 
-def test_token_the_installed_sdk_cannot_send_is_explained(lmstudio, monkeypatch):
-    assert not management.sdk_supports_token()  # lmstudio 1.5.0 has no api_token
+def test_a_server_requiring_a_token_is_managed_whichever_sdk_is_installed(lmstudio, monkeypatch):
+    # lmstudio >= 1.6 sends the token over the websocket; older SDKs cannot, so LM Studio's v1 REST API does the work.
     lmstudio.configure(auth_token=TOKEN)
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
-    with pytest.raises(management.TokenUnsupported) as caught:
+    with management.connect() as manager:
+        assert manager.via == ("sdk" if management.sdk_supports_token() else "rest")
+        result = manager.load(LLAMA, management.LoadSettings(context_length=1024, flash_attention=True))
+        assert [i.identifier for i in manager.loaded()] == [result.identifier]
+        assert {m.key for m in manager.downloaded()} >= set(KEYS)
+        manager.unload(result.identifier)
+    assert lmstudio.loaded() == []
+    assert any(r["authorization"] for r in lmstudio.requests())
+
+
+def test_a_token_in_lmstudio_api_token_is_used_too(lmstudio, monkeypatch):
+    lmstudio.configure(auth_token=TOKEN)
+    monkeypatch.setenv("LMSTUDIO_API_TOKEN", TOKEN)
+    with management.connect() as manager:
+        assert manager.loaded() == []
+
+
+def test_a_wrong_token_is_rejected_in_one_line_without_quoting_it(lmstudio, monkeypatch):
+    lmstudio.configure(auth_token=TOKEN)
+    wrong = "sk-lm-wrongone:" + "x" * 20
+    monkeypatch.setenv("LM_API_TOKEN", wrong)
+    with pytest.raises(http.AuthRequired) as caught:
         with management.connect() as manager:
             manager.loaded()
     message = str(caught.value)
-    assert "cannot send one" in message and "1.5.0" in message and TOKEN not in message
+    assert "rejected the API token" in message and wrong not in message and "\n" not in message
 
 
 class _TokenAwareClient(lms.Client):
@@ -239,32 +261,79 @@ class _TokenAwareClient(lms.Client):
 def test_token_is_passed_to_an_sdk_that_accepts_one(lmstudio, monkeypatch):
     lmstudio.configure(auth_token=TOKEN)
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
-    monkeypatch.setattr(lms, "Client", _TokenAwareClient)
+    if not management.sdk_supports_token():  # lmstudio < 1.6: give it 1.6's constructor
+        monkeypatch.setattr(lms, "Client", _TokenAwareClient)
     assert management.sdk_supports_token()
     with management.connect() as manager:
+        assert manager.via == "sdk"
         assert manager.load(LLAMA).identifier == LLAMA
         assert [i.identifier for i in manager.loaded()] == [LLAMA]
 
 
-def test_status_reports_reachability_counts_and_token_needs(lmstudio, monkeypatch):
-    lmstudio.load(LLAMA)
-    server = management.pick_server()
-    status = management.server_status(server, None)
-    assert (status.reachable, status.requires_token, status.downloaded, status.loaded) == (True, False, 5, 1)
-    assert status.latency_ms > 0 and status.error is None
-    lmstudio.configure(auth_token=TOKEN)
-    locked = management.server_status(server, None)
-    assert (locked.reachable, locked.requires_token, locked.token_configured) == (True, True, False)
-    unlocked = management.server_status(server, TOKEN)
-    assert (unlocked.requires_token, unlocked.token_accepted, unlocked.downloaded) == (True, True, 5)
-    rejected = management.server_status(server, "sk-lm-wrongone:" + "x" * 20)
-    assert (rejected.requires_token, rejected.token_accepted) == (True, False)
+# ---------------------------------------------------------------- listing what this plugin does not know
 
 
-def test_status_of_a_hung_server_is_unreachable_within_the_connect_budget(hung_url, monkeypatch):
-    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
-    monkeypatch.setenv("LMSTUDIO_CONNECT_TIMEOUT", "0.5")
-    started = time.monotonic()
-    status = management.server_status(management.pick_server(), None)
-    assert time.monotonic() - started < 6
-    assert not status.reachable and hung_url in status.error
+def test_models_of_unknown_formats_and_types_are_listed_not_fatal():
+    # A newer LM Studio lists formats and types the SDK's typed parser rejects (issue: openvino, new types).
+    raw = [
+        {"type": "llm", "modelKey": "intel/qwen-ov", "format": "openvino", "displayName": "Qwen OV", "sizeBytes": 5,
+         "path": "intel/qwen-ov", "maxContextLength": 8192},
+        {"type": "image-gen", "modelKey": "pub/painter", "format": "safetensors", "sizeBytes": 7},
+        {"type": "llm", "format": "gguf"},  # no key: nothing to show
+    ]
+    models = [m for m in map(management.model_from_wire, raw) if m is not None]
+    assert [(m.key, m.type, m.format, m.namespace) for m in models] == [
+        ("intel/qwen-ov", "llm", "openvino", "llm"),
+        ("pub/painter", "image-gen", "mlx", None),
+    ]
+    with pytest.raises(management.Unsupported, match="'image-gen' model, which llm cannot load"):
+        management.LoadSettings().check_for(models[1])
+
+
+# ---------------------------------------------------------------- load settings, estimates, guardrails
+
+
+def test_every_load_setting_reaches_lm_studio(manager, lmstudio):
+    wanted = management.LoadSettings(
+        context_length=2048, gpu=0.25, flash_attention=True, eval_batch_size=256, num_experts=2,
+        offload_kv_cache=False, ttl=120, identifier="tuned",
+    )
+    result = manager.load(LLAMA, wanted)
+    [state] = lmstudio.loaded()
+    assert (state["identifier"], state["context_length"], state["gpu_ratio"], state["ttl_seconds"]) == ("tuned", 2048, 0.25, 120)
+    assert state["config"] == {
+        "flash_attention": True, "eval_batch_size": 256, "num_experts": 2, "offload_kv_cache_to_gpu": False,
+    }
+    assert result.config == {
+        "context_length": 2048, "gpu": 0.25, "flash_attention": True, "eval_batch_size": 256, "num_experts": 2,
+        "offload_kv_cache": False, "ttl": 120, "identifier": "tuned",
+    }
+
+
+def test_llm_only_settings_are_refused_for_an_embedding_model_before_loading(manager, lmstudio):
+    with pytest.raises(management.Unsupported, match="--flash-attention, --num-experts only apply to language models"):
+        manager.load("minilm", management.LoadSettings(flash_attention=True, num_experts=2))
+    assert lmstudio.loaded() == []
+
+
+def test_estimate_grows_with_the_context_and_loads_nothing(manager, lmstudio):
+    small = manager.estimate(LLAMA, management.LoadSettings(context_length=256))
+    large = manager.estimate(LLAMA, management.LoadSettings(context_length=4096, gpu=0.5))
+    assert small.fits and large.fits and small.confidence == "high"
+    assert small.model_bytes == large.model_bytes > 0
+    assert large.context_bytes == 16 * small.context_bytes
+    assert large.total_bytes == large.model_bytes + large.context_bytes
+    assert (large.context_length, large.gpu) == (4096, 0.5)
+    assert lmstudio.loaded() == []
+
+
+def test_a_load_over_the_guardrails_is_refused_with_the_estimate_before_loading(manager, lmstudio):
+    fits = manager.estimate(LLAMA, management.LoadSettings(context_length=256))
+    lmstudio.configure(memory_limit=fits.total_bytes + 1)
+    with pytest.raises(management.LoadRefused) as caught:
+        manager.load(LLAMA, management.LoadSettings(context_length=4096))
+    message = str(caught.value)
+    assert "would need about" in message and "nothing was loaded" in message and "lower --context-length" in message
+    assert lmstudio.loaded() == []
+    assert not any(r["path"].endswith("/load") for r in lmstudio.requests())
+    assert manager.load(LLAMA, management.LoadSettings(context_length=256)).context_length == 256

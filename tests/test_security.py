@@ -20,9 +20,10 @@ from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 LLAMA_KEY = "test-org/tiny-llama"
 LLAMA = f"lmstudio/{LLAMA_KEY}"
 EMBED = "lmstudio/test-org/text-embedding-all-minilm-l6-v2"
-# A sentinel that is easy to grep for, in LM Studio's token format (sk-lm-<client id>:<passkey>).
-SENTINEL = "sk-lm-SENTINEL0:s3ntinelPassw0rd"
-PASSKEY = SENTINEL.split(":", 1)[1]
+# A sentinel that is easy to grep for, in LM Studio's token format (sk-lm-<8-character client id>:<20-character
+# passkey>, which lmstudio >= 1.6 checks before sending it).
+SENTINEL = "sk-lm-SENTINEL:s3ntinelPassw0rdAbCd"
+CLIENT_ID, PASSKEY = SENTINEL.split(":", 1)
 
 
 class Transcript:
@@ -56,7 +57,7 @@ def disk_text(user_path) -> str:
 
 def assert_no_token(*texts: str) -> None:
     for text in texts:
-        assert "SENTINEL0" not in text and PASSKEY not in text
+        assert CLIENT_ID not in text and PASSKEY not in text
 
 
 @pytest.fixture
@@ -88,9 +89,9 @@ def test_token_in_use_appears_nowhere_the_user_can_see_or_find(lmstudio, user_pa
     assert t.run("lmstudio", "route", "--json", "Write a poem").exit_code == 0
     assert t.run("lmstudio", "status", "--json").exit_code == 0
     assert t.run("lmstudio", "status").exit_code == 0
-    # The installed SDK (1.5) cannot send a token: these fail, and their errors must not quote it.
+    # Management sends the token too: over the SDK (lmstudio >= 1.6), or else over LM Studio's v1 REST API.
     for command in (["ps", "--json"], ["ls", "--json"], ["load", "tiny-llama", "--json"], ["unload", "--all", "--json"]):
-        assert t.run("lmstudio", *command).exit_code == 1
+        assert t.run("lmstudio", *command).exit_code == 0
     assert t.run("logs", "--json", "-n", "0").exit_code == 0
     # The token was really in use (`status` also asks once without it, to learn whether it is required).
     used = [r for r in lmstudio.requests() if r["path"].endswith(("/chat/completions", "/embeddings"))]

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .engine import Finish, GenerationParams, ImageError, Piece, decode_image_data_uri, image_marker
+from . import rest_v1
 from .faults import FaultRegistry
 from .state import DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
 
@@ -672,7 +673,7 @@ def v1_model(state: LMStudioState, entry) -> dict:
         "size_bytes": entry.size_bytes,
         "params_string": entry.params_string,
         "loaded_instances": [
-            {"id": i.identifier, "config": {"context_length": i.context_length, "eval_batch_size": 512, "parallel": 1}}
+            {"id": i.identifier, "config": rest_v1.load_config(i)}
             for i in state.loaded()
             if i.entry.key == entry.key
         ],
@@ -693,53 +694,6 @@ async def v1_models_native(request: Request) -> Response:
     return JSONResponse({"models": [v1_model(state, e) for e in state.downloaded()]})
 
 
-async def v1_load(request: Request) -> Response:
-    state: LMStudioState = request.app.state.lmstudio
-    try:
-        data = await read_json(request)
-    except BadRequest as exc:
-        return exc.response
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        return error("'model' field is required", 400, param="model")
-    if state.entry(model) is None:
-        return model_not_found(model)
-    started = time.monotonic()
-    try:
-        # REST loads get no idle TTL (documented); an undocumented `ttl` in the body is ignored, as LM Studio does.
-        instance = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: state.load(model, context_length=data.get("context_length"))
-        )
-    except LoadError as exc:
-        return error(f'Failed to load model "{model}". Error: {exc}', 500, code="model_load_failed", param="model")
-    body = {
-        "type": "embedding" if instance.entry.type == "embeddings" else "llm",
-        "instance_id": instance.identifier,
-        "load_time_seconds": round(time.monotonic() - started, 3),
-        "status": "loaded",
-    }
-    if data.get("echo_load_config"):
-        body["load_config"] = {"context_length": instance.context_length, "eval_batch_size": 512}
-    return JSONResponse(body)
-
-
-async def v1_unload(request: Request) -> Response:
-    state: LMStudioState = request.app.state.lmstudio
-    try:
-        data = await read_json(request)
-    except BadRequest as exc:
-        return exc.response
-    instance_id = data.get("instance_id")
-    if not isinstance(instance_id, str):
-        return error("'instance_id' field is required", 400, param="instance_id")
-    try:
-        state.unload(instance_id)
-    except NotLoaded:
-        return error(f'No loaded model found with instance_id "{instance_id}"', 404, code="model_not_found",
-                     param="instance_id")
-    return JSONResponse({"instance_id": instance_id})
-
-
 async def unexpected_endpoint(request: Request) -> Response:
     # LM Studio answers unknown routes with 200 and an error body ("Returning 200 anyway").
     return JSONResponse({"error": f"Unexpected endpoint or method. ({request.method} {request.url.path})"})
@@ -754,6 +708,7 @@ def _config_view(control: Control) -> dict:
         "default_jit_ttl": state.default_jit_ttl,
         "auth_token": state.auth_token,
         "load_fail": state.load_fail,
+        "memory_limit": state.memory_limit,
         "default_max_tokens": control.default_max_tokens,
     }
 
@@ -827,6 +782,8 @@ async def control_state(request: Request) -> Response:
                     "ttl_seconds": i.ttl_seconds,
                     "ttl_remaining": state.ttl_remaining(i),
                     "context_length": i.context_length,
+                    "config": i.config,
+                    "gpu_ratio": i.gpu_ratio,
                     "status": i.status,
                     "instance_reference": i.instance_reference,
                 }
@@ -873,8 +830,7 @@ def create_app(state: LMStudioState) -> FakeMiddleware:
         Route("/api/v0/chat/completions", v0_chat, methods=["POST"]),
         Route("/api/v0/embeddings", embeddings, methods=["POST"]),
         Route("/api/v1/models", v1_models_native),
-        Route("/api/v1/models/load", v1_load, methods=["POST"]),
-        Route("/api/v1/models/unload", v1_unload, methods=["POST"]),
+        *rest_v1.routes(),
         Route("/__fake__/config", control_config, methods=["GET", "POST"]),
         Route("/__fake__/reset", control_reset, methods=["POST"]),
         Route("/__fake__/faults", control_faults, methods=["GET", "POST", "DELETE"]),

@@ -112,13 +112,28 @@ def _config_fields(layers: list[dict]) -> dict[str, Any]:
     return fields
 
 
-def _load_options(namespace: str, stack: dict | None) -> tuple[int | None, float | None]:
+# KV config keys (lmstudio-python _kv_config.py SUPPORTED_SERVER_KEYS) -> the v1 REST names the state keeps.
+LLM_LOAD_KEYS = {
+    "llm.load.llama.flashAttention": "flash_attention",
+    "llm.load.llama.evalBatchSize": "eval_batch_size",
+    "llm.load.numExperts": "num_experts",
+    "llm.load.offloadKVCacheToGpu": "offload_kv_cache_to_gpu",
+}
+
+
+def _load_options(namespace: str, stack: dict | None) -> dict[str, Any]:
+    """context_length, gpu_ratio and config (the other settings) as state.load and state.estimate take them."""
     fields = _config_fields((stack or {}).get("layers") or [])
     context_length = fields.get(f"{namespace}.load.contextLength")
     ratio = fields.get(f"{namespace}.load.llama.acceleration.offloadRatio")
     if isinstance(ratio, str):  # the SDK allows "max" / "off" as well as a number
         ratio = {"max": 1.0, "off": 0.0}.get(ratio.lower())
-    return (int(context_length) if context_length is not None else None, ratio)
+    config = {name: fields[key] for key, name in LLM_LOAD_KEYS.items() if fields.get(key) is not None}
+    return {
+        "context_length": int(context_length) if context_length is not None else None,
+        "gpu_ratio": ratio,
+        "config": config,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +247,9 @@ class _Protocol:
         ratio = instance.gpu_ratio
         if ratio is not None:  # JIT loads leave the offload to LM Studio's defaults
             fields.append({"key": f"{namespace}.load.llama.acceleration.offloadRatio", "value": ratio})
+        for key, name in LLM_LOAD_KEYS.items():
+            if name in instance.config:
+                fields.append({"key": key, "value": instance.config[name]})
         return {"fields": fields}
 
     def entry_for(self, namespace: str, key: str):
@@ -255,6 +273,10 @@ class _Protocol:
                 return self.load_config(namespace, self.find_instance(namespace, parameter["specifier"]))
             if endpoint == "unloadModel":
                 return self.unload(namespace, parameter["identifier"])
+            if endpoint == "estimateModelUsage":
+                # lmstudio-js ModelNamespace.estimateResourcesUsage / baseModelBackendInterface.ts (LM Studio 0.3.2x+).
+                entry = self.entry_for(namespace, parameter["modelKey"])
+                return state.estimate(entry.key, **_load_options(namespace, parameter.get("loadConfigStack")))
         raise ProtocolError(
             f'The LM Studio stand-in does not implement "{namespace}.{endpoint}"',
             cause="Only model listing, loading and unloading are emulated.",
@@ -439,7 +461,6 @@ class _Session:
         key = parameter.get("modelKey")
         entry = await asyncio.to_thread(self.protocol.entry_for, self.namespace, key)
         await self.channel_send(channel_id, {"type": "resolved", "info": model_info(entry)})
-        context_length, gpu_ratio = _load_options(self.namespace, parameter.get("loadConfigStack"))
         ttl_ms = parameter.get("ttlMs")
         instance = await self.run_load(
             channel_id,
@@ -447,9 +468,8 @@ class _Session:
             key=key,
             identifier=parameter.get("identifier"),
             ttl=ttl_ms / 1000 if ttl_ms else None,
-            context_length=context_length,
-            gpu_ratio=gpu_ratio,
             jit=False,
+            **_load_options(self.namespace, parameter.get("loadConfigStack")),
         )
         info = await asyncio.to_thread(instance_info, self.state, instance)
         await self.channel_send(channel_id, {"type": "success", "info": info})
@@ -491,16 +511,14 @@ class _Session:
             evicted = await asyncio.to_thread(self.evict_jit_models)
             for info in evicted:
                 await self.channel_send(channel_id, {"type": "unloadingOtherJITModel", "info": info})
-        context_length, gpu_ratio = _load_options(self.namespace, parameter.get("loadConfigStack"))
         ttl_ms = parameter.get("loadTtlMs")
         instance = await self.run_load(
             channel_id,
             "loadProgress",
             key=wanted,
             ttl=ttl_ms / 1000 if ttl_ms else None,
-            context_length=context_length,
-            gpu_ratio=gpu_ratio,
             jit=True,
+            **_load_options(self.namespace, parameter.get("loadConfigStack")),
         )
         info = await asyncio.to_thread(instance_info, self.state, instance)
         await self.channel_send(channel_id, {"type": "loadSuccess", "info": info})

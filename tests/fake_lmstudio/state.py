@@ -55,6 +55,7 @@ class Instance:
     status: str = "idle"  # "idle" | "generating"
     engine: object = None
     gpu_ratio: float | None = None
+    config: dict = field(default_factory=dict)  # every load setting the client sent (flash_attention, ...)
     active: int = field(default=0, repr=False)
 
 
@@ -150,6 +151,19 @@ def read_entry(models_dir: Path, folder: Path) -> ModelEntry | None:
     )
 
 
+def _kv_bytes_per_token(entry: ModelEntry) -> int:
+    """fp16 keys and values for every layer: what one token of context costs."""
+    try:
+        config = json.loads((entry.path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    layers = int(config.get("num_hidden_layers") or 1)
+    heads = int(config.get("num_attention_heads") or 1)
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or (int(config.get("hidden_size") or heads) // heads))
+    return 2 * layers * kv_heads * head_dim * 2
+
+
 def scan_models_dir(models_dir: Path) -> list[ModelEntry]:
     entries = []
     for publisher in sorted(p for p in Path(models_dir).iterdir() if p.is_dir()):
@@ -193,6 +207,8 @@ class LMStudioState:
         self.default_jit_ttl = DEFAULT_JIT_TTL
         self.auth_token: str | None = None
         self.load_fail: str | None = None
+        # LM Studio's model loading guardrails: loads whose estimate exceeds this many bytes are refused.
+        self.memory_limit: int | None = None
 
     # -- scripted outputs: forced through real generation by the engine ----------------------
     def add_scripts(self, outputs: list[str]) -> None:
@@ -244,8 +260,35 @@ class LMStudioState:
             n += 1
         return f"{key}:{n}"
 
+    def estimate(self, key, *, context_length=None, gpu_ratio=None, config=None) -> dict:
+        """LM Studio's EstimatedResourcesUsage (lmstudio-js EstimatedResourcesUsage.ts) for a load: the weights
+        plus an fp16 KV cache of the context, on the GPU as far as the offload ratio (and KV offload) say."""
+        entry = self.entry(key)
+        if entry is None:
+            raise ModelNotFound(key)
+        ctx = int(context_length or min(entry.max_context_length, 4096))
+        model_bytes = int(entry.size_bytes)
+        context_bytes = ctx * _kv_bytes_per_token(entry)
+        ratio = 1.0 if gpu_ratio is None else float(gpu_ratio)
+        kv_on_gpu = (config or {}).get("offload_kv_cache_to_gpu", True)
+        gpu_bytes = int(model_bytes * ratio) + (context_bytes if kv_on_gpu and ratio > 0 else 0)
+        total = model_bytes + context_bytes
+        return {
+            "memory": {
+                "confidence": "high",
+                "modelVramBytes": int(model_bytes * ratio),
+                "contextVramBytes": gpu_bytes - int(model_bytes * ratio),
+                "totalVramBytes": gpu_bytes,
+                "modelBytes": model_bytes,
+                "contextBytes": context_bytes,
+                "totalBytes": total,
+            },
+            "passesGuardrails": self.memory_limit is None or total <= self.memory_limit,
+        }
+
     def load(
-        self, key, *, identifier=None, ttl=None, context_length=None, gpu_ratio=None, jit=False, on_progress=None
+        self, key, *, identifier=None, ttl=None, context_length=None, gpu_ratio=None, jit=False, on_progress=None,
+        config=None,
     ) -> Instance:
         entry = self.entry(key)
         if entry is None:
@@ -260,6 +303,16 @@ class LMStudioState:
                 on_progress(0.0)
             if failure:
                 raise LoadError(failure)
+            estimate = self.estimate(entry.key, context_length=context_length, gpu_ratio=gpu_ratio, config=config)
+            if not estimate["passesGuardrails"]:
+                # LM Studio's guardrail refusal, worded as it logs it (lmstudio-bug-tracker #1202, #1151).
+                gigabytes = estimate["memory"]["totalBytes"] / 1e9
+                raise LoadError(
+                    "Model loading was stopped due to insufficient system resources. Under the current settings, "
+                    f"this model requires approximately {gigabytes:.2f} GB of memory, and continuing to load it would "
+                    "likely overload your system and cause it to freeze. If you think this is incorrect, you can "
+                    "adjust the model loading guardrails in settings."
+                )
             ctx = int(context_length or min(entry.max_context_length, 4096))
             if ctx < 1 or ctx > entry.max_context_length:
                 raise LoadError(
@@ -283,6 +336,7 @@ class LMStudioState:
                 last_used=now,
                 engine=engine,
                 gpu_ratio=gpu_ratio,
+                config=dict(config or {}),
             )
             with self._lock:
                 self._instances[chosen] = instance
