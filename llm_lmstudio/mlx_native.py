@@ -12,6 +12,7 @@ from pathlib import Path
 import llm
 from pydantic import Field
 
+from .cache import CacheOptions, cached
 from .local_models import LocalModel
 from .mlx_cache import MemoryCaches
 from .mlx_load import load_once
@@ -19,7 +20,7 @@ from .mlx_load import load_once
 DEFAULT_MAX_TOKENS = 4096
 
 
-class MLXOptions(llm.Options):
+class MLXOptions(CacheOptions):
     temperature: float | None = Field(
         default=None,
         ge=0,
@@ -168,6 +169,7 @@ class _ChatBase:
 class MLXChatModel(_ChatBase, llm.Model):
     """A native MLX chat model: `mlx-lm` in this process, no server."""
 
+    @cached
     def execute(self, prompt, stream, response, conversation):
         yield from self._turn(prompt, response, conversation).events()
 
@@ -178,6 +180,7 @@ _DONE = object()
 class MLXAsyncChatModel(_ChatBase, llm.AsyncModel):
     """The async face of MLXChatModel: generation runs in a worker thread, events cross via a queue."""
 
+    @cached
     async def execute(self, prompt, stream, response, conversation):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
