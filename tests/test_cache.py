@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from llm.cli import cli
 
 from llm_lmstudio import cache
+from tests.test_mlx_native import models, script_output  # noqa: F401 - the native-model fixture and scripted output
 
 LLAMA = "lmstudio/test-org/tiny-llama"
 TOOLS = "lmstudio/test-org/tiny-qwen-tools"
@@ -269,6 +270,24 @@ def test_the_router_answers_a_repeat_from_the_cache_with_the_model_that_answered
     assert cache.Store(cache_file(user_path)).stats()["models"] == {"lmstudio-router": 1}
     # the hit ran no model, so it adds no attempt to the chosen model's history
     assert stats.history(user_path / "logs.db", [LLAMA])[LLAMA].attempts == 1
+
+
+def test_native_mlx_answers_a_repeat_from_the_cache_without_generating(models, user_path, monkeypatch):
+    from llm_lmstudio import mlx_native
+
+    script_output(monkeypatch, "Hello from MLX.")
+    turns_run = []
+    original = mlx_native._ChatBase._turn
+    monkeypatch.setattr(mlx_native._ChatBase, "_turn", lambda *a: turns_run.append(1) or original(*a))
+    first = run("-m", "mlx/tiny-qwen", "greet me", "-o", "cache", "1h")
+    assert first.exit_code == 0 and "Hello from MLX." in first.output
+    second = run("-m", "mlx/tiny-qwen", "greet me", "-o", "cache", "1h")
+    assert second.output == first.output
+    assert len(turns_run) == 1
+    original_turn, replayed = turns(user_path)
+    served = json.loads(replayed["response_json"])
+    assert served["cache"]["hit"] is True and served["engine"] == "mlx-lm"
+    assert replayed["output_tokens"] == original_turn["output_tokens"]
 
 
 # ---------------------------------------------------------------- the store
