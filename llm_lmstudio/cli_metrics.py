@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .cli import _echo_json, _format_size, _table, lmstudio_group
+from .cli import _echo_json, _size, _table, lmstudio_group
 
 
 class _Duration(click.ParamType):
@@ -44,7 +44,7 @@ def cache_stats(json_):
     if json_:
         _echo_json(data)
         return
-    click.echo(f"{data['entries']} answers, {_format_size(data['bytes'])} of {_format_size(data['max_bytes'])}, {data['hits']} hits")
+    click.echo(f"{data['entries']} answers, {_size(data['bytes'])} of {_size(data['max_bytes'])}, {data['hits']} hits")
     click.echo(f"File: {data['path']}")
     if data["entries"]:
         click.echo(f"Stored between {data['oldest']} and {data['newest']}; {data['expired']} expired (removed on the next write)")
