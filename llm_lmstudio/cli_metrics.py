@@ -3,9 +3,28 @@ Thin: parse, call cache.py / metrics.py, print; they never open a database thems
 
 from __future__ import annotations
 
+import json
+
 import click
 
-from .cli import _echo_json, _size, _table, lmstudio_group
+from .cli import lmstudio_group  # only the group: cli.py's private helpers change under us
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _echo_table(headings: list[str], rows: list) -> None:
+    from llm.utils import dicts_to_table_string
+
+    for line in dicts_to_table_string(headings, [dict(zip(headings, row)) for row in rows]):
+        click.echo(line.rstrip())
+
+
+def _size(size: int) -> str:
+    from .management import format_size
+
+    return format_size(size)
 
 
 class _Duration(click.ParamType):
@@ -48,8 +67,7 @@ def cache_stats(json_):
     click.echo(f"File: {data['path']}")
     if data["entries"]:
         click.echo(f"Stored between {data['oldest']} and {data['newest']}; {data['expired']} expired (removed on the next write)")
-        for line in _table(["MODEL", "ANSWERS"], sorted(data["models"].items())):
-            click.echo(line)
+        _echo_table(["MODEL", "ANSWERS"], sorted(data["models"].items()))
 
 
 @cache_group.command(name="clear")
