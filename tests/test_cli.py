@@ -85,6 +85,53 @@ def test_load_options_reach_lm_studio_as_load_config(lmstudio):
     assert (config.context_length, config.gpu.ratio) == (512, 0.0)
 
 
+def test_every_load_setting_reaches_lm_studio(lmstudio):
+    result = run(
+        "load", LLAMA, "-c", "1024", "--gpu", "0.5", "--flash-attention", "--eval-batch-size", "256",
+        "--num-experts", "2", "--no-offload-kv-cache", "--ttl", "60", "--identifier", "tuned", "--json",
+    )
+    assert result.exit_code == 0, result.output
+    [state] = lmstudio.loaded()
+    assert (state["identifier"], state["context_length"], state["gpu_ratio"], state["ttl_seconds"]) == ("tuned", 1024, 0.5, 60)
+    assert state["config"] == {"flash_attention": True, "eval_batch_size": 256, "num_experts": 2, "offload_kv_cache_to_gpu": False}
+    with lms.Client(lmstudio.host_port) as client:
+        config = client.llm.model("tuned").get_load_config()
+    assert (config.flash_attention, config.eval_batch_size, config.num_experts, config.offload_kv_cache_to_gpu) == (True, 256, 2, False)
+    assert json.loads(result.stdout)["config"]["num_experts"] == 2
+
+
+def test_estimate_only_prints_the_estimate_and_loads_nothing(lmstudio):
+    result = run("load", LLAMA, "-c", "2048", "--gpu", "max", "--estimate-only")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [f"Model: {LLAMA}", "Context Length: 2,048", "GPU Offload: 100%"]
+    assert re.search(r"^Estimated GPU Memory: +[\d.]+ [KMG]?B$", result.stdout, re.M)
+    assert re.search(r"^Estimated Total Memory: [\d.]+ [KMG]?B \(model .*, context .*\)$", result.stdout, re.M)
+    assert lines[-1] == "Estimate: this model may be loaded under LM Studio's resource guardrails."
+    data = json.loads(run("load", LLAMA, "-c", "2048", "--estimate-only", "--json").stdout)
+    assert set(data) == {
+        "model", "context_length", "gpu", "total_bytes", "model_bytes", "context_bytes", "gpu_bytes", "confidence", "fits",
+    }
+    assert data["fits"] is True and data["total_bytes"] == data["model_bytes"] + data["context_bytes"]
+    assert lmstudio.loaded() == []
+
+
+def test_a_load_that_would_not_fit_is_refused_before_loading(lmstudio):
+    small = json.loads(run("load", LLAMA, "-c", "256", "--estimate-only", "--json").stdout)
+    lmstudio.configure(memory_limit=small["total_bytes"])
+    assert "will fail to load" in run("load", LLAMA, "-c", "4096", "--estimate-only").stdout
+    assert_one_line_error(
+        run("load", LLAMA, "-c", "4096"), f"{LLAMA} would need about", "nothing was loaded", "lower --context-length"
+    )
+    assert lmstudio.loaded() == []
+    assert run("load", LLAMA, "-c", "256").exit_code == 0
+
+
+def test_llm_only_settings_for_an_embedding_model_are_one_line(lmstudio):
+    assert_one_line_error(run("load", EMBEDDING, "--flash-attention"), "--flash-attention only apply to language models")
+    assert lmstudio.loaded() == []
+
+
 def test_load_progress_bar_follows_sdk_progress_on_a_terminal(monkeypatch):
     from llm_lmstudio import cli as commands
 
