@@ -1,37 +1,49 @@
 """llm hook implementations for LM Studio and native MLX models.
-Only hooks live here; registering must stay cheap and never wait on the network beyond a fixed budget."""
+Only hooks live here; registering must stay cheap, never wait on the network beyond a fixed budget, never raise."""
 
 import llm
 
 
-def _lmstudio_entries():
-    from . import catalog, settings
-
-    for entry in catalog.models_for_registration():
-        yield entry, settings.Server(base_url=entry.base_url, prefix=entry.prefix)
-
-
 @llm.hookimpl
 def register_models(register):
-    from .chat import LMStudioAsyncChat, LMStudioChat
+    from . import availability
 
-    for entry, server in _lmstudio_entries():
-        if not entry.is_embedding:
-            register(LMStudioChat(entry, server), LMStudioAsyncChat(entry, server))
-    _register_native(register, "chat")
-    from .router import ROUTER_ALIASES, Router
+    with availability.guard("LM Studio chat models"):
+        from .chat import LMStudioAsyncChat, LMStudioChat
 
-    register(Router(), aliases=ROUTER_ALIASES)
+        models = availability.catalog_models("chat")
+        for entry in models:
+            if not entry.is_embedding:
+                register(LMStudioChat(entry, _server(entry)), LMStudioAsyncChat(entry, _server(entry)))
+        availability.register_unavailable(register, "chat", models)
+    with availability.guard("native MLX chat models"):
+        _register_native(register, "chat")
+    with availability.guard("the LM Studio router"):
+        from .router import ROUTER_ALIASES, Router
+
+        register(Router(), aliases=ROUTER_ALIASES)
 
 
 @llm.hookimpl
 def register_embedding_models(register):
-    from .embeddings import LMStudioEmbedding
+    from . import availability
 
-    for entry, server in _lmstudio_entries():
-        if entry.is_embedding:
-            register(LMStudioEmbedding(entry, server))
-    _register_native(register, "embedding")
+    with availability.guard("LM Studio embedding models"):
+        from .embeddings import LMStudioEmbedding
+
+        models = availability.catalog_models("embedding")
+        for entry in models:
+            if entry.is_embedding:
+                register(LMStudioEmbedding(entry, _server(entry)))
+        availability.register_unavailable(register, "embedding", models)
+    with availability.guard("native MLX embedding models"):
+        _register_native(register, "embedding")
+
+
+def _server(entry):
+    from . import settings
+
+    return settings.Server(base_url=entry.base_url, prefix=entry.prefix)
 
 
 def _register_native(register, kind):
@@ -52,6 +64,9 @@ def _register_native(register, kind):
 
 @llm.hookimpl
 def register_commands(cli):
-    from .cli import lmstudio_group
+    from . import availability
 
-    cli.add_command(lmstudio_group)
+    with availability.guard("the `llm lmstudio` commands"):
+        from .cli import lmstudio_group
+
+        cli.add_command(lmstudio_group)

@@ -272,15 +272,15 @@ def _status_of(exc: Exception) -> str:
 
 def _refresh_entry(server: settings.Server, previous: dict | None, deadline: float) -> dict:
     """Fetch one server's list and return the cache entry to store (the last good models survive failures)."""
+    digest = settings.listing_digest(server)
     try:
         models = fetch(server, token=settings.api_token(), deadline=deadline)
-    except Exception as exc:  # noqa: BLE001 - any failure here must stay silent at start-up
-        _debug(f"could not list models at {server.base_url}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any failure here must stay silent at start-up (availability tells it)
         entry = dict(previous or {})
-        entry.update(fetched_at=time.time(), status=_status_of(exc), error=str(exc))
+        entry.update(fetched_at=time.time(), status=_status_of(exc), error=str(exc), digest=digest)
         entry.setdefault("models", [])
         return entry
-    return {"fetched_at": time.time(), "status": "ok", "error": None, "models": [asdict(m) for m in models]}
+    return {"fetched_at": time.time(), "status": "ok", "error": None, "digest": digest, "models": [asdict(m) for m in models]}
 
 
 def refresh(servers: list[settings.Server] | None = None, *, deadline: float | None = None) -> list[CatalogModel]:
@@ -346,7 +346,8 @@ def models_for_registration() -> list[CatalogModel]:
     now = time.time()
     for server in servers:
         entry = cache.get(server.base_url)
-        if entry and now - _fetched_at(entry) < ttl:
+        # A list (or a failure) fetched with another token says nothing about this one.
+        if entry and now - _fetched_at(entry) < ttl and entry.get("digest") == settings.listing_digest(server):
             continue
         remaining = end - time.monotonic()
         if (entry and entry.get("status") == "timeout") or remaining <= 0.005:

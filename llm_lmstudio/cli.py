@@ -7,7 +7,19 @@ from contextlib import contextmanager
 import click
 
 
-@click.group(name="lmstudio")
+class _Group(click.Group):
+    """Every command's unusable setting is one line naming it, whichever command read it."""
+
+    def invoke(self, ctx):
+        from .settings import SettingsError
+
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(name="lmstudio", cls=_Group)
 def lmstudio_group():
     "Manage LM Studio and native MLX models"
 

@@ -3,7 +3,6 @@ HTTP only through server.py; errors leave as one-line llm.ModelError."""
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator
 
 import click
@@ -12,23 +11,6 @@ import llm
 from . import server as http
 from . import settings
 from .catalog import CatalogModel
-
-DEFAULT_BATCH_SIZE = 64
-
-
-def batch_size() -> int:
-    """Texts per request: $LMSTUDIO_EMBED_BATCH_SIZE, else 64 (`llm embed-multi --batch-size` also applies)."""
-    raw = os.environ.get("LMSTUDIO_EMBED_BATCH_SIZE")
-    if not raw:
-        return DEFAULT_BATCH_SIZE
-    try:
-        value = int(raw)
-    except ValueError:
-        raise settings.SettingsError(f"LMSTUDIO_EMBED_BATCH_SIZE={raw!r} is not a whole number") from None
-    if value < 1:
-        raise settings.SettingsError(f"LMSTUDIO_EMBED_BATCH_SIZE={raw!r} must be at least 1")
-    return value
-
 
 def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
     """The embeddings of one /v1/embeddings answer, in input order (LM Studio gives each an index)."""
@@ -66,7 +48,7 @@ class LMStudioEmbedding(llm.EmbeddingModel):
         self.entry = entry
         self.server = server_
         self.model_id = server_.model_id(entry.key)
-        self.batch_size = batch_size()
+        self.batch_size = settings.embed_batch_size()
 
     def __str__(self):
         return f"LM Studio embeddings: {self.model_id}"

@@ -751,7 +751,7 @@ def pick_server(address: str | None = None) -> settings.Server:
     servers = settings.servers()
     if not address:
         return servers[0]
-    url = settings.normalize_base_url(address)
+    url = settings.normalize_base_url(address, source="--server")
     for candidate in servers:
         if candidate.base_url == url:
             return candidate

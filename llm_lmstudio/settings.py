@@ -39,27 +39,32 @@ class Server:
         return f"{self.prefix}/{key}"
 
 
-def normalize_base_url(value: str) -> str:
-    """Accept `host:port`, `host`, or an http(s) URL (with or without /v1); return scheme://host:port."""
+URL_FORMS = "host:port or http(s)://host:port"
+
+
+def normalize_base_url(value: str, source: str = "LMSTUDIO_BASE_URL") -> str:
+    """Accept `host:port`, `host`, or an http(s) URL (with or without /v1); return scheme://host:port.
+    `source` names where the value came from (the variable, or a command's --server), for the error."""
     raw = value.strip()
+    shown = f"{source} {raw!r}"
     if not raw:
-        raise SettingsError("LMSTUDIO_BASE_URL is empty: set it to host:port or http://host:port")
+        raise SettingsError(f"{source} is empty: set it to {URL_FORMS}")
     if "://" not in raw:
         raw = "http://" + raw
     try:
         parts = urlsplit(raw)
     except ValueError:  # e.g. an unclosed IPv6 bracket
-        raise SettingsError(f"LMSTUDIO_BASE_URL {value.strip()!r} is not a valid address") from None
+        raise SettingsError(f"{shown} is not a valid address: use {URL_FORMS}") from None
     if parts.scheme not in ("http", "https"):
-        raise SettingsError(
-            f"LMSTUDIO_BASE_URL {value.strip()!r} uses the scheme {parts.scheme!r}: only http and https are allowed"
-        )
+        raise SettingsError(f"{shown} uses the scheme {parts.scheme!r}: only http and https are allowed ({URL_FORMS})")
     if not parts.hostname:
-        raise SettingsError(f"LMSTUDIO_BASE_URL {value.strip()!r} has no host name")
+        raise SettingsError(f"{shown} has no host name: use {URL_FORMS}")
     try:
         port = parts.port
     except ValueError:
-        raise SettingsError(f"LMSTUDIO_BASE_URL {value.strip()!r} has an invalid port") from None
+        raise SettingsError(f"{shown} has an invalid port: use a port from 1 to 65535 ({URL_FORMS})") from None
+    if port == 0:
+        raise SettingsError(f"{shown} has an invalid port: use a port from 1 to 65535 ({URL_FORMS})")
     if port is None:
         port = 1234 if parts.scheme == "http" else 443
     host = parts.hostname
@@ -106,15 +111,27 @@ def _float_env(name: str, default: float) -> float:
     value = os.environ.get(name)
     if not value:
         return default
+    accepted = f"set it to a number of seconds greater than 0 (default {default:g}), or unset it"
     try:
         result = float(value)
     except ValueError:
-        raise SettingsError(f"{name}={value!r} is not a number of seconds") from None
-    if not math.isfinite(result):
-        # "inf" would be an unbounded wait; "nan" compares false with everything, so it never fires either.
-        raise SettingsError(f"{name}={value!r} must be a finite number of seconds")
-    if result <= 0:
-        raise SettingsError(f"{name}={value!r} must be greater than zero")
+        raise SettingsError(f"{name}={value!r} is not a number: {accepted}") from None
+    # "inf" would be an unbounded wait; "nan" compares false with everything, so it never fires either.
+    if not math.isfinite(result) or result <= 0:
+        raise SettingsError(f"{name}={value!r} is not usable: {accepted}")
+    return result
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        result = int(value)
+    except ValueError:
+        result = 0
+    if result < 1:
+        raise SettingsError(f"{name}={value!r} is not usable: set it to a whole number of at least 1 (default {default}), or unset it")
     return result
 
 
@@ -136,6 +153,27 @@ def timeouts() -> Timeouts:
 def cache_ttl() -> float:
     """How long the on-disk model list counts as fresh, in seconds."""
     return _float_env("LMSTUDIO_CACHE_TTL", 30.0)
+
+
+def embed_batch_size() -> int:
+    """Texts per embedding request (`llm embed-multi --batch-size` also applies)."""
+    return _int_env("LMSTUDIO_EMBED_BATCH_SIZE", 64)
+
+
+def check() -> None:
+    """Read every LM Studio setting once; raise the first unusable one as a SettingsError."""
+    servers()
+    timeouts()
+    cache_ttl()
+    embed_batch_size()
+
+
+def listing_digest(server: Server) -> str:
+    """What a server's model list depends on besides its address: the token. A short hash of it, so a
+    cached list (or cached failure) is not reused after the token changes, and the token is never stored."""
+    import hashlib
+
+    return hashlib.sha256(f"{server.base_url}\0{api_token() or ''}".encode()).hexdigest()[:16]
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -44,15 +44,6 @@ def test_inconsistent_answers_are_errors_not_wrong_vectors(body):
         embeddings.vectors_from(body, 2, "http://h:1")
 
 
-def test_batch_size_is_configurable(monkeypatch):
-    assert embeddings.batch_size() == 64
-    monkeypatch.setenv("LMSTUDIO_EMBED_BATCH_SIZE", "7")
-    assert embeddings.batch_size() == 7
-    monkeypatch.setenv("LMSTUDIO_EMBED_BATCH_SIZE", "0")
-    with pytest.raises(ValueError, match="at least 1"):
-        embeddings.batch_size()
-
-
 @pytest.mark.minilm
 def test_embedding_models_are_listed_and_real(lmstudio):
     listing = run("embed-models").output

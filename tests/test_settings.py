@@ -60,3 +60,37 @@ def test_models_dir_honours_lmstudio_settings(tmp_path, monkeypatch):
     assert settings.lmstudio_models_dir() == home / "models"
     (home / "settings.json").write_text('{"downloadsFolder": "%s"}' % (tmp_path / "elsewhere"))
     assert settings.lmstudio_models_dir() == tmp_path / "elsewhere"
+
+
+def test_embed_batch_size_is_configurable_and_refuses_nonsense_naming_what_it_accepts(monkeypatch):
+    assert settings.embed_batch_size() == 64
+    monkeypatch.setenv("LMSTUDIO_EMBED_BATCH_SIZE", "7")
+    assert settings.embed_batch_size() == 7
+    for bad in ("0", "-3", "abc", "1.5"):
+        monkeypatch.setenv("LMSTUDIO_EMBED_BATCH_SIZE", bad)
+        with pytest.raises(settings.SettingsError, match=r"whole number of at least 1 \(default 64\)"):
+            settings.embed_batch_size()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf", "nan"])
+def test_every_timeout_error_names_the_variable_and_the_accepted_values(monkeypatch, value):
+    for name, default in (("LMSTUDIO_TIMEOUT", "300"), ("LMSTUDIO_CONNECT_TIMEOUT", "2"), ("LMSTUDIO_CACHE_TTL", "30")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(settings.SettingsError) as caught:
+            settings.check()
+        message = str(caught.value)
+        assert message.startswith(f"{name}={value!r}") and f"greater than 0 (default {default})" in message
+        monkeypatch.delenv(name)
+
+
+def test_a_server_option_is_named_as_such_not_as_the_variable():
+    with pytest.raises(settings.SettingsError, match=r"^--server 'garbage://' uses the scheme 'garbage'"):
+        settings.normalize_base_url("garbage://", source="--server")
+
+
+def test_the_listing_digest_changes_with_the_token_and_never_contains_it(monkeypatch):
+    server = settings.servers()[0]
+    without = settings.listing_digest(server)
+    monkeypatch.setenv("LM_API_TOKEN", "sk-lm-DIGEST01:digestPass")
+    with_token = settings.listing_digest(server)
+    assert without != with_token and "DIGEST01" not in with_token and "digestPass" not in with_token
