@@ -186,41 +186,39 @@ class _AnyOptions(llm.Options):
 
 
 class _Unavailable:
+    label = "LM Studio"
+
+    def __init__(self, model_id: str, reason: str):
+        self.model_id = model_id
+        self.reason = reason
+
+    def __str__(self):
+        return f"{self.label}: {self.model_id} (not available)"
+
+
+class _UnavailableChat(_Unavailable):
     can_stream = True
     supports_schema = True
     supports_tools = True
     attachment_types = _EveryType({"*"})
     Options = _AnyOptions
 
-    def __init__(self, model_id: str, reason: str):
-        self.model_id = model_id
-        self.reason = reason
 
-    def __str__(self):
-        return f"LM Studio: {self.model_id} (not available)"
-
-
-class UnavailableChat(_Unavailable, llm.Model):
+class UnavailableChat(_UnavailableChat, llm.Model):
     def execute(self, prompt, stream, response, conversation=None):
         raise llm.ModelError(self.reason)
 
 
-class UnavailableAsyncChat(_Unavailable, llm.AsyncModel):
+class UnavailableAsyncChat(_UnavailableChat, llm.AsyncModel):
     async def execute(self, prompt, stream, response, conversation=None):
         raise llm.ModelError(self.reason)
         yield  # an async generator, as llm expects of execute()
 
 
-class UnavailableEmbedding(llm.EmbeddingModel):
+class UnavailableEmbedding(_Unavailable, llm.EmbeddingModel):
+    label = "LM Studio embeddings"
     supports_text = True
     supports_binary = True
-
-    def __init__(self, model_id: str, reason: str):
-        self.model_id = model_id
-        self.reason = reason
-
-    def __str__(self):
-        return f"LM Studio embeddings: {self.model_id} (not available)"
 
     def embed_batch(self, items):
         from .embeddings import EmbeddingError
