@@ -11,9 +11,12 @@ from pathlib import Path
 
 STORE_FILE = "router.db"  # inside settings.plugin_dir(); ours alone, so llm never sees our tables
 DEFAULT_WINDOW = 200
-HORIZON = 20_000  # most recent turns of llm's log we mirror: months of use, and older ones say little about a model today
+HORIZON = 100_000  # most recent turns of llm's log we mirror: months of use (older ones say little about a model today)
 KEEP_ATTEMPTS = 50_000
 _PRUNE_EVERY = 500
+STORE_VERSION = 2  # 2: lmstudio_turns gained tokens in, time, TTFT and flags
+ROUTED, CACHED, CUT = 1, 2, 4
+LOCAL_PATTERNS = ("lmstudio/%", "lmstudio@%", "mlx/%")
 
 _SCHEMA = """
 create table if not exists lmstudio_attempts (
@@ -27,15 +30,20 @@ create table if not exists lmstudio_attempts (
     router_turn_id text
 );
 create index if not exists lmstudio_attempts_model_id on lmstudio_attempts (model, id);
--- a narrow copy of llm's turns (rowid, effective model, duration, output tokens), indexed by model:
--- llm's own table has no index on model, and we must not add one
+-- a narrow copy of llm's turns, indexed by model and time: llm's own table has neither index, and we
+-- must not add one. model is the one that answered; flags: ROUTED | CACHED | CUT
 create table if not exists lmstudio_turns (
     turn_rowid integer primary key,
     model text,
     duration_ms integer,
-    output_tokens integer
+    output_tokens integer,
+    input_tokens integer,
+    datetime_utc text,
+    ttft_ms real,
+    flags integer not null default 0
 );
 create index if not exists lmstudio_turns_model_rowid on lmstudio_turns (model, turn_rowid);
+create index if not exists lmstudio_turns_time on lmstudio_turns (datetime_utc);
 -- how far the copy has got: the source file, and the rowid and id of the last turn copied
 create table if not exists lmstudio_sync (
     one integer primary key check (one = 1),
@@ -71,6 +79,18 @@ def _open_store(path: Path, timeout: float) -> sqlite3.Connection:
     # attempt); synchronous=normal is crash-safe in WAL and spares an fsync per attempt
     conn.execute("pragma journal_mode=wal")
     conn.execute("pragma synchronous=normal")
+    if conn.execute("pragma user_version").fetchone()[0] != STORE_VERSION:
+        conn.execute("begin immediate")
+        try:
+            if conn.execute("pragma user_version").fetchone()[0] != STORE_VERSION:
+                # the copy of llm's turns is only a copy: an older shape is dropped and copied afresh
+                conn.execute("drop table if exists lmstudio_turns")
+                conn.execute("drop table if exists lmstudio_sync")
+                conn.execute(f"pragma user_version = {STORE_VERSION}")
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
     conn.executescript(_SCHEMA)
     return conn
 
@@ -93,11 +113,34 @@ def _open_log(path: Path, timeout: float):
     return None
 
 
+def _turn_columns(columns: dict) -> str:
+    """SQL over llm's turns giving: model that answered, duration, tokens out and in, time, TTFT, flags."""
+    local = " or ".join(f"model like '{pattern}'" for pattern in LOCAL_PATTERNS)
+    # our models keep their own id (LM Studio's resolved_model is its bare key); a delegating model such
+    # as the router counts for the model it resolved to
+    model = f"case when resolved_model is null or {local} then model else resolved_model end" if "resolved_model" in columns else "model"
+    routed = f"case when resolved_model is not null and not ({local}) then {ROUTED} else 0 end" if "resolved_model" in columns else "0"
+    if "response_json" not in columns:  # llm 0.36 before migration m027
+        return f"{model}, duration_ms, output_tokens, input_tokens, datetime_utc, null, {routed}"
+    # the plugin's own measures in response_json: LM Studio chat, native MLX, the router's answering attempt;
+    # json_valid first, so one malformed payload cannot fail the whole copy
+    js = "case when json_valid(response_json) then response_json end"
+    ttft = (
+        f"coalesce(json_extract({js}, '$.client.time_to_first_token_ms'),"
+        f" json_extract({js}, '$.time_to_first_token_s') * 1000, json_extract({js}, '$.attempts[#-1].ttft_ms'))"
+    )
+    flags = (
+        f"{routed} | (case when json_extract({js}, '$.cache.hit') then {CACHED} else 0 end)"
+        f" | (case when json_extract({js}, '$.cut') or (json_type({js}, '$.attempts') is not null"
+        f" and json_type({js}, '$.answer') is null) then {CUT} else 0 end)"
+    )
+    return f"{model}, duration_ms, output_tokens, input_tokens, datetime_utc, {ttft}, {flags}"
+
+
 def _sync(store: sqlite3.Connection, log, source: str) -> None:
     """Copy turns added to llm's log since the last sync. Detects a replaced or rewritten log by
     checking that the last copied rowid still holds the same turn id, and starts over if not."""
-    columns = log["turns"].columns_dict
-    model_expr = "coalesce(resolved_model, model)" if "resolved_model" in columns else "model"
+    select = _turn_columns(log["turns"].columns_dict)
     store.execute("begin immediate")  # one process syncs at a time; the others wait, then find little to do
     try:
         state = store.execute("select source, last_rowid, last_id from lmstudio_sync").fetchone()
@@ -115,12 +158,10 @@ def _sync(store: sqlite3.Connection, log, source: str) -> None:
         else:
             last = (state[1], state[2])
         if newest > start:
-            rows = log.execute(
-                f"select rowid, id, {model_expr}, duration_ms, output_tokens from turns where rowid > ? order by rowid", (start,)
-            ).fetchall()
+            rows = log.execute(f"select rowid, id, {select} from turns where rowid > ? order by rowid", (start,)).fetchall()
             if rows:
                 store.executemany(
-                    "insert or replace into lmstudio_turns values (?, ?, ?, ?)", [(r[0], r[2], r[3], r[4]) for r in rows]
+                    "insert or replace into lmstudio_turns values (?, ?, ?, ?, ?, ?, ?, ?)", [(r[0], *r[2:]) for r in rows]
                 )
                 last = (rows[-1][0], rows[-1][1])
                 store.execute("delete from lmstudio_turns where turn_rowid <= ?", (last[0] - HORIZON,))
@@ -174,8 +215,9 @@ def history(
             for model in ids_to_read:
                 if log_known:
                     found = store.execute(
-                        "select duration_ms, output_tokens from lmstudio_turns where model = ? order by turn_rowid desc limit ?",
-                        (model, window),
+                        "select duration_ms, output_tokens from lmstudio_turns where model = ? and flags & ? = 0"
+                        " order by turn_rowid desc limit ?",
+                        (model, CACHED, window),  # a cached answer says nothing about the model's speed
                     ).fetchall()
                     if found:
                         turns[model] = found

@@ -290,3 +290,20 @@ def test_history_of_turns_logged_by_llm_itself_leaves_the_log_untouched(user_pat
     logs = runner.invoke(cli, ["logs", "-n", "3", "--json"], catch_exceptions=False)
     assert logs.exit_code == 0
     assert logs.output.count('"resolved_model": "stats-probe"') == 1
+
+
+def test_lmstudio_turns_count_under_the_plugins_own_id_not_lmstudios_bare_key(tmp_path, store):
+    log = tmp_path / "logs.db"
+    # LM Studio names itself the answering model by its bare key; the router asks for lmstudio/<key>
+    make_log(log, [("lmstudio/org/m", 1000, 10, "org/m"), ("lmstudio@host:1/org/m", 500, 10, "org/m")])
+    result = stats.history(log, ["lmstudio/org/m", "lmstudio@host:1/org/m", "org/m"], store_path=store)
+    assert (result["lmstudio/org/m"].turns, result["lmstudio@host:1/org/m"].turns, result["org/m"].turns) == (1, 1, 0)
+
+
+def test_answers_served_from_the_response_cache_say_nothing_about_speed(tmp_path, store):
+    log = tmp_path / "logs.db"
+    db = make_log(log, [("m", 2000, 100)])
+    db["turns"].insert({"id": "01TESTCACHED", "model": "m", "duration_ms": 1, "output_tokens": 100,
+                        "response_json": '{"cache": {"hit": true}}'})
+    m = stats.history(log, ["m"], store_path=store)["m"]
+    assert (m.turns, m.median_duration_ms, m.output_tokens_per_second) == (1, 2000, 50.0)
