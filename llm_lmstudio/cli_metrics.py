@@ -83,3 +83,68 @@ def cache_clear(older_than, json_):
         _echo_json({"removed": removed})
     else:
         click.echo(f"Removed {removed} cached answer{'' if removed == 1 else 's'}")
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list) -> str:
+    """One character per slice of the period, low to high within the line; a blank where nothing was answered."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return ""
+    low, high = min(present), max(present)
+    scale = (len(SPARKS) - 1) / (high - low) if high > low else 0
+    return "".join(" " if v is None else SPARKS[round((v - low) * scale)] for v in values)
+
+
+def _ms(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.1f}s" if value >= 10_000 else f"{value:.0f}ms"
+
+
+@lmstudio_group.command(name="stats")
+@click.option("--since", type=_Duration(), help="Only the last 30m, 12h, 7d... (default: all the log the plugin has copied)")
+@click.option("-m", "--model", help="Only this model (the one that answered, e.g. lmstudio/qwen2.5-7b-instruct)")
+@click.option("json_", "--json", is_flag=True, help="Output as JSON")
+@click.option("--prometheus", is_flag=True, help="Output in the Prometheus text format (node_exporter textfile collector)")
+def stats_command(since, model, json_, prometheus):
+    "Per model: answers, failures, time to first token, tokens/s, tokens, latency over the period"
+    import sqlite3
+
+    import llm
+
+    from . import metrics
+
+    try:
+        data = metrics.report(llm.user_dir() / "logs.db", since_seconds=since or None, model=model)
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(f"cannot read the plugin's statistics store: {exc}") from None
+    if prometheus:
+        click.echo(metrics.prometheus(data), nl=False)
+        return
+    if json_:
+        _echo_json(data.to_json())
+        return
+    if not data.models:
+        click.echo("No answers or failures recorded" + (" in that period" if since else "") + " for LM Studio, native MLX or router models")
+        return
+    rows = []
+    for m in data.models:
+        extra = ", ".join(part for part in (f"{m.cached} cached" if m.cached else "", f"{m.routed} routed" if m.routed else "") if part)
+        failures = ", ".join(f"{n} {kind}" for kind, n in m.failures.items()) or "0"
+        rows.append(
+            [
+                m.model,
+                f"{m.answers}" + (f" ({extra})" if extra else ""),
+                failures,
+                f"{_ms(m.ttft_ms_p50)} / {_ms(m.ttft_ms_p95)}",
+                f"{m.tokens_per_second_p50:.1f}" if m.tokens_per_second_p50 is not None else "-",
+                f"{m.input_tokens} / {m.output_tokens}",
+                sparkline(m.timeline),
+            ]
+        )
+    _echo_table(["MODEL", "ANSWERS", "FAILURES", "TTFT P50/P95", "TOK/S P50", "TOKENS IN/OUT", "LATENCY"], rows)
+    period = f"since {data.since[:16].replace('T', ' ')} UTC" if data.since else "over the whole log copied"
+    click.echo(f"\nLatency: median answer duration per slice of the period ({period}), low ▁ to high █ per model.")
