@@ -341,7 +341,8 @@ def ls_command(only_llm, only_embedding, with_variants, server, json_):
         click.echo("")
         rows = []
         for m in group:
-            label = f"{m.key} ({len(m.variants)} variants)" if len(m.variants) > 1 else m.key
+            count = len(m.variants)
+            label = f"{m.key} ({count} variant{'s' if count != 1 else ''})" if count else m.key
             rows.append((label, m.type, m.format, m.params or "-", m.arch or "-", _size(m.size_bytes), _loaded_marker(m)))
             for variant in variants.get(m.key, []):
                 mark = " * " if variant.key == m.selected_variant else "   "

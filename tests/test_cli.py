@@ -324,6 +324,41 @@ def test_ls_filters_and_json_shape_include_native_mlx_models(lmstudio, lmstudio_
     assert "native MLX" in text and "mlx/tiny-llama" in text
 
 
+def test_ls_variants_lists_each_variant_under_its_model(lmstudio):
+    lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"], selected="q8_0")
+    plain = run("ls").stdout
+    assert re.search(rf"^{LLAMA} \(2 variants\)\s+llm\s+mlx", plain, re.M) and "@q8_0" not in plain
+    out = run("ls", "--variants").stdout
+    assert re.search(rf"^ \* {LLAMA}@q8_0\s+mlx", out, re.M), out
+    assert re.search(rf"^   {LLAMA}@q4_k_m\s+mlx", out, re.M), out
+    data = json.loads(run("ls", "--variants", "--json").stdout)
+    llama = next(m for m in data["lmstudio"] if m["key"] == LLAMA)
+    assert (llama["variants"], llama["selected_variant"]) == ([f"{LLAMA}@q4_k_m", f"{LLAMA}@q8_0"], f"{LLAMA}@q8_0")
+    assert [v["key"] for v in llama["variant_details"]] == llama["variants"]
+    qwen = next(m for m in data["lmstudio"] if m["key"] == QWEN)
+    assert (qwen["variants"], qwen["selected_variant"], qwen["variant_details"]) == ([], None, [])
+
+
+def test_load_picks_a_variant_with_key_at_variant(lmstudio):
+    lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"])
+    result = run("load", "tiny-llama@Q8_0", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["model"], data["model_id"]) == (f"{LLAMA}@q8_0", f"lmstudio/{LLAMA}@q8_0")
+    assert [i["model"] for i in lmstudio.loaded()] == [f"{LLAMA}@q8_0"]
+    assert_one_line_error(run("load", "tiny-llama@q2_k"), "has no variant 'q2_k'; downloaded: q4_k_m, q8_0")
+    assert_one_line_error(run("load", "tiny-qwen-tools@q8_0"), "has no variant 'q8_0'; it has no variants")
+
+
+def test_chat_with_a_variant_runs_that_variant(lmstudio):
+    lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"])
+    lmstudio.script("Variant answer")
+    result = CliRunner().invoke(cli, ["-m", f"lmstudio/{LLAMA}@q4_k_m", "hello", "-o", "max_tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "Variant answer"
+    assert [i["model"] for i in lmstudio.loaded()] == [f"{LLAMA}@q4_k_m"]
+
+
 def test_ls_llm_and_embedding_together_is_a_usage_error():
     assert run("ls", "--llm", "--embedding").exit_code == 2
 

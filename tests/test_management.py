@@ -337,3 +337,13 @@ def test_a_load_over_the_guardrails_is_refused_with_the_estimate_before_loading(
     assert lmstudio.loaded() == []
     assert not any(r["path"].endswith("/load") for r in lmstudio.requests())
     assert manager.load(LLAMA, management.LoadSettings(context_length=256)).context_length == 256
+
+
+def test_variants_are_listed_and_resolved_through_the_sdk(manager, lmstudio):
+    lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"], selected="q8_0")
+    llama = next(m for m in manager.downloaded() if m.key == LLAMA)
+    assert (llama.variants, llama.selected_variant) == ([f"{LLAMA}@q4_k_m", f"{LLAMA}@q8_0"], f"{LLAMA}@q8_0")
+    assert [(v.key, v.format) for v in manager.variants(llama)] == [(f"{LLAMA}@q4_k_m", "mlx"), (f"{LLAMA}@q8_0", "mlx")]
+    assert manager.resolve("tiny-llama@q4_k_m") == (llama, f"{LLAMA}@q4_k_m")
+    assert manager.resolve("tiny-llama")[1] == LLAMA
+    assert manager.load("tiny-llama@q4_k_m").model == f"{LLAMA}@q4_k_m"

@@ -68,3 +68,12 @@ def test_unknown_types_and_formats_in_the_v1_listing_are_kept():
     assert [(m.key, m.type, m.format, m.namespace) for m in models] == [
         ("intel/qwen-ov", "llm", "openvino", "llm"), ("pub/whisper", "speech", "gguf", None),
     ]
+
+
+def test_variants_come_from_the_listing_and_load_by_key_at_variant(rest, lmstudio):
+    lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"], selected="q4_k_m")
+    llama = next(m for m in rest.downloaded() if m.key == LLAMA)
+    assert (llama.variants, llama.selected_variant) == ([f"{LLAMA}@q4_k_m", f"{LLAMA}@q8_0"], f"{LLAMA}@q4_k_m")
+    assert [v.key for v in rest.variants(LLAMA)] == llama.variants
+    assert rest.load(f"{LLAMA}@q8_0", "llm", management.LoadSettings(), None) == f"{LLAMA}@q8_0"
+    assert [i["model"] for i in lmstudio.loaded()] == [f"{LLAMA}@q8_0"]

@@ -143,3 +143,7 @@ class FakeLMStudio:
         """Load an instance directly (like `lms load`), bypassing faults and auth; returns its identifier."""
         body = {"model": model, "identifier": identifier, "ttl": ttl, "context_length": context_length, "jit": jit}
         return self._control("POST", "load", body)["identifier"]
+
+    def set_variants(self, model: str, variants: list[str], selected: str | None = None) -> list[str]:
+        """Give a downloaded model variants (`model@name` each, sharing its files) until the next reset."""
+        return self._control("POST", "variants", {"model": model, "variants": variants, "selected": selected})["variants"]

@@ -636,7 +636,10 @@ def v0_model(state: LMStudioState, entry) -> dict:
 
 async def v0_models(request: Request) -> Response:
     state: LMStudioState = request.app.state.lmstudio
-    return JSONResponse({"object": "list", "data": [v0_model(state, e) for e in state.downloaded()]})
+    # A model with variants is one row per variant (`...nomic-embed-text-v1.5@q4_k_m`, `...@q8_0`), as real
+    # 0.4 servers list them (recorded listings quoted in issue 12).
+    rows = [v0_model(state, v) for e in state.downloaded() for v in (state.variants(e.key)[0] or [e])]
+    return JSONResponse({"object": "list", "data": rows})
 
 
 async def v0_model_detail(request: Request) -> Response:
@@ -686,6 +689,10 @@ def v1_model(state: LMStudioState, entry) -> dict:
             capabilities["reasoning"] = {"allowed_options": ["on"], "default": "on"}
         body["capabilities"] = capabilities
         body["description"] = None
+    variants, selected = state.variants(entry.key)
+    if variants:  # docs: developer/rest/list (`variants`, `selected_variant`)
+        body["variants"] = [v.key for v in variants]
+        body["selected_variant"] = selected
     return body
 
 

@@ -87,8 +87,19 @@ async def unload(request: Request) -> Response:
     return JSONResponse({"instance_id": instance_id})
 
 
+async def control_variants(request: Request) -> Response:
+    """Test control: give a downloaded model variants (cleared by the next reset)."""
+    state: LMStudioState = request.app.state.lmstudio
+    data = await request.json()
+    if state.entry(data.get("model")) is None:
+        return JSONResponse({"error": f"no such model {data.get('model')!r}"}, 404)
+    state.set_variants(state.entry(data["model"]).key, list(data["variants"]), data.get("selected"))
+    return JSONResponse({"variants": [v.key for v in state.variants(state.entry(data["model"]).key)[0]]})
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/v1/models/load", load, methods=["POST"]),
         Route("/api/v1/models/unload", unload, methods=["POST"]),
+        Route("/__fake__/variants", control_variants, methods=["POST"]),
     ]

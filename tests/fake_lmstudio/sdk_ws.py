@@ -252,6 +252,15 @@ class _Protocol:
                 fields.append({"key": key, "value": instance.config[name]})
         return {"fields": fields}
 
+    def with_variants(self, entry) -> dict:
+        # lmstudio-js ModelInfoBase: `variants` (their model keys) and `selectedVariant`, absent when there are none.
+        info = model_info(entry)
+        variants, selected = self.state.variants(entry.key)
+        if variants:
+            info["variants"] = [v.key for v in variants]
+            info["selectedVariant"] = selected
+        return info
+
     def entry_for(self, namespace: str, key: str):
         entry = self.state.entry(key)
         if entry is None:
@@ -263,7 +272,13 @@ class _Protocol:
     def rpc(self, namespace: str, endpoint: str, parameter: Any) -> Any:
         state = self.state
         if namespace == "system" and endpoint == "listDownloadedModels":
-            return [model_info(entry) for entry in state.downloaded()]
+            return [self.with_variants(entry) for entry in state.downloaded()]
+        if namespace == "system" and endpoint == "listDownloadedModelVariants":
+            # lmstudio-js SystemNamespace.listDownloadedModelVariants / systemBackendInterface.ts (what `lms ls --variants` calls).
+            entry = state.entry(parameter["modelKey"])
+            if entry is None:
+                raise path_not_found(state, parameter["modelKey"])
+            return [model_info(variant) for variant in state.variants(entry.key)[0]]
         if namespace in MODEL_NAMESPACES:
             if endpoint == "listLoaded":
                 return [instance_info(state, i) for i in self.in_namespace(namespace)]

@@ -209,6 +209,8 @@ class LMStudioState:
         self.load_fail: str | None = None
         # LM Studio's model loading guardrails: loads whose estimate exceeds this many bytes are refused.
         self.memory_limit: int | None = None
+        # key -> (variant entries, the selected one's key): set per test, since variants change every listing.
+        self._variants: dict[str, tuple[list[ModelEntry], str]] = {}
 
     # -- scripted outputs: forced through real generation by the engine ----------------------
     def add_scripts(self, outputs: list[str]) -> None:
@@ -237,7 +239,27 @@ class LMStudioState:
 
     def entry(self, key) -> ModelEntry | None:
         with self._lock:
-            return self._entries.get(key) or self._entries.get(str(key).lower())
+            found = self._entries.get(key) or self._entries.get(str(key).lower())
+            if found is None and "@" in str(key):
+                base = str(key).lower().partition("@")[0]
+                found = next((v for v in self._variants.get(base, ([], ""))[0] if v.key == str(key).lower()), None)
+            return found
+
+    # -- variants (`key@quantization`): lmstudio-js ModelInfoBase.variants / selectedVariant ---
+    def set_variants(self, key: str, names: list[str], selected: str | None = None) -> None:
+        """Give a downloaded model variants: each a `key@name` entry of its own, sharing the model's files."""
+        from dataclasses import replace
+
+        base = self._entries[key]
+        entries = [replace(base, key=f"{base.key}@{name}".lower(), quantization=name) for name in names]
+        with self._lock:
+            self._variants[base.key] = (entries, f"{base.key}@{selected or names[0]}".lower())
+
+    def variants(self, key: str) -> tuple[list[ModelEntry], str | None]:
+        """The variant entries of a model and the selected variant's key (([], None) when it has none)."""
+        with self._lock:
+            entries, selected = self._variants.get(key, ([], None))
+            return list(entries), selected
 
     # -- loaded instances --------------------------------------------------------------------
     def loaded(self, type: str | None = None) -> list[Instance]:
