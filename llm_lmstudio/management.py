@@ -527,7 +527,9 @@ class SdkSession:
         client = self._client
         if client is None:
             raise ManagementError("internal error: the LM Studio SDK session is not open")
-        session = {"llm": client.llm, "embedding": client.embedding, "system": client.system}[namespace]
+        session = {
+            "llm": client.llm, "embedding": client.embedding, "system": client.system, "repository": client.repository,
+        }[namespace]
         if namespace not in self._connected:
             self._bounded(session.connect, "complete the SDK handshake")
             self._connected.add(namespace)
@@ -570,6 +572,16 @@ class SdkSession:
         stack = {"layers": [{"layerName": "apiOverride", "config": {"fields": load.kv_fields(namespace)}}]}
         raw = self.rpc(namespace, "estimateModelUsage", {"modelKey": key, "loadConfigStack": stack})
         return estimate_from_wire(key, load, raw)
+
+    def search(self, term: str, limit: int) -> list[dict]:
+        """LM Studio's catalog / Hugging Face search (lmstudio-python _SyncSessionRepository.search_models)."""
+        raw = self.rpc("repository", "searchModels", {"opts": {"searchTerm": term, "limit": limit}})
+        return [r for r in (raw or {}).get("results") or [] if isinstance(r, dict)]
+
+    def download_options(self, identifier: dict) -> list[dict]:
+        """The files a search result offers (AvailableModel.get_download_options): size, quantization, fit."""
+        raw = self.rpc("repository", "getModelDownloadOptions", {"modelSearchResultIdentifier": identifier})
+        return [r for r in (raw or {}).get("results") or [] if isinstance(r, dict)]
 
     def load(self, key: str, namespace: str, load: LoadSettings, on_progress) -> str:
         config = load.sdk_config()

@@ -104,6 +104,13 @@ class RestSession:
             "and its REST API has no memory estimate: install lmstudio 1.6 or later (`llm install -U --pre lmstudio`)"
         )
 
+    def search(self, term: str, limit: int) -> list[dict]:
+        raise Unsupported(
+            f"LM Studio at {self.server.base_url} requires an API token, which the installed lmstudio SDK cannot send, "
+            "and its REST API cannot search: give a catalog id (publisher/model) or a Hugging Face link, or install "
+            "lmstudio 1.6 or later (`llm install -U --pre lmstudio`)"
+        )
+
     def load(self, key: str, namespace: str, load: LoadSettings, on_progress) -> str:
         wanted = [flag for name, flag in SDK_ONLY.items() if getattr(load, name) is not None]
         if wanted:

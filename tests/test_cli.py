@@ -43,7 +43,7 @@ def chat_with_ttl(base_url, model, ttl):
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("command", ["load", "unload", "ps", "ls", "status"])
+@pytest.mark.parametrize("command", ["load", "unload", "ps", "ls", "get", "status"])
 def test_every_command_has_help_with_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0

@@ -147,3 +147,7 @@ class FakeLMStudio:
     def set_variants(self, model: str, variants: list[str], selected: str | None = None) -> list[str]:
         """Give a downloaded model variants (`model@name` each, sharing its files) until the next reset."""
         return self._control("POST", "variants", {"model": model, "variants": variants, "selected": selected})["variants"]
+
+    def downloads(self, **settings) -> dict:
+        """Download knobs until the next reset: bytes_per_second, disk_free, fail_after_bytes; pause=/resume=JOB_ID."""
+        return self._control("POST", "downloads", settings)

@@ -4,7 +4,12 @@ Formats what state.py does; it must never load, unload or download anything itse
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
+import threading
 import time
+import uuid
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -97,9 +102,230 @@ async def control_variants(request: Request) -> Response:
     return JSONResponse({"variants": [v.key for v in state.variants(state.entry(data["model"]).key)[0]]})
 
 
+# ---------------------------------------------------------------------------------------------
+# Downloads. What can be downloaded: generated tiny models (tests/model_factory.py) standing in for LM Studio's
+# catalog and Hugging Face, shaped as the SDK's repository search returns them (lmstudio-python _sdk_models:
+# ModelSearchResultEntryData, ModelSearchResultDownloadOptionData; sdk_ws.py serves `searchModels`).
+
+def _downloadable(name: str, kind: str, staff_pick: bool, quantizations: list[str], file: str) -> dict:
+    return {
+        "name": name,
+        "identifier": {"type": kind, "identifier": name},
+        "staffPick": staff_pick,
+        "key": name.lower(),  # the model key LM Studio gives it once downloaded
+        "source": "tiny-llama",  # the generated model whose files it links
+        "quantizations": quantizations,
+        "file": file,
+    }
+
+
+DOWNLOADABLE = [
+    _downloadable("test-org/Tiny-Download-MLX", "hf", True, ["4bit", "8bit"], "model.safetensors"),
+    _downloadable("test-org/Tiny-Download-GGUF", "hf", False, ["Q4_K_M", "Q8_0"], "tiny-download-{quantization}.gguf"),
+    _downloadable("test-org/tiny-catalog-chat", "catalog", True, ["4bit"], "model.safetensors"),
+]
+HF_PREFIX = "https://huggingface.co/"
+DEFAULT_SPEED = 2_000_000  # bytes per second
+
+
+def _source_dir(item: dict) -> Path:
+    from tests import model_factory
+
+    from .models_dir import CHAT_MODELS
+
+    spec, _ = CHAT_MODELS[item["source"]]
+    return model_factory.cached_tiny_model(item["source"], spec)
+
+
+def _size(item: dict) -> int:
+    return sum(f.stat().st_size for f in _source_dir(item).rglob("*") if f.is_file())
+
+
+def _fit(state: LMStudioState, size: int) -> str:
+    if state.memory_limit is None:
+        return "fullGPUOffload"
+    return "fitWithoutGPU" if size <= state.memory_limit else "willNotFit"
+
+
+def search(state: LMStudioState, term: str | None, limit: int | None) -> dict:
+    words = (term or "").lower()
+    results = [
+        {"name": item["name"], "identifier": item["identifier"], "exact": words == item["name"].lower(), "staffPick": item["staffPick"]}
+        for item in DOWNLOADABLE
+        if words in item["name"].lower() or words in item["key"]
+    ]
+    return {"results": results[: limit or 25]}
+
+
+def download_options(state: LMStudioState, identifier: dict) -> dict:
+    item = next((i for i in DOWNLOADABLE if i["identifier"] == identifier), None)
+    if item is None:
+        raise LookupError(identifier)
+    size = _size(item)
+    return {
+        "results": [
+            {
+                "name": item["file"].format(quantization=quantization),
+                "sizeBytes": size,
+                "fitEstimation": _fit(state, size),
+                "quantization": quantization,
+                "recommended": index == 0,
+                "downloadIdentifier": f"{item['identifier']['identifier']}/{item['file'].format(quantization=quantization)}",
+                "indexedModelIdentifier": item["identifier"]["identifier"],
+            }
+            for index, quantization in enumerate(item["quantizations"])
+        ]
+    }
+
+
+def _iso(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Downloads:
+    """LM Studio's download jobs (docs: developer/rest/download, download-status): `downloading` until the bytes
+    are in, then `completed`; `failed` on an injected failure; `paused` when a test pauses it as the app would.
+    A job runs on in the server whether or not anyone polls it, so an interrupted client can come back to it."""
+
+    def __init__(self, state: LMStudioState):
+        self.state = state
+        self.jobs: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def find(self, model: str) -> dict | None:
+        wanted = model.removeprefix(HF_PREFIX).strip("/").lower()
+        for item in DOWNLOADABLE:
+            if wanted in (item["identifier"]["identifier"].lower(), item["key"]):
+                return item
+        return None
+
+    def start(self, model: str, quantization: str | None) -> tuple[int, dict]:
+        item = self.find(model)
+        if item is None:
+            return 404, {"error": {"message": f'Could not find model "{model}" in the LM Studio catalog or on Hugging Face',
+                                   "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+        if quantization and quantization.upper() not in [q.upper() for q in item["quantizations"]]:
+            return 400, {"error": {"message": f'No "{quantization}" quantization of "{model}"; available: '
+                                   + ", ".join(item["quantizations"]), "type": "invalid_request_error", "param": "quantization"}}
+        if self.state.entry(item["key"]) is not None:
+            return 200, {"status": "already_downloaded"}  # no job_id (docs)
+        settings = self.state.download_settings
+        size = _size(item)
+        if settings.get("disk_free") is not None and size > settings["disk_free"]:
+            return 507, {"error": {"message": f"Not enough disk space to download {model}: needs {size} bytes, "
+                                   f"{settings['disk_free']} free", "type": "server_error", "code": "insufficient_storage"}}
+        with self.lock:
+            for job in self.jobs.values():  # one job per model: asking again reports the running one
+                if job["item"] is item and job["status"] in ("downloading", "paused"):
+                    return 200, self.view(job)
+            job = {
+                "job_id": "job_" + uuid.uuid4().hex[:10],
+                "item": item,
+                "quantization": quantization or item["quantizations"][0],
+                "status": "downloading",
+                "total_size_bytes": size,
+                "downloaded_bytes": 0,
+                "started": time.time(),
+                "epoch": self.state.epoch,
+            }
+            self.jobs[job["job_id"]] = job
+        threading.Thread(target=self.run, args=(job,), name="fake-lmstudio-download", daemon=True).start()
+        return 200, self.view(job)
+
+    def run(self, job: dict) -> None:
+        speed = float(self.state.download_settings.get("bytes_per_second") or DEFAULT_SPEED)
+        fail_at = self.state.download_settings.get("fail_after_bytes")
+        last = time.monotonic()
+        while job["downloaded_bytes"] < job["total_size_bytes"]:
+            time.sleep(0.05)
+            now = time.monotonic()
+            if job["status"] == "paused" or job["epoch"] != self.state.epoch:
+                last = now
+                if job["epoch"] != self.state.epoch:
+                    return
+                continue
+            job["downloaded_bytes"] = min(job["total_size_bytes"], job["downloaded_bytes"] + int(speed * (now - last)))
+            job["speed"] = speed
+            last = now
+            if fail_at is not None and job["downloaded_bytes"] >= fail_at:
+                job["status"], job["finished"] = "failed", time.time()
+                return
+        folder = self.state.models_dir / job["item"]["key"]
+        _link(job["item"], folder, job["quantization"])
+        self.state.add_downloaded(folder, job["epoch"])
+        job["status"], job["finished"] = "completed", time.time()
+
+    def view(self, job: dict) -> dict:
+        body = {
+            "job_id": job["job_id"],
+            "status": job["status"],
+            "total_size_bytes": job["total_size_bytes"],
+            "downloaded_bytes": job["downloaded_bytes"],
+            "started_at": _iso(job["started"]),
+        }
+        if job["status"] == "downloading":
+            speed = job.get("speed", 0.0)
+            body["bytes_per_second"] = speed
+            remaining = (job["total_size_bytes"] - job["downloaded_bytes"]) / speed if speed else 0.0
+            body["estimated_completion"] = _iso(time.time() + remaining)
+        if job["status"] == "completed":
+            body["completed_at"] = _iso(job["finished"])
+        return body
+
+
+def _link(item: dict, folder: Path, quantization: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in _source_dir(item).iterdir():
+        if not source.name.startswith("."):
+            (folder / source.name).symlink_to(source.resolve())
+    meta = {"key": item["key"], "quantization": quantization, "params_string": "1M"}
+    (folder / "lmstudio-meta.json").write_text(json.dumps(meta))
+
+
+async def download(request: Request) -> Response:
+    downloads = _downloads(request)
+    data = await _body(request)
+    if isinstance(data, Response):
+        return data
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        return _error("'model' field is required", 400, param="model")
+    status, body = await asyncio.to_thread(downloads.start, model, data.get("quantization"))
+    return JSONResponse(body, status)
+
+
+async def download_status(request: Request) -> Response:
+    downloads = _downloads(request)
+    job = downloads.jobs.get(request.path_params["job_id"])
+    if job is None:
+        return _error(f'No download job with id "{request.path_params["job_id"]}"', 404, code="job_not_found")
+    return JSONResponse(downloads.view(job))
+
+
+async def control_downloads(request: Request) -> Response:
+    """Test control: download speed, free disk space, a failure part-way, or pause/resume a job as the app would."""
+    state: LMStudioState = request.app.state.lmstudio
+    data = await request.json()
+    job = _downloads(request).jobs.get(data.pop("pause", None) or data.pop("resume", None) or "")
+    if job is not None:
+        job["status"] = "paused" if job["status"] == "downloading" else "downloading"
+    state.download_settings.update(data)
+    return JSONResponse(state.download_settings)
+
+
+def _downloads(request: Request) -> Downloads:
+    app_state = request.app.state
+    if not hasattr(app_state, "downloads"):  # one job table per server, made on first use (on the event loop)
+        app_state.downloads = Downloads(app_state.lmstudio)
+    return app_state.downloads
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/v1/models/load", load, methods=["POST"]),
         Route("/api/v1/models/unload", unload, methods=["POST"]),
+        Route("/api/v1/models/download", download, methods=["POST"]),
+        Route("/api/v1/models/download/status/{job_id}", download_status),
         Route("/__fake__/variants", control_variants, methods=["POST"]),
+        Route("/__fake__/downloads", control_downloads, methods=["POST"]),
     ]

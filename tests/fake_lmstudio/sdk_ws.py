@@ -279,6 +279,17 @@ class _Protocol:
             if entry is None:
                 raise path_not_found(state, parameter["modelKey"])
             return [model_info(variant) for variant in state.variants(entry.key)[0]]
+        if namespace == "repository" and endpoint in ("searchModels", "getModelDownloadOptions"):
+            # lmstudio-python sync_api.py _SyncSessionRepository / AvailableModel.get_download_options.
+            from . import rest_v1
+
+            if endpoint == "searchModels":
+                opts = parameter.get("opts") or {}
+                return rest_v1.search(state, opts.get("searchTerm"), opts.get("limit"))
+            try:
+                return rest_v1.download_options(state, parameter.get("modelSearchResultIdentifier"))
+            except LookupError:
+                raise ProtocolError("Model not found in the repository") from None
         if namespace in MODEL_NAMESPACES:
             if endpoint == "listLoaded":
                 return [instance_info(state, i) for i in self.in_namespace(namespace)]

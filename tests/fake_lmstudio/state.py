@@ -4,6 +4,7 @@ Thread-safe and transport-free; it must never speak HTTP or websocket, and never
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -211,6 +212,14 @@ class LMStudioState:
         self.memory_limit: int | None = None
         # key -> (variant entries, the selected one's key): set per test, since variants change every listing.
         self._variants: dict[str, tuple[list[ModelEntry], str]] = {}
+        # Download knobs (rest_v1.py): speed in bytes/s, free disk bytes, a failure; models downloaded meanwhile go.
+        self.download_settings: dict = {}
+        self.epoch = getattr(self, "epoch", 0) + 1  # a download started before a reset must not land after it
+        for key in getattr(self, "_downloaded_here", []):
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        self._downloaded_here: list[str] = []
 
     # -- scripted outputs: forced through real generation by the engine ----------------------
     def add_scripts(self, outputs: list[str]) -> None:
@@ -236,6 +245,17 @@ class LMStudioState:
     def downloaded(self) -> list[ModelEntry]:
         with self._lock:
             return list(self._entries.values())
+
+    def add_downloaded(self, folder: Path, epoch: int) -> ModelEntry | None:
+        """A model folder a download just finished writing becomes a downloaded model (unless a reset came between)."""
+        entry = read_entry(self.models_dir, folder)
+        with self._lock:
+            if entry is None or epoch != self.epoch:
+                shutil.rmtree(folder, ignore_errors=True)
+                return None
+            self._entries[entry.key] = entry
+            self._downloaded_here.append(entry.key)
+        return entry
 
     def entry(self, key) -> ModelEntry | None:
         with self._lock:
