@@ -1,15 +1,26 @@
-"""Prompt (KV) caches of native MLX chat: per loaded model, the last few conversations' caches in memory.
-Imports mlx only inside functions; never hands out a cache without knowing exactly which tokens it holds."""
+"""Prompt (KV) caches of native MLX chat: per loaded model, the last few conversations' caches in memory, and on
+disk (mlx-lm's own file format) so that `llm -c` in a new process skips the history. Imports mlx only inside
+functions; never hands out a cache without knowing exactly which tokens, model and tokenizer made it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 # Conversations whose caches a loaded model keeps; the least recently used goes first. Two or three
 # alternating conversations (llm chat sessions, the Python API) each find their own.
 MEMORY_CONVERSATIONS = 4
+FORMAT = "llm-lmstudio prompt cache 1"
+# A temporary file this old belongs to a writer that died; younger ones may still be being written.
+ABANDONED_AFTER_S = 3600
 
 
 @dataclass
@@ -49,10 +60,15 @@ def reusable_prefix(entry: Entry, tokens: list[int], layout: str) -> int:
 
 def fed_entry(cache: list, fed_tokens: list[int], layout: str) -> Entry | None:
     """The entry for a cache after a finished generation (`fed_tokens`: prompt plus generated tokens)."""
-    offset = next((c.offset for c in cache if isinstance(getattr(c, "offset", None), int)), None)
-    if offset is None or offset > len(fed_tokens):
+    offsets = [c.offset for c in cache if isinstance(getattr(c, "offset", None), int)]
+    if len(offsets) != len(cache) or max(offsets) > len(fed_tokens):
         return None  # a cache we cannot map back to tokens is not worth keeping
-    return Entry(cache, list(fed_tokens[:offset]), layout)
+    # Speculative decoding can leave the draft model's cache one token apart from the model's.
+    held = min(offsets)
+    for layer in cache:
+        if layer.offset > held and not (layer.is_trimmable() and layer.trim(layer.offset - held) == layer.offset - held):
+            return None
+    return Entry(cache, list(fed_tokens[:held]), layout)
 
 
 class MemoryCaches:
@@ -75,3 +91,106 @@ class MemoryCaches:
             self._entries[key] = entry
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
+
+
+def model_fingerprint(path: Path) -> str:
+    """Changes whenever the weights, config, tokenizer or chat template change, or mlx-lm does."""
+    from importlib.metadata import version
+
+    parts = [FORMAT, str(path.resolve()), version("mlx-lm")]
+    for file in sorted(path.iterdir()):
+        if file.suffix in (".json", ".safetensors", ".jinja", ".model", ".tiktoken"):
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+class DiskCaches:
+    """Conversations' prompt caches in `folder`, at most `budget` bytes, least recently used removed first.
+
+    A file is written whole under a temporary name and renamed into place, so a reader sees an old file
+    or a new one, never half of one. A file that fails to load, or names another model, tokenizer,
+    layout or conversation than its name says, is deleted and rebuilt by the next turn."""
+
+    def __init__(self, folder: Path, budget: int):
+        self.folder = folder
+        self.budget = budget
+
+    def _path(self, fingerprint: str, conversation: str) -> Path:
+        name = conversation if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", conversation) else hashlib.sha256(
+            conversation.encode()
+        ).hexdigest()[:32]
+        return self.folder / f"{fingerprint}-{name}.safetensors"
+
+    def load(self, fingerprint: str, conversation: str) -> Entry | None:
+        import mlx.core as mx
+        from mlx_lm.models.cache import load_prompt_cache
+
+        path = self._path(fingerprint, conversation)
+        if not path.is_file():
+            return None
+        try:
+            cache, meta = load_prompt_cache(str(path), return_metadata=True)
+            tokens = json.loads(meta["tokens"])
+            mx.eval([layer.state for layer in cache])  # a truncated file fails here, not halfway through a reply
+            sound = (
+                meta.get("format") == FORMAT
+                and meta.get("fingerprint") == fingerprint
+                and meta.get("conversation") == conversation
+                and isinstance(tokens, list)
+                and all(isinstance(t, int) for t in tokens)
+                and all(getattr(layer, "offset", None) == len(tokens) for layer in cache)
+            )
+        except Exception:  # torn, foreign or from an mlx-lm that wrote another format
+            sound = False
+        if not sound:
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)  # recently used: evicted last
+        return Entry(cache, tokens, meta.get("layout", ""))
+
+    def save(self, fingerprint: str, conversation: str, entry: Entry) -> None:
+        from mlx_lm.models.cache import save_prompt_cache
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(fingerprint, conversation)
+        temporary = self.folder / f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.safetensors"
+        metadata = {
+            "format": FORMAT,
+            "fingerprint": fingerprint,
+            "conversation": conversation,
+            "layout": entry.layout,
+            "tokens": json.dumps(entry.tokens),
+        }
+        try:
+            save_prompt_cache(str(temporary), entry.cache, metadata)
+            if temporary.stat().st_size > self.budget:  # would evict everything else and still not fit
+                temporary.unlink()
+                path.unlink(missing_ok=True)
+                return
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            return  # a full or read-only disk costs the next turn its head start, nothing else
+        self._evict(keep=path)
+
+    def _evict(self, keep: Path) -> None:
+        files = []
+        for file in self.folder.glob("*.safetensors"):
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            if file.name.startswith(".") and time.time() - stat.st_mtime < ABANDONED_AFTER_S:
+                continue  # another process is writing it
+            files.append((stat.st_mtime, stat.st_size, file))
+        total = sum(size for _, size, _ in files)
+        for _, size, file in sorted(files, key=lambda item: item[0]):
+            if total <= self.budget:
+                break
+            if file != keep:
+                file.unlink(missing_ok=True)
+                total -= size

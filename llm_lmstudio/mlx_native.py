@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 import llm
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .cache import CacheOptions, cached
 from .local_models import LocalModel
-from .mlx_cache import MemoryCaches
+from .mlx_cache import MemoryCaches, model_fingerprint
 from .mlx_load import load_once
 
 DEFAULT_MAX_TOKENS = 4096
+KV_BITS = (2, 3, 4, 5, 6, 8)  # the widths mlx.core.quantize supports
 
 
 class MLXOptions(CacheOptions):
@@ -43,6 +44,33 @@ class MLXOptions(CacheOptions):
         default=None, ge=1, description=f"Maximum number of tokens to generate (default {DEFAULT_MAX_TOKENS})"
     )
     seed: int | None = Field(default=None, ge=0, description="Random seed: the same seed, prompt and options give the same output")
+    draft_model: str | None = Field(
+        default=None,
+        description="Speculative decoding: a smaller native model with the same tokenizer (mlx/<name>) drafts "
+        "tokens that this model checks; the output is what this model alone would write",
+    )
+    max_kv_size: int | None = Field(
+        default=None, ge=64, description="Keep at most this many tokens in the KV cache (older ones are dropped, "
+        "except the first 4), bounding memory on long conversations"
+    )
+    kv_bits: int | None = Field(
+        default=None, description="Store the KV cache quantized to this many bits (2, 3, 4, 5, 6 or 8): less memory, "
+        "slightly different output"
+    )
+
+    @field_validator("draft_model")
+    @classmethod
+    def _check_draft_model(cls, value):
+        if value is not None and not value.removeprefix("mlx/"):
+            raise ValueError("draft_model must name a native model: mlx/<name>")
+        return value
+
+    @field_validator("kv_bits")
+    @classmethod
+    def _check_kv_bits(cls, value):
+        if value is not None and value not in KV_BITS:
+            raise ValueError(f"kv_bits must be one of {', '.join(map(str, KV_BITS))}")
+        return value
 
 
 # ---------------------------------------------------------------- the loaded model
@@ -57,11 +85,37 @@ class ChatRuntime:
         self.tokenizer = tokenizer
         self.load_seconds = load_seconds
         self.sampling_defaults = _generation_config(local.path)
+        self.context_length = _context_length(local.path, tokenizer)
+        self.fingerprint = model_fingerprint(local.path)
         self.caches = MemoryCaches()
+        self._grammar_tokenizer = None
 
     def render(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
         kwargs = {"tools": tools} if tools else {}
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **kwargs))
+
+    def grammar_tokenizer(self):
+        """The tokenizer as llguidance sees it, built on the first schema prompt (about a second for a large vocabulary)."""
+        if self._grammar_tokenizer is None:
+            import llguidance.hf
+
+            self._grammar_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer._tokenizer, eos_token=sorted(self.tokenizer.eos_token_ids)
+            )
+        return self._grammar_tokenizer
+
+
+def _context_length(path: Path, tokenizer) -> int | None:
+    """The longest sequence the model was trained for (config.json), else the tokenizer's limit; None if unknown."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    for section in (config, config.get("text_config") if isinstance(config, dict) else None):
+        if isinstance(section, dict) and isinstance(section.get("max_position_embeddings"), int):
+            return section["max_position_embeddings"]
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10_000_000 else None  # transformers' "no limit" is 1e30
 
 
 def _generation_config(path: Path) -> dict:
@@ -142,7 +196,7 @@ def _mtime(path: Path) -> int | None:
 
 class _ChatBase:
     can_stream = True
-    supports_schema = False  # mlx-lm has no constrained decoding; claiming schemas would be a lie
+    supports_schema = True  # constrained decoding (llguidance) as a logits processor: see mlx_schema.py
     Options = MLXOptions
 
     def __init__(self, local: LocalModel):
@@ -160,10 +214,10 @@ class _ChatBase:
     def __str__(self):
         return f"MLX (native): {self.model_id}"
 
-    def _turn(self, prompt, response, conversation):
+    def _turn(self, prompt, response, conversation, stop=None):
         from .mlx_turn import Turn
 
-        return Turn(load_chat(self.local), prompt, response, conversation.id if conversation else None)
+        return Turn(load_chat(self.local), prompt, response, conversation.id if conversation else None, stop)
 
 
 class MLXChatModel(_ChatBase, llm.Model):
@@ -190,8 +244,10 @@ class MLXAsyncChatModel(_ChatBase, llm.AsyncModel):
         def work():
             import mlx.core as mx
 
+            from .mlx_turn import Abandoned
+
             try:
-                events = self._turn(prompt, response, conversation).events()
+                events = self._turn(prompt, response, conversation, stop).events()
                 try:
                     for event in events:
                         if stop.is_set():
@@ -200,6 +256,8 @@ class MLXAsyncChatModel(_ChatBase, llm.AsyncModel):
                 finally:
                     events.close()
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            except Abandoned:
+                pass
             except BaseException as exc:  # re-raised in the event loop's task
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:

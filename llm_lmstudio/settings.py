@@ -202,16 +202,25 @@ def response_cache_ttl() -> float:
     return parse_duration(value, "LMSTUDIO_RESPONSE_CACHE") if value and value.strip() else 0.0
 
 
-def response_cache_max_bytes() -> int:
-    """The response cache's size cap ($LMSTUDIO_RESPONSE_CACHE_SIZE, e.g. 200MB; default 100MB)."""
-    value = (os.environ.get("LMSTUDIO_RESPONSE_CACHE_SIZE") or "100MB").strip().lower().replace(" ", "")
+def parse_size(text: str, name: str) -> int:
+    """`200MB`, `2GB`, `64KB` (decimal units, as disks are sold) or bare bytes, for the variable `name`."""
+    value = text.strip().lower().replace(" ", "")
     digits = value.rstrip("kmgb")
     try:
         size = int(float(digits) * _SIZE_UNITS[value[len(digits):]])
     except (ValueError, KeyError, OverflowError):
-        raise SettingsError(f"LMSTUDIO_RESPONSE_CACHE_SIZE={value!r} is not a size: use a number with KB, MB or GB, like 200MB") from None
+        raise SettingsError(f"{name}={value!r} is not a size: use a number with KB, MB or GB, like 200MB") from None
+    if size < 0:
+        raise SettingsError(f"{name}={value!r} must not be negative")
+    return size
+
+
+def response_cache_max_bytes() -> int:
+    """The response cache's size cap ($LMSTUDIO_RESPONSE_CACHE_SIZE, e.g. 200MB; default 100MB)."""
+    value = os.environ.get("LMSTUDIO_RESPONSE_CACHE_SIZE") or "100MB"
+    size = parse_size(value, "LMSTUDIO_RESPONSE_CACHE_SIZE")
     if size < 1:
-        raise SettingsError(f"LMSTUDIO_RESPONSE_CACHE_SIZE={value!r} must be greater than zero")
+        raise SettingsError(f"LMSTUDIO_RESPONSE_CACHE_SIZE={value.strip().lower()!r} must be greater than zero")
     return size
 
 
@@ -262,28 +271,14 @@ def lmstudio_models_dir() -> Path:
 
 # ---------------------------------------------------------------- native MLX
 
-MLX_PROMPT_CACHE_DEFAULT = 2 * 1024**3  # a few long conversations of a 7B model (~60 KB of fp16 KV per token)
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+MLX_PROMPT_CACHE_DEFAULT = "2GB"  # a few long conversations of a 7B model (~60 KB of fp16 KV per token)
 _OFF = ("0", "off", "false", "no")
 
 
 def mlx_prompt_cache_bytes() -> int:
-    """Disk budget for native MLX prompt caches kept across processes; 0 turns the disk cache off."""
-    name = "LMSTUDIO_MLX_PROMPT_CACHE"
-    value = os.environ.get(name, "").strip().lower().replace(" ", "")
-    if not value:
-        return MLX_PROMPT_CACHE_DEFAULT
-    if value in _OFF:
-        return 0
-    number = value.rstrip("kmgtb")
-    unit = value[len(number) :]
-    try:
-        size = float(number) * _SIZE_UNITS[unit]
-    except (ValueError, KeyError):
-        raise SettingsError(f"{name}={os.environ[name]!r} is not a size: use e.g. 2GB, 500MB, or off") from None
-    if not math.isfinite(size) or size < 0:
-        raise SettingsError(f"{name}={os.environ[name]!r} must be a size of zero or more, e.g. 2GB, or off")
-    return int(size)
+    """Disk budget for native MLX prompt caches kept across processes ($LMSTUDIO_MLX_PROMPT_CACHE); 0 when off."""
+    value = os.environ.get("LMSTUDIO_MLX_PROMPT_CACHE") or MLX_PROMPT_CACHE_DEFAULT
+    return 0 if value.strip().lower() in _OFF else parse_size(value, "LMSTUDIO_MLX_PROMPT_CACHE")
 
 
 def mlx_memory_check() -> bool:

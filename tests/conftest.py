@@ -34,7 +34,8 @@ def user_path(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, user_path, tmp_path):
     # Never let a developer's real LM Studio, token or models folder leak into a test.
-    for name in ("LMSTUDIO_BASE_URL", "LM_API_TOKEN", "LMSTUDIO_API_TOKEN", "LMSTUDIO_HOME", "LMSTUDIO_MODELS_DIR", "LLM_LMSTUDIO_DEBUG"):
+    for name in ("LMSTUDIO_BASE_URL", "LM_API_TOKEN", "LMSTUDIO_API_TOKEN", "LMSTUDIO_HOME", "LMSTUDIO_MODELS_DIR", "LLM_LMSTUDIO_DEBUG",
+                 "LMSTUDIO_MLX_PROMPT_CACHE", "LMSTUDIO_MLX_MEMORY_CHECK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

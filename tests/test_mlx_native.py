@@ -3,6 +3,7 @@
 import asyncio
 import json
 import shutil
+import subprocess
 
 import llm
 import pytest
@@ -10,8 +11,10 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import chat, local_models, mlx_load, mlx_native
+from llm_lmstudio import chat, local_models, mlx_load, mlx_native, mlx_turn
 from llm_lmstudio.mlx_cache import common_prefix
+from tests import model_factory
+from tests.conftest import llm_command
 
 
 @pytest.fixture
@@ -273,7 +276,8 @@ def test_alternating_conversations_keep_their_own_caches(models, fresh_cache):
         assert stats["prompt_tokens_processed"] == stats["prompt_tokens"] - stats["prompt_tokens_cached"]
 
 
-def test_caches_beyond_the_capacity_go_least_recent_first(models, fresh_cache):
+def test_caches_beyond_the_capacity_go_least_recent_first(models, fresh_cache, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MLX_PROMPT_CACHE", "off")  # memory only: the disk would bring it back
     model = llm.get_model("mlx/tiny-llama")
     capacity = mlx_native.load_chat(local_models.find("tiny-llama")).caches.capacity
     conversations = [model.conversation() for _ in range(capacity + 1)]
@@ -398,10 +402,172 @@ def test_tool_call_without_tools_offered_stays_text(models, monkeypatch):
     assert response.text() == '<tool_call>\n{"name": "x", "arguments": {}}\n</tool_call>'
 
 
-def test_schemas_are_not_claimed(models):
-    assert llm.get_model("mlx/tiny-qwen").supports_schema is False
-    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", "hi", "--schema", "name, age int"])
-    assert result.exit_code == 1 and "does not support schemas" in result.output
+# ---------------------------------------------------------------- speculative decoding, KV cache options
+
+
+@pytest.fixture
+def other_vocab_path():
+    """A model whose tokenizer was trained to another vocabulary size: useless as anyone's draft model."""
+    return model_factory.cached_tiny_model("tiny-other-vocab", model_factory.TinyModelSpec(arch="llama", vocab_size=300, seed=2))
+
+
+def test_draft_model_gives_the_greedy_output_of_the_model_alone(models, fresh_cache):
+    model = llm.get_model("mlx/tiny-qwen")
+    alone = model.prompt("Tell me a story", temperature=0, max_tokens=24).text()
+    drafted = model.prompt("Tell me a story", temperature=0, max_tokens=24, draft_model="mlx/tiny-llama")
+    assert drafted.text() == alone
+    stats = drafted.response_json
+    assert stats["draft_model"] == "mlx/tiny-llama" and 0 <= stats["draft_tokens_accepted"] <= stats["generation_tokens"]
+
+
+def test_draft_model_conversation_reuses_both_caches(models, fresh_cache):
+    conversation = llm.get_model("mlx/tiny-qwen").conversation()
+    conversation.prompt("The capital of France is Paris. " * 6, temperature=0, max_tokens=6, draft_model="tiny-llama").text()
+    second = conversation.prompt("And Japan?", temperature=0, max_tokens=6, draft_model="tiny-llama")
+    second.text()
+    assert second.response_json["prompt_tokens_cached"] > 40
+
+
+def test_draft_model_with_another_tokenizer_is_one_line(models, other_vocab_path):
+    local_models.add(other_vocab_path, "other-vocab")
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", "hi", "-o", "draft_model", "mlx/other-vocab"])
+    output = one_line_error(result)
+    assert "draft model mlx/other-vocab has a different tokenizer" in output
+    assert "pick a smaller model of the same family" in output
+
+
+def test_unknown_draft_model_is_one_line(models):
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", "hi", "-o", "draft_model", "mlx/nope"]))
+    assert "draft model mlx/nope is not a native chat model here" in output and "llm lmstudio mlx list" in output
+
+
+@pytest.mark.parametrize(
+    "options,reason",
+    [(["draft_model", "tiny-llama", "max_kv_size", "128"], "drop one of them"), (["kv_bits", "4", "max_kv_size", "128"], "not both")],
+)
+def test_options_mlx_lm_cannot_combine_are_one_line(models, options, reason):
+    arguments = [part for pair in zip(["-o"] * 2, options[0::2], options[1::2]) for part in pair]
+    assert reason in one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", "hi", *arguments]))
+
+
+def test_max_kv_size_bounds_the_cache(models, fresh_cache):
+    from mlx_lm.models.cache import RotatingKVCache
+
+    conversation = llm.get_model("mlx/tiny-llama").conversation()
+    response = conversation.prompt("many words " * 60, max_tokens=4, max_kv_size=64)
+    response.text()
+    assert response.response_json["prompt_tokens"] > 64
+    entry = mlx_native.load_chat(local_models.find("tiny-llama")).caches.take(conversation.id)
+    assert all(isinstance(layer, RotatingKVCache) and layer.max_size == 64 for layer in entry.cache)
+    assert all(layer.keys.shape[2] <= 64 for layer in entry.cache)
+
+
+def test_kv_bits_quantizes_the_whole_cache(models, fresh_cache):
+    from mlx_lm.models.cache import QuantizedKVCache
+
+    # mlx quantizes in groups of 64 values, so the heads must be at least that wide.
+    path = model_factory.cached_tiny_model(
+        "tiny-wide-heads", model_factory.TinyModelSpec(arch="llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=1, seed=3)
+    )
+    local_models.add(path, "wide-heads")
+    conversation = llm.get_model("mlx/wide-heads").conversation()
+    plain = conversation.prompt("some words " * 20, temperature=0, max_tokens=8)
+    plain.text()
+    quantized = llm.get_model("mlx/wide-heads").conversation().prompt("some words " * 20, temperature=0, max_tokens=8, kv_bits=4)
+    quantized.text()
+    entry = mlx_native.load_chat(local_models.find("wide-heads")).caches.take(quantized.conversation.id)
+    assert all(isinstance(layer, QuantizedKVCache) and layer.bits == 4 for layer in entry.cache)
+    assert quantized.usage().output >= 1
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("kv_bits", "7", "kv_bits must be one of 2, 3, 4, 5, 6, 8"),
+        ("max_kv_size", "10", "greater than or equal to 64"),
+        ("draft_model", "mlx/", "draft_model must name a native model"),
+    ],
+)
+def test_invalid_cache_options_are_rejected(option, value, message):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match=message):
+        mlx_native.MLXOptions(**{option: value})
+
+
+# ---------------------------------------------------------------- budgets and bad input
+
+
+def test_prompt_longer_than_the_context_window_is_refused_before_generating(models, user_path, monkeypatch):
+    import mlx_lm
+
+    calls = []
+    monkeypatch.setattr(mlx_lm, "stream_generate", lambda *a, **k: calls.append(1) or iter(()))
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "word " * 5000]))
+    assert "the prompt is" in output and "but the model's context window is 4096" in output
+    assert calls == [] and "word word" not in output
+
+
+def test_binary_stdin_is_one_line_without_the_prompt(models, user_path):
+    secret = b"SECRET-PROMPT-TEXT "
+    result = subprocess.run(
+        [llm_command(), "-m", "mlx/tiny-llama", "-o", "max_tokens", "3"],
+        input=secret + bytes(range(128, 256)) * 50, capture_output=True, timeout=120,
+    )
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "mlx/tiny-llama: the prompt is not valid UTF-8 (byte 0x80 at character 19)" in stderr
+    assert b"SECRET" not in result.stderr + result.stdout
+
+
+def test_ctrl_c_acts_between_prompt_chunks(models, fresh_cache, monkeypatch):
+    """A real SIGINT, sent while the prompt is being processed, stops it at the end of the current chunk."""
+    import signal
+    import threading
+
+    monkeypatch.setattr(mlx_turn, "PREFILL_STEP", 32)
+    progress = []
+    original = mlx_turn.Turn._prefill_progress
+
+    def record(self, processed, total):
+        progress.append((processed, total))
+        if processed == 32:  # the first chunk is done: press Ctrl-C from another thread, as a terminal would
+            threading.Thread(target=signal.pthread_kill, args=(threading.main_thread().ident, signal.SIGINT)).start()
+        original(self, processed, total)
+
+    monkeypatch.setattr(mlx_turn.Turn, "_prefill_progress", record)
+    conversation = llm.get_model("mlx/tiny-llama").conversation()
+    with pytest.raises(KeyboardInterrupt):
+        conversation.prompt("many words " * 300, max_tokens=4).text()
+    total = progress[0][1]
+    assert total > 32 * 10 and progress[-1][0] <= 32 * 3  # stopped after a chunk or two, not after all of them
+    # The half-processed cache is not kept: the next turn starts clean.
+    retry = conversation.prompt("short", max_tokens=2)
+    retry.text()
+    assert retry.response_json["prompt_cache"] is None
+
+
+def test_model_too_large_for_memory_is_refused_before_loading(models, tmp_path, tiny_llama_path, monkeypatch):
+    import mlx_lm
+
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "huge")
+    with open(copy / "model-00002-of-00002.safetensors", "wb") as handle:
+        handle.truncate(2**40)  # a sparse file: a terabyte of "weights" that uses no disk
+    local_models.add(copy, "huge")
+    loads = []
+    monkeypatch.setattr(mlx_lm, "load", lambda *a, **k: loads.append(a))
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/huge", "hi"]))
+    assert "mlx/huge needs 1099.5 GB for its weights but only" in output
+    assert "GB of memory available" in output and "use a smaller quantization" in output
+    assert "LMSTUDIO_MLX_MEMORY_CHECK=off" in output and loads == []
+
+
+def test_resolved_model_is_the_full_model_id(models, user_path):
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "max_tokens", "2"])
+    assert result.exit_code == 0, result.output
+    (turn,) = turns(user_path)
+    assert turn["resolved_model"] == "mlx/tiny-llama"
 
 
 # ---------------------------------------------------------------- errors
