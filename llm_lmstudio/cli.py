@@ -530,7 +530,7 @@ def status_command(ctx, json_):
     Example:
         llm lmstudio status && llm -m lmstudio/qwen3-4b "hello"
     """
-    from . import management, settings, status
+    from . import management, management_sdk, settings, status
 
     try:
         servers = settings.servers()
@@ -538,11 +538,11 @@ def status_command(ctx, json_):
     except settings.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     statuses = [status.server_status(server, token, source) for server in servers]
-    version = management.sdk_version()
+    version = management_sdk.sdk_version()
     sdk = {
         "installed": version is not None,
         "version": version,
-        "token_support": version is not None and management.sdk_supports_token(),
+        "token_support": version is not None and management_sdk.sdk_supports_token(),
     }
     if json_:
         _echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk})

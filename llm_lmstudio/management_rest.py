@@ -49,7 +49,7 @@ def model_from_v1(item: dict) -> DownloadedModel:
 
 
 class RestSession:
-    """The same operations as management.SdkSession, over HTTP."""
+    """The same operations as management_sdk.SdkSession, over HTTP."""
 
     def __init__(self, target: settings.Server, token: str | None):
         self.server = target

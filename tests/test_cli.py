@@ -359,6 +359,17 @@ def test_chat_with_a_variant_runs_that_variant(lmstudio):
     assert [i["model"] for i in lmstudio.loaded()] == [f"{LLAMA}@q4_k_m"]
 
 
+def test_ls_shows_models_of_unknown_formats_and_types_and_load_refuses_them_in_one_line(lmstudio):
+    lmstudio.add_foreign_model("intel/qwen-ov", type="llm", format="openvino")
+    lmstudio.add_foreign_model("pub/painter", type="image-gen", format="safetensors")
+    result = run("ls")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^intel/qwen-ov\s+llm\s+openvino", result.stdout, re.M)
+    assert re.search(r"^OTHER\s+TYPE", result.stdout, re.M) and re.search(r"^pub/painter\s+image-gen\s+mlx", result.stdout, re.M)
+    assert "(types this plugin cannot load or chat with; LM Studio lists them)" in result.stdout
+    assert_one_line_error(run("load", "pub/painter"), "'image-gen' model, which llm cannot load")
+
+
 def test_ls_llm_and_embedding_together_is_a_usage_error():
     assert run("ls", "--llm", "--embedding").exit_code == 2
 

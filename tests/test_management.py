@@ -5,10 +5,9 @@ import subprocess
 import sys
 import time
 
-import lmstudio as lms
 import pytest
 
-from llm_lmstudio import management
+from llm_lmstudio import management, management_sdk
 from llm_lmstudio import server as http
 
 LLAMA = "test-org/tiny-llama"
@@ -62,35 +61,15 @@ def test_parse_gpu_rejects_anything_else(text):
         management.parse_gpu(text)
 
 
-def test_instance_from_wire_computes_remaining_ttl_and_type():
-    now = 1_000_000.0
-    raw = {
-        "identifier": "a",
-        "modelKey": "pub/vision",
-        "format": "safetensors",
-        "vision": True,
-        "sizeBytes": 10,
-        "contextLength": 512,
-        "maxContextLength": 4096,
-        "ttlMs": 60_000,
-        "lastUsedTime": (now - 20) * 1000,
-    }
-    instance = management.instance_from_wire("llm", raw, now)
-    assert (instance.type, instance.format, instance.ttl, instance.ttl_remaining) == ("vlm", "mlx", 60.0, 40.0)
-    # An older server (SDK 1.5.0 schema) sends no TTL fields at all.
-    bare = management.instance_from_wire("embedding", {"identifier": "e", "modelKey": "e", "format": "gguf"}, now)
-    assert (bare.type, bare.format, bare.ttl, bare.ttl_remaining, bare.status) == ("embedding", "gguf", None, None, "loaded")
-
-
 def test_importing_the_plugin_does_not_import_the_sdk():
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import llm_lmstudio, llm_lmstudio.cli, llm_lmstudio.management"],
+        [sys.executable, "-X", "importtime", "-c", "import llm_lmstudio, llm_lmstudio.cli, llm_lmstudio.management, llm_lmstudio.management_sdk"],
         capture_output=True,
         text=True,
         check=True,
     )
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
-    assert "llm_lmstudio.management" in imported
+    assert {"llm_lmstudio.management", "llm_lmstudio.management_sdk"} <= imported
     assert not {name for name in imported if name == "lmstudio" or name.startswith("lmstudio.")}
 
 
@@ -221,7 +200,7 @@ def test_a_server_requiring_a_token_is_managed_whichever_sdk_is_installed(lmstud
     lmstudio.configure(auth_token=TOKEN)
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
     with management.connect() as manager:
-        assert manager.via == ("sdk" if management.sdk_supports_token() else "rest")
+        assert manager.via == ("sdk" if management_sdk.sdk_supports_token() else "rest")
         result = manager.load(LLAMA, management.LoadSettings(context_length=1024, flash_attention=True))
         assert [i.identifier for i in manager.loaded()] == [result.identifier]
         assert {m.key for m in manager.downloaded()} >= set(KEYS)
@@ -246,48 +225,6 @@ def test_a_wrong_token_is_rejected_in_one_line_without_quoting_it(lmstudio, monk
             manager.loaded()
     message = str(caught.value)
     assert "rejected the API token" in message and wrong not in message and "\n" not in message
-
-
-class _TokenAwareClient(lms.Client):
-    """lmstudio 1.6's Client signature and auth message, built from the installed SDK's own formatter."""
-
-    def __init__(self, api_host=None, api_token=None):
-        super().__init__(api_host)
-        if api_token is not None:
-            client_id, passkey = api_token.removeprefix("sk-lm-").split(":")
-            self._auth_details = self._format_auth_message(client_id, passkey)
-
-
-def test_token_is_passed_to_an_sdk_that_accepts_one(lmstudio, monkeypatch):
-    lmstudio.configure(auth_token=TOKEN)
-    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
-    if not management.sdk_supports_token():  # lmstudio < 1.6: give it 1.6's constructor
-        monkeypatch.setattr(lms, "Client", _TokenAwareClient)
-    assert management.sdk_supports_token()
-    with management.connect() as manager:
-        assert manager.via == "sdk"
-        assert manager.load(LLAMA).identifier == LLAMA
-        assert [i.identifier for i in manager.loaded()] == [LLAMA]
-
-
-# ---------------------------------------------------------------- listing what this plugin does not know
-
-
-def test_models_of_unknown_formats_and_types_are_listed_not_fatal():
-    # A newer LM Studio lists formats and types the SDK's typed parser rejects (issue: openvino, new types).
-    raw = [
-        {"type": "llm", "modelKey": "intel/qwen-ov", "format": "openvino", "displayName": "Qwen OV", "sizeBytes": 5,
-         "path": "intel/qwen-ov", "maxContextLength": 8192},
-        {"type": "image-gen", "modelKey": "pub/painter", "format": "safetensors", "sizeBytes": 7},
-        {"type": "llm", "format": "gguf"},  # no key: nothing to show
-    ]
-    models = [m for m in map(management.model_from_wire, raw) if m is not None]
-    assert [(m.key, m.type, m.format, m.namespace) for m in models] == [
-        ("intel/qwen-ov", "llm", "openvino", "llm"),
-        ("pub/painter", "image-gen", "mlx", None),
-    ]
-    with pytest.raises(management.Unsupported, match="'image-gen' model, which llm cannot load"):
-        management.LoadSettings().check_for(models[1])
 
 
 # ---------------------------------------------------------------- load settings, estimates, guardrails

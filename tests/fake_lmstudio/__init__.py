@@ -151,3 +151,7 @@ class FakeLMStudio:
     def downloads(self, **settings) -> dict:
         """Download knobs until the next reset: bytes_per_second, disk_free, fail_after_bytes; pause=/resume=JOB_ID."""
         return self._control("POST", "downloads", settings)
+
+    def add_foreign_model(self, key: str, *, type: str, format: str) -> str:
+        """List a model of a type or format the plugin does not know (e.g. format "openvino") until the next reset."""
+        return self._control("POST", "foreign", {"key": key, "type": type, "format": format})["key"]

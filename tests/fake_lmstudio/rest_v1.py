@@ -313,6 +313,21 @@ async def control_downloads(request: Request) -> Response:
     return JSONResponse(state.download_settings)
 
 
+async def control_foreign(request: Request) -> Response:
+    """Test control: list a model of a format or type this plugin does not know, as newer LM Studio versions do
+    (issue 12: `openvino`, types beyond llm/embedding), until the next reset."""
+    state: LMStudioState = request.app.state.lmstudio
+    data = await request.json()
+    folder = state.models_dir / data["key"]
+    source = _source_dir(DOWNLOADABLE[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text((source / "config.json").read_text())
+    meta = {"key": data["key"], "type": data["type"], "format": data["format"], "params_string": "1M"}
+    (folder / "lmstudio-meta.json").write_text(json.dumps(meta))
+    entry = state.add_downloaded(folder, state.epoch)
+    return JSONResponse({"key": entry.key if entry else None})
+
+
 def _downloads(request: Request) -> Downloads:
     app_state = request.app.state
     if not hasattr(app_state, "downloads"):  # one job table per server, made on first use (on the event loop)
@@ -328,4 +343,5 @@ def routes() -> list[Route]:
         Route("/api/v1/models/download/status/{job_id}", download_status),
         Route("/__fake__/variants", control_variants, methods=["POST"]),
         Route("/__fake__/downloads", control_downloads, methods=["POST"]),
+        Route("/__fake__/foreign", control_foreign, methods=["POST"]),
     ]

@@ -45,12 +45,15 @@ def websocket_routes(state) -> list[WebSocketRoute]:
 
 
 def _namespace_of(entry) -> str:
-    return "embedding" if entry.type == "embeddings" else "llm"
+    # A type newer than the SDK knows (issue 12: types beyond llm/embedding) is listed as it is.
+    return {"embeddings": "embedding", "llm": "llm", "vlm": "llm"}.get(entry.type, entry.type)
 
 
 def _wire_format(fmt: str | None) -> str:
-    # The SDK's ModelCompatibilityType has no "mlx": LM Studio reports MLX models as "safetensors".
-    return "gguf" if (fmt or "").lower() == "gguf" else "safetensors"
+    # The SDK's ModelCompatibilityType has no "mlx": LM Studio reports MLX models as "safetensors". Newer formats
+    # (e.g. "openvino", issue 12) go out as they are, which the SDK's own typed parser rejects.
+    lowered = (fmt or "").lower()
+    return "safetensors" if lowered in ("mlx", "safetensors", "") else lowered
 
 
 def _wire_path(entry) -> str:

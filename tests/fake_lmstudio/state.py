@@ -139,7 +139,7 @@ def read_entry(models_dir: Path, folder: Path) -> ModelEntry | None:
         publisher=publisher,
         display_name=meta.get("display_name") or folder.name.replace("-", " ").title(),
         arch=meta.get("arch", config.get("model_type")),
-        format="mlx",
+        format=meta.get("format", "mlx"),
         quantization=meta.get("quantization", _quantization(config)),
         size_bytes=_dir_size(folder),
         params_string=meta.get("params_string", _params_string(folder, config)),

@@ -1,0 +1,80 @@
+"""management_sdk.py: the raw SDK listings read leniently (what the SDK's typed parser rejects is kept), and the
+token handed to an SDK that can send one, against the stand-in with the real `lmstudio` SDK."""
+
+import lmstudio as lms
+import pytest
+
+from llm_lmstudio import management, management_sdk
+
+LLAMA = "test-org/tiny-llama"
+TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
+
+
+def test_instance_from_wire_computes_remaining_ttl_and_type():
+    now = 1_000_000.0
+    raw = {
+        "identifier": "a",
+        "modelKey": "pub/vision",
+        "format": "safetensors",
+        "vision": True,
+        "sizeBytes": 10,
+        "contextLength": 512,
+        "maxContextLength": 4096,
+        "ttlMs": 60_000,
+        "lastUsedTime": (now - 20) * 1000,
+    }
+    instance = management_sdk.instance_from_wire("llm", raw, now)
+    assert (instance.type, instance.format, instance.ttl, instance.ttl_remaining) == ("vlm", "mlx", 60.0, 40.0)
+    # An older server (SDK 1.5.0 schema) sends no TTL fields at all.
+    bare = management_sdk.instance_from_wire("embedding", {"identifier": "e", "modelKey": "e", "format": "gguf"}, now)
+    assert (bare.type, bare.format, bare.ttl, bare.ttl_remaining, bare.status) == ("embedding", "gguf", None, None, "loaded")
+
+
+def test_models_of_unknown_formats_and_types_are_listed_not_fatal():
+    # A newer LM Studio lists formats and types the SDK's typed parser rejects (issue: openvino, new types).
+    raw = [
+        {"type": "llm", "modelKey": "intel/qwen-ov", "format": "openvino", "displayName": "Qwen OV", "sizeBytes": 5,
+         "path": "intel/qwen-ov", "maxContextLength": 8192},
+        {"type": "image-gen", "modelKey": "pub/painter", "format": "safetensors", "sizeBytes": 7},
+        {"type": "llm", "format": "gguf"},  # no key: nothing to show
+    ]
+    models = [m for m in map(management_sdk.model_from_wire, raw) if m is not None]
+    assert [(m.key, m.type, m.format, m.namespace) for m in models] == [
+        ("intel/qwen-ov", "llm", "openvino", "llm"),
+        ("pub/painter", "image-gen", "mlx", None),
+    ]
+    with pytest.raises(management.Unsupported, match="'image-gen' model, which llm cannot load"):
+        management.LoadSettings().check_for(models[1])
+
+
+class _TokenAwareClient(lms.Client):
+    """lmstudio 1.6's Client signature and auth message, built from the installed SDK's own formatter."""
+
+    def __init__(self, api_host=None, api_token=None):
+        super().__init__(api_host)
+        if api_token is not None:
+            client_id, passkey = api_token.removeprefix("sk-lm-").split(":")
+            self._auth_details = self._format_auth_message(client_id, passkey)
+
+
+def test_token_is_passed_to_an_sdk_that_accepts_one(lmstudio, monkeypatch):
+    lmstudio.configure(auth_token=TOKEN)
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    if not management_sdk.sdk_supports_token():  # lmstudio < 1.6: give it 1.6's constructor
+        monkeypatch.setattr(lms, "Client", _TokenAwareClient)
+    assert management_sdk.sdk_supports_token()
+    with management.connect() as manager:
+        assert manager.via == "sdk"
+        assert manager.load(LLAMA).identifier == LLAMA
+        assert [i.identifier for i in manager.loaded()] == [LLAMA]
+
+
+def test_unknown_formats_and_types_from_a_server_are_listed_where_the_sdk_parser_fails(lmstudio):
+    lmstudio.add_foreign_model("intel/qwen-ov", type="llm", format="openvino")
+    lmstudio.add_foreign_model("pub/painter", type="image-gen", format="safetensors")
+    # lmstudio 1.5's typed `list_downloaded_models()` raises on both; the raw listing read here does not.
+    with management.connect() as manager:
+        models = {m.key: m for m in manager.downloaded()}
+    assert (models["intel/qwen-ov"].format, models["intel/qwen-ov"].type) == ("openvino", "llm")
+    assert (models["pub/painter"].type, models["pub/painter"].namespace) == ("image-gen", None)
+    assert LLAMA in models
