@@ -194,3 +194,13 @@ def test_a_catalog_result_is_downloaded_by_its_catalog_id(lmstudio):
     assert events(result)[-1]["model_id"] == "lmstudio/test-org/tiny-catalog-chat"
     [request] = download_requests(lmstudio)
     assert request["model"] == "test-org/tiny-catalog-chat"  # catalog ids as they are, no quantization
+
+
+def test_the_printed_id_works_with_llm_at_once(lmstudio):
+    # `llm models` was cached before the download; `get` refreshes it so the new id resolves straight away.
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    model_id = get("tiny-download", "--yes").stdout.strip()
+    lmstudio.script("Fresh model answer")
+    result = CliRunner().invoke(cli, ["-m", model_id, "hello", "-o", "max_tokens", "32"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "Fresh model answer"
