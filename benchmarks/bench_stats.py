@@ -1,5 +1,5 @@
-"""Times the router's history query (llm_lmstudio.stats.history) on a synthetic 100,000-turn logs.db
-built with llm's own migrations. Reads and writes only files under benchmarks/out/ (or --db)."""
+"""Times the per-model figures on a synthetic 100,000-answer logs.db built with llm's own migrations: the router's
+history query (stats.history) and `llm lmstudio stats` (metrics.report), against a direct scan of llm's turns."""
 
 from __future__ import annotations
 
@@ -7,21 +7,18 @@ import argparse
 import json
 import random
 import shutil
-import statistics
-import sys
+import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import OUT, machine, median, ms, ratio, samples, write_json
 
-from llm_lmstudio import stats  # noqa: E402
+from llm_lmstudio import metrics, stats
 
-OUT = Path(__file__).resolve().parent / "out"
 SEED = 7
 
-# (model id, share of turns, median duration ms, tokens/s): a few heavy hitters and a long tail,
+# (model id, share of answers, median duration ms, tokens/s): a few heavy hitters and a long tail,
 # as one user's history looks after months of use
 MODELS = [
     ("lmstudio/qwen2.5-7b-instruct", 0.30, 4000, 45.0),
@@ -36,41 +33,59 @@ MODELS = [
     ("gemini-2.0-flash", 0.015, 2000, 120.0),
     ("lmstudio/rarely-used-model", 0.005, 9000, 15.0),
 ]
-ROUTED_SHARE = 0.15  # turns logged as model=lmstudio-router, resolved_model=<target>
+ROUTED_SHARE = 0.15  # answers logged as model=lmstudio-router, resolved_model=<target>
+LOCAL = [m[0] for m in MODELS if m[0].startswith(("lmstudio/", "mlx/"))]
 
 
-def build_log(path: Path, turns: int) -> None:
+def _payload(rng: random.Random, name: str, ttft_ms: float, routed: bool) -> dict:
+    """response_json shaped like the plugin writes it (sizes matter: the direct scan reads every byte)."""
+    if name.startswith("mlx/"):
+        own = {"engine": "mlx-lm", "path": f"/models/{name}", "finish_reason": "stop", "prompt_tokens": 812,
+               "prompt_tps": 410.2, "generation_tps": 41.7, "time_to_first_token_s": ttft_ms / 1000, "peak_memory_gb": 5.1}
+    else:
+        own = {"id": f"chatcmpl-{rng.getrandbits(48):x}", "object": "chat.completion", "created": 1735689600, "model": name,
+               "stats": {"tokens_per_second": 44.1, "time_to_first_token": ttft_ms / 1000, "generation_time": 3.1, "stop_reason": "eosFound"},
+               "model_info": {"arch": "qwen2", "quant": "Q4_K_M", "format": "gguf", "context_length": 32768},
+               "runtime": {"name": "llama.cpp-mac-arm64-apple-metal-advsimd", "version": "1.21.0", "supported_formats": ["gguf"]},
+               "finish_reason": "stop", "usage": {"prompt_tokens": 812, "completion_tokens": 180, "total_tokens": 992},
+               "client": {"endpoint": "/api/v0/chat/completions", "time_to_first_token_ms": ttft_ms}}
+    if not routed:
+        return own
+    return {"router": {"task": "coding", "confidence": 0.81, "classifier": "embedding", "candidates": [{"model": m} for m in LOCAL[:4]]},
+            "attempts": [{"model": name, "ok": True, "duration_ms": 3000.0, "ttft_ms": ttft_ms}], "answer": own}
+
+
+def build_log(path: Path, answers: int) -> None:
     import sqlite_utils
     from llm.migrations import migrate
 
-    if path.exists():
-        path.unlink()
+    path.unlink(missing_ok=True)
     db = sqlite_utils.Database(path)
     migrate(db)
     rng = random.Random(SEED)
     names = [m[0] for m in MODELS]
     weights = [m[1] for m in MODELS]
     profile = {m[0]: m for m in MODELS}
-    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    start = datetime.now(timezone.utc) - timedelta(seconds=60 * answers)  # one answer a minute, up to now
 
     def rows():
-        for i in range(turns):
+        for i in range(answers):
             name = rng.choices(names, weights)[0]
             _, _, median_ms, rate = profile[name]
             duration = int(median_ms * rng.lognormvariate(0, 0.4))
             output = max(1, int(rate * duration / 1000 * rng.uniform(0.8, 1.1)))
             routed = rng.random() < ROUTED_SHARE
+            local = name in LOCAL
             yield {
-                "id": f"01J{i:010d}{rng.getrandbits(40):010x}",  # ULID-shaped, increasing like real ids
-                "thread_id": None,
+                "id": f"01j{i:010d}{rng.getrandbits(40):013x}",  # ULID-shaped, increasing like real ids
                 "model": "lmstudio-router" if routed else name,
-                "resolved_model": name if routed else None,
+                "resolved_model": name if routed else (name.split("/", 1)[1] if name.startswith("lmstudio/") else None),
                 "options_json": "{}",
                 "input_tokens": rng.randint(10, 4000),
                 "output_tokens": output,
                 "duration_ms": duration,
-                "datetime_utc": (start + timedelta(seconds=40 * i)).isoformat(),
-                "response_json": None,
+                "datetime_utc": (start + timedelta(seconds=60 * i)).isoformat(),
+                "response_json": json.dumps(_payload(rng, name, rng.uniform(80, 900), routed)) if local or routed else None,
             }
 
     with db.conn:
@@ -79,33 +94,43 @@ def build_log(path: Path, turns: int) -> None:
 
 
 def build_attempts(path: Path, count: int) -> None:
-    if path.exists():
-        path.unlink()
+    path.unlink(missing_ok=True)
     rng = random.Random(SEED + 1)
-    local = [m[0] for m in MODELS if m[0].startswith(("lmstudio/", "mlx/"))]
     for _ in range(count):
         ok = rng.random() > 0.05
-        stats.record_attempt(rng.choice(local), ok, error_kind=None if ok else "timeout", ttft_ms=rng.uniform(80, 900) if ok else None,
-                             duration_ms=rng.uniform(500, 9000), store_path=path)
+        stats.record_attempt(rng.choice(LOCAL), ok, error_kind=None if ok else rng.choice(["TimedOut", "Unreachable"]),
+                             ttft_ms=rng.uniform(80, 900) if ok else None, duration_ms=rng.uniform(500, 9000), store_path=path)
 
 
 def add_turns(path: Path, count: int) -> None:
-    """What happens between two prompts: llm logs a few more turns."""
+    """What happens between two commands: llm logs a few more answers."""
     import sqlite_utils
 
     db = sqlite_utils.Database(path)
     newest = db.execute("select max(rowid) from turns").fetchone()[0]
-    db["turns"].insert_all({"id": f"01K{newest + i:010d}", "model": MODELS[0][0], "duration_ms": 3000, "output_tokens": 120} for i in range(1, count + 1))
+    now = datetime.now(timezone.utc).isoformat()
+    db["turns"].insert_all(
+        {"id": f"01k{newest + i:010d}", "model": MODELS[0][0], "duration_ms": 3000, "output_tokens": 120, "datetime_utc": now,
+         "response_json": json.dumps({"client": {"time_to_first_token_ms": 200.0}})}
+        for i in range(1, count + 1)
+    )
     db.close()
 
 
-def median_ms(fn, repeat: int) -> tuple[float, float]:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples), max(samples)
+def direct_scan(log: Path, since: str | None) -> int:
+    """The direct path: what a script reading llm's log itself does for the same figures (one pass, json in SQL)."""
+    conn = sqlite3.connect(f"{log.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        where = " and datetime_utc >= ?" if since else ""
+        rows = conn.execute(
+            "select coalesce(resolved_model, model), duration_ms, output_tokens, input_tokens, datetime_utc,"
+            " json_extract(response_json, '$.client.time_to_first_token_ms') from turns"
+            f" where (model like 'lmstudio%' or model like 'mlx/%'){where}",
+            (since,) if since else (),
+        ).fetchall()
+        return len(rows)
+    finally:
+        conn.close()
 
 
 def main() -> None:
@@ -116,64 +141,70 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=stats.DEFAULT_WINDOW)
     args = parser.parse_args()
 
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"bench-logs-{args.turns}.db"
-    attempts = OUT / "bench-router.db"
+    store = OUT / "bench-router.db"
     template = OUT / "bench-router-template.db"
     began = time.perf_counter()
     build_log(log, args.turns)
     build_attempts(template, args.attempts)
-    print(f"built {log.name}: {args.turns} turns ({log.stat().st_size / 1e6:.1f} MB) and {args.attempts} attempts in {time.perf_counter() - began:.1f} s")
+    print(f"built {log.name}: {args.turns} answers ({log.stat().st_size / 1e6:.1f} MB) and {args.attempts} attempts "
+          f"in {time.perf_counter() - began:.1f} s on {machine()}")
+    results: dict[str, dict] = {}
 
-    local = [m[0] for m in MODELS if m[0].startswith(("lmstudio/", "mlx/"))]
-    results = {}
+    def record(name: str, seconds: list[float], baseline: float | None = None):
+        entry = {"median_ms": ms(median(seconds), 2), "max_ms": ms(max(seconds), 2), "runs": len(seconds)}
+        if baseline:
+            entry["ratio_to_direct_scan"] = ratio(median(seconds), baseline)
+        results[name] = entry
+        extra = f"   {entry['ratio_to_direct_scan']:.3f} x direct scan" if baseline else ""
+        print(f"{name:58s} median {entry['median_ms']:9.2f} ms   max {entry['max_ms']:9.2f} ms{extra}")
 
-    def timed(name, fn, repeat):
-        median, worst = median_ms(fn, repeat)
-        results[name] = {"median_ms": round(median, 3), "max_ms": round(worst, 3), "repeat": repeat}
-        print(f"{name:52s} median {median:8.2f} ms   max {worst:8.2f} ms")
+    week_ago = (datetime.now(timezone.utc) - timedelta(days=7)).isoformat()
+    scan_all = samples(lambda: direct_scan(log, None), args.repeat)
+    scan_week = samples(lambda: direct_scan(log, week_ago), args.repeat)
+    record("direct scan of llm's turns, everything", scan_all)
+    record("direct scan of llm's turns, last 7 days", scan_week)
 
-    def fresh_store():
-        # a store with attempts but no copy of llm's turns yet
-        shutil.copyfile(template, attempts)
-
-    # the first call of a new store copies llm's turns (once per user, not per prompt)
-    first = []
+    # a new store copies llm's turns once (per user, not per command): the router's first prompt only the
+    # newest ROUTER_HORIZON, the first `stats` back to HORIZON
+    router_first, stats_first = [], []
     for _ in range(3):
-        fresh_store()
-        start = time.perf_counter()
-        stats.history(log, local, args.window, store_path=attempts)
-        first.append((time.perf_counter() - start) * 1000)
-    results["first call: initial copy of the newest turns"] = {"median_ms": round(statistics.median(first), 3), "max_ms": round(max(first), 3), "repeat": 3}
-    print(f"{'first call: initial copy of the newest turns':52s} median {statistics.median(first):8.2f} ms   max {max(first):8.2f} ms")
+        shutil.copyfile(template, store)
+        started = time.perf_counter()
+        stats.history(log, LOCAL, args.window, store_path=store)
+        router_first.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        metrics.report(log, store_path=store)
+        stats_first.append(time.perf_counter() - started)
+    record(f"router's first prompt: copies the newest {stats.ROUTER_HORIZON} turns", router_first)
+    record(f"first stats after it: copies back to {stats.HORIZON} turns", stats_first, median(scan_all))
+
     cases = {
-        "router candidates (7 local models)": lambda: stats.history(log, local, args.window, store_path=attempts),
-        "one busy model": lambda: stats.history(log, [MODELS[0][0]], args.window, store_path=attempts),
-        "one rare model (0.5% of turns)": lambda: stats.history(log, ["lmstudio/rarely-used-model"], args.window, store_path=attempts),
-        "a model never logged": lambda: stats.history(log, ["lmstudio/never-used"], args.window, store_path=attempts),
-        "every model (model_ids=None)": lambda: stats.history(log, None, args.window, store_path=attempts),
+        "llm lmstudio stats (everything)": (lambda: metrics.report(log, store_path=store), median(scan_all)),
+        "llm lmstudio stats --since 7d": (lambda: metrics.report(log, since_seconds=7 * 86400, store_path=store), median(scan_week)),
+        "llm lmstudio stats --since 7d --model (busiest)": (
+            lambda: metrics.report(log, since_seconds=7 * 86400, model=MODELS[0][0], store_path=store), median(scan_week)),
+        "llm lmstudio stats --prometheus (everything)": (lambda: metrics.prometheus(metrics.report(log, store_path=store)), median(scan_all)),
+        "router history, 7 local candidates": (lambda: stats.history(log, LOCAL, args.window, store_path=store), None),
+        "router history, a model never logged": (lambda: stats.history(log, ["lmstudio/never-used"], args.window, store_path=store), None),
     }
-    for name, fn in cases.items():
-        fn()
-        timed(name, fn, args.repeat)
+    for name, (fn, baseline) in cases.items():
+        record(name, samples(fn, args.repeat), baseline)
     incremental = []
     for _ in range(5):
         add_turns(log, 5)
-        start = time.perf_counter()
-        stats.history(log, local, args.window, store_path=attempts)
-        incremental.append((time.perf_counter() - start) * 1000)
-    name = "7 models, after llm logged 5 new turns"
-    results[name] = {"median_ms": round(statistics.median(incremental), 3), "max_ms": round(max(incremental), 3), "repeat": 5}
-    print(f"{name:52s} median {statistics.median(incremental):8.2f} ms   max {max(incremental):8.2f} ms")
+        started = time.perf_counter()
+        metrics.report(log, since_seconds=7 * 86400, store_path=store)
+        incremental.append(time.perf_counter() - started)
+    record("stats --since 7d after llm logged 5 new answers", incremental, median(scan_week))
 
-    sample = stats.history(log, local[:3], args.window, store_path=attempts)
-    for model, s in sample.items():
-        print(f"  {model}: turns={s.turns} median={s.median_duration_ms} ms tok/s={s.output_tokens_per_second and round(s.output_tokens_per_second, 1)} "
-              f"ttft={s.median_ttft_ms and round(s.median_ttft_ms)} ms failures={s.failures}/{s.attempts}")
-    payload = {"turns": args.turns, "attempts": args.attempts, "window": args.window, "repeat": args.repeat, "results": results,
-               "db_bytes": log.stat().st_size}
-    (OUT / "bench_stats.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {OUT / 'bench_stats.json'}")
+    week = metrics.report(log, since_seconds=7 * 86400, store_path=store)
+    for m in week.models[:3]:
+        print(f"  {m.model}: answers={m.answers} routed={m.routed} ttft p50={m.ttft_ms_p50 and round(m.ttft_ms_p50)} ms "
+              f"tok/s p50={m.tokens_per_second_p50 and round(m.tokens_per_second_p50, 1)} failures={m.failures}")
+    write_json("bench_stats", {"answers": args.turns, "attempts": args.attempts, "repeat": args.repeat, "machine": machine(),
+                               "db_bytes": log.stat().st_size, "results": results})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ time to first token from our own router.db. Never writes to, locks, migrates or 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import statistics
 from dataclasses import dataclass
@@ -11,10 +12,11 @@ from pathlib import Path
 
 STORE_FILE = "router.db"  # inside settings.plugin_dir(); ours alone, so llm never sees our tables
 DEFAULT_WINDOW = 200
-HORIZON = 100_000  # most recent turns of llm's log we mirror: months of use (older ones say little about a model today)
+ROUTER_HORIZON = 20_000  # turns the router's history needs copied: months of use, older ones say little about a model today
+HORIZON = 100_000  # turns kept for `llm lmstudio stats`; copied back to on its first call, not on a prompt's
 KEEP_ATTEMPTS = 50_000
 _PRUNE_EVERY = 500
-STORE_VERSION = 2  # 2: lmstudio_turns gained tokens in, time, TTFT and flags
+STORE_VERSION = 3  # 3: lmstudio_turns gained tokens in, time, TTFT and flags; lmstudio_sync its first rowid
 ROUTED, CACHED, CUT = 1, 2, 4
 LOCAL_PATTERNS = ("lmstudio/%", "lmstudio@%", "mlx/%")
 
@@ -44,12 +46,14 @@ create table if not exists lmstudio_turns (
 );
 create index if not exists lmstudio_turns_model_rowid on lmstudio_turns (model, turn_rowid);
 create index if not exists lmstudio_turns_time on lmstudio_turns (datetime_utc);
--- how far the copy has got: the source file, and the rowid and id of the last turn copied
+-- how far the copy has got: the source file, the rowid and id of the last turn copied, and the rowid
+-- after which it starts (older turns are copied back only when asked for)
 create table if not exists lmstudio_sync (
     one integer primary key check (one = 1),
     source text not null,
     last_rowid integer not null,
-    last_id text
+    last_id text,
+    first_rowid integer not null
 );
 """
 
@@ -113,60 +117,93 @@ def _open_log(path: Path, timeout: float):
     return None
 
 
+# What the copy reads from the plugin's own response_json, in one parse per turn: TTFT as LM Studio chat,
+# native MLX and the router write it, a response-cache hit, a cut-off answer, the router's last attempt
+_JSON_PATHS = (
+    "$.client.time_to_first_token_ms",
+    "$.time_to_first_token_s",
+    "$.attempts[#-1].ttft_ms",
+    "$.cache.hit",
+    "$.cut",
+    "$.attempts[#-1].ok",
+)
+
+
 def _turn_columns(columns: dict) -> str:
-    """SQL over llm's turns giving: model that answered, duration, tokens out and in, time, TTFT, flags."""
+    """SQL over llm's turns giving: model that answered, duration, tokens out and in, time, routed, plugin JSON."""
     local = " or ".join(f"model like '{pattern}'" for pattern in LOCAL_PATTERNS)
-    # our models keep their own id (LM Studio's resolved_model is its bare key); a delegating model such
-    # as the router counts for the model it resolved to
-    model = f"case when resolved_model is null or {local} then model else resolved_model end" if "resolved_model" in columns else "model"
-    routed = f"case when resolved_model is not null and not ({local}) then {ROUTED} else 0 end" if "resolved_model" in columns else "0"
-    if "response_json" not in columns:  # llm 0.36 before migration m027
-        return f"{model}, duration_ms, output_tokens, input_tokens, datetime_utc, null, {routed}"
-    # the plugin's own measures in response_json: LM Studio chat, native MLX, the router's answering attempt;
-    # json_valid first, so one malformed payload cannot fail the whole copy
-    js = "case when json_valid(response_json) then response_json end"
-    ttft = (
-        f"coalesce(json_extract({js}, '$.client.time_to_first_token_ms'),"
-        f" json_extract({js}, '$.time_to_first_token_s') * 1000, json_extract({js}, '$.attempts[#-1].ttft_ms'))"
-    )
-    flags = (
-        f"{routed} | (case when json_extract({js}, '$.cache.hit') then {CACHED} else 0 end)"
-        f" | (case when json_extract({js}, '$.cut') or (json_type({js}, '$.attempts') is not null"
-        f" and json_type({js}, '$.answer') is null) then {CUT} else 0 end)"
-    )
-    return f"{model}, duration_ms, output_tokens, input_tokens, datetime_utc, {ttft}, {flags}"
+    if "resolved_model" in columns:
+        # our models keep their own id (LM Studio's resolved_model is its bare key); a delegating model
+        # such as the router counts for the model it resolved to
+        model = f"case when resolved_model is null or {local} then model else resolved_model end"
+        routed = f"resolved_model is not null and not ({local})"
+    else:
+        model, routed = "model", "0"
+    paths = ", ".join(f"'{p}'" for p in _JSON_PATHS)
+    # json_valid first, so that one malformed payload cannot fail the whole copy
+    plugin = f"case when json_valid(response_json) then json_extract(response_json, {paths}) end" if "response_json" in columns else "null"
+    return f"{model}, duration_ms, output_tokens, input_tokens, datetime_utc, {routed}, {plugin}"
 
 
-def _sync(store: sqlite3.Connection, log, source: str) -> None:
-    """Copy turns added to llm's log since the last sync. Detects a replaced or rewritten log by
-    checking that the last copied rowid still holds the same turn id, and starts over if not."""
+def _mirrored(row: tuple) -> tuple:
+    """A row of _turn_columns (after rowid, id) as lmstudio_turns stores it."""
+    model, duration, output, inputs, when, routed, plugin = row
+    flags = ROUTED if routed else 0
+    ttft = None
+    if plugin:
+        lmstudio_ttft, mlx_ttft_s, router_ttft, cached, cut, router_ok = json.loads(plugin)
+        ttft = next((v for v in (lmstudio_ttft, mlx_ttft_s * 1000 if _number(mlx_ttft_s) else None, router_ttft) if _number(v)), None)
+        flags |= CACHED if cached is True else 0
+        flags |= CUT if cut is True or router_ok is False else 0
+    return (model, duration, output, inputs, when, ttft, flags)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _sync(store: sqlite3.Connection, log, source: str, horizon: int) -> None:
+    """Copy turns added to llm's log since the last sync, and older ones back to `horizon` turns before the
+    newest. Detects a replaced or rewritten log by checking that the last copied rowid still holds the same
+    turn id, and starts over if not."""
     select = _turn_columns(log["turns"].columns_dict)
+
+    def copy(after: int, up_to: int) -> tuple | None:
+        rows = log.execute(
+            f"select rowid, id, {select} from turns where rowid > ? and rowid <= ? order by rowid", (after, up_to)
+        ).fetchall()
+        store.executemany(
+            "insert or replace into lmstudio_turns values (?, ?, ?, ?, ?, ?, ?, ?)", [(r[0], *_mirrored(r[2:])) for r in rows]
+        )
+        return (rows[-1][0], rows[-1][1]) if rows else None
+
     store.execute("begin immediate")  # one process syncs at a time; the others wait, then find little to do
     try:
-        state = store.execute("select source, last_rowid, last_id from lmstudio_sync").fetchone()
+        state = store.execute("select source, last_rowid, last_id, first_rowid from lmstudio_sync").fetchone()
         newest = log.execute("select max(rowid) from turns").fetchone()[0] or 0
-        start = None
+        floor = max(0, newest - horizon)
+        known = None
         if state and state[0] == source and state[1] <= newest:
             same = log.execute("select id from turns where rowid = ?", (state[1],)).fetchone()
             if state[1] == 0 or (same[0] if same else None) == state[2]:
-                start = state[1]
-        if start is None:
+                known = state
+        if known is None:
             store.execute("delete from lmstudio_turns")
-            start = max(0, newest - HORIZON)
-            start_id = log.execute("select id from turns where rowid = ?", (start,)).fetchone()
-            last = (start, start_id[0] if start_id else None)
+            start_id = log.execute("select id from turns where rowid = ?", (floor,)).fetchone()
+            last, first = (floor, start_id[0] if start_id else None), floor
         else:
-            last = (state[1], state[2])
-        if newest > start:
-            rows = log.execute(f"select rowid, id, {select} from turns where rowid > ? order by rowid", (start,)).fetchall()
-            if rows:
-                store.executemany(
-                    "insert or replace into lmstudio_turns values (?, ?, ?, ?, ?, ?, ?, ?)", [(r[0], *r[2:]) for r in rows]
-                )
-                last = (rows[-1][0], rows[-1][1])
-                store.execute("delete from lmstudio_turns where turn_rowid <= ?", (last[0] - HORIZON,))
-        if state is None or (state[0], state[1], state[2]) != (source, *last):
-            store.execute("insert or replace into lmstudio_sync values (1, ?, ?, ?)", (source, *last))
+            last, first = (known[1], known[2]), known[3]
+        if newest > last[0]:
+            last = copy(last[0], newest) or last
+        if floor < first:
+            copy(floor, first)
+            first = floor
+        oldest_kept = max(first, last[0] - HORIZON)
+        if oldest_kept > first:
+            store.execute("delete from lmstudio_turns where turn_rowid <= ?", (oldest_kept,))
+            first = oldest_kept
+        if state is None or tuple(state) != (source, *last, first):
+            store.execute("insert or replace into lmstudio_sync values (1, ?, ?, ?, ?)", (source, *last, first))
         store.execute("commit")
     except BaseException:
         store.execute("rollback")
@@ -234,8 +271,9 @@ def history(
     return {model: _summarise(model, turns.get(model, []), attempts.get(model, [])) for model in names}
 
 
-def _refresh(store: sqlite3.Connection, log_path: Path, timeout: float) -> bool:
-    """Bring the copy up to date; False when there is no usable log behind it at all."""
+def _refresh(store: sqlite3.Connection, log_path: Path, timeout: float, horizon: int | None = None) -> bool:
+    """Bring the copy up to date (back to `horizon` turns, the router's need by default); False when there is
+    no usable log behind it at all."""
     if not log_path.is_file():
         return False
     source = str(log_path.resolve())
@@ -244,7 +282,7 @@ def _refresh(store: sqlite3.Connection, log_path: Path, timeout: float) -> bool:
         if log is None:
             return False
         try:
-            _sync(store, log, source)
+            _sync(store, log, source, horizon or ROUTER_HORIZON)
         finally:
             log.conn.close()
     except sqlite3.Error:

@@ -207,3 +207,18 @@ def test_stats_command_with_nothing_logged_and_bad_input(user_path):
     assert "No answers or failures recorded" in CliRunner().invoke(cli, ["lmstudio", "stats"]).output
     bad = CliRunner().invoke(cli, ["lmstudio", "stats", "--since", "last week"])
     assert bad.exit_code == 2 and "not a duration" in bad.output
+
+
+def test_the_router_copies_only_recent_turns_and_stats_copies_back_further(tmp_path, store, monkeypatch):
+    monkeypatch.setattr(stats, "ROUTER_HORIZON", 3)
+    monkeypatch.setattr(stats, "HORIZON", 6)
+    log = tmp_path / "logs.db"
+    make_log(log)["turns"].insert_all([turn("lmstudio/a", 1000 * (i + 1), 10, ago_hours=10 - i) for i in range(10)])
+    # a prompt's history lookup pays for the few turns the router needs, not for the whole log
+    assert stats.history(log, ["lmstudio/a"], store_path=store)["lmstudio/a"].turns == 3
+    assert by_model(metrics.report(log, store_path=store))["lmstudio/a"].answers == 6
+    import sqlite_utils
+
+    sqlite_utils.Database(log)["turns"].insert(turn("lmstudio/a", 1, 10, ago_hours=0.1))
+    a = by_model(metrics.report(log, store_path=store))["lmstudio/a"]
+    assert a.answers == 6 and a.duration_ms_p50 == 7500.0  # the oldest turn left the copy: 6000..10000 and 1
