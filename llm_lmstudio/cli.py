@@ -44,22 +44,21 @@ class _GpuRatio(click.ParamType):
 
 _SERVER_OPTION = click.option(
     "--server",
+    "address",
     metavar="URL",
     help="LM Studio server to manage, as host:port or URL (default: the first in LMSTUDIO_BASE_URL)",
 )
 
 
 @contextmanager
-def _managing(server):
+def _managing(address):
     """A management session for a command; any failure becomes a one-line error and a non-zero exit."""
-    from . import management
-    from . import server as http
-    from . import settings
+    from . import management, server, settings
 
     try:
-        with management.connect(server) as manager:
+        with management.connect(address) as manager:
             yield manager
-    except (http.LMStudioError, settings.SettingsError) as exc:
+    except (server.LMStudioError, settings.SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -165,7 +164,7 @@ def _echo_estimate(estimate) -> None:
 @click.option("json_", "--json", is_flag=True, help="Output the loaded instance (or the estimate) as JSON")
 def load_command(
     model, context_length, gpu, flash_attention, eval_batch_size, num_experts, offload_kv_cache, ttl, identifier,
-    estimate_only, server, json_,
+    estimate_only, address, json_,
 ):
     """Load a model into LM Studio
 
@@ -191,7 +190,7 @@ def load_command(
         identifier=identifier,
     )
     if estimate_only:
-        with _managing(server) as manager:
+        with _managing(address) as manager:
             estimate = manager.estimate(model, settings_)
         if json_:
             _echo_json(estimate.to_json())
@@ -199,7 +198,7 @@ def load_command(
             _echo_estimate(estimate)
         return
     progress = _LoadProgress(f"Loading {model}", enabled=not json_ and sys.stderr.isatty())
-    with _managing(server) as manager:
+    with _managing(address) as manager:
         try:
             result = manager.load(model, settings_, on_progress=progress.update)
         finally:
@@ -222,7 +221,7 @@ def load_command(
 @click.option("-a", "--all", "all_", is_flag=True, help="Unload every loaded model")
 @_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output the unloaded instances as JSON")
-def unload_command(identifier, all_, server, json_):
+def unload_command(identifier, all_, address, json_):
     """Unload a model from LM Studio
 
     IDENTIFIER is an identifier from `llm lmstudio ps`; it may be left out when only one model is loaded.
@@ -236,7 +235,7 @@ def unload_command(identifier, all_, server, json_):
 
     if identifier and all_:
         raise click.UsageError("Give an IDENTIFIER or --all, not both")
-    with _managing(server) as manager:
+    with _managing(address) as manager:
         if all_:
             unloaded = manager.unload_all()
         else:
@@ -261,7 +260,7 @@ def unload_command(identifier, all_, server, json_):
 @lmstudio_group.command(name="ps")
 @_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
-def ps_command(server, json_):
+def ps_command(address, json_):
     """List the models LM Studio has loaded
 
     TTL shows the idle time left before LM Studio unloads a model, over its total.
@@ -270,7 +269,7 @@ def ps_command(server, json_):
     Example:
         llm lmstudio ps --json
     """
-    with _managing(server) as manager:
+    with _managing(address) as manager:
         loaded = manager.loaded()
     if json_:
         _echo_json([i.to_json() for i in loaded])
@@ -304,7 +303,7 @@ def _loaded_marker(model) -> str:
 @click.option("--variants", "with_variants", is_flag=True, help="List each model's downloaded variants under it")
 @_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
-def ls_command(only_llm, only_embedding, with_variants, server, json_):
+def ls_command(only_llm, only_embedding, with_variants, address, json_):
     """List the models LM Studio has downloaded, and native MLX models found on disk
 
     Models of a type or format this plugin does not know are listed as LM Studio reports them.
@@ -317,7 +316,7 @@ def ls_command(only_llm, only_embedding, with_variants, server, json_):
     if only_llm and only_embedding:
         raise click.UsageError("Give --llm or --embedding, not both")
     namespace = "llm" if only_llm else "embedding" if only_embedding else None
-    with _managing(server) as manager:
+    with _managing(address) as manager:
         models = manager.downloaded(namespace)
         variants = {m.key: manager.variants(m) for m in models} if with_variants else {}
     native = _native_models({"llm": "chat", "embedding": "embedding"}.get(namespace))
@@ -418,7 +417,7 @@ def _echo_options(options, chosen) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Download without asking")
 @_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Progress as JSON lines on stdout (candidates, progress, completed)")
-def get_command(query, quantization, yes, server, json_):
+def get_command(query, quantization, yes, address, json_):
     """Download a model into LM Studio
 
     Searches LM Studio's catalog and Hugging Face through LM Studio, shows the files on offer with their
@@ -436,7 +435,7 @@ def get_command(query, quantization, yes, server, json_):
     from . import downloads, management
 
     progress = _DownloadProgress(query, json_)
-    with _managing(server) as manager:
+    with _managing(address) as manager:
         models = manager.downloaded()
         present = next((m for m in models if m.key.lower() == query.lower().removeprefix("lmstudio/")), None)
         if present is not None:

@@ -201,6 +201,7 @@ class Downloads:
 
     def start(self, model: str, quantization: str | None) -> tuple[int, dict]:
         item = self.find(model)
+        # LM Studio's docs show no error bodies for downloads; these take the shape of its other REST errors.
         if item is None:
             return 404, {"error": {"message": f'Could not find model "{model}" in the LM Studio catalog or on Hugging Face',
                                    "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
