@@ -591,6 +591,12 @@ def mlx_add(path, name):
     except local_models.LocalModelError as exc:
         raise click.ClickException(str(exc))
     click.echo(f"Added {model.model_id}: {model.kind} model, {model.arch}, {_size(model.size_bytes)}, {model.path}")
+    if model.kind == "embedding":
+        from .mlx_embed import missing_engine
+
+        problem = missing_engine(model.model_id)
+        if problem:
+            click.echo(f"Note: {problem}", err=True)
 
 
 @mlx_group.command(name="remove")

@@ -1,4 +1,4 @@
-"""Native MLX embedding models, run inside the llm process with mlx-embeddings.
+"""Native MLX embedding models, run inside the llm process with mlx-embeddings (the optional extra).
 Imports mlx* only inside functions; loads each model once per process; never touches the network."""
 
 from __future__ import annotations
@@ -9,9 +9,21 @@ from pathlib import Path
 import llm
 
 from .local_models import LocalModel
-from .mlx_load import load_once, model_error
+from .mlx_load import NativeModelError, load_once, model_error
 
 _EMBED: dict[str, "EmbeddingRuntime"] = {}
+# mlx-embeddings is an extra because it pulls in mlx-vlm -> datasets -> pandas + pyarrow, and sqlite-utils
+# imports pandas whenever it is installed: about 0.4 s on every `llm` command (benchmarks/bench_startup.py).
+INSTALL_COMMAND = "llm install 'llm-lmstudio[mlx-embeddings]'"
+
+
+def missing_engine(model_id: str) -> str | None:
+    """The one line to show when mlx-embeddings is not installed, else None (checked without importing it)."""
+    from importlib.util import find_spec
+
+    if find_spec("mlx_embeddings") is not None:
+        return None
+    return f"{model_id} is an embedding model and needs mlx-embeddings, which is not installed: run `{INSTALL_COMMAND}`"
 
 
 def unload_all() -> None:
@@ -91,6 +103,9 @@ def _sentence_transformers_config(path: Path) -> tuple[str | None, bool, int | N
 
 def load_embedding(local: LocalModel) -> EmbeddingRuntime:
     """The loaded embedding model for `local`, loading it on first use."""
+    problem = missing_engine(local.model_id)
+    if problem:
+        raise NativeModelError(problem)
 
     def make():
         from mlx_embeddings.utils import load

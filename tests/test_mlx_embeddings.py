@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import llm
 import numpy as np
@@ -144,3 +145,26 @@ def test_embed_multi_into_a_collection_and_search_it(minilm, user_path, tmp_path
     similar = runner.invoke(cli, ["similar", "docs", "-c", "A kitten rests on a rug", "-n", "1"])
     assert similar.exit_code == 0, similar.output
     assert json.loads(similar.output.splitlines()[0])["id"] == "cat"
+
+
+def test_without_the_extra_embedding_says_what_to_install(minilm, monkeypatch):
+    mlx_embed.unload_all()
+    monkeypatch.setitem(sys.modules, "mlx_embeddings", None)  # as if `pip install llm-lmstudio` without the extra
+    result = CliRunner().invoke(cli, ["embed", "-m", "mlx/minilm", "-c", "hello"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: mlx/minilm is an embedding model and needs mlx-embeddings, which is not installed: "
+        "run `llm install 'llm-lmstudio[mlx-embeddings]'`\n"
+    )
+
+
+def test_adding_an_embedding_model_without_the_extra_says_what_to_install(user_path, minilm_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlx_embeddings", None)
+    result = CliRunner().invoke(cli, ["lmstudio", "mlx", "add", str(minilm_path), "--name", "mini"])
+    assert result.exit_code == 0, result.output  # added all the same: it runs once the extra is installed
+    assert result.stdout.startswith("Added mlx/mini: embedding model, bert")
+    assert result.stderr == (
+        "Note: mlx/mini is an embedding model and needs mlx-embeddings, which is not installed: "
+        "run `llm install 'llm-lmstudio[mlx-embeddings]'`\n"
+    )
+    assert "mlx/mini" in [m.model_id for m in llm.get_embedding_models()]
