@@ -221,9 +221,9 @@ class UnavailableEmbedding(_Unavailable, llm.EmbeddingModel):
     supports_binary = True
 
     def embed_batch(self, items):
-        from .embeddings import EmbeddingError
+        from .chat import LMStudioModelError
 
-        raise EmbeddingError(self.reason)
+        raise LMStudioModelError(self.reason, "ModelNotFound")
 
 
 def register_unavailable(register, kind: str, models: list[CatalogModel]) -> None:

@@ -37,13 +37,16 @@ class CatalogModel:
     loaded: bool = False
     max_context_length: int | None = None
     loaded_context_length: int | None = None
-    tool_use: bool | None = None  # None: the server did not say
+    tool_use: bool | None = None  # trained for tool use; None: the server did not say (before 0.3.16)
     vision: bool = False
     reasoning: bool = False
     display_name: str | None = None
     size_bytes: int | None = None
     params_string: str | None = None
     instances: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)  # /api/v1/models (0.4+): "key@quantization" names
+    selected_variant: str | None = None
+    reasoning_options: list[str] = field(default_factory=list)  # capabilities.reasoning.allowed_options
     source: str = "v0"  # which listing it came from: "v0" | "v1" | "openai"
 
     @property
@@ -55,9 +58,12 @@ class CatalogModel:
         return self.type in EMBEDDING_TYPES
 
     @property
-    def supports_tools(self) -> bool:
-        # A plain OpenAI-compatible server does not say; let the user try rather than refuse.
-        return self.tool_use is not False if self.source == "openai" else bool(self.tool_use)
+    def tool_use_kind(self) -> str | None:
+        """"native" (LM Studio parses the model's own tool-call format), "default" (LM Studio's prompt-based
+        tool use) or None when the listing does not say. Every LM Studio chat model can use tools."""
+        if self.tool_use is None:
+            return None
+        return "native" if self.tool_use else "default"
 
 
 # ---------------------------------------------------------------- parsers (pure, defensive)
@@ -91,9 +97,15 @@ def _entries(body: Any, key: str) -> list[dict]:
 
 
 def parse_v0(body: Any) -> list[CatalogModel]:
-    """GET /api/v0/models: {"data": [{"id", "type", "state", "capabilities": [...], ...}]}."""
+    """GET /api/v0/models: {"data": [{"id", "type", "state", "capabilities": [...], ...}]}.
+
+    One row per variant (`…@q4_k_m`, `…@q8_0`), each its own model. `capabilities` exists since 0.3.16
+    and is left out of rows without native tool use (tests/recorded/v0_models.json): a listing where
+    no row has it says nothing about tools."""
     models = []
-    for item in _entries(body, "data"):
+    entries = _entries(body, "data")
+    says_capabilities = any("capabilities" in item for item in entries)
+    for item in entries:
         key = _str(item.get("id"))
         if not key:
             continue
@@ -110,7 +122,7 @@ def parse_v0(body: Any) -> list[CatalogModel]:
                 loaded=item.get("state") == "loaded",
                 max_context_length=_int(item.get("max_context_length")),
                 loaded_context_length=_int(item.get("loaded_context_length")),
-                tool_use="tool_use" in capabilities,
+                tool_use=("tool_use" in capabilities) if says_capabilities else None,
                 vision=kind == "vlm" or "vision" in capabilities,
                 reasoning="reasoning" in capabilities,
                 display_name=_str(item.get("display_name")),
@@ -141,6 +153,8 @@ def parse_v1(body: Any) -> list[CatalogModel]:
         if isinstance(quantization, dict):
             quantization = quantization.get("name")
         reasoning = capabilities.get("reasoning")
+        options = reasoning.get("allowed_options") if isinstance(reasoning, dict) else None
+        variants = [v for v in _list(item.get("variants")) if isinstance(v, str)]
         models.append(
             CatalogModel(
                 key=key,
@@ -158,6 +172,9 @@ def parse_v1(body: Any) -> list[CatalogModel]:
                 size_bytes=_int(item.get("size_bytes")),
                 params_string=_str(item.get("params_string")),
                 instances=instances,
+                variants=variants,
+                selected_variant=_str(item.get("selected_variant")),
+                reasoning_options=[o for o in _list(options) if isinstance(o, str)],
                 source="v1",
             )
         )
@@ -180,29 +197,29 @@ def parse_openai(body: Any) -> list[CatalogModel]:
 LISTINGS = (("/api/v0/models", parse_v0), ("/api/v1/models", parse_v1), ("/v1/models", parse_openai))
 
 
-def fetch(server: settings.Server, *, token: str | None, deadline: float) -> list[CatalogModel]:
+def fetch(host: settings.Server, *, token: str | None, deadline: float) -> list[CatalogModel]:
     """Ask one server for its models, trying LM Studio's richest listing first, within `deadline` seconds."""
-    from . import server as http
+    from . import server
 
     end = time.monotonic() + deadline
     last_error: Exception | None = None
     for path, parser in LISTINGS:
         remaining = end - time.monotonic()
         if remaining <= 0:
-            raise http.timed_out(server.base_url, deadline)
+            raise server.timed_out(host.base_url, deadline)
         try:
-            body = http.quick_get_json(server, path, token=token, deadline=remaining)
-        except (http.ModelNotFound, http.RequestFailed, http.BadResponse) as exc:
-            # This server does not speak that listing (404/405, or an HTML page): try the next.
+            body = server.quick_get_json(host, path, token=token, deadline=remaining)
+        except (server.EndpointMissing, server.ModelNotFound, server.RequestFailed, server.BadResponse) as exc:
+            # This server does not speak that listing (404/405, LM Studio's "Unexpected endpoint", an HTML page): try the next.
             last_error = exc
             continue
         models = parser(body)
         if models or path == "/v1/models" or (isinstance(body, dict) and ("data" in body or "models" in body)):
             for model in models:
-                model.base_url = server.base_url
-                model.prefix = server.prefix
+                model.base_url = host.base_url
+                model.prefix = host.prefix
             return models
-    raise last_error or http.BadResponse(f"{server.base_url} offers no model listing")
+    raise last_error or server.BadResponse(f"{host.base_url} offers no model listing")
 
 
 # ---------------------------------------------------------------- the on-disk cache
@@ -259,13 +276,13 @@ def _debug(message: str) -> None:
 
 
 def _status_of(exc: Exception) -> str:
-    from . import server as http
+    from . import server
 
-    if isinstance(exc, http.TimedOut):
+    if isinstance(exc, server.TimedOut):
         return "timeout"
-    if isinstance(exc, http.Unreachable):
+    if isinstance(exc, server.Unreachable):
         return "unreachable"
-    if isinstance(exc, http.AuthRequired):
+    if isinstance(exc, server.AuthRequired):
         return "auth"
     return "error"
 
@@ -368,27 +385,9 @@ def models_for_registration() -> list[CatalogModel]:
     return result
 
 
-def find(model_id: str) -> CatalogModel | None:
-    """Look a registered model up by its llm model id, from the cache only (no network)."""
-    for server_entry in read_cache().values():
-        for model in _entry_models(server_entry):
-            for server in settings.servers():
-                if server.base_url == model.base_url and server.model_id(model.key) == model_id:
-                    model.prefix = server.prefix
-                    return model
-    return None
-
-
 def server_status(base_url: str) -> dict | None:
     """What the cache knows of a server: status, error, fetched_at."""
     entry = read_cache().get(base_url)
     if not entry:
         return None
     return {k: entry.get(k) for k in ("status", "error", "fetched_at")}
-
-
-def invalidate() -> None:
-    try:
-        _cache_path().unlink()
-    except OSError:
-        pass

@@ -6,21 +6,24 @@ from __future__ import annotations
 import difflib
 import json
 import time
-from typing import Any, AsyncIterator, Iterator, Optional
+from typing import Any, AsyncIterator, Iterator, List, Optional, Union
 
+import click
 import llm
 from llm.parts import AttachmentPart, StreamEvent, TextPart, ToolCallPart, ToolResultPart
+from llm.utils import simplify_usage_dict
 from pydantic import Field, field_validator
 
-from . import server as http
-from . import settings
+from . import server, settings
 from .cache import CacheOptions, cached
 from .catalog import CatalogModel
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 
-class ChatOptions(CacheOptions):
+class LMStudioOptions(CacheOptions):
+    """Sampling options LM Studio's chat completions take (names as LM Studio spells them), and `cache`."""
+
     temperature: Optional[float] = Field(
         default=None, ge=0, le=2, description="Sampling temperature: 0 is near-deterministic, higher is more random"
     )
@@ -32,39 +35,26 @@ class ChatOptions(CacheOptions):
     frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2, description="Penalise tokens by how often they appeared")
     max_tokens: Optional[int] = Field(default=None, ge=1, description="Maximum number of tokens to generate")
     seed: Optional[int] = Field(default=None, description="Random seed, for reproducible sampling")
-    stop: Optional[str] = Field(default=None, description='Stop sequence, or a JSON list of them: \'["\\n\\n", "END"]\'')
+    stop: Optional[Union[str, List[str]]] = Field(
+        default=None, description='Stop sequence, or a JSON list of them: \'["\\n\\n", "END"]\''
+    )
     ttl: Optional[int] = Field(
         default=None, ge=1, description="Seconds of idleness after which LM Studio unloads a model this request loads (JIT)"
     )
     draft_model: Optional[str] = Field(default=None, description="Draft model key for speculative decoding")
-    reasoning_effort: Optional[str] = Field(
-        default=None, description="Reasoning models: how hard to think (low, medium, high; some models take none)"
-    )
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
     def _check_stop(cls, value):
-        if value is None:
-            return value
-        if value.startswith("["):
+        """Into the form the request carries: a string, or a list parsed from `-o stop '["a", "b"]'`."""
+        if isinstance(value, str) and value.startswith("["):
             try:
-                items = json.loads(value)
+                value = json.loads(value)
             except ValueError:
                 raise ValueError("stop must be a string or a JSON list of strings") from None
-            if not isinstance(items, list) or not all(isinstance(i, str) for i in items) or not items:
-                raise ValueError("stop must be a string or a JSON list of strings")
+        if isinstance(value, list) and (not value or not all(isinstance(i, str) for i in value)):
+            raise ValueError("stop must be a string or a JSON list of strings")
         return value
-
-    @field_validator("reasoning_effort")
-    @classmethod
-    def _check_effort(cls, value):
-        if value is not None and value not in ("none", "low", "medium", "high"):
-            raise ValueError("reasoning_effort must be one of none, low, medium, high")
-        return value
-
-
-def _stop_value(stop: str) -> str | list[str]:
-    return json.loads(stop) if stop.startswith("[") else stop
 
 
 def _attachment_item(attachment: llm.Attachment) -> dict:
@@ -121,22 +111,6 @@ def build_messages(prompt: llm.Prompt) -> list[dict]:
     return messages
 
 
-OPTION_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repeat_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "max_tokens",
-    "seed",
-    "ttl",
-    "draft_model",
-    "reasoning_effort",
-)
-
-
 def tool_specs(tools: list[llm.Tool]) -> list[dict]:
     """llm's tools as OpenAI function specs: LM Studio's request field, and what chat templates render (native MLX)."""
     return [
@@ -154,14 +128,8 @@ def tool_specs(tools: list[llm.Tool]) -> list[dict]:
 
 def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
     payload: dict[str, Any] = {"model": key, "messages": build_messages(prompt), "stream": stream}
-    options = prompt.options
-    for name in OPTION_FIELDS:
-        value = getattr(options, name, None)
-        if value is not None:
-            payload[name] = value
-    stop = getattr(options, "stop", None)
-    if stop:
-        payload["stop"] = _stop_value(stop)
+    # Every sampling option is a request field of the same name; only what the user set is sent.
+    payload.update(prompt.options.model_dump(exclude_none=True, exclude=set(CacheOptions.model_fields)))
     if prompt.schema:
         payload["response_format"] = {
             "type": "json_schema",
@@ -170,6 +138,7 @@ def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
     if prompt.tools:
         payload["tools"] = tool_specs(prompt.tools)
     if stream:
+        # LM Studio 0.3.18+ ends the stream with a usage chunk; older servers ignore the field.
         payload["stream_options"] = {"include_usage": True}
     return payload
 
@@ -182,6 +151,7 @@ class ThinkSplitter:
     def __init__(self):
         self.state = "start"  # start -> thinking -> answer
         self.pending = ""
+        self.thought = False  # some reasoning was emitted
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -197,9 +167,15 @@ class ThinkSplitter:
                 else:
                     self.state = "answer"
             elif self.state == "thinking":
+                if not self.thought:
+                    # Real servers put a newline after <think> (tests/recorded/v0_chat_qwen3_think.json).
+                    self.pending = self.pending.lstrip("\n")
+                    if not self.pending:
+                        break
                 index = self.pending.find(self.CLOSE)
                 if index >= 0:
                     if index:
+                        self.thought = True
                         out.append(("reasoning", self.pending[:index]))
                     self.pending = self.pending[index + len(self.CLOSE) :].lstrip("\n")
                     self.state = "answer"
@@ -208,6 +184,7 @@ class ThinkSplitter:
                 keep = max((n for n in range(1, len(self.CLOSE)) if self.pending.endswith(self.CLOSE[:n])), default=0)
                 emit = self.pending[: len(self.pending) - keep]
                 if emit:
+                    self.thought = True
                     out.append(("reasoning", emit))
                 self.pending = self.pending[len(emit) :]
                 break
@@ -312,7 +289,7 @@ class Accumulator:
         self._keep_meta(data)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise http.BadResponse("LM Studio answered without any choices")
+            raise server.BadResponse("LM Studio answered without any choices")
         choice = choices[0]
         self.finish_reason = choice.get("finish_reason")
         message = _as_dict(choice.get("message"))
@@ -341,6 +318,20 @@ class Accumulator:
                 self.text_chars += len(piece)
             yield StreamEvent(type=kind, chunk=piece)
 
+    def client_figures(self, endpoint: str) -> dict:
+        """What this client measured itself (LM Studio sends no `stats` in a stream): the endpoint,
+        time to first token and, when the server reported the output token count, tokens per second."""
+        figures: dict[str, Any] = {"endpoint": endpoint}
+        if self.first_token_at is None:
+            return figures
+        figures["time_to_first_token_ms"] = round((self.first_token_at - self.started) * 1000, 1)
+        output = (self.usage or {}).get("completion_tokens")
+        elapsed = time.monotonic() - self.first_token_at
+        if isinstance(output, int) and output > 1 and elapsed > 0:
+            # The first token's arrival starts the clock, so it is not counted in the rate.
+            figures["tokens_per_second"] = round((output - 1) / elapsed, 2)
+        return figures
+
     def finish(self, response: llm.Response, endpoint: str, *, cut: str | None = None) -> None:
         for entry in self.tool_calls.values():
             try:
@@ -351,9 +342,9 @@ class Accumulator:
                 arguments = {"value": arguments}
             response.add_tool_call(llm.ToolCall(name=entry["name"], arguments=arguments, tool_call_id=entry["id"]))
         if self.usage:
-            details = {
-                k: v for k, v in self.usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens") and v
-            }
+            details = simplify_usage_dict(
+                {k: v for k, v in self.usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            )
             response.set_usage(
                 input=self.usage.get("prompt_tokens"), output=self.usage.get("completion_tokens"), details=details or None
             )
@@ -361,10 +352,7 @@ class Accumulator:
         log["finish_reason"] = self.finish_reason
         if self.usage:
             log["usage"] = self.usage
-        client = {"endpoint": endpoint}
-        if self.first_token_at is not None:
-            client["time_to_first_token_ms"] = round((self.first_token_at - self.started) * 1000, 1)
-        log["client"] = client
+        log["client"] = self.client_figures(endpoint)
         if cut:
             log["cut"] = True
             log["error"] = cut
@@ -386,20 +374,19 @@ def _suggest(key: str) -> str:
     return " — list the models with `llm models -q lmstudio`"
 
 
-class LMStudioModelError(llm.ModelError):
-    """A failed LM Studio request; `kind` names the failure (Unreachable, TimedOut, ModelNotFound...) for the router."""
+class LMStudioModelError(llm.ModelError, click.ClickException):
+    """A failed LM Studio request, for chat and embeddings alike; `kind` names the failure (Unreachable,
+    TimedOut, ModelNotFound...) for the router. `llm embed` does not catch model errors the way `llm prompt`
+    does, so it is also a ClickException: click prints its one line and exits 1."""
 
-    def __init__(self, message: str, kind: str, status: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, kind: str = "RequestFailed", status: int | None = None):
+        click.ClickException.__init__(self, message)
         self.kind = kind
         self.status = status
 
 
-def _user_error(exc: http.LMStudioError, key: str) -> llm.ModelError:
-    message = str(exc)
-    if isinstance(exc, http.ModelNotFound):
-        message += _suggest(key)
-    return LMStudioModelError(message, type(exc).__name__, exc.status)
+def user_error(exc: server.LMStudioError, hint: str = "") -> LMStudioModelError:
+    return LMStudioModelError(str(exc) + hint, type(exc).__name__, exc.status)
 
 
 CUT_MARKER = "\n[response cut off: {reason}]\n"
@@ -408,8 +395,6 @@ CUT_MARKER = "\n[response cut off: {reason}]\n"
 def fail_after_logging(message: str) -> None:
     """Inside the llm CLI, fail only after llm has logged what arrived (click runs close callbacks
     after the command, and turns a ClickException raised there into a one-line error); elsewhere, fail now."""
-    import click
-
     context = click.get_current_context(silent=True)
     if context is None:
         raise llm.ModelError(message)
@@ -423,27 +408,31 @@ def fail_after_logging(message: str) -> None:
 class _Shared:
     can_stream = True
     supports_schema = True
-    Options = ChatOptions
+    # LM Studio gives every chat model tool use: native where it knows the model's template, its default
+    # prompt-based tool use otherwise (lmstudio.ai/docs/developer/openai-compat/tools).
+    supports_tools = True
+    Options = LMStudioOptions
 
     def __init__(self, entry: CatalogModel, server_: settings.Server):
         self.entry = entry
         self.server = server_
         self.model_id = server_.model_id(entry.key)
-        self.supports_tools = entry.supports_tools
         self.attachment_types = IMAGE_TYPES if entry.vision else frozenset()
-        self._endpoint = "/api/v0/chat/completions" if entry.source == "v0" else "/v1/chat/completions"
+        self._endpoint = server.chat_paths(server_.base_url, entry.source)[0]
 
     def __str__(self):
-        return f"LM Studio: {self.model_id}" + (" (loaded)" if self.entry.loaded else "")
+        notes = ["loaded"] if self.entry.loaded else []
+        if self.entry.tool_use_kind:
+            notes.append(f"{self.entry.tool_use_kind} tool use")
+        return f"LM Studio: {self.model_id}" + (f" ({', '.join(notes)})" if notes else "")
 
-    def _client_kwargs(self) -> dict:
-        return {"token": settings.api_token()}
+    def _paths(self) -> list[str]:
+        return server.chat_paths(self.server.base_url, self.entry.source)
 
-    def _check(self, prompt: llm.Prompt) -> None:
-        if prompt.tools and not self.supports_tools:
-            raise llm.ModelError(f"{self.model_id} is not trained for tool use according to LM Studio")
+    def _failed(self, exc: server.LMStudioError) -> LMStudioModelError:
+        return user_error(exc, _suggest(self.entry.key) if isinstance(exc, server.ModelNotFound) else "")
 
-    def _interrupted(self, accumulator: "Accumulator", response, exc: http.LMStudioError) -> StreamEvent:
+    def _interrupted(self, accumulator: "Accumulator", response, exc: server.LMStudioError) -> StreamEvent:
         """A failure after text has streamed: keep what arrived, mark it, and fail once it is logged."""
         reason = str(exc)
         accumulator.finish(response, self._endpoint, cut=reason)
@@ -454,66 +443,48 @@ class _Shared:
 class LMStudioChat(_Shared, llm.Model):
     @cached
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
-        self._check(prompt)
         payload = build_payload(self.entry.key, prompt, stream)
-        client = http.Client(self.server, **self._client_kwargs())
+        client = server.Client(self.server, token=settings.api_token())
         accumulator = Accumulator(time.monotonic())
         try:
             if stream:
-                for chunk in self._stream(client, payload):
+                for chunk in client.stream_chat(payload, self._paths()):
+                    self._endpoint = client.chat_path
                     yield from accumulator.feed_chunk(chunk)
             else:
-                yield from accumulator.feed_completion(self._post(client, payload))
+                self._endpoint, body = client.chat(payload, self._paths())
+                yield from accumulator.feed_completion(body)
             yield from accumulator.flush()
-        except http.LMStudioError as exc:
+        except server.LMStudioError as exc:
             if accumulator.first_token_at is None:
-                raise _user_error(exc, self.entry.key) from None
+                raise self._failed(exc) from None
             yield from accumulator.flush()
             yield self._interrupted(accumulator, response, exc)
             return
         accumulator.finish(response, self._endpoint)
 
-    def _post(self, client: http.Client, payload: dict) -> dict:
-        try:
-            return client.post_json(self._endpoint, payload)
-        except http.RequestFailed as exc:
-            if exc.status in (404, 405) and self._endpoint != "/v1/chat/completions":
-                self._endpoint = "/v1/chat/completions"
-                return client.post_json(self._endpoint, payload)
-            raise
-
-    def _stream(self, client: http.Client, payload: dict) -> Iterator[dict]:
-        try:
-            yield from client.stream(self._endpoint, payload)
-        except http.RequestFailed as exc:
-            if exc.status in (404, 405) and self._endpoint != "/v1/chat/completions":
-                self._endpoint = "/v1/chat/completions"
-                yield from client.stream(self._endpoint, payload)
-            else:
-                raise
-
 
 class LMStudioAsyncChat(_Shared, llm.AsyncModel):
     @cached
     async def execute(self, prompt, stream, response, conversation=None) -> AsyncIterator[StreamEvent]:
-        self._check(prompt)
         payload = build_payload(self.entry.key, prompt, stream)
-        client = http.AsyncClient(self.server, **self._client_kwargs())
+        client = server.AsyncClient(self.server, token=settings.api_token())
         accumulator = Accumulator(time.monotonic())
         try:
             if stream:
-                async for chunk in client.stream(self._endpoint, payload):
+                async for chunk in client.stream_chat(payload, self._paths()):
+                    self._endpoint = client.chat_path
                     for event in accumulator.feed_chunk(chunk):
                         yield event
             else:
-                data = await client.post_json(self._endpoint, payload)
-                for event in accumulator.feed_completion(data):
+                self._endpoint, body = await client.chat(payload, self._paths())
+                for event in accumulator.feed_completion(body):
                     yield event
             for event in accumulator.flush():
                 yield event
-        except http.LMStudioError as exc:
+        except server.LMStudioError as exc:
             if accumulator.first_token_at is None:
-                raise _user_error(exc, self.entry.key) from None
+                raise self._failed(exc) from None
             for event in accumulator.flush():
                 yield event
             yield self._interrupted(accumulator, response, exc)

@@ -15,10 +15,10 @@ from pydantic import Field
 
 from . import settings
 from .cache import CacheOptions, cached
+from .chat import IMAGE_TYPES
 
 ROUTER_ID = "lmstudio-router"
 ROUTER_ALIASES = ("router",)
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 # What a model's key says about the work it is good at (matched on the lower-cased key).
 TASK_AFFINITY = {
@@ -30,6 +30,7 @@ TASK_AFFINITY = {
 }
 SIZE_WEIGHT = {"coding": 4.0, "analysis": 4.0, "research": 4.0, "creative": 3.0, "general": 1.5}
 LOADED_BONUS = 20.0
+NATIVE_TOOLS_BONUS = 30.0
 PREFERRED_BONUS = 100.0
 _SIZE = r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])"
 
@@ -294,7 +295,12 @@ def make_plan(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: st
         if reason:
             excluded.append({"model": model.model_id, "reason": reason})
             continue
-        candidates.append(score(model, decision.task, config, history))
+        candidate = score(model, decision.task, config, history)
+        if needs.tools and getattr(getattr(model, "entry", None), "tool_use_kind", None) == "native":
+            # Every LM Studio model takes tools; those LM Studio parses natively call them more reliably.
+            candidate.score += NATIVE_TOOLS_BONUS
+            candidate.reasons.append(f"native tool use (+{NATIVE_TOOLS_BONUS:.1f})")
+        candidates.append(candidate)
     owner = next((_TOOL_CALL_OWNERS[r.tool_call_id] for r in prompt.tool_results if r.tool_call_id in _TOOL_CALL_OWNERS), None)
     for candidate in candidates:
         if candidate.model_id == owner:

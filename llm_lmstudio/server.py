@@ -7,7 +7,7 @@ import http.client
 import json
 import socket
 import time
-from typing import Any, AsyncIterator, Iterable, Iterator
+from typing import Any, AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 from . import settings
@@ -56,10 +56,23 @@ class StreamCut(LMStudioError):
     """A streamed answer stopped before it was complete."""
 
 
+class EndpointMissing(LMStudioError):
+    """The server does not serve this route: a 404/405 without a model error, or LM Studio's
+    200 `{"error": "Unexpected endpoint or method. (POST /x)"}` (lmstudio-bug-tracker#618)."""
+
+
+# LM Studio 0.4 echoes the first ten characters of a malformed token ("Malformed LM Studio API token
+# provided: sk-bogus-E**************", see tests/recorded/SOURCES.md); any prefix this long is the token's.
+_SHORTEST_ECHO = 6
+
+
 def redact(text: str, token: str | None) -> str:
-    """Remove the token from any text that might be shown or logged."""
-    if token and token in text:
-        text = text.replace(token, "[redacted]")
+    """Remove the token, and any echoed start of it, from text that might be shown or logged."""
+    if not token:
+        return text
+    for length in range(len(token), _SHORTEST_ECHO - 1, -1):
+        if token[:length] in text:
+            text = text.replace(token[:length], "[redacted]")
     return text
 
 
@@ -91,40 +104,61 @@ def _parse_body(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")
 
 
-def error_for_status(
-    status: int, body: Any, *, base_url: str, token: str | None, model: str | None = None
-) -> LMStudioError:
-    """Map an error answer to the exception (and one-line message) a user should see."""
-    message, code = error_message_from_body(body)
-    message = _one_line(redact(message or "", token))
-    if status == 401 or code == "invalid_api_key":
-        if token:
-            return AuthRequired(
-                f"LM Studio at {base_url} rejected the API token: check it with `llm keys set lmstudio` "
-                "(or $LM_API_TOKEN) against Developer → Server Settings → Manage Tokens",
-                status=status,
-                code=code,
-            )
-        return AuthRequired(
-            f"LM Studio at {base_url} requires an API token: run `llm keys set lmstudio` or set $LM_API_TOKEN",
-            status=status,
-            code=code,
+def auth_error(base_url: str, *, token_sent: bool, status: int | None = None, code: str | None = None,
+               malformed: bool = False) -> AuthRequired:
+    """The one wording for a refused or missing token. It never quotes the server, which may echo
+    the start of the token back."""
+    if not token_sent:
+        message = f"LM Studio at {base_url} requires an API token: run `llm keys set lmstudio` or set $LM_API_TOKEN"
+    else:
+        how = "rejected the API token as malformed" if malformed else "rejected the API token"
+        message = (
+            f"LM Studio at {base_url} {how}: check it with `llm keys set lmstudio` (or $LM_API_TOKEN) "
+            "against Developer → Server Settings → Manage Tokens"
         )
-    if code == "model_not_found" or status == 404:
-        lowered = message.lower()
-        if "failed to load" in lowered and "not embedding" not in lowered and "not found" not in lowered:
-            return ModelLoadFailed(f"LM Studio could not load {model or 'the model'}: {message}", status=status, code=code)
+    return AuthRequired(message, status=status, code=code)
+
+
+def _template_error(message: str, model: str | None) -> str:
+    # LM Studio's jinja failures run to several paragraphs of advice; keep the cause and one instruction.
+    cause = message.split("This is usually an issue", 1)[0].strip().rstrip(".")
+    return (
+        f"LM Studio could not apply the prompt template of {model or 'the model'} ({_one_line(cause, 200)}): "
+        "use an lmstudio-community build of the model, or fix the template in LM Studio "
+        "(My Models > model settings > Prompt Template)"
+    )
+
+
+def error_for_status(
+    status: int | None, body: Any, *, base_url: str, token: str | None, model: str | None = None
+) -> LMStudioError:
+    """Map an error answer to the exception (and one-line message) a user should see.
+
+    `status` is None for an error that arrived inside a 200 stream. Shapes are LM Studio's: 400 for an
+    unknown model, "no models loaded" and a failed JIT load (404 before 0.3.6), 200 for an unknown route,
+    401 for tokens; see tests/recorded/SOURCES.md."""
+    message, code = error_message_from_body(body)
+    raw = redact(message or "", token)
+    message = _one_line(raw)
+    lowered = message.lower()
+    if status == 401 or code == "invalid_api_key":
+        return auth_error(base_url, token_sent=bool(token), status=status, code=code, malformed="malformed" in lowered)
+    if "unexpected endpoint or method" in lowered:
+        return EndpointMissing(f"LM Studio at {base_url}: {message}", status=status, code=code)
+    if "jinja template" in lowered:
+        return RequestFailed(_template_error(raw, model), status=status, code=code)
+    if "failed to load" in lowered or "error loading" in lowered:
+        if "not embedding" in lowered or "not an llm" in lowered:
+            return ModelNotFound(f"LM Studio at {base_url}: {message}", status=status, code=code)
+        return ModelLoadFailed(f"LM Studio could not load {model or 'the model'}: {message}", status=status, code=code)
+    if code == "model_not_found" or "no models loaded" in lowered or "invalid model identifier" in lowered:
         detail = message or f"model {model!r} not found"
         return ModelNotFound(f"LM Studio at {base_url}: {detail}", status=status, code=code)
-    lowered = message.lower()
-    if "no models loaded" in lowered:
-        return ModelNotFound(
-            f"LM Studio at {base_url}: {message}" if message else f"LM Studio at {base_url} has no model loaded",
-            status=status,
-            code=code,
-        )
-    if "failed to load" in lowered or "error loading" in lowered:
-        return ModelLoadFailed(f"LM Studio could not load {model or 'the model'}: {message}", status=status, code=code)
+    if status in (404, 405):
+        # Not LM Studio's model errors (those say so above): this server has no such route.
+        return EndpointMissing(f"{base_url} does not serve this endpoint (HTTP {status})", status=status, code=code)
+    if status is None:
+        return RequestFailed(f"LM Studio at {base_url} stopped the answer: {message or 'unknown error'}", code=code)
     kind = "server error" if status >= 500 else "request rejected"
     detail = message or f"HTTP {status}"
     return RequestFailed(f"LM Studio at {base_url}: {kind} (HTTP {status}): {detail}", status=status, code=code)
@@ -176,14 +210,6 @@ class SSEDecoder:
         return events
 
 
-def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """Yield each event's data from Server-Sent Events lines."""
-    decoder = SSEDecoder()
-    for line in lines:
-        yield from decoder.feed(line)
-    yield from decoder.flush()
-
-
 class _StreamState:
     """Turns SSE data strings into JSON chunks, knowing when a stream ended properly."""
 
@@ -225,7 +251,8 @@ class _StreamState:
         if not isinstance(chunk, dict):
             raise BadResponse(f"LM Studio at {self.base_url} sent a stream chunk that is not a JSON object")
         if "error" in chunk and "choices" not in chunk:
-            raise error_for_status(500, chunk, base_url=self.base_url, token=self.token, model=self.model)
+            # An error event inside a 200 stream (a prompt-template failure, for one: zed#45379).
+            raise error_for_status(None, chunk, base_url=self.base_url, token=self.token, model=self.model)
         choices = chunk.get("choices")
         if choices is not None and not isinstance(choices, list):
             raise BadResponse(f"LM Studio at {self.base_url} sent a stream chunk whose choices are not a list")
@@ -245,6 +272,38 @@ class _StreamState:
 # ---------------------------------------------------------------- clients
 
 
+def _is_json(response) -> bool:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
+# ---------------------------------------------------------------- which chat endpoint
+
+NATIVE_CHAT = "/api/v0/chat/completions"
+OPENAI_CHAT = "/v1/chat/completions"
+_CHAT_PATH: dict[str, str] = {}  # base URL -> the chat endpoint that answered, for this process
+
+
+def chat_paths(base_url: str, listing: str) -> list[str]:
+    """Where to send a chat completion, best first, for sync and async clients alike.
+
+    LM Studio's native /api/v0 (0.3.6+) adds `stats`, `model_info` and `runtime`; every LM Studio and any
+    OpenAI-compatible server has /v1. A model found in the v0 listing tries v0 first; the endpoint that
+    answered last in this process goes first (a server may have changed since, so the other stays second)."""
+    paths = [NATIVE_CHAT, OPENAI_CHAT] if listing == "v0" else [OPENAI_CHAT]
+    known = _CHAT_PATH.get(base_url)
+    return [known] + [p for p in paths if p != known] if known else paths
+
+
+def chat_path_worked(base_url: str, path: str) -> None:
+    _CHAT_PATH[base_url] = path
+
+
+def _unless_last(paths: list[str], path: str, missing: EndpointMissing) -> None:
+    """An endpoint was missing: the caller tries the next one, unless none is left."""
+    if path == paths[-1]:
+        raise missing
+
+
 def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -262,6 +321,7 @@ class _Base:
         self.server = server
         self.base_url = server.base_url
         self.token = token
+        self.chat_path: str | None = None  # the endpoint the last stream_chat used
         self.connect_timeout = connect_timeout if connect_timeout is not None else limits.connect
         self.read_timeout = read_timeout if read_timeout is not None else limits.read
 
@@ -306,6 +366,19 @@ class _Base:
         """A transport failure during a stream: a dropped connection is a cut stream, the rest as usual."""
         error = self._translate(exc)
         return state.cut("the connection dropped") if isinstance(error, StreamCut) else error
+
+    def _answered(self, path: str, first: Any) -> Any:
+        """The chat endpoint `path` answered (its body or first chunk is `first`): remember it."""
+        chat_path_worked(self.base_url, path)
+        return first
+
+    def _not_a_stream(self, response, model: str | None) -> LMStudioError:
+        """A stream request answered with one JSON document (LM Studio's 200 "Unexpected endpoint"
+        body, for one): the server's error, not a stream cut off mid-way."""
+        body = _parse_body(response.content)
+        if isinstance(body, dict) and "error" in body:
+            return error_for_status(response.status_code, body, base_url=self.base_url, token=self.token, model=model)
+        return BadResponse(f"LM Studio at {self.base_url} answered a streamed request without a stream")
 
     def _decode_json(self, response, model: str | None) -> Any:
         body = _parse_body(response.content)
@@ -360,6 +433,9 @@ class Client(_Base):
                 if response.status_code >= 400:
                     response.read()
                     raise self._status_error(response, model)
+                if _is_json(response):
+                    response.read()
+                    raise self._not_a_stream(response, model)
                 for line in response.iter_lines():
                     yield from state.feed_line(line)
                     if state.done:
@@ -370,6 +446,30 @@ class Client(_Base):
         except Exception as exc:
             raise self._stream_failure(exc, state) from None
         state.check_complete()
+
+    def chat(self, payload: dict, paths: list[str]) -> tuple[str, dict]:
+        """POST a chat completion to the first of `paths` (see chat_paths) that serves it."""
+        for path in paths:
+            try:
+                return path, self._answered(path, self.post_json(path, payload))
+            except EndpointMissing as exc:
+                _unless_last(paths, path, exc)
+        raise ValueError("no chat endpoint to try")
+
+    def stream_chat(self, payload: dict, paths: list[str]) -> Iterator[dict]:
+        """Stream a chat completion from the first of `paths` that serves it; `self.chat_path` names it."""
+        for path in paths:
+            self.chat_path = path
+            stream = self.stream(path, payload)
+            try:
+                first = self._answered(path, next(stream, None))
+            except EndpointMissing as exc:
+                _unless_last(paths, path, exc)
+                continue
+            if first is not None:
+                yield first
+                yield from stream
+            return
 
     def greeting(self) -> bool:
         """True when the server says it is LM Studio; False for any other HTTP server."""
@@ -422,6 +522,9 @@ class AsyncClient(_Base):
                 if response.status_code >= 400:
                     await response.aread()
                     raise self._status_error(response, model)
+                if _is_json(response):
+                    await response.aread()
+                    raise self._not_a_stream(response, model)
                 async for line in response.aiter_lines():
                     for chunk in state.feed_line(line):
                         yield chunk
@@ -434,6 +537,30 @@ class AsyncClient(_Base):
         except Exception as exc:
             raise self._stream_failure(exc, state) from None
         state.check_complete()
+
+
+    async def chat(self, payload: dict, paths: list[str]) -> tuple[str, dict]:
+        for path in paths:
+            try:
+                return path, self._answered(path, await self.post_json(path, payload))
+            except EndpointMissing as exc:
+                _unless_last(paths, path, exc)
+        raise ValueError("no chat endpoint to try")
+
+    async def stream_chat(self, payload: dict, paths: list[str]) -> AsyncIterator[dict]:
+        for path in paths:
+            self.chat_path = path
+            stream = self.stream(path, payload)
+            try:
+                first = self._answered(path, await anext(stream, None))
+            except EndpointMissing as exc:
+                _unless_last(paths, path, exc)
+                continue
+            if first is not None:
+                yield first
+                async for chunk in stream:
+                    yield chunk
+            return
 
 
 # ---------------------------------------------------------------- discovery fetch

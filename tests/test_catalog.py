@@ -38,24 +38,32 @@ V1_BODY = {
 
 def test_v0_listing_gives_types_capabilities_and_state():
     models = {m.key: m for m in catalog.parse_v0(V0_BODY)}
-    assert models["qwen2-vl-7b-instruct"].vision and not models["qwen2-vl-7b-instruct"].supports_tools
-    assert models["qwen3-4b"].supports_tools and models["qwen3-4b"].loaded
+    assert models["qwen2-vl-7b-instruct"].vision and models["qwen2-vl-7b-instruct"].tool_use_kind == "default"
+    assert models["qwen3-4b"].tool_use_kind == "native" and models["qwen3-4b"].loaded
     assert models["qwen3-4b"].loaded_context_length == 4096
     assert models["text-embedding-nomic-embed-text-v1.5"].is_embedding
+
+
+def test_v0_listing_before_capabilities_existed_says_nothing_about_tools_and_loading_is_not_loaded():
+    # Before 0.3.16 no row has `capabilities`; a row being loaded is not loaded yet.
+    rows = [dict(row, state="loading") for row in V0_BODY["data"] if "capabilities" not in row]
+    models = catalog.parse_v0({"data": rows})
+    assert all(m.tool_use_kind is None and not m.loaded for m in models)
 
 
 def test_v1_listing_accepts_singular_embedding_type_and_capability_object():
     models = {m.key: m for m in catalog.parse_v1(V1_BODY)}
     gemma = models["google/gemma-4-26b-a4b"]
-    assert gemma.type == "vlm" and gemma.supports_tools and gemma.reasoning and gemma.loaded
+    assert gemma.type == "vlm" and gemma.tool_use_kind == "native" and gemma.reasoning and gemma.loaded
+    assert gemma.reasoning_options == ["off", "on"]
     assert gemma.instances == ["google/gemma-4-26b-a4b"] and gemma.quantization == "Q4_K_M"
     assert models["text-embedding-nomic-embed-text-v1.5"].is_embedding
 
 
-def test_openai_listing_guesses_embeddings_by_name_and_allows_tools():
+def test_openai_listing_guesses_embeddings_by_name_and_says_nothing_of_tools():
     models = {m.key: m for m in catalog.parse_openai({"data": [{"id": "qwen2.5-7b"}, {"id": "text-embedding-bge"}]})}
     assert models["text-embedding-bge"].is_embedding
-    assert models["qwen2.5-7b"].supports_tools  # a plain OpenAI server does not say; let the user try
+    assert models["qwen2.5-7b"].tool_use_kind is None
 
 
 @pytest.mark.parametrize(
@@ -69,8 +77,10 @@ def test_parsers_skip_garbage(body):
 def test_models_from_the_stand_in_are_registered_with_capabilities(lmstudio):
     ids = {m.model_id: m for m in llm.get_models()}
     assert "lmstudio/test-org/tiny-llama" in ids
-    assert ids["lmstudio/test-org/tiny-qwen-tools"].supports_tools
-    assert not ids["lmstudio/test-org/tiny-llama"].supports_tools
+    # Every LM Studio chat model takes tools; the listing says which use them natively.
+    assert ids["lmstudio/test-org/tiny-qwen-tools"].supports_tools and ids["lmstudio/test-org/tiny-llama"].supports_tools
+    assert "native tool use" in str(ids["lmstudio/test-org/tiny-qwen-tools"])
+    assert "default tool use" in str(ids["lmstudio/test-org/tiny-llama"])
     assert ids["lmstudio/test-org/tiny-vision"].attachment_types
     embedding_ids = {m.model_id for m in llm.get_embedding_models()}
     assert not any(i.startswith("lmstudio/test-org/tiny") for i in embedding_ids)

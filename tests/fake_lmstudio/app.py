@@ -525,10 +525,9 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
                 yield {"error": {"message": f"Error during generation: {item}", "type": "server_error"}}
                 return
             if isinstance(item, Finish):
-                final = chunk({}, item.finish_reason)
-                if native:
-                    final["stats"] = _stats(item)
-                yield final
+                # The last chunk is an empty delta with finish_reason and no `stats`, on /api/v0 too
+                # (tests/recorded/v0_stream_llava.sse): LM Studio sends stats only in whole answers.
+                yield chunk({}, item.finish_reason)
                 if include_usage:
                     usage_chunk = chunk({})
                     usage_chunk["choices"] = []
