@@ -1,5 +1,5 @@
 """The `llm lmstudio cache ...` and `llm lmstudio stats` commands: tables and charts for people, --json for scripts.
-Thin: parse, call cache.py / metrics.py, print; they never open a database themselves."""
+Thin: parse, call cache_store.py / metrics.py, print; they never open a database themselves."""
 
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def cache_group():
 
 
 def _store():
-    from . import cache, settings
+    from . import cache_store, settings
 
     try:
-        return cache.Store()
+        return cache_store.Store()
     except settings.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -17,7 +17,7 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import cache
+from llm_lmstudio import cache, cache_store
 from tests.test_mlx_native import models, script_output  # noqa: F401 - the native-model fixture and scripted output
 
 LLAMA = "lmstudio/test-org/tiny-llama"
@@ -39,7 +39,7 @@ def chat_requests(lmstudio):
 
 
 def cache_file(user_path) -> Path:
-    return user_path / "lmstudio" / cache.CACHE_FILE
+    return user_path / "lmstudio" / cache_store.CACHE_FILE
 
 
 # ---------------------------------------------------------------- through llm, against the stand-in
@@ -149,7 +149,7 @@ def test_image_attachments_are_keyed_by_their_bytes(lmstudio, user_path, tmp_pat
 def test_an_expired_answer_is_asked_again(lmstudio, user_path):
     lmstudio.script("first answer", "fresh answer")
     assert "first answer" in run("-m", LLAMA, "expiring", "-o", "cache", "1s").output
-    store = cache.Store(cache_file(user_path))
+    store = cache_store.Store(cache_file(user_path))
     with sqlite3.connect(store.path) as conn:  # age the entry instead of sleeping
         conn.execute("update entries set expires = expires - 5")
     assert "fresh answer" in run("-m", LLAMA, "expiring", "-o", "cache", "1s").output
@@ -169,7 +169,7 @@ def test_an_answer_that_calls_tools_is_never_stored_nor_one_after_tools_ran(lmst
         assert "You are running the version I was told." in result.output
     # both rounds of both chains reached the server: the tool call and the answer written after its result
     assert len(chat_requests(lmstudio)) == 4
-    assert cache.Store(cache_file(user_path)).stats()["entries"] == 0
+    assert cache_store.Store(cache_file(user_path)).stats()["entries"] == 0
 
 
 def test_an_answer_with_tools_offered_but_not_called_is_cached_under_those_tools(lmstudio, user_path):
@@ -214,7 +214,7 @@ def test_a_failed_request_is_not_stored_and_is_recorded_by_kind(lmstudio, user_p
     lmstudio.set_fault("status", "/api/v0/chat", status=500, times=1)
     failed = CliRunner().invoke(cli, ["-m", LLAMA, "hi", "-o", "cache", "1h"])
     assert failed.exit_code == 1
-    assert cache.Store(cache_file(user_path)).stats()["entries"] == 0
+    assert cache_store.Store(cache_file(user_path)).stats()["entries"] == 0
     conn = sqlite3.connect(user_path / "lmstudio" / stats.STORE_FILE)
     assert conn.execute("select model, ok, error_kind from lmstudio_attempts").fetchall() == [(LLAMA, 0, "RequestFailed")]
 
@@ -267,7 +267,7 @@ def test_the_router_answers_a_repeat_from_the_cache_with_the_model_that_answered
     served = json.loads(replayed["response_json"])
     assert served["cache"]["hit"] is True and served["attempts"] == json.loads(original["response_json"])["attempts"]
     # one entry, the router's: the model it delegated to did not store its own copy
-    assert cache.Store(cache_file(user_path)).stats()["models"] == {"lmstudio-router": 1}
+    assert cache_store.Store(cache_file(user_path)).stats()["models"] == {"lmstudio-router": 1}
     # the hit ran no model, so it adds no attempt to the chosen model's history
     assert stats.history(user_path / "logs.db", [LLAMA])[LLAMA].attempts == 1
 
@@ -298,7 +298,7 @@ def payload(text="an answer", size=0):
 
 
 def test_entries_expire_after_their_ttl(tmp_path):
-    store = cache.Store(tmp_path / "c.db", max_bytes=10**6)
+    store = cache_store.Store(tmp_path / "c.db", max_bytes=10**6)
     assert store.put("k", "m", payload(), ttl=60, now=1000)
     assert store.get("k", now=1059).payload["events"] == [["text", "an answer"]]
     assert store.get("k", now=1060) is None
@@ -306,7 +306,7 @@ def test_entries_expire_after_their_ttl(tmp_path):
 
 
 def test_the_cap_evicts_the_least_recently_used(tmp_path):
-    store = cache.Store(tmp_path / "c.db", max_bytes=2600)
+    store = cache_store.Store(tmp_path / "c.db", max_bytes=2600)
     for number, key in enumerate("abc"):
         assert store.put(key, "m", payload(size=700), ttl=600, now=1000 + number)
     assert store.get("a", now=1010) is not None  # a is now the most recently used
@@ -317,7 +317,7 @@ def test_the_cap_evicts_the_least_recently_used(tmp_path):
 
 
 def test_clear_all_or_older_than(tmp_path):
-    store = cache.Store(tmp_path / "c.db", max_bytes=10**6)
+    store = cache_store.Store(tmp_path / "c.db", max_bytes=10**6)
     store.put("old", "m", payload(), ttl=10**6, now=1000)
     store.put("new", "m", payload(), ttl=10**6, now=5000)
     assert store.clear(older_than=2000, now=5500) == 1
@@ -329,9 +329,9 @@ def test_clear_all_or_older_than(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys
-    from llm_lmstudio import cache
+    from llm_lmstudio import cache_store
     path, name = sys.argv[1], sys.argv[2]
-    store = cache.Store(path, max_bytes=10**8, timeout=10)
+    store = cache_store.Store(path, max_bytes=10**8, timeout=10)
     ok = sum(store.put(f"{name}-{i}", name, {"events": [["text", f"{name} {i}" * 40]]}, ttl=3600) for i in range(40))
     hits = sum(store.get(f"{name}-{i}") is not None for i in range(40))
     print(ok, hits)
@@ -348,7 +348,7 @@ def test_several_processes_write_at_once_and_lose_nothing(tmp_path):
     outputs = [w.communicate(timeout=120)[0].split() for w in writers]
     assert all(w.returncode == 0 for w in writers)
     assert outputs == [["40", "40"]] * 6
-    store = cache.Store(path, max_bytes=10**8)
+    store = cache_store.Store(path, max_bytes=10**8)
     assert store.stats()["entries"] == 240
     assert sqlite3.connect(path).execute("pragma integrity_check").fetchone() == ("ok",)
 
@@ -356,7 +356,7 @@ def test_several_processes_write_at_once_and_lose_nothing(tmp_path):
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "other-version"])
 def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
     path = tmp_path / "c.db"
-    store = cache.Store(path, max_bytes=10**7)
+    store = cache_store.Store(path, max_bytes=10**7)
     for i in range(200):
         store.put(f"k{i}", "m", payload(size=2000), ttl=600)
     if damage == "garbage":
@@ -376,12 +376,12 @@ def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
     assert store.put("after", "m", payload("rebuilt"), ttl=600)
     assert store.get("after").payload["events"] == [["text", "rebuilt"]]
     conn = sqlite3.connect(path)
-    assert conn.execute("pragma application_id").fetchone()[0] == cache.APPLICATION_ID
+    assert conn.execute("pragma application_id").fetchone()[0] == cache_store.APPLICATION_ID
     assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
 
 
 def test_a_stored_row_that_is_not_a_payload_is_a_miss(tmp_path):
-    store = cache.Store(tmp_path / "c.db", max_bytes=10**6)
+    store = cache_store.Store(tmp_path / "c.db", max_bytes=10**6)
     store.put("k", "m", payload(), ttl=600)
     with sqlite3.connect(store.path) as conn:
         conn.execute("update entries set payload = ?", (json.dumps({"events": [["tool_call_name", "rm"]]}),))
@@ -391,7 +391,7 @@ def test_a_stored_row_that_is_not_a_payload_is_a_miss(tmp_path):
 def test_an_unwritable_plugin_dir_is_a_miss_not_an_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")
-    store = cache.Store(blocker / "c.db", max_bytes=10**6)
+    store = cache_store.Store(blocker / "c.db", max_bytes=10**6)
     assert store.get("k") is None
     assert store.put("k", "m", payload(), ttl=60) is False
 
