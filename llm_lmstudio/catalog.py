@@ -219,7 +219,10 @@ def fetch(host: settings.Server, *, token: str | None, deadline: float) -> list[
                 model.base_url = host.base_url
                 model.prefix = host.prefix
             return models
-    raise last_error or server.BadResponse(f"{host.base_url} offers no model listing")
+    if last_error is None or isinstance(last_error, (server.EndpointMissing, server.ModelNotFound, server.BadResponse)) or last_error.status in (404, 405):
+        # Not one listing answered: an HTML 404 page is no reason to show the user.
+        raise server.not_lmstudio(host.base_url, "no model listing at /api/v0/models, /api/v1/models or /v1/models")
+    raise last_error
 
 
 # ---------------------------------------------------------------- the on-disk cache

@@ -522,8 +522,8 @@ def status_command(ctx, json_):
     """Check each configured LM Studio server: reachable, token, models, latency
 
     Says where the API token came from (`llm keys set lmstudio`, $LM_API_TOKEN or $LMSTUDIO_API_TOKEN),
-    never the token. Exits with status 0 only when every configured server is reachable, so scripts can
-    use it as a health check.
+    never the token. Exits with status 0 only when every configured server is reachable and, where it
+    requires a token, accepts ours, so scripts can use it as a health check.
 
     \b
     Example:
@@ -567,7 +567,7 @@ def status_command(ctx, json_):
                 f"instead (no --gpu, --ttl, --identifier or estimates); lmstudio {management.TOKEN_SDK_VERSION}+ "
                 "can do those"
             )
-    if not all(s.reachable for s in statuses):
+    if not all(s.reachable and not (s.requires_token and not s.token_accepted) for s in statuses):
         ctx.exit(1)
 
 

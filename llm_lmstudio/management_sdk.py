@@ -225,6 +225,10 @@ class SdkSession:
         try:
             # Probe /lmstudio-greeting first, so "not running" is reported before anything else.
             if not self._bounded(lambda: lms.Client.is_valid_api_host(host), "answer"):
+                # The SDK's probe says only "no": tell a server that is down from one that is not LM Studio.
+                quick = self.timeouts.connect
+                if server.Client(self.server, connect_timeout=quick, read_timeout=quick + 3.0).greeting() is False:
+                    raise server.not_lmstudio(self.base_url)
                 raise server.unreachable(self.base_url)
             if self.token and sdk_supports_token():
                 self._client = lms.Client(host, api_token=self.token)

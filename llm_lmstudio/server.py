@@ -7,7 +7,7 @@ import http.client
 import json
 import socket
 import time
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from . import settings
@@ -168,6 +168,11 @@ def unreachable(base_url: str) -> Unreachable:
     return Unreachable(f"LM Studio is not reachable at {base_url} — {START_HINT}")
 
 
+def not_lmstudio(base_url: str, detail: str = "no /lmstudio-greeting") -> BadResponse:
+    """The one verdict (status, ps, the model list) for an HTTP server that answers but is not LM Studio."""
+    return BadResponse(f"{base_url} answered, but it is not LM Studio ({detail})")
+
+
 def timed_out(base_url: str, seconds: float) -> TimedOut:
     return TimedOut(
         f"LM Studio at {base_url} accepted the connection but did not answer within {seconds:g} s "
@@ -271,6 +276,14 @@ class _StreamState:
 
 # ---------------------------------------------------------------- clients
 
+T = TypeVar("T")
+# LMSTUDIO_TIMEOUT is long (300 s) because a JIT load can be slow. A request still waiting for its first byte
+# after PROBE_AFTER seconds asks the server for its model list on another connection (every PROBE_EVERY s):
+# a server that answers is busy (loading, or reading a long prompt) and is waited for; one that does not answer
+# that either is hung, and the request fails now rather than minutes later.
+PROBE_AFTER = 3.0
+PROBE_EVERY = 15.0
+
 
 def _is_json(response) -> bool:
     return response.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
@@ -356,6 +369,26 @@ class _Base:
             return RequestFailed(f"LM Studio at {self.base_url}: {_one_line(redact(str(exc), self.token))}")
         return RequestFailed(f"LM Studio at {self.base_url}: {_one_line(redact(repr(exc), self.token))}")
 
+    def _watching(self) -> bool:
+        return self.read_timeout > PROBE_AFTER + self.connect_timeout + 3.0
+
+    def _alive(self) -> bool:
+        """Does the server answer a model listing (any HTTP answer counts) on another connection, quickly?"""
+        try:
+            quick_get_json(self.server, "/v1/models", token=self.token, deadline=self.connect_timeout + 3.0)
+        except (TimedOut, Unreachable, StreamCut):
+            return False
+        except LMStudioError:
+            pass
+        return True
+
+    def _hung(self, started: float) -> TimedOut:
+        return TimedOut(
+            f"LM Studio at {self.base_url} accepted the connection but did not answer within "
+            f"{time.monotonic() - started:.0f} s, nor did its model listing: it looks hung "
+            "(restart it: `lms server stop`, then `lms server start`)"
+        )
+
     def _status_error(self, response, model: str | None) -> LMStudioError:
         """The error for a streamed request's failed status (its body already read)."""
         return error_for_status(
@@ -418,14 +451,52 @@ class Client(_Base):
 
     def post_json(self, path: str, payload: dict) -> Any:
         model = payload.get("model")
+
+        def answer() -> Iterator[Any]:
+            yield self._decode_json(self._http().post(path, json=payload), model)
+
         try:
-            response = self._http().post(path, json=payload)
-            return self._decode_json(response, model)
+            return next(self._first_watched(answer()))
         except Exception as exc:
             raise self._translate(exc) from None
 
+    def _first_watched(self, items: Iterator[T]) -> Iterator[T]:
+        """`items`, whose first one is awaited in a helper thread while the server is probed (see PROBE_AFTER)."""
+        if not self._watching():
+            yield from items
+            return
+        import threading
+
+        box: dict[str, Any] = {}
+        arrived = threading.Event()
+
+        def first():
+            try:
+                box["item"] = next(items)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = exc
+            arrived.set()
+
+        started = time.monotonic()
+        threading.Thread(target=first, name="lmstudio-first-answer", daemon=True).start()
+        wait = PROBE_AFTER
+        while not arrived.wait(wait):
+            if not self._alive() and not arrived.is_set():
+                # The helper thread stays blocked until the read timeout; nothing waits for it.
+                raise self._hung(started)
+            wait = PROBE_EVERY
+        if isinstance(box.get("error"), StopIteration):
+            return
+        if "error" in box:
+            raise box["error"]
+        yield box["item"]
+        yield from items
+
     def stream(self, path: str, payload: dict) -> Iterator[dict]:
         """POST with stream=true; yield each JSON chunk; raise StreamCut if the stream ends early."""
+        yield from self._first_watched(self._stream(path, payload))
+
+    def _stream(self, path: str, payload: dict) -> Iterator[dict]:
         model = payload.get("model")
         state = _StreamState(self.base_url, self.token, model)
         try:
@@ -508,13 +579,45 @@ class AsyncClient(_Base):
 
     async def post_json(self, path: str, payload: dict) -> Any:
         model = payload.get("model")
+
+        async def answer() -> AsyncIterator[Any]:
+            yield self._decode_json(await self._http().post(path, json=payload), model)
+
         try:
-            response = await self._http().post(path, json=payload)
-            return self._decode_json(response, model)
+            async for body in self._first_watched(answer()):
+                return body
         except Exception as exc:
             raise self._translate(exc) from None
 
+    async def _first_watched(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`items`, whose first one is awaited while the server is probed (see PROBE_AFTER)."""
+        import asyncio
+
+        if not self._watching():
+            async for item in items:
+                yield item
+            return
+        started = time.monotonic()
+        first = asyncio.ensure_future(items.__anext__())
+        wait = PROBE_AFTER
+        while not (await asyncio.wait({first}, timeout=wait))[0]:
+            if not await asyncio.to_thread(self._alive) and not first.done():
+                first.cancel()
+                raise self._hung(started)
+            wait = PROBE_EVERY
+        try:
+            item = first.result()
+        except StopAsyncIteration:
+            return
+        yield item
+        async for item in items:
+            yield item
+
     async def stream(self, path: str, payload: dict) -> AsyncIterator[dict]:
+        async for chunk in self._first_watched(self._stream(path, payload)):
+            yield chunk
+
+    async def _stream(self, path: str, payload: dict) -> AsyncIterator[dict]:
         model = payload.get("model")
         state = _StreamState(self.base_url, self.token, model)
         try:

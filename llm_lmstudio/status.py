@@ -53,7 +53,7 @@ def server_status(target: settings.Server, token: str | None, token_source: str 
     status.latency_ms = round((time.perf_counter() - started) * 1000, 1)
     status.reachable = True
     if not is_lmstudio:
-        status.error = f"{target.base_url} answered, but it is not LM Studio (no /lmstudio-greeting)"
+        status.error = str(server.not_lmstudio(target.base_url))
     body = None
     for path in ("/api/v1/models", "/api/v0/models"):
         try:

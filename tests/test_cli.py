@@ -444,7 +444,7 @@ def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_
 def test_status_explains_a_token_requirement(lmstudio, monkeypatch):
     lmstudio.configure(auth_token=TOKEN)
     result = run("status")
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # a health check: this server cannot be used as configured
     assert "token: required, none configured" in result.stdout
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
     result = run("status")

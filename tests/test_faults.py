@@ -22,7 +22,7 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import catalog, router, settings
+from llm_lmstudio import catalog, router, server, settings
 from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 
@@ -78,7 +78,18 @@ FAULTS = (
     "token wrong",
     "vanished",
     "load fails",
+    "bad setting",
+    "bad URL",
+    "hung, 300 s",
+    "slow load, 300 s",
 )
+# The last two run at the default LMSTUDIO_TIMEOUT (300 s, for slow JIT loads): a server that answers nothing,
+# not even its model listing, must fail within seconds; one that is only slow to start answering is waited for.
+HUNG_BUDGET = server.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
+SLOW_LOAD = {"delay": server.PROBE_AFTER + 3.0}
+FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
+BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
+BAD_URL = "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https are allowed"
 
 
 # ---------------------------------------------------------------- outcomes
@@ -172,11 +183,21 @@ HTTP_ERRORS = {
     "vanished": Expect("error", f'Invalid model identifier "{LLAMA_KEY}"'),
     "load fails": Expect("error", f"could not load .*{LOAD_FAILURE}"),
 }
-CHAT_EXPECT = {"healthy": Expect("ok"), "slow": Expect("ok"), **HTTP_ERRORS}
+SETTINGS_ERRORS = {"bad setting": Expect("error", BAD_SETTING), "bad URL": Expect("error", BAD_URL)}
+SETTINGS_REPORTED = {"bad setting": Expect("reported", BAD_SETTING), "bad URL": Expect("reported", BAD_URL)}
+CHAT_EXPECT = {
+    "healthy": Expect("ok"),
+    "slow": Expect("ok"),
+    **HTTP_ERRORS,
+    **{fault: Expect("error", f"{LLAMA} is not available: {e.needle}") for fault, e in SETTINGS_ERRORS.items()},
+    "hung, 300 s": Expect("error", "did not answer within \\d+ s, nor did its model listing: it looks hung"),
+    "slow load, 300 s": Expect("ok"),
+}
 EMBED_EXPECT = {
     **CHAT_EXPECT,
     "vanished": Expect("error", "Invalid model identifier .* is .* an embedding model"),
     "load fails": Expect("error", LOAD_FAILURE),
+    **{fault: Expect("error", f"{EMBED} is not available: {e.needle}") for fault, e in SETTINGS_ERRORS.items()},
 }
 ROUTER_FAILED = "every model the router tried failed — "
 ROUTER_EXPECT = {
@@ -186,12 +207,15 @@ ROUTER_EXPECT = {
     # Text had reached the user: no second model's answer is spliced on; the cut answer stays, marked.
     "malformed": Expect("error", "malformed stream chunk.*what arrived is shown above and kept in the log"),
     "cut": Expect("error", "cut off mid-stream.*what arrived is shown above and kept in the log"),
+    # The setting itself is named on the line before (stderr), as for every command that lists models.
+    "bad setting": Expect("error", "the router has no model for this prompt"),
+    "bad URL": Expect("error", "the router has no model for this prompt"),
 }
 # The model list must survive every fault: the last good list stays registered.
 LISTING_EXPECT = {
     fault: Expect("ok")
     for fault in ("healthy", "refused", "hung", "slow", "4xx", "5xx", "malformed", "cut", "token required", "token wrong")
-}
+} | SETTINGS_REPORTED
 STATUS_EXPECT = {
     "healthy": Expect("ok"),
     "slow": Expect("ok"),
@@ -201,8 +225,10 @@ STATUS_EXPECT = {
     "5xx": Expect("reported", "HTTP 500"),
     "malformed": Expect("reported", "malformed JSON"),
     "cut": Expect("reported", "closed the connection"),
-    "token required": Expect("reported", "token: required, none configured"),
-    "token wrong": Expect("reported", "token: required, ours rejected"),
+    # A health check fails when the server cannot be used as configured.
+    "token required": Expect("error", "token: required, none configured"),
+    "token wrong": Expect("error", "token: required, ours rejected"),
+    **SETTINGS_ERRORS,
 }
 # Routing only touches the network to embed the prompt; every failure there must fall back to keywords.
 ROUTE_EXPECT = {
@@ -212,6 +238,7 @@ ROUTE_EXPECT = {
         fault: Expect("reported", r'"classifier": "keyword"')
         for fault in ("refused", "hung", "4xx", "5xx", "malformed", "cut", "token required", "token wrong", "vanished")
     },
+    **SETTINGS_REPORTED,
 }
 SDK_ERRORS = {
     "refused": Expect("error", "LM Studio is not reachable at"),
@@ -219,6 +246,7 @@ SDK_ERRORS = {
     "token required": Expect("error", r"requires an API token: run `llm keys set lmstudio`"),
     # Sent over the SDK (lmstudio >= 1.6) or, when the SDK cannot send a token, over the v1 REST API.
     "token wrong": Expect("error", "rejected the API token"),
+    **SETTINGS_ERRORS,
 }
 
 INTERFACES = [
@@ -246,7 +274,7 @@ INTERFACES = [
     ),
     Interface(
         "lmstudio status", "/api", lambda: ["lmstudio", "status"], STATUS_EXPECT, 2 * (CONNECT_TIMEOUT + 3.0),
-        _status_ok, error_line=r"unreachable: ", prime=False,
+        _status_ok, error_line=r"^Error: |unreachable: |token: required, (none configured|ours rejected)", prime=False,
     ),
     Interface(
         "lmstudio load", "", lambda: ["lmstudio", "load", "tiny-llama", "--json"],
@@ -389,7 +417,17 @@ def arm(fault: str, interface: Interface, lmstudio, refused_url, hung_url, monke
         lmstudio.set_fault("status", http_path, status=404, body=BODY_VANISHED)
     elif fault == "load fails":
         lmstudio.configure(load_fail=LOAD_FAILURE)
-    if interface.name == "llm models" and fault not in ("refused", "healthy"):
+    elif fault == "bad setting":
+        monkeypatch.setenv("LMSTUDIO_TIMEOUT", "abc")
+    elif fault == "bad URL":
+        monkeypatch.setenv("LMSTUDIO_BASE_URL", "ftp://x")
+    elif fault == "hung, 300 s":
+        monkeypatch.delenv("LMSTUDIO_TIMEOUT")
+        lmstudio.set_fault("hang", "/")  # the request and the listing probed while it waits
+    elif fault == "slow load, 300 s":
+        monkeypatch.delenv("LMSTUDIO_TIMEOUT")
+        lmstudio.set_fault("slow", http_path, **SLOW_LOAD)
+    if interface.name == "llm models" and fault not in ("refused", "healthy", "bad setting", "bad URL"):
         # Expire the cached list so this run has to ask the (faulty) server again.
         cache = catalog.read_cache()
         cache[lmstudio.base_url]["fetched_at"] = 0
@@ -408,6 +446,10 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
     if interface.name == "lmstudio route":
         lmstudio.load(EMBED_KEY)  # a loaded embedding model is what makes routing embed the prompt
         seed_exemplar_vectors()
+    if interface.name == "embeddings" and fault != "load fails":
+        # Loading MiniLM on a busy CPU can take longer than the one-second timeout by itself; only the
+        # "load fails" cell is about the load.
+        lmstudio.load(EMBED_KEY)
     if interface.name == "lmstudio unload":
         lmstudio.load(LLAMA_KEY)
     if interface.prime:
@@ -416,7 +458,7 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
     lmstudio.script(ANSWER)
     arm(fault, interface, lmstudio, refused_url, hung_url, monkeypatch)
 
-    limit = interface.budget + SLACK
+    limit = max(interface.budget, FAULT_BUDGET.get(fault, 0.0)) + SLACK
     outcome = invoke_bounded(interface.args(), limit + 20.0, lambda: lmstudio.reset(unload=False))
     got = outcome_class(interface, outcome)
     matrix[(interface_name, fault)] = f"{'reported' if expect.kind == 'reported' and got == 'ok' else got} {outcome.seconds:.1f}s"
@@ -473,6 +515,21 @@ def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, lo
     assert seconds < READ_TIMEOUT + SLACK + 10
 
 
+def test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_timeout(lmstudio, user_path, logs_db):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    lmstudio.set_fault("hang", "/")  # accepts connections and answers nothing, not even its model listing
+    result, seconds = llm_process(["-m", LLAMA, "Say something"], {"LMSTUDIO_BASE_URL": lmstudio.base_url}, user_path, 90)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert re.fullmatch(
+        rf"Error: LM Studio at {re.escape(lmstudio.base_url)} accepted the connection but did not answer within \d+ s, "
+        r"nor did its model listing: it looks hung \(restart it: `lms server stop`, then `lms server start`\)",
+        line,
+    ), line
+    # Default timeouts (300 s read, 2 s connect): the probe decides within seconds; start-up is extra.
+    assert seconds < server.PROBE_AFTER + 2.0 + 3.0 + SLACK + 10
+
+
 def test_real_lmstudio_command_against_a_hung_server_exits_one_in_bounded_time(hung_url, user_path, short_timeouts):
     result, seconds = llm_process(["lmstudio", "ps"], {"LMSTUDIO_BASE_URL": hung_url}, user_path, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -512,7 +569,8 @@ def attempts_recorded() -> list[dict]:
     path = settings.plugin_dir() / "router.db"
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute("select * from lmstudio_attempts order by id")]
+        # The router's own turn is recorded too (router_turn_id null); its delegated attempts carry the turn id.
+        return [dict(row) for row in conn.execute("select * from lmstudio_attempts where router_turn_id is not null order by id")]
 
 
 def test_a_router_turn_where_every_model_failed_still_records_each_attempt(lmstudio, logs_db, short_timeouts):
@@ -553,3 +611,47 @@ def test_a_router_answer_cut_midway_is_logged_with_the_attempt_marked_cut(lmstud
     [attempt] = json.loads(turn["response_json"])["attempts"]
     assert attempt["ok"] is False and attempt["error_kind"] == "StreamCut"
     assert [(a["ok"], a["error_kind"]) for a in attempts_recorded()] == [(0, "StreamCut")]
+
+
+# ---------------------------------------------------------------- a server that is not LM Studio
+
+
+@pytest.fixture
+def not_lmstudio_url():
+    """An HTTP server that is not LM Studio: every path is an HTML 404 page, as `python -m http.server` sends."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!DOCTYPE HTML><html><body><h1>Error response</h1><p>Error code: 404</p></body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_server_that_is_not_lmstudio_gets_one_verdict_from_ps_status_and_chat(not_lmstudio_url, monkeypatch, short_timeouts):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", not_lmstudio_url)
+    verdict = f"{not_lmstudio_url} answered, but it is not LM Studio"
+    ps = CliRunner().invoke(cli, ["lmstudio", "ps"])
+    assert ps.exit_code == 1 and ps.output.strip() == f"Error: {verdict} (no /lmstudio-greeting)"
+    status = CliRunner().invoke(cli, ["lmstudio", "status"])
+    assert f"  {verdict} (no /lmstudio-greeting)" in status.output and "not reachable" not in status.output
+    chat = CliRunner().invoke(cli, ["-m", LLAMA, "hello"])
+    assert chat.exit_code == 1 and "<" not in chat.output
+    assert chat.output.strip() == (
+        f"Error: {LLAMA} is not available: {verdict} (no model listing at /api/v0/models, /api/v1/models or /v1/models)"
+    )
