@@ -546,7 +546,7 @@ class Client(_Base):
         """True when the server says it is LM Studio; False for any other HTTP server."""
         try:
             body = self.get_json("/lmstudio-greeting")
-        except (ModelNotFound, RequestFailed, BadResponse):
+        except (EndpointMissing, ModelNotFound, RequestFailed, BadResponse):
             return False
         return isinstance(body, dict) and body.get("lmstudio") is True
 
