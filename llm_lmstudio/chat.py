@@ -348,6 +348,8 @@ class Accumulator:
             response.set_usage(
                 input=self.usage.get("prompt_tokens"), output=self.usage.get("completion_tokens"), details=details or None
             )
+        if self.finish_reason == "length" and response.prompt.schema and not cut:
+            _warn_json_cut(response)
         log = dict(self.meta)
         log["finish_reason"] = self.finish_reason
         if self.usage:
@@ -360,6 +362,21 @@ class Accumulator:
         answered_by = self.meta.get("model")
         if isinstance(answered_by, str) and answered_by:
             response.set_resolved_model(answered_by)
+
+
+def _warn_json_cut(response: llm.Response) -> None:
+    """A schema answer that hit the token limit is cut JSON (a complete one would have ended the grammar):
+    llm still exits 0 and prints it, so say so on stderr, after the answer inside the llm CLI."""
+    import click
+
+    limit = getattr(response.prompt.options, "max_tokens", None)
+    at = f" ({limit} tokens)" if limit else ""
+    message = f"llm-lmstudio: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
+    context = click.get_current_context(silent=True)
+    if context is None:
+        click.echo(message, err=True)
+    else:
+        context.find_root().call_on_close(lambda: click.echo(message, err=True))
 
 
 def _suggest(key: str) -> str:

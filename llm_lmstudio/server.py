@@ -56,6 +56,10 @@ class StreamCut(LMStudioError):
     """A streamed answer stopped before it was complete."""
 
 
+class BadPrompt(LMStudioError):
+    """The request cannot be sent as it stands (text that is not UTF-8); nothing reached the server."""
+
+
 class EndpointMissing(LMStudioError):
     """The server does not serve this route: a 404/405 without a model error, or LM Studio's
     200 `{"error": "Unexpected endpoint or method. (POST /x)"}` (lmstudio-bug-tracker#618)."""
@@ -317,6 +321,23 @@ def _unless_last(paths: list[str], path: str, missing: EndpointMissing) -> None:
         raise missing
 
 
+def _json_body(payload: dict) -> dict:
+    """The request body, encoded as httpx encodes `json=`, refusing text that is not UTF-8 in one line: the
+    encoder's own error message holds the whole body, and with it the prompt."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        # Bytes that were not UTF-8 on stdin arrive as lone surrogates U+DC80..U+DCFF (Python's surrogateescape).
+        what = f"the byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"the lone surrogate U+{code:04X}"
+        raise BadPrompt(
+            f"the prompt is not valid UTF-8 text (it contains {what}): convert it first (e.g. `iconv -t UTF-8`), "
+            "or attach a binary file with -a"
+        ) from None
+    return {"content": body, "headers": {"Content-Type": "application/json"}}
+
+
 def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -453,7 +474,7 @@ class Client(_Base):
         model = payload.get("model")
 
         def answer() -> Iterator[Any]:
-            yield self._decode_json(self._http().post(path, json=payload), model)
+            yield self._decode_json(self._http().post(path, **_json_body(payload)), model)
 
         try:
             return next(self._first_watched(answer()))
@@ -500,7 +521,7 @@ class Client(_Base):
         model = payload.get("model")
         state = _StreamState(self.base_url, self.token, model)
         try:
-            with self._http().stream("POST", path, json=payload) as response:
+            with self._http().stream("POST", path, **_json_body(payload)) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._status_error(response, model)
@@ -581,7 +602,7 @@ class AsyncClient(_Base):
         model = payload.get("model")
 
         async def answer() -> AsyncIterator[Any]:
-            yield self._decode_json(await self._http().post(path, json=payload), model)
+            yield self._decode_json(await self._http().post(path, **_json_body(payload)), model)
 
         try:
             async for body in self._first_watched(answer()):
@@ -621,7 +642,7 @@ class AsyncClient(_Base):
         model = payload.get("model")
         state = _StreamState(self.base_url, self.token, model)
         try:
-            async with self._http().stream("POST", path, json=payload) as response:
+            async with self._http().stream("POST", path, **_json_body(payload)) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise self._status_error(response, model)

@@ -6,6 +6,7 @@ Then: nothing is lost when something fails (cut streams, failed router attempts)
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -482,8 +483,6 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
 
 
 def llm_process(args: list[str], env_extra: dict, user_path: Path, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    import os
-
     env = dict(os.environ, LLM_USER_PATH=str(user_path), **env_extra)
     started = time.monotonic()
     result = subprocess.run(
@@ -655,3 +654,41 @@ def test_a_server_that_is_not_lmstudio_gets_one_verdict_from_ps_status_and_chat(
     assert chat.output.strip() == (
         f"Error: {LLAMA} is not available: {verdict} (no model listing at /api/v0/models, /api/v1/models or /v1/models)"
     )
+
+
+# ---------------------------------------------------------------- bad input: one line, never the prompt back
+
+
+def test_binary_bytes_on_stdin_are_one_line_that_never_echoes_the_prompt(lmstudio, user_path, logs_db, tmp_path):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    data = bytes(range(256)) * 800  # 200 KB, most of it not UTF-8
+    for mode in ([], ["--async"], ["--no-stream"]):
+        env = dict(os.environ, LLM_USER_PATH=str(user_path))
+        result = subprocess.run(
+            [llm_command(), "-m", LLAMA, *mode], input=data, capture_output=True, env=env, timeout=90
+        )
+        assert result.returncode == 1 and result.stdout == b""
+        assert result.stderr.decode().splitlines() == [
+            "Error: the prompt is not valid UTF-8 text (it contains the byte 0x80): convert it first "
+            "(e.g. `iconv -t UTF-8`), or attach a binary file with -a"
+        ]
+    assert not [r for r in lmstudio.requests() if "chat" in r["path"]]  # nothing reached the server
+
+
+def test_a_schema_answer_cut_at_the_token_limit_warns_that_it_is_not_valid_json(lmstudio, user_path, logs_db):
+    assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+    env = {"LMSTUDIO_BASE_URL": lmstudio.base_url}
+    for mode in ([], ["--async"], ["--no-stream"]):
+        args = ["-m", LLAMA, "a person", "--schema", "name str, age int", "-o", "max_tokens", "4", *mode]
+        result, _ = llm_process(args, env, user_path, timeout=90)
+        assert result.returncode == 0
+        with pytest.raises(ValueError):
+            json.loads(result.stdout)
+        assert [line for line in result.stderr.splitlines() if line.strip()] == [
+            "llm-lmstudio: warning: the answer stopped at the token limit (4 tokens) and is not valid JSON: "
+            "raise it with -o max_tokens N"
+        ]
+    lmstudio.script('{"name": "Ada", "age": 36}')
+    result, _ = llm_process(["-m", LLAMA, "a person", "--schema", "name str, age int"], env, user_path, timeout=90)
+    assert result.returncode == 0 and json.loads(result.stdout) == {"name": "Ada", "age": 36}
+    assert result.stderr.strip() == ""
