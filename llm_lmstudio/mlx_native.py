@@ -217,7 +217,7 @@ class _ChatBase:
     def _turn(self, prompt, response, conversation, stop=None):
         from .mlx_turn import Turn
 
-        return Turn(load_chat(self.local), prompt, response, conversation.id if conversation else None, stop)
+        return Turn(self.local, prompt, response, conversation.id if conversation else None, stop)
 
 
 class MLXChatModel(_ChatBase, llm.Model):

@@ -15,6 +15,7 @@ from llm.parts import StreamEvent
 from .chat import tool_specs
 from .mlx_cache import fed_entry, reusable_prefix
 from .mlx_load import NativeModelError, model_error
+from .local_models import LocalModel
 from .mlx_native import DEFAULT_MAX_TOKENS, ChatRuntime
 
 # Used when neither the user nor the model's generation_config.json says otherwise; these are
@@ -105,20 +106,22 @@ class Turn:
 
     Everything that can be refused is refused here, before any token goes through the model."""
 
-    def __init__(self, runtime: ChatRuntime, prompt: llm.Prompt, response, conversation: str | None, stop=None):
-        self.runtime = runtime
+    def __init__(self, local: LocalModel, prompt: llm.Prompt, response, conversation: str | None, stop=None):
+        from .mlx_native import load_chat
+
+        self.local = local
         self.options = prompt.options
         self.response = response
         self.conversation = conversation
         self.stop = stop  # a threading.Event set when the consumer has gone (async)
-        self.local = runtime.local
+        model_id = local.model_id
+        messages = chat_messages(prompt)
+        _check_utf8(model_id, messages)  # before loading: a binary prompt should not wait on the weights
+        self.runtime = runtime = load_chat(local)
         self.tokenizer = runtime.tokenizer
-        model_id = self.local.model_id
         self.tools = tool_specs(prompt.tools) if prompt.tools else None
         if self.tools and not self.tokenizer.has_tool_calling:
             raise NativeModelError(f"{model_id}: mlx-lm found no tool-call format in this model's chat template")
-        messages = chat_messages(prompt)
-        _check_utf8(model_id, messages)
         try:
             self.tokens = runtime.render(messages, self.tools)
         except Exception as exc:
@@ -190,11 +193,11 @@ class Turn:
         machine = make_text_state_machine(self.tokenizer)
         state = machine.make_state(self.segment)
         disk = _disk_caches(self.local.model_id) if self.conversation else None
+        started = time.perf_counter()  # loading a cache from disk counts towards the time to first token
         cache, reused, source = self._prompt_cache(disk)
         generated: list[int] = []
         drafted = 0
         last = first_token_at = None
-        started = time.perf_counter()
         try:
             for gen in stream_generate(
                 self.runtime.model,

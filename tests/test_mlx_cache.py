@@ -178,3 +178,17 @@ def test_fingerprint_follows_the_files_that_shape_a_cache(tmp_path, tiny_llama_p
     assert mlx_cache.model_fingerprint(copy) == before
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")
     assert mlx_cache.model_fingerprint(copy) != before
+
+
+def test_bounded_cache_continues_from_disk_with_the_same_options_only(models, fresh_cache):
+    conversation = llm.get_model("mlx/tiny-llama").conversation()
+    conversation.prompt("Some words to remember. " * 8, temperature=0, max_tokens=4, max_kv_size=512).text()
+    mlx_native.unload_all()
+    same = conversation.prompt("more", temperature=0, max_tokens=2, max_kv_size=512)
+    same.text()
+    assert same.response_json["prompt_cache"] == "disk"
+    mlx_native.unload_all()
+    # A cache shaped by other options (here: unbounded) is not reused, and is replaced by this turn's.
+    other = conversation.prompt("more", temperature=0, max_tokens=2)
+    other.text()
+    assert other.response_json["prompt_cache"] is None

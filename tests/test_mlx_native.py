@@ -548,6 +548,32 @@ def test_ctrl_c_acts_between_prompt_chunks(models, fresh_cache, monkeypatch):
     assert retry.response_json["prompt_cache"] is None
 
 
+def test_async_consumer_that_goes_away_stops_the_work_between_chunks(models, fresh_cache, monkeypatch):
+    monkeypatch.setattr(mlx_turn, "PREFILL_STEP", 32)
+    progress = []
+    original = mlx_turn.Turn._prefill_progress
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        task = None
+
+        def record(self, processed, total):
+            progress.append(processed)
+            if processed == 32:  # first chunk done (in the worker thread): the consumer gives up
+                loop.call_soon_threadsafe(task.cancel)
+            original(self, processed, total)
+
+        monkeypatch.setattr(mlx_turn.Turn, "_prefill_progress", record)
+        model = llm.get_async_model("mlx/tiny-llama")
+        task = asyncio.ensure_future(model.prompt("many words " * 300, max_tokens=4).text())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    # execute() waited for its worker, which stopped a chunk or two later instead of processing ~600 tokens.
+    assert 32 <= progress[-1] <= 32 * 3
+
+
 def test_model_too_large_for_memory_is_refused_before_loading(models, tmp_path, tiny_llama_path, monkeypatch):
     import mlx_lm
 
