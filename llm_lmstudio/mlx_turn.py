@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import Any, Iterator
 
-import click
 import llm
 from llm.parts import StreamEvent
 
@@ -75,8 +74,8 @@ def _check_utf8(model_id: str, messages: list[dict]) -> None:
         except UnicodeEncodeError as exc:
             byte = ord(content[exc.start]) & 0xFF  # a surrogate escape carries the undecodable byte
             raise NativeModelError(
-                f"{model_id}: the prompt is not valid UTF-8 (byte 0x{byte:02x} at character {exc.start}): "
-                "send text, e.g. convert the file to UTF-8 first"
+                f"{model_id}: the prompt is not valid UTF-8 text (it contains the byte 0x{byte:02X} at character "
+                f"{exc.start}): convert it first (e.g. `iconv -t UTF-8`)"
             ) from None
 
 
@@ -241,12 +240,9 @@ class Turn:
         if self.draft:
             self.response.response_json |= {"draft_model": self.draft.local.model_id, "draft_tokens_accepted": drafted}
         if self.schema and not self.schema.complete():
-            # The text has been printed already; say why it is not valid JSON rather than exit 0 in silence.
-            click.echo(
-                f"Warning: {self.local.model_id} stopped at the token limit before the JSON was complete: "
-                "raise -o max_tokens",
-                err=True,
-            )
+            from .chat import _warn_json_cut  # the same words as for LM Studio models
+
+            _warn_json_cut(self.response)
 
     def _prompt_cache(self, disk) -> tuple[list, int, str | None]:
         """(cache, leading tokens it already holds, where it came from: "memory", "disk" or None)."""

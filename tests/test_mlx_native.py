@@ -517,7 +517,7 @@ def test_binary_stdin_is_one_line_without_the_prompt(models, user_path):
     assert result.returncode == 1
     stderr = result.stderr.decode()
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
-    assert "mlx/tiny-llama: the prompt is not valid UTF-8 (byte 0x80 at character 19)" in stderr
+    assert "mlx/tiny-llama: the prompt is not valid UTF-8 text (it contains the byte 0x80 at character 19)" in stderr
     assert b"SECRET" not in result.stderr + result.stdout
 
 

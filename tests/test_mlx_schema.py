@@ -72,7 +72,7 @@ def test_schema_with_a_draft_model_is_still_valid(models):
 def test_answer_cut_off_at_max_tokens_is_flagged(models):
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", "a person", "--schema", json.dumps(SCHEMA), "-o", "max_tokens", "5"])
     assert result.exit_code == 0
-    assert "stopped at the token limit before the JSON was complete: raise -o max_tokens" in result.stderr
+    assert "the answer stopped at the token limit (5 tokens) and is not valid JSON" in result.stderr
     with pytest.raises(ValueError):
         json.loads(result.stdout)
 
