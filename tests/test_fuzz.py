@@ -10,7 +10,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings as hsettings, strategies as st
 
-from llm_lmstudio import catalog, chat, embeddings, management, settings
+from llm_lmstudio import catalog, chat, embeddings, settings, status
 from llm_lmstudio import server as http
 
 FAST = hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -206,7 +206,7 @@ def test_openai_model_list_of_any_shape_parses_to_models(body):
 @given(listing("models", V1_FIELDS) | listing("data", V0_FIELDS) | json_values)
 @example({"models": [{"key": "a", "loaded_instances": 5}]})
 def test_status_counts_models_in_any_listing_shape(body):
-    downloaded, loaded = management._count_models(body)
+    downloaded, loaded = status.count_models(body)
     assert (downloaded is None) == (loaded is None)
 
 

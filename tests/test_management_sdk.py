@@ -3,6 +3,8 @@ token handed to an SDK that can send one, against the stand-in with the real `lm
 
 import lmstudio as lms
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_lmstudio import management, management_sdk
 
@@ -78,3 +80,26 @@ def test_unknown_formats_and_types_from_a_server_are_listed_where_the_sdk_parser
     assert (models["intel/qwen-ov"].format, models["intel/qwen-ov"].type) == ("openvino", "llm")
     assert (models["pub/painter"].type, models["pub/painter"].namespace) == ("image-gen", None)
     assert LLAMA in models
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+_WIRE_KEYS = ["type", "modelKey", "format", "displayName", "sizeBytes", "maxContextLength", "paramsString",
+              "architecture", "vision", "trainedForToolUse", "path", "variants", "selectedVariant",
+              # and /api/v1/models' names, for the REST reader below
+              "size_bytes", "max_context_length", "params_string", "display_name", "capabilities", "selected_variant"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(_WIRE_KEYS), _JSON))
+def test_any_listing_entry_is_read_or_skipped_never_fatal(raw):
+    from llm_lmstudio import management_rest
+
+    model = management_sdk.model_from_wire(raw)
+    assert model is None or (isinstance(model.key, str) and isinstance(model.size_bytes, int))
+    v1 = {("key" if k == "modelKey" else k): v for k, v in raw.items()}
+    for item in management_rest._models({"models": [v1]}):
+        assert isinstance(management_rest.model_from_v1(item).format, str)
