@@ -118,9 +118,9 @@ def unfinished(response_json: Any) -> str | None:
 
 # ---------------------------------------------------------------- around a model's execute()
 
-# True while a wrapped execute() is producing: a model it delegates to (the router's choice) neither
-# caches nor records on its own, so the outermost model owns the cache entry and the outcome.
-_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_lmstudio_cache_inside", default=False)
+# The outermost _Call while its execute() is producing: a model it delegates to (the router's choice)
+# neither caches nor records as a call of its own, so the outermost model owns the cache entry.
+_INSIDE: contextvars.ContextVar = contextvars.ContextVar("llm_lmstudio_cache_inside", default=None)
 
 
 class _Call:
@@ -137,6 +137,7 @@ class _Call:
         self.key: str | None = None
         self.ttl = 0.0
         self.store: Store | None = None
+        self.delegated = False  # set when a decorated model runs inside this one
 
     def lookup(self) -> Hit | None:
         try:
@@ -218,24 +219,19 @@ class _Call:
     def _record(self, ok: bool, error_kind: str | None, ended: float) -> None:
         from . import stats
 
+        if self.delegated:
+            return  # the router: each model it tried recorded its own attempt
         ttft = (self.first_at - self.started) * 1000 if self.first_at is not None else None
-        stats.record_attempt(
-            self.model.model_id,
-            ok,
-            error_kind=error_kind,
-            ttft_ms=ttft,
-            duration_ms=(ended - self.started) * 1000,
-            router_turn_id=None,
-        )
+        stats.record_call(self.model.model_id, ok, error_kind=error_kind, ttft_ms=ttft, duration_ms=(ended - self.started) * 1000)
 
 
 _END = object()
 
 
 @contextlib.contextmanager
-def _delegating():
+def _delegating(call: _Call):
     """While the wrapped execute() runs (between its events, not while the caller holds one)."""
-    token = _INSIDE.set(True)
+    token = _INSIDE.set(call)
     try:
         yield
     finally:
@@ -250,7 +246,9 @@ def cached(execute):
 
         @functools.wraps(execute)
         async def run_async(self, prompt, stream, response, conversation=None):
-            if _INSIDE.get():
+            outer = _INSIDE.get()
+            if outer is not None:
+                outer.delegated = True
                 async for event in execute(self, prompt, stream, response, conversation):
                     yield event
                 return
@@ -263,7 +261,7 @@ def cached(execute):
             events = execute(self, prompt, stream, response, conversation)
             try:
                 while True:
-                    with _delegating():
+                    with _delegating(call):
                         event = await anext(events, _END)
                     if event is _END:
                         break
@@ -280,7 +278,9 @@ def cached(execute):
 
     @functools.wraps(execute)
     def run(self, prompt, stream, response, conversation=None):
-        if _INSIDE.get():
+        outer = _INSIDE.get()
+        if outer is not None:
+            outer.delegated = True
             yield from execute(self, prompt, stream, response, conversation)
             return
         call = _Call(self, prompt, response)
@@ -291,7 +291,7 @@ def cached(execute):
         events = execute(self, prompt, stream, response, conversation)
         try:
             while True:
-                with _delegating():
+                with _delegating(call):
                     event = next(events, _END)
                 if event is _END:
                     break

@@ -158,6 +158,7 @@ def _where(store: sqlite3.Connection, since: datetime | None, model: str | None)
 
 
 def _failures(store: sqlite3.Connection, since: datetime | None, model: str | None) -> list[tuple]:
+    """Failed attempts by model and kind: the router's attempts and prompts sent straight to a model."""
     clauses, params = ["ok = 0"], []
     if since is not None:
         clauses.append("datetime_utc >= ?")
@@ -165,8 +166,11 @@ def _failures(store: sqlite3.Connection, since: datetime | None, model: str | No
     if model is not None:
         clauses.append("model = ?")
         params.append(model)
+    where = " and ".join(clauses)
     return store.execute(
-        f"select model, error_kind, count(*) from lmstudio_attempts where {' and '.join(clauses)} group by model, error_kind", params
+        f"select model, error_kind, count(*) from (select model, error_kind from lmstudio_attempts where {where}"
+        f" union all select model, error_kind from lmstudio_calls where {where}) group by model, error_kind",
+        params * 2,
     ).fetchall()
 
 

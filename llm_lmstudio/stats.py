@@ -32,6 +32,17 @@ create table if not exists lmstudio_attempts (
     router_turn_id text
 );
 create index if not exists lmstudio_attempts_model_id on lmstudio_attempts (model, id);
+-- prompts sent straight to one of our models (not through the router): llm logs no failed prompt, so
+-- `llm lmstudio stats` learns failures here; the router's ranking reads only its own attempts above
+create table if not exists lmstudio_calls (
+    id integer primary key,
+    datetime_utc text not null,
+    model text not null,
+    ok integer not null,
+    error_kind text,
+    ttft_ms real,
+    duration_ms real
+);
 -- a narrow copy of llm's turns, indexed by model and time: llm's own table has neither index, and we
 -- must not add one. model is the one that answered; flags: ROUTED | CACHED | CUT
 create table if not exists lmstudio_turns (
@@ -330,20 +341,39 @@ def record_attempt(
 ) -> bool:
     """Append one delegated attempt to our store (created on first use). Returns False instead of
     raising when it cannot be written: recording stats must never fail a prompt."""
+    row = {"model": model, "ok": 1 if ok else 0, "error_kind": error_kind, "ttft_ms": ttft_ms, "duration_ms": duration_ms}
+    return _append("lmstudio_attempts", row | {"router_turn_id": router_turn_id}, store_path, timeout)
+
+
+def record_call(
+    model: str,
+    ok: bool,
+    *,
+    error_kind: str | None = None,
+    ttft_ms: float | None = None,
+    duration_ms: float | None = None,
+    store_path: str | Path | None = None,
+    timeout: float = 1.0,
+) -> bool:
+    """Append the outcome of one prompt sent straight to `model`; False instead of raising, like record_attempt."""
+    row = {"model": model, "ok": 1 if ok else 0, "error_kind": error_kind, "ttft_ms": ttft_ms, "duration_ms": duration_ms}
+    return _append("lmstudio_calls", row, store_path, timeout)
+
+
+def _append(table: str, row: dict, store_path: str | Path | None, timeout: float) -> bool:
     try:
         conn = _open_store(Path(store_path) if store_path else default_store_path(), timeout)
     except (OSError, sqlite3.Error):
         return False
+    row = {"datetime_utc": datetime.now(timezone.utc).isoformat()} | row
     try:
         with conn:
             conn.execute("begin immediate")
             cursor = conn.execute(
-                "insert into lmstudio_attempts (datetime_utc, model, ok, error_kind, ttft_ms, duration_ms, router_turn_id)"
-                " values (?, ?, ?, ?, ?, ?, ?)",
-                (datetime.now(timezone.utc).isoformat(), model, 1 if ok else 0, error_kind, ttft_ms, duration_ms, router_turn_id),
+                f"insert into {table} ({', '.join(row)}) values ({', '.join('?' for _ in row)})", tuple(row.values())
             )
             if cursor.lastrowid % _PRUNE_EVERY == 0:
-                conn.execute("delete from lmstudio_attempts where id <= ?", (cursor.lastrowid - KEEP_ATTEMPTS,))
+                conn.execute(f"delete from {table} where id <= ?", (cursor.lastrowid - KEEP_ATTEMPTS,))
         return True
     except sqlite3.Error:
         return False

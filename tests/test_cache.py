@@ -203,8 +203,8 @@ def test_an_answer_cut_mid_stream_is_not_stored_and_counts_as_a_failure(lmstudio
     whole = run("-m", LLAMA, "count", "-o", "cache", "1h")
     assert whole.exit_code == 0 and "[response cut off" not in whole.output
     assert len(chat_requests(lmstudio)) == 2
-    history = stats.history(user_path / "logs.db", [LLAMA])[LLAMA]
-    assert (history.attempts, history.failures) == (2, 1)
+    conn = sqlite3.connect(user_path / "lmstudio" / stats.STORE_FILE)
+    assert conn.execute("select ok, error_kind from lmstudio_calls order by id").fetchall() == [(0, "StreamCut"), (1, None)]
 
 
 def test_a_failed_request_is_not_stored_and_is_recorded_by_kind(lmstudio, user_path):
@@ -216,7 +216,9 @@ def test_a_failed_request_is_not_stored_and_is_recorded_by_kind(lmstudio, user_p
     assert failed.exit_code == 1
     assert cache_store.Store(cache_file(user_path)).stats()["entries"] == 0
     conn = sqlite3.connect(user_path / "lmstudio" / stats.STORE_FILE)
-    assert conn.execute("select model, ok, error_kind from lmstudio_attempts").fetchall() == [(LLAMA, 0, "RequestFailed")]
+    assert conn.execute("select model, ok, error_kind from lmstudio_calls").fetchall() == [(LLAMA, 0, "RequestFailed")]
+    # a prompt sent straight to a model is not one of the router's attempts (those rank its candidates)
+    assert conn.execute("select count(*) from lmstudio_attempts").fetchone() == (0,)
 
 
 def test_bad_cache_values_are_refused_before_any_request(lmstudio, monkeypatch):
@@ -268,8 +270,10 @@ def test_the_router_answers_a_repeat_from_the_cache_with_the_model_that_answered
     assert served["cache"]["hit"] is True and served["attempts"] == json.loads(original["response_json"])["attempts"]
     # one entry, the router's: the model it delegated to did not store its own copy
     assert cache_store.Store(cache_file(user_path)).stats()["models"] == {"lmstudio-router": 1}
-    # the hit ran no model, so it adds no attempt to the chosen model's history
+    # the hit ran no model, so it adds no attempt to the chosen model's history; the router's turn is no call
     assert stats.history(user_path / "logs.db", [LLAMA])[LLAMA].attempts == 1
+    conn = sqlite3.connect(user_path / "lmstudio" / stats.STORE_FILE)
+    assert conn.execute("select count(*) from lmstudio_calls").fetchone() == (0,)
 
 
 def test_native_mlx_answers_a_repeat_from_the_cache_without_generating(models, user_path, monkeypatch):

@@ -76,10 +76,13 @@ def known_log(tmp_path, store):
     log = tmp_path / "logs.db"
     db = make_log(log)
     db["turns"].insert_all(rows)
-    for kind in ("Unreachable", "Unreachable", "StreamCut"):
-        stats.record_attempt("lmstudio/a", False, error_kind=kind, store_path=store)
+    # failures: two prompts sent straight to lmstudio/a, one router attempt; the router itself found no model once
+    for kind in ("Unreachable", "Unreachable"):
+        stats.record_call("lmstudio/a", False, error_kind=kind, store_path=store)
+    stats.record_attempt("lmstudio/a", False, error_kind="StreamCut", store_path=store)
     stats.record_attempt("lmstudio/a", True, ttft_ms=5, store_path=store)
-    stats.record_attempt("lmstudio-router", False, error_kind="ModelError", store_path=store)
+    stats.record_call("lmstudio/a", True, ttft_ms=5, store_path=store)
+    stats.record_call("lmstudio-router", False, error_kind="ModelError", store_path=store)
     return log
 
 
