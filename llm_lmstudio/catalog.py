@@ -206,7 +206,7 @@ def fetch(host: settings.Server, *, token: str | None, deadline: float) -> list[
     for path, parser in LISTINGS:
         remaining = end - time.monotonic()
         if remaining <= 0:
-            raise server.timed_out(host.base_url, deadline)
+            raise server.timed_out(host.base_url, deadline, setting=False)
         try:
             body = server.quick_get_json(host, path, token=token, deadline=remaining)
         except (server.EndpointMissing, server.ModelNotFound, server.RequestFailed, server.BadResponse) as exc:

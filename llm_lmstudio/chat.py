@@ -361,7 +361,9 @@ class Accumulator:
         response.response_json = log
         answered_by = self.meta.get("model")
         if isinstance(answered_by, str) and answered_by:
-            response.set_resolved_model(answered_by)
+            # One convention on every path (direct, router, mlx/): the llm model id of what answered,
+            # here the instance LM Studio names (e.g. lmstudio/qwen/qwen3-4b:2 when several are loaded).
+            response.set_resolved_model(response.model.server.model_id(answered_by))
 
 
 def _warn_json_cut(response: llm.Response) -> None:

@@ -213,7 +213,8 @@ def load_command(
         details.append(f"idle TTL {_format_seconds(result.ttl)}")
     click.echo(f"Loaded {result.model} in {result.load_seconds:.2f} s ({', '.join(details)}).")
     click.echo(f'Identifier: "{result.identifier}" (the model name for LM Studio\'s API and SDK)')
-    click.echo(f"Use it with: llm -m {model_id}")
+    usage = "llm embed -m" if result.type == "embedding" else "llm -m"
+    click.echo(f"Use it with: {usage} {model_id}")
 
 
 @lmstudio_group.command(name="unload")

@@ -177,11 +177,10 @@ def not_lmstudio(base_url: str, detail: str = "no /lmstudio-greeting") -> BadRes
     return BadResponse(f"{base_url} answered, but it is not LM Studio ({detail})")
 
 
-def timed_out(base_url: str, seconds: float) -> TimedOut:
-    return TimedOut(
-        f"LM Studio at {base_url} accepted the connection but did not answer within {seconds:g} s "
-        "(raise LMSTUDIO_TIMEOUT if the model is slow to load)"
-    )
+def timed_out(base_url: str, seconds: float, *, setting: bool = True) -> TimedOut:
+    """`setting`: the wait was LMSTUDIO_TIMEOUT's, so raising it can help (not for fixed, short waits)."""
+    hint = " (raise LMSTUDIO_TIMEOUT if the model is slow to load)" if setting else ""
+    return TimedOut(f"LM Studio at {base_url} accepted the connection but did not answer within {seconds:g} s{hint}")
 
 
 def _check_body_error(data: Any, *, base_url: str, token: str | None, model: str | None) -> None:
@@ -358,6 +357,7 @@ class _Base:
         self.chat_path: str | None = None  # the endpoint the last stream_chat used
         self.connect_timeout = connect_timeout if connect_timeout is not None else limits.connect
         self.read_timeout = read_timeout if read_timeout is not None else limits.read
+        self._read_timeout_is_setting = read_timeout is None
 
     def _httpx_kwargs(self) -> dict:
         import httpx
@@ -381,7 +381,7 @@ class _Base:
         if isinstance(exc, httpx.ConnectTimeout):
             return unreachable(self.base_url)
         if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
-            return timed_out(self.base_url, self.read_timeout)
+            return timed_out(self.base_url, self.read_timeout, setting=self._read_timeout_is_setting)
         if isinstance(exc, httpx.ConnectError):
             return unreachable(self.base_url)
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
@@ -733,7 +733,7 @@ def quick_get_json(server: settings.Server, path: str, *, token: str | None, dea
                     raise socket.timeout()
             raw = b"".join(chunks)
         except socket.timeout:
-            raise timed_out(server.base_url, deadline) from None
+            raise timed_out(server.base_url, deadline, setting=False) from None
         except (OSError, http.client.HTTPException):
             raise StreamCut(f"LM Studio at {server.base_url} closed the connection before answering") from None
         body = _parse_body(raw)

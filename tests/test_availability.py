@@ -1,6 +1,7 @@
-"""What a user sees when an `lmstudio/...` model is not there: the reason and what to do (a bad setting, a server
-that is down, a rejected token, the wrong kind of model), never a bare "Unknown model"; and a bad setting of ours
-never breaks another provider's models. User-visible cases run the real `llm` in a subprocess."""
+"""What a user reads when an `lmstudio/...` model is not there: the reason and what to do (a bad setting, a server
+that is down, a rejected token, the wrong kind of model), never a bare "Unknown model"; a bad setting of ours
+never breaks another provider's models; and the words of our other messages are right. User-visible cases run
+the real `llm` in a subprocess."""
 
 from __future__ import annotations
 
@@ -248,3 +249,30 @@ def test_debug_names_the_failed_listing_on_every_run_not_only_the_first(refused_
 
 def test_requested_ids_follow_the_command_not_every_model():
     assert availability.requested_ids("chat") == []  # no click command running: nothing asked for
+
+
+# ---------------------------------------------------------------- the right words
+
+
+@pytest.mark.minilm
+def test_loading_an_embedding_model_says_to_use_it_with_llm_embed(lmstudio):
+    result = invoke("lmstudio", "load", "text-embedding-all-minilm-l6-v2")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"Use it with: llm embed -m {EMBED}"
+    chat = invoke("lmstudio", "load", "tiny-llama")
+    assert chat.output.splitlines()[-1] == f"Use it with: llm -m {LLAMA}"
+
+
+def test_the_loaded_marker_never_reaches_a_model_name_in_an_error(lmstudio, tmp_path):
+    lmstudio.load("test-org/tiny-llama")
+    assert "(loaded" in invoke("models", "-q", "tiny-llama").output  # the listing shows it
+    image = tmp_path / "pixel.png"
+    image.write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"))
+    lmstudio.set_fault("status", "/api/v0/chat", status=500, body={"error": "engine crashed"})
+    errors = [
+        invoke("-m", LLAMA, "hello"),
+        invoke("-m", LLAMA, "hello", "-a", str(image)),
+        invoke("-m", LLAMA, "hello", "-o", "no_such_option", "1"),
+    ]
+    for result in errors:
+        assert result.exit_code == 1 and "(loaded" not in result.output, result.output

@@ -38,7 +38,7 @@ def test_streamed_prompt_is_logged_with_usage_client_timing_and_resolved_model(l
     assert result.exit_code == 0, result.output
     [turn] = turns(user_path)
     assert turn["model"] == LLAMA
-    assert turn["resolved_model"] == "test-org/tiny-llama"
+    assert turn["resolved_model"] == "lmstudio/test-org/tiny-llama"
     assert turn["input_tokens"] > 5 and 2 <= turn["output_tokens"] <= 8  # usage from include_usage
     data = json.loads(turn["response_json"])
     assert "stats" not in data  # LM Studio sends no stats in a stream
@@ -128,7 +128,7 @@ def test_async_model_streams_and_logs(lmstudio):
 
     text, usage, response = asyncio.run(go())
     assert text and usage.output <= 6 and usage.input > 0
-    assert response.resolved_model == "test-org/tiny-llama"
+    assert response.resolved_model == "lmstudio/test-org/tiny-llama"
 
 
 def test_stop_sequence_and_max_tokens_are_honoured(lmstudio):

@@ -221,7 +221,7 @@ STATUS_EXPECT = {
     "healthy": Expect("ok"),
     "slow": Expect("ok"),
     "refused": Expect("error", "unreachable: LM Studio is not reachable"),
-    "hung": Expect("reported", "did not answer within 4 s"),
+    "hung": Expect("reported", "(?m)did not answer within 4 s$"),  # no LMSTUDIO_TIMEOUT advice: status does not use it
     "4xx": Expect("reported", "HTTP 400"),
     "5xx": Expect("reported", "HTTP 500"),
     "malformed": Expect("reported", "malformed JSON"),

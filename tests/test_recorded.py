@@ -110,7 +110,7 @@ def test_streamed_answer_without_stats_logs_client_timing(replay, user_path):
     assert "stats" not in data and data["finish_reason"] == "stop"
     assert data["client"]["time_to_first_token_ms"] >= 0
     assert "tokens_per_second" not in data["client"]  # this server sent no usage to count tokens with
-    assert turn["resolved_model"] == "llava-v1.5-7b"
+    assert turn["resolved_model"] == "lmstudio/llava-v1.5-7b"
     [request] = [r for r in replay.requests if r["path"] == NATIVE]
     assert request["body"]["stream_options"] == {"include_usage": True}
 

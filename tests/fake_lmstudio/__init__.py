@@ -1,5 +1,6 @@
 """The LM Studio stand-in as tests see it: `FakeLMStudio` launches the server process and drives its control API.
-It owns the child process's lifetime; it must never reach a real LM Studio or leave the process running."""
+It owns the child process's lifetime; it must never reach a real LM Studio, nor leave the process running
+unless told to (`keep_running`, for `scripts/demo --keep`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ class FakeLMStudioError(RuntimeError):
 class FakeLMStudio:
     """One stand-in server process on 127.0.0.1 with a random free port."""
 
-    def __init__(self, models_dir: Path, *, startup_timeout: float = 15.0):
+    def __init__(self, models_dir: Path, *, startup_timeout: float = 60.0, keep_running: bool = False):
         self.models_dir = Path(models_dir)
+        # Importing mlx-lm and mlx-embeddings takes seconds, and far longer on a busy shared machine.
         self.startup_timeout = startup_timeout
+        self.keep_running = keep_running
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -51,18 +54,20 @@ class FakeLMStudio:
         ready = Path(self._workdir.name) / "ready.json"
         log = open(self.log_path, "wb")  # a file, not a pipe: a full pipe would stall the server
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        tether = [] if self.keep_running else ["--parent-pid", str(os.getpid())]
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "tests.fake_lmstudio",
                 "--models-dir", str(self.models_dir),
                 "--port", "0",
                 "--ready-file", str(ready),
-                "--parent-pid", str(os.getpid()),
+                *tether,
             ],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=self.keep_running,  # Ctrl-C in the demo's terminal must not stop a kept server
         )
         log.close()
         deadline = time.monotonic() + self.startup_timeout

@@ -1,4 +1,4 @@
-"""Command line entry of the stand-in server: `python -m tests.fake_lmstudio --models-dir DIR --port 0 --ready-file F`.
+"""Command line entry of the stand-in server: `python -m tests.fake_lmstudio [--models-dir DIR] [--port 1234]`.
 Starts one uvicorn server on loopback and reports its port; it must never bind beyond 127.0.0.1 or outlive its parent."""
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ async def _serve(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fake_lmstudio")
-    parser.add_argument("--models-dir", required=True)
+    parser.add_argument(
+        "--models-dir", help="an LM Studio-style models folder (default: the tiny test models, generated into a temporary folder)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file")
@@ -83,6 +85,13 @@ def main(argv=None) -> None:
         parser.error("the stand-in only listens on loopback")
     if args.parent_pid:
         threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
+    if not args.models_dir:
+        import tempfile
+
+        from .models_dir import build_models_dir
+
+        print("generating the tiny test models (seconds; cached for next time)...", file=sys.stderr, flush=True)
+        args.models_dir = str(build_models_dir(Path(tempfile.mkdtemp(prefix="fake-lmstudio-models-"))))
     asyncio.run(_serve(args))
 
 
