@@ -191,7 +191,7 @@ def parse_duration(text: str, what: str = "duration") -> float:
     except ValueError:
         raise SettingsError(f"{what} {text!r} is not a duration: use a number with s, m, h or d, like 30m or 7d") from None
     if not math.isfinite(seconds) or seconds < 0:
-        raise SettingsError(f"{what} {text!r} must be a finite, positive duration like 30m or 7d")
+        raise SettingsError(f"{what} {text!r} is not usable: use a positive number with s, m, h or d, like 30m or 7d")
     return seconds
 
 
@@ -211,7 +211,7 @@ def parse_size(text: str, name: str) -> int:
     except (ValueError, KeyError, OverflowError):
         raise SettingsError(f"{name}={value!r} is not a size: use a number with KB, MB or GB, like 200MB") from None
     if size < 0:
-        raise SettingsError(f"{name}={value!r} must not be negative")
+        raise SettingsError(f"{name}={value!r} is not usable: use a size of 0 or more with KB, MB or GB, like 200MB")
     return size
 
 
@@ -220,7 +220,10 @@ def response_cache_max_bytes() -> int:
     value = os.environ.get("LMSTUDIO_RESPONSE_CACHE_SIZE") or "100MB"
     size = parse_size(value, "LMSTUDIO_RESPONSE_CACHE_SIZE")
     if size < 1:
-        raise SettingsError(f"LMSTUDIO_RESPONSE_CACHE_SIZE={value.strip().lower()!r} must be greater than zero")
+        raise SettingsError(
+            f"LMSTUDIO_RESPONSE_CACHE_SIZE={value.strip().lower()!r} is not usable: use a size greater than 0 "
+            "with KB, MB or GB, like 200MB (default 100MB)"
+        )
     return size
 
 

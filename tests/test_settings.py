@@ -94,3 +94,19 @@ def test_the_listing_digest_changes_with_the_token_and_never_contains_it(monkeyp
     monkeypatch.setenv("LM_API_TOKEN", "sk-lm-DIGEST01:digestPass")
     with_token = settings.listing_digest(server)
     assert without != with_token and "DIGEST01" not in with_token and "digestPass" not in with_token
+
+
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("LMSTUDIO_RESPONSE_CACHE", "soon", "use a number with s, m, h or d, like 30m or 7d"),
+        ("LMSTUDIO_RESPONSE_CACHE", "-5m", "use a positive number with s, m, h or d"),
+        ("LMSTUDIO_RESPONSE_CACHE_SIZE", "lots", "use a number with KB, MB or GB, like 200MB"),
+        ("LMSTUDIO_RESPONSE_CACHE_SIZE", "0", "use a size greater than 0 with KB, MB or GB, like 200MB (default 100MB)"),
+    ],
+)
+def test_response_cache_settings_errors_name_the_variable_and_what_it_accepts(monkeypatch, name, value, words):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError) as caught:
+        settings.response_cache_ttl() if name == "LMSTUDIO_RESPONSE_CACHE" else settings.response_cache_max_bytes()
+    assert name in str(caught.value) and words in str(caught.value)
