@@ -1,6 +1,5 @@
-"""The lmstudio SDK side of model management: one websocket session (connection, deadlines), the raw listings it
-reads, and every SDK exception turned into one line. `lmstudio` is imported only inside functions, and no SDK
-exception or `ws://` address ever leaves this module."""
+"""The lmstudio SDK side of model management: one websocket session, its raw listings, every SDK error as one line.
+`lmstudio` is imported only inside functions; no SDK exception or `ws://` address ever leaves this module."""
 
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ def test_a_script_must_say_yes(lmstudio):
 
 
 def test_the_progress_line_on_a_terminal_has_bytes_speed_and_eta(monkeypatch):
-    from llm_lmstudio import cli as commands
+    from llm_lmstudio import cli_get as commands
 
     class Terminal(io.StringIO):
         def isatty(self):
