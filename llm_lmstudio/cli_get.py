@@ -93,13 +93,15 @@ def get_command(query, quantization, yes, address, json_):
             _get_done(manager, present.key, "already_downloaded", progress)
             return
         if manager.via == "sdk":
-            options = downloads.search(manager, query)
+            options, others = downloads.search(manager, query)
             chosen = downloads.pick(options, quantization)
             progress.what = f"{chosen.repository} {chosen.quantization or ''}".strip()
             progress.event({"event": "candidates", "query": query, "options": [o.to_json() for o in options],
-                            "chosen": options.index(chosen)})
+                            "chosen": options.index(chosen), "others": others})
             if not json_:
                 _echo_options(options, chosen)
+                if others:
+                    click.echo(f"Other matches (name one to get it instead): {', '.join(others)}", err=True)
             body = chosen.request()
             question = f"Download {progress.what} ({_size(chosen.size_bytes)})?"
             if chosen.fits is False:

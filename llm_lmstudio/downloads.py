@@ -63,8 +63,9 @@ def _format(name: str) -> str:
     return "GGUF" if name.lower().endswith(".gguf") or "gguf" in name.lower() else "MLX"
 
 
-def search(manager: Manager, query: str, limit: int = 10) -> list[Option]:
-    """Every file the best search result for `query` offers (an exact match first, as LM Studio ranks it)."""
+def search(manager: Manager, query: str, limit: int = 10) -> tuple[list[Option], list[str]]:
+    """Every file the best search result for `query` offers (an exact match first, as LM Studio ranks it),
+    and the names of the other results, which a more precise query can pick."""
     results = [r for r in manager.backend.search(query, limit) if isinstance(r.get("identifier"), dict)]
     if not results:
         raise UnknownModel(f"No model in LM Studio's catalog or on Hugging Face matches {query!r}: try another search")
@@ -86,7 +87,8 @@ def search(manager: Manager, query: str, limit: int = 10) -> list[Option]:
         )
     if not options:
         raise UnknownModel(f"{best.get('name')} offers no file LM Studio can download")
-    return options
+    others = [str(r.get("name")) for r in results if r is not best and r.get("name")]
+    return options, others
 
 
 def pick(options: list[Option], quantization: str | None) -> Option:

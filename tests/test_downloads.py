@@ -52,6 +52,7 @@ def test_candidates_show_size_format_and_fit_then_the_download_ends_with_the_mod
     assert chosen.split()[:5] == ["*", "4bit", "584.9", "KB", "MLX"] and "yes (fully on GPU)" in chosen
     # Piped: a few quiet lines, not a redrawn bar.
     assert "\r" not in err and f"{MLX_REPO} 4bit: 100% of 584.9 KB" in err
+    assert "Other matches (name one to get it instead): test-org/Tiny-Download-GGUF" in err
     assert err.rstrip().endswith(f"Downloaded {MLX_KEY}.")
     assert MLX_KEY in {m["key"] for m in json.loads(CliRunner().invoke(cli, ["lmstudio", "ls", "--json"]).stdout)["lmstudio"]}
     [request] = download_requests(lmstudio)
@@ -66,6 +67,7 @@ def test_json_progress_events_are_json_lines(lmstudio):
     assert [e["event"] for e in stream[:2]] == ["candidates", "started"]
     candidates = stream[0]
     assert [o["quantization"] for o in candidates["options"]] == ["Q4_K_M", "Q8_0"] and candidates["chosen"] == 1
+    assert candidates["others"] == []
     assert set(candidates["options"][0]) == {
         "repository", "source", "name", "quantization", "size_bytes", "format", "fit", "fits", "recommended",
     }
