@@ -63,6 +63,13 @@ def _command_names(context) -> list[str]:
     return names
 
 
+def _running_command() -> str | None:
+    import click
+
+    context = click.get_current_context(silent=True)
+    return context.info_name if context else None
+
+
 def _aliases() -> dict:
     try:
         data = json.loads((llm.user_dir() / "aliases.json").read_text())
@@ -233,8 +240,12 @@ def register_unavailable(register, kind: str, models: list[CatalogModel]) -> Non
         if model_id in present:
             continue
         reason = why_missing(model_id, kind, models)
-        if settings.debug():
+        if settings.debug() or _running_command() == "chat":
             notice(reason)
+        if _running_command() == "chat":
+            # `llm chat` shows a model's error as a traceback: it gets the reason above, then llm's own
+            # one line ("'lmstudio/...' is not a known model"), and no stand-in.
+            continue
         if kind == "chat":
             register(UnavailableChat(model_id, reason), UnavailableAsyncChat(model_id, reason))
         else:

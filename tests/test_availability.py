@@ -145,6 +145,23 @@ def test_a_server_that_is_down_on_a_fresh_user_folder_is_named_with_what_to_do(r
     ]
 
 
+def test_llm_chat_with_a_missing_model_says_why_without_a_traceback(refused_url):
+    result = subprocess.run(
+        [llm_command(), "chat", "-m", LLAMA],
+        input="hello\nquit\n",
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "LMSTUDIO_BASE_URL": refused_url},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert stderr_lines(result) == [
+        f"llm-lmstudio: {LLAMA} is not available: LM Studio is not reachable at {refused_url} — is the server "
+        "running? Start it with `lms server start` or from the LM Studio app",
+        f"Error: '{LLAMA}' is not a known model",
+    ]
+
+
 def test_a_rejected_token_is_named_instead_of_unknown_model(lmstudio, monkeypatch):
     lmstudio.configure(auth_token=TOKEN)
     monkeypatch.setenv("LM_API_TOKEN", WRONG)
