@@ -1,31 +1,25 @@
 """Benchmark: the router's decision overhead, against its parts measured directly in the same run.
 
 - keyword classification alone (target: well under 1 ms);
-- the router's whole decision (`make_plan`: classify, list local models, read history, score) with the
-  keyword classifier, against the stand-in's model list;
-- with the embedding classifier (native MiniLM), against one direct embedding call of the same prompt
-  (target: the decision costs one embedding call, so the ratio should be close to 1).
+- the router's whole decision (`make_plan`: classify, list local models, read history, score) with keywords;
+- with the embedding classifier (MiniLM served by the stand-in, exemplar vectors and head from the package),
+  against one direct embedding call of the same prompt (target: ratio close to 1), and its first use in a
+  fresh process (loading the packaged vectors and head; no exemplar is embedded);
+- with the small-model tier (`classifier_model`, asked on every prompt here), against one direct call of
+  that model with the same request. The stand-in's tiny model answers from a script, so this is the tier's
+  overhead, not a real model's speed.
 
 Run: .venv/bin/python benchmarks/bench_router.py [--runs N] [--no-embedding]
-Results also in benchmarks/out/router.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
+import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.fake_lmstudio import FakeLMStudio  # noqa: E402
-from tests.fake_lmstudio.models_dir import build_models_dir  # noqa: E402
+from _common import ROOT, median, ms, ratio, samples, sandbox, write_json
 
 PROMPTS = [
     "Write a Python function that merges two sorted lists",
@@ -36,14 +30,9 @@ PROMPTS = [
 ]
 
 
-def median_of(fn, runs: int) -> float:
-    fn()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+def per_prompt(fn, runs: int) -> float:
+    """The median over prompts of each prompt's median time."""
+    return median(median(samples(lambda p=p: fn(p), runs)) for p in PROMPTS)
 
 
 def main():
@@ -51,64 +40,78 @@ def main():
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--no-embedding", action="store_true", help="skip the embedding classifier part")
     args = parser.parse_args()
+    work = sandbox("router")
 
     import llm
 
-    from llm_lmstudio import router, settings, tasks
+    from llm_lmstudio import classifier, router, settings, tasks
+    from tests.fake_lmstudio import FakeLMStudio
+    from tests.fake_lmstudio.models_dir import EMBEDDING_NAME, PUBLISHER, build_models_dir
 
     rows = []
     keyword = tasks.KeywordClassifier()
-    kw = statistics.median(median_of(lambda p=p: keyword.classify(p), args.runs) for p in PROMPTS)
-    rows.append({"measure": "keyword classification", "median_ms": round(kw * 1000, 4), "baseline": "-", "ratio": None})
+    kw = per_prompt(keyword.classify, args.runs)
+    rows.append({"measure": "keyword classification", "median_ms": ms(kw, 4), "baseline": "-", "ratio": None})
     print(f"  keyword classification: {kw * 1e6:.1f} µs (target < 1 ms)", flush=True)
 
-    with tempfile.TemporaryDirectory() as work:
-        models = build_models_dir(Path(work) / "models", include_minilm=not args.no_embedding)
-        user_dir = Path(work) / "llm"
-        user_dir.mkdir()
-        with FakeLMStudio(models) as server:
-            os.environ.update(LMSTUDIO_BASE_URL=server.base_url, LLM_USER_PATH=str(user_dir))
-            model = router.Router()
-            config = settings.RouterConfig(classifier="keyword")
+    with FakeLMStudio(build_models_dir(work / "models", include_minilm=not args.no_embedding)) as server:
+        os.environ["LMSTUDIO_BASE_URL"] = server.base_url
+        model = router.Router()
 
-            def plan(text, config=config):
-                return router.make_plan(llm.Prompt(text, model, options=model.Options()), config)
+        def plan(text, config):
+            return router.make_plan(llm.Prompt(text, model, options=model.Options()), config)
 
-            full = statistics.median(median_of(lambda p=p: plan(p), max(5, args.runs // 5)) for p in PROMPTS)
-            rows.append({"measure": "router decision, keyword classifier", "median_ms": round(full * 1000, 2),
-                         "baseline": "keyword classification", "ratio": round(full / kw, 1)})
-            print(f"  router decision with the keyword classifier: {full * 1000:.2f} ms "
-                  f"(classification {kw * 1000:.3f} ms; the rest is listing models and reading history)", flush=True)
+        keyword_config = settings.RouterConfig(classifier="keyword")
+        full = per_prompt(lambda p: plan(p, keyword_config), max(5, args.runs // 5))
+        rows.append({"measure": "router decision, keyword classifier", "median_ms": ms(full, 2),
+                     "baseline": "keyword classification", "ratio": ratio(full, kw)})
+        print(f"  router decision with keywords: {full * 1000:.2f} ms (the rest is listing models and reading history)", flush=True)
 
-            if not args.no_embedding:
-                from tests.model_factory import minilm_path
+        # the small-model tier, asked every time (threshold 1), each prompt's answer cache cleared first
+        small = "lmstudio/test-org/tiny-llama"
+        tier_config = settings.RouterConfig(classifier="keyword", classifier_model=small, classifier_threshold=1.0)
+        cache = settings.plugin_dir() / classifier.LLM_CACHE
 
-                from llm_lmstudio import local_models
+        def tiered(text):
+            cache.unlink(missing_ok=True)
+            server.script('{"task": "research"}')
+            return plan(text, tier_config)
 
-                local_models.add(minilm_path(), name="minilm")
-                embed_config = settings.RouterConfig(classifier="embedding", embedding_model="mlx/minilm")
-                started = time.perf_counter()
-                decision = plan(PROMPTS[0], embed_config)
-                setup = time.perf_counter() - started
-                assert decision.classifier == "embedding", decision.classifier_note
-                embedding_model = llm.get_embedding_model("mlx/minilm")
-                runs = max(3, args.runs // 10)
-                direct = statistics.median(
-                    median_of(lambda p=p: embedding_model.embed(tasks.prompt_view(p)), runs) for p in PROMPTS
-                )
-                routed = statistics.median(median_of(lambda p=p: plan(p, embed_config), runs) for p in PROMPTS)
-                rows.append({"measure": "router decision, embedding classifier (MiniLM, native)",
-                             "median_ms": round(routed * 1000, 2), "baseline": "one direct embedding call",
-                             "baseline_ms": round(direct * 1000, 2), "ratio": round(routed / direct, 3)})
-                rows.append({"measure": "first use: embedding the exemplars (cached on disk afterwards)",
-                             "median_ms": round(setup * 1000, 1), "baseline": "-", "ratio": None})
-                print(f"  router decision with the embedding classifier: {routed * 1000:.1f} ms vs one embedding "
-                      f"call {direct * 1000:.1f} ms (ratio {routed / direct:.2f}); first use embeds the exemplars: "
-                      f"{setup:.1f} s, once", flush=True)
+        def direct(text):
+            server.script('{"task": "research"}')
+            schema = {"type": "object", "properties": {"task": {"type": "string", "enum": list(tasks.DEFAULT_TASKS)}}}
+            return llm.get_model(small).prompt(text, schema=schema, stream=False, temperature=0.0, max_tokens=40).text()
 
-    out = ROOT / "benchmarks" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "router.json").write_text(json.dumps({"benchmark": "router", "results": rows}, indent=2))
+        runs = max(3, args.runs // 10)
+        tier = per_prompt(tiered, runs)
+        call = per_prompt(direct, runs)
+        rows.append({"measure": "router decision, small-model tier (scripted stand-in model)", "median_ms": ms(tier, 1),
+                     "baseline": "one direct call of that model", "baseline_ms": ms(call, 1), "ratio": ratio(tier, call)})
+        print(f"  router decision with the small-model tier: {tier * 1000:.1f} ms vs a direct call {call * 1000:.1f} ms", flush=True)
+
+        if not args.no_embedding:
+            embedder = f"lmstudio/{PUBLISHER}/{EMBEDDING_NAME}"
+            embed_config = settings.RouterConfig(classifier="embedding", embedding_model=embedder)
+            server.load(f"{PUBLISHER}/{EMBEDDING_NAME}")
+            embedding_model = llm.get_embedding_model(embedder)
+            runs = max(3, args.runs // 10)
+            one_call = per_prompt(lambda p: embedding_model.embed(tasks.prompt_view(p)), runs)
+            routed = per_prompt(lambda p: plan(p, embed_config), runs)
+            assert plan(PROMPTS[0], embed_config).classifier == "embedding"
+            rows.append({"measure": "router decision, embedding classifier (MiniLM on the stand-in)", "median_ms": ms(routed, 1),
+                         "baseline": "one direct embedding call", "baseline_ms": ms(one_call, 1), "ratio": ratio(routed, one_call)})
+            # first use in a fresh process: packaged vectors and head, no exemplar embedded
+            code = ("import time, llm; from llm_lmstudio import classifier, settings; t = time.perf_counter(); "
+                    f"c = classifier.embedding_classifier({embedder!r}, settings.RouterConfig()); c.build(); "
+                    "print(time.perf_counter() - t, len(c.pending()))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=os.environ).stdout.split()
+            first, pending = float(out[0]), int(out[1])
+            rows.append({"measure": "first use: packaged exemplar vectors and head loaded (fresh process)",
+                         "median_ms": ms(first, 1), "baseline": "-", "ratio": None, "exemplars_embedded": pending})
+            print(f"  router decision with embeddings: {routed * 1000:.1f} ms vs one embedding call {one_call * 1000:.1f} ms "
+                  f"(ratio {routed / one_call:.2f}); first use {first * 1000:.0f} ms, {pending} exemplars embedded", flush=True)
+
+    write_json("router", {"benchmark": "router", "results": rows})
 
 
 if __name__ == "__main__":

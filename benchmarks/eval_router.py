@@ -1,131 +1,62 @@
-"""Measures the router's task classifiers on labelled prompts with a fixed, seeded held-out split.
-Model choices are made on dev folds of the training split only; the test split is read once, to report."""
+"""Measures the router's task classifiers on prompts from sources they never saw: leave-one-source-out
+(choose settings and train on every source but one, test on that one), beside the in-distribution split.
+Never tunes on a left-out source or on the split's test ids; every figure printed is from this run."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
-import statistics
 import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm_lmstudio import tasks  # noqa: E402
+from llm_lmstudio import tasks, vectors  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "router"
 OUT = Path(__file__).resolve().parent / "out"
 SPLIT_FILE = DATA / "split.json"
 SEED = 20260523
 TEST_FRACTION = 0.30
-DEV_FOLDS = 5
+TASKS = list(tasks.DEFAULT_TASKS)
 
-ARENA_TASK = {"coding": "coding", "math": "analysis", "creative_writing": "creative"}
-VICUNA_TASK = {
-    "coding": "coding",
-    "math": "analysis",
-    "fermi": "analysis",
-    "writing": "creative",
-    "roleplay": "creative",
-    "knowledge": "research",
-    "counterfactual": "research",
-    "common-sense": "research",
-    "generic": "general",
+# Each source's own labels mapped onto the router's tasks (SOURCES.md); a label missing here is left out.
+ARENA = {"coding": "coding", "math": "analysis", "creative_writing": "creative"}
+VICUNA = {"coding": "coding", "math": "analysis", "fermi": "analysis", "writing": "creative", "roleplay": "creative",
+          "knowledge": "research", "counterfactual": "research", "common-sense": "research", "generic": "general"}
+MT_BENCH = {"coding": "coding", "math": "analysis", "reasoning": "analysis", "extraction": "analysis",
+            "writing": "creative", "roleplay": "creative", "stem": "research", "humanities": "research"}
+WIZARDLM = {"Code Generation": "coding", "Code Debug": "coding", "Math": "analysis", "Reasoning": "analysis",
+            "Writting": "creative", "Roleplay": "creative"} | {skill: "research" for skill in (
+    "Biology", "Chemistry", "Physics", "History", "Law", "Medicine", "Economy", "Ethics", "Philosophy", "Technology",
+    "Literature", "Art", "Music", "Sport", "Entertainment", "Counterfactual", "Common-Sense")}
+# name: (file, id field, label field, prompt getter, mapping, may ship in the package)
+SOURCES = {
+    "arena-hard": ("arena_hard_v2.0_question.jsonl", "uid", "subcategory", lambda r: r["prompt"], ARENA, True),
+    "vicuna": ("vicuna_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], VICUNA, True),
+    "mt-bench": ("mt_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], MT_BENCH, True),
+    # CC BY-NC 4.0: measured on, never shipped (not in the exemplars, vectors or head the package carries)
+    "wizardlm": ("wizardlm_testset.jsonl", "idx", "Skill", lambda r: r["Instruction"], WIZARDLM, False),
+    "project": ("extra.jsonl", "id", "task", lambda r: r["prompt"], {t: t for t in TASKS}, True),
 }
-
-
-# --------------------------------------------------------------------------- data
+PUBLIC = [name for name in SOURCES if name != "project"]
 
 
 def load_labelled() -> list[dict]:
-    """Every labelled prompt as {id, source, task, prompt}, mapped onto tasks as SOURCES.md suggests."""
+    """Every labelled prompt as {id, source, task, prompt, ships}."""
     rows = []
-    with open(DATA / "arena_hard_v2.0_question.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            item = json.loads(line)
-            rows.append({"id": f"arena-{item['uid']}", "source": "arena", "task": ARENA_TASK[item["subcategory"]], "prompt": item["prompt"]})
-    with open(DATA / "vicuna_bench_question.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            item = json.loads(line)
-            rows.append({"id": f"vicuna-{item['question_id']}", "source": "vicuna", "task": VICUNA_TASK[item["category"]], "prompt": item["turns"][0]})
-    with open(DATA / "extra.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            item = json.loads(line)
-            rows.append({"id": item["id"], "source": "extra", "task": item["task"], "prompt": item["prompt"]})
+    for source, (file, id_field, label_field, prompt_of, mapping, ships) in SOURCES.items():
+        with open(DATA / file, encoding="utf-8") as handle:
+            for line in handle:
+                item = json.loads(line)
+                task = mapping.get(item[label_field])
+                if task is not None:
+                    ident = item[id_field] if source == "project" else f"{source}-{item[id_field]}"
+                    rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item), "ships": ships})
     return rows
-
-
-def make_split(rows: list[dict]) -> dict:
-    """70/30, stratified by (source, task), seeded; the test ids are written down so the split never drifts."""
-    rng = random.Random(SEED)
-    strata = defaultdict(list)
-    for row in rows:
-        strata[(row["source"], row["task"])].append(row["id"])
-    test = []
-    for key in sorted(strata):
-        ids = sorted(strata[key])
-        rng.shuffle(ids)
-        test.extend(ids[: round(len(ids) * TEST_FRACTION)])
-    return {"seed": SEED, "test_fraction": TEST_FRACTION, "stratified_by": ["source", "task"], "test_ids": sorted(test)}
-
-
-def split_rows(rows: list[dict], resplit: bool) -> tuple[list[dict], list[dict], dict]:
-    if resplit or not SPLIT_FILE.exists():
-        split = make_split(rows)
-        SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
-    split = json.loads(SPLIT_FILE.read_text())
-    test_ids = set(split["test_ids"])
-    known = {row["id"] for row in rows}
-    missing = test_ids - known
-    if missing:
-        raise SystemExit(f"{len(missing)} test ids in {SPLIT_FILE.name} are not in the data; rerun with --resplit")
-    train = [r for r in rows if r["id"] not in test_ids]
-    test = [r for r in rows if r["id"] in test_ids]
-    return train, test, split
-
-
-def dev_folds(train: list[dict]) -> list[tuple[list[int], list[int]]]:
-    """Stratified folds over the training split, for choosing methods without touching the test split."""
-    rng = random.Random(SEED + 1)
-    fold_of = {}
-    strata = defaultdict(list)
-    for index, row in enumerate(train):
-        strata[(row["source"], row["task"])].append(index)
-    for key in sorted(strata):
-        members = strata[key]
-        rng.shuffle(members)
-        for position, index in enumerate(members):
-            fold_of[index] = position % DEV_FOLDS
-    folds = []
-    for fold in range(DEV_FOLDS):
-        dev = [i for i in range(len(train)) if fold_of[i] == fold]
-        fit = [i for i in range(len(train)) if fold_of[i] != fold]
-        folds.append((fit, dev))
-    return folds
-
-
-# --------------------------------------------------------------------------- classifiers
-
-
-def naive_keyword(prompt: str) -> str:
-    """The original design notes' matcher, reconstructed: first substring hit wins, else general."""
-    p = prompt.lower()
-    if "code" in p or "function" in p or "bug" in p or "program" in p:
-        return "coding"
-    if "calculate" in p or "math" in p or "solve" in p or "equation" in p:
-        return "analysis"
-    if "story" in p or "poem" in p or "creative" in p:
-        return "creative"
-    if "explain" in p or "what is" in p or "research" in p or "compare" in p:
-        return "research"
-    return "general"
-
-
 class MiniLM:
     """all-MiniLM-L6-v2 through mlx_embeddings: the real path for single prompts, and a NumPy replay of
     the same weights for embedding the ~1,000 evaluation prompts (MLX's Linux CPU matmul is ~25x slower
@@ -198,242 +129,286 @@ class MiniLM:
         return float((reference * replay).sum(1).min())
 
     def embed_many(self, texts: list[str], batch_size: int = 16):
-        """Embeds many texts, shortest first so batches pad little; cached under benchmarks/out/."""
+        """Embeds many texts, shortest first so batches pad little; each vector is kept in
+        benchmarks/out/ under its text's digest, so a later run embeds only what is new."""
         import numpy as np
 
-        key = hashlib.sha256(json.dumps([self.model_id, self.max_length, texts]).encode()).hexdigest()[:16]
-        cache = OUT / f"minilm-{key}.npy"
-        if cache.exists():
-            return np.load(cache)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        result = np.zeros((len(texts), 384), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            result[chunk] = self.embed_numpy([texts[i] for i in chunk])
-        OUT.mkdir(exist_ok=True)
-        np.save(cache, result)
-        return result
+        store = vectors.VectorStore(f"eval/minilm-replay-{self.max_length}", OUT)
+        todo = sorted(store.missing(texts), key=len)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            store.add(chunk, self.embed_numpy(chunk))
+            print(f"\r  embedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr, flush=True)
+        if todo:
+            print(file=sys.stderr)
+        return np.asarray([store.get(t) for t in texts], dtype=np.float32)
+
+# --------------------------------------------------------------------------- classifiers as matrices
 
 
-def lookup_embed(rows, vectors, fallback=None):
-    """An embed function that answers from vectors already computed for these rows' views."""
-    table = {tasks.prompt_view(row["prompt"]): vector for row, vector in zip(rows, vectors)}
+def keyword_log_probs(rows):
+    import numpy as np
 
-    def embed(texts):
-        if fallback is not None and any(t not in table for t in texts):
-            return fallback(texts)
-        return [table[t] for t in texts]
-
-    return embed
+    keyword = tasks.KeywordClassifier()
+    return np.log(np.asarray([[keyword.classify(r["prompt"]).scores[t] for t in TASKS] for r in rows]) + 1e-12)
 
 
-def exemplars_of(rows) -> dict[str, list[str]]:
-    exemplars = defaultdict(list)
-    for row in rows:
-        exemplars[row["task"]].append(row["prompt"])
-    return dict(exemplars)
+def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x):
+    """Per-task log-probabilities of the test vectors, from a head or centroids trained on fit_rows."""
+    import numpy as np
+
+    labels = [r["task"] for r in fit_rows]
+    weights = vectors.balanced_weights(labels, [r["source"] for r in fit_rows])
+    targets = np.asarray([TASKS.index(t) for t in labels])
+    if method == "head":
+        w, b = vectors.fit_softmax(fit_x, targets, len(TASKS), weights, l2=param)
+        logits = test_x @ w + b
+    else:
+        logits = tasks.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T
+        logits = logits.T / param
+    return tasks.log_softmax(logits)
 
 
-def embedding_predictions(train_rows, train_vectors, query_rows, query_vectors, **options):
-    clf = tasks.EmbeddingClassifier(lookup_embed(train_rows, train_vectors), exemplars_of(train_rows), batch_size=len(train_rows), **options)
-    return [clf.decide(v, r["prompt"]).task for r, v in zip(query_rows, query_vectors)]
+def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
+    return tasks.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
+
+
+def held_out(rows, source: str):
+    """Masks (fit, test) for leaving `source` out. MT-bench reuses two Vicuna prompts and WizardLM one:
+    a prompt of the left-out source is never trained on, whichever source also carries it."""
+    import numpy as np
+
+    test = np.asarray([r["source"] == source for r in rows])
+    seen = {" ".join(r["prompt"].split()).lower() for r, t in zip(rows, test) if t}
+    fit = np.asarray([not t and " ".join(r["prompt"].split()).lower() not in seen for r, t in zip(rows, test)])
+    return fit, test
+
+
+def accuracy_by_source(rows, log_probs) -> dict:
+    hits = defaultdict(list)
+    for row, lp in zip(rows, log_probs):
+        hits[row["source"]].append(TASKS[int(lp.argmax())] == row["task"])
+    return {source: sum(h) / len(h) for source, h in hits.items()}
+
+
+GRID = {"head": (1e-3, 1e-2), "centroid": (0.02, 0.05)}
+WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65)
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)
+
+
+def choose(rows, x, log_kw, method: str) -> dict:
+    """Settings for `method` by leave-one-source-out over `rows` only (the caller has removed whatever
+    it will test on): the parameter and keyword weight with the best mean accuracy over sources, then a
+    temperature that makes the confidence honest on those same out-of-source predictions. Returns the
+    best settings without keywords ("alone") and with them ("combined")."""
+    import numpy as np
+
+    sources = sorted({r["source"] for r in rows})
+    held = {}
+    for param in GRID[method]:
+        out = np.zeros((len(rows), len(TASKS)))
+        for source in sources:
+            fit, test = held_out(rows, source)
+            out[test] = embedding_log_probs(method, param, [r for r, f in zip(rows, fit) if f], x[fit], x[test])
+        held[param] = out
+    gold = np.asarray([TASKS.index(r["task"]) for r in rows])
+    chosen = {}
+    for variant, weights in (("alone", (0.0,)), ("combined", WEIGHTS)):
+        best = None
+        for param, log_emb in held.items():
+            for weight in weights:
+                score = np.mean(list(accuracy_by_source(rows, predict(log_emb, log_kw, weight)).values()))
+                if best is None or score > best[0] + 1e-9:
+                    best = (score, param, weight)
+        _, param, weight = best
+        combined = predict(held[param], log_kw, weight)
+        temperature = min(TEMPERATURES, key=lambda t: -tasks.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
+        chosen[variant] = {"method": method, "param": param, "keyword_weight": weight, "temperature": temperature}
+    return chosen
+
+
+def run(settings, fit_rows, fit_x, test_x, test_kw):
+    log_emb = embedding_log_probs(settings["method"], settings["param"], fit_rows, fit_x, test_x)
+    return predict(log_emb, test_kw, settings["keyword_weight"], settings["temperature"])
 
 
 # --------------------------------------------------------------------------- metrics
 
 
-def report(name: str, gold: list[str], pred: list[str], task_names) -> dict:
+def expected_calibration_error(rows, log_probs, bins: int = 10) -> float:
+    import numpy as np
+
+    probs = np.exp(log_probs)
+    confidence = probs.max(axis=1)
+    correct = np.asarray([TASKS[int(p.argmax())] == r["task"] for r, p in zip(rows, probs)])
+    error = 0.0
+    for low in np.linspace(0, 1, bins, endpoint=False):
+        inside = (confidence > low) & (confidence <= low + 1 / bins)
+        if inside.any():
+            error += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    return float(error)
+
+
+def summary(rows, log_probs) -> dict:
+    by_source = accuracy_by_source(rows, log_probs)
     per_task = {}
-    for task in task_names:
-        tp = sum(1 for g, p in zip(gold, pred) if g == task and p == task)
-        fp = sum(1 for g, p in zip(gold, pred) if g != task and p == task)
-        fn = sum(1 for g, p in zip(gold, pred) if g == task and p != task)
-        support = tp + fn
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_task[task] = {"support": support, "precision": precision, "recall": recall, "f1": f1}
-    accuracy = sum(1 for g, p in zip(gold, pred) if g == p) / len(gold)
-    macro = statistics.mean(v["recall"] for v in per_task.values())
-    confusion = Counter(f"{g}->{p}" for g, p in zip(gold, pred) if g != p)
-    return {"name": name, "accuracy": accuracy, "balanced_accuracy": macro, "per_task": per_task, "confusions": dict(confusion.most_common(10))}
+    for task in TASKS:
+        members = [lp for r, lp in zip(rows, log_probs) if r["task"] == task]
+        per_task[task] = sum(TASKS[int(lp.argmax())] == task for lp in members) / len(members) if members else None
+    public = [by_source[s] for s in PUBLIC if s in by_source]
+    return {"by_source": by_source, "per_task": per_task, "public_mean": sum(public) / len(public) if public else None,
+            "mean": sum(by_source.values()) / len(by_source), "ece": expected_calibration_error(rows, log_probs)}
 
 
-def markdown(results: list[dict], task_names, n: int, what: str = "test") -> str:
-    header = "| classifier | " + " | ".join(task_names) + " | overall | balanced |"
-    lines = [header, "|" + "---|" * (len(task_names) + 3)]
-    for result in results:
-        cells = []
-        for task in task_names:
-            t = result["per_task"][task]
-            cells.append(f"{t['recall']:.0%} (P {t['precision']:.0%})")
-        lines.append(f"| {result['name']} | " + " | ".join(cells) + f" | **{result['accuracy']:.1%}** | {result['balanced_accuracy']:.1%} |")
-    lines.append(f"\nPer task: recall = share of that task's test prompts classified correctly; P = precision. n = {n} {what} prompts.")
+def pct(value) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def table(results: dict, rows) -> str:
+    sources = [s for s in SOURCES if any(r["source"] == s for r in rows)]
+    count = Counter(r["source"] for r in rows)
+    tcount = Counter(r["task"] for r in rows)
+    head = ["classifier"] + [f"{s} ({count[s]})" for s in sources] + ["**public mean**"] + [f"{t} ({tcount[t]})" for t in TASKS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, result in results.items():
+        cells = [pct(result["by_source"].get(s)) for s in sources] + [f"**{pct(result['public_mean'])}**"]
+        cells += [pct(result["per_task"][t]) for t in TASKS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def is_english(prompt: str) -> bool:
-    """Mostly ASCII letters in the first 500 characters: a rough but reproducible language split."""
-    head = prompt[:500]
-    return sum(c.isascii() for c in head) >= 0.9 * max(1, len(head))
+# --------------------------------------------------------------------------- the in-distribution split
 
 
-def describe(options: dict) -> str:
-    method = options["method"] + (f" k={options['k']}" if options["method"] == "knn" else "")
-    return f"{method}, T={options['temperature']}, keyword weight {options['keyword_weight']}"
+def split_ids(rows: list[dict], resplit: bool) -> set:
+    """A 70/30 split stratified by (source, task), seeded; the test ids are written down so it never drifts."""
+    if resplit or not SPLIT_FILE.exists():
+        rng = random.Random(SEED)
+        strata = defaultdict(list)
+        for row in rows:
+            strata[(row["source"], row["task"])].append(row["id"])
+        test = []
+        for key in sorted(strata):
+            ids = sorted(strata[key])
+            rng.shuffle(ids)
+            test.extend(ids[: round(len(ids) * TEST_FRACTION)])
+        split = {"seed": SEED, "test_fraction": TEST_FRACTION, "stratified_by": ["source", "task"], "test_ids": sorted(test)}
+        SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
+    test_ids = set(json.loads(SPLIT_FILE.read_text())["test_ids"])
+    missing = test_ids - {row["id"] for row in rows}
+    if missing:
+        raise SystemExit(f"{len(missing)} test ids in {SPLIT_FILE.name} are not in the data; rerun with --resplit")
+    return test_ids
 
 
-def median_us(fn, items, repeat=3) -> float:
-    samples = []
-    for _ in range(repeat):
-        for item in items:
-            start = time.perf_counter_ns()
-            fn(item)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-    return statistics.median(samples)
+# --------------------------------------------------------------------------- shipping
+
+
+def write_exemplars(rows, x, log_kw, method: str) -> dict:
+    """The package's exemplars (every prompt of a source that may ship), the settings chosen for them by
+    leave-one-source-out, and their MiniLM vectors, keyed by text digest."""
+    import numpy as np
+
+    shipped = [i for i, r in enumerate(rows) if r["ships"]]
+    chosen = choose([rows[i] for i in shipped], x[shipped], log_kw[shipped], method)["combined"]
+    views, groups, table = defaultdict(list), defaultdict(list), {}
+    for i in shipped:
+        view = tasks.prompt_view(rows[i]["prompt"])
+        if view not in views[rows[i]["task"]]:
+            views[rows[i]["task"]].append(view)
+            groups[rows[i]["task"]].append(rows[i]["source"])
+        table[vectors.text_key(view)] = x[i]
+    payload = {
+        "about": "The router's default exemplars: every prompt of the vendored sources that may ship "
+        "(benchmarks/data/router/SOURCES.md), cut to the head and tail the classifier embeds. Settings chosen by "
+        "leave-one-source-out in benchmarks/eval_router.py (all-MiniLM-L6-v2).",
+        "settings": {"method": chosen["method"], ("l2" if method == "head" else "centroid_temperature"): chosen["param"],
+                     "keyword_weight": chosen["keyword_weight"], "temperature": chosen["temperature"]},
+        "tasks": {task: views[task] for task in TASKS},
+        "sources": {task: groups[task] for task in TASKS},  # training balances sources within each task
+    }
+    tasks.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    vectors.write_store(vectors.PACKAGED["all-minilm-l6-v2"], table, dtype=np.float16)
+    vectors.PACKAGED_HEADS["all-minilm-l6-v2"].unlink(missing_ok=True)
+    if method == "head":
+        # fitted exactly as the router fits it, from the packaged vectors alone (no embedding call)
+        classifier = tasks.EmbeddingClassifier(None, tasks.load_exemplars(), model_id="all-minilm-l6-v2")
+        vectors.write_head(vectors.PACKAGED_HEADS["all-minilm-l6-v2"], classifier.head_digest, *classifier._weights)
+    print(f"wrote {tasks.EXEMPLARS_FILE.name} and {vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
+    return payload
 
 
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--resplit", action="store_true", help="draw the split again (changes the recorded test ids)")
-    parser.add_argument("--no-embedding", action="store_true", help="skip MiniLM (keyword classifiers only)")
-    parser.add_argument("--write-exemplars", action="store_true", help="write llm_lmstudio/data/router_exemplars.json from the training split")
-    parser.add_argument("--dev-only", action="store_true", help="report dev-fold results only, never the test split")
-    parser.add_argument("--timing-prompts", type=int, default=10, help="prompts to time one real MiniLM call on")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-embedding", action="store_true", help="keywords only (no MiniLM)")
+    parser.add_argument("--resplit", action="store_true", help="draw the in-distribution split again")
+    parser.add_argument("--write-exemplars", action="store_true", help="write the package's exemplars, settings and MiniLM vectors")
+    parser.add_argument("--classifier-model", metavar="MODEL", help="also measure the small-model tier with this local chat "
+                        "model (e.g. lmstudio/qwen/qwen3-1.7b; needs the server running; answers cached in llm's user dir)")
     args = parser.parse_args()
+    import numpy as np
 
     rows = load_labelled()
-    train, test, split = split_rows(rows, args.resplit)
-    task_names = list(tasks.DEFAULT_TASKS)
-    print(f"labelled prompts: {len(rows)}; train {len(train)}, test {len(test)} (seed {split['seed']})")
-    print("train per task:", dict(Counter(r["task"] for r in train)), "test per task:", dict(Counter(r["task"] for r in test)))
-    OUT.mkdir(exist_ok=True)
+    print("prompts per source:", dict(Counter(r["source"] for r in rows)), "per task:", dict(Counter(r["task"] for r in rows)))
+    log_kw = keyword_log_probs(rows)
+    test_ids = split_ids(rows, args.resplit)
+    is_test = np.asarray([r["id"] in test_ids for r in rows])
+    loso = {"keywords": summary(rows, log_kw)}
+    if args.classifier_model:
+        from llm_lmstudio import classifier
 
-    if args.write_exemplars:
-        view = {}
-        for row in train:
-            view.setdefault(row["task"], []).append(tasks.prompt_view(row["prompt"]))
-        payload = {
-            "about": "Default router exemplars: every prompt of the training split of benchmarks/eval_router.py "
-            f"(seed {SEED}, {1 - TEST_FRACTION:.0%} of arena-hard v2.0, vicuna-bench and benchmarks/data/router/extra.jsonl), "
-            "each cut to the head and tail the classifier embeds. Test-split prompts are never included.",
-            "tasks": {task: view[task] for task in task_names},
-        }
-        tasks.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-        print(f"wrote {tasks.EXEMPLARS_FILE} ({sum(len(v) for v in view.values())} exemplars)")
+        def pick(row):
+            try:
+                return TASKS.index(classifier.ask_model(args.classifier_model, tasks.prompt_view(row["prompt"]), TASKS, {})[0])
+            except ValueError:  # an unusable answer: scored as "general", the task the tier cannot tell
+                return None
 
-    keyword = tasks.KeywordClassifier()
-    folds = dev_folds(train)
-    dev = {"naive keyword (baseline)": [naive_keyword(r["prompt"]) for r in train], "keyword": [keyword.classify(r["prompt"]).task for r in train]}
-    dev_results = {name: report(name, [r["task"] for r in train], pred, task_names) for name, pred in dev.items()}
-
-    minilm = None
-    chosen = chosen_pure = None
+        # nothing is trained, so every source is unseen: asked on every prompt, as with classifier_threshold: 1
+        log_model = np.full((len(rows), len(TASKS)), -1e9)
+        for i, row in enumerate(rows):
+            choice = pick(row)
+            log_model[i, choice if choice is not None else TASKS.index(tasks.FALLBACK_TASK)] = 0.0 if choice is not None else -1.0
+        loso[f"{args.classifier_model} (small-model tier)"] = summary(rows, log_model)
+    split = {"keywords": summary([r for r, t in zip(rows, is_test) if t], log_kw[is_test])}
+    chosen_log = {}
     if not args.no_embedding:
         from tests.model_factory import minilm_path
 
         minilm = MiniLM(minilm_path())
-        agreement = minilm.check_replay([tasks.prompt_view(r["prompt"]) for r in train[:6]] + ["hi", "write a haiku about rain"])
-        print(f"NumPy replay vs mlx_embeddings: min cosine {agreement:.6f}")
+        agreement = minilm.check_replay([tasks.prompt_view(r["prompt"]) for r in rows[:6]] + ["hi", "write a haiku about rain"])
         if agreement < 0.9999:
-            raise SystemExit("the NumPy replay of MiniLM disagrees with mlx_embeddings; refusing to report")
-        train_vectors = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in train])
-        # The shipped exemplars are the training views, so their MiniLM vectors are already here: put
-        # them in the classifier's own cache (keyed by model id + exemplar digest) that the MiniLM test
-        # reads. A shipped exemplar outside the training split would fail this lookup.
-        from tests.model_factory import cache_root
-
-        try:
-            tasks.EmbeddingClassifier(lookup_embed(train, train_vectors), tasks.load_exemplars(), model_id=minilm.model_id,
-                                      cache_dir=cache_root() / "router", batch_size=len(train))
-        except KeyError as exc:
-            raise SystemExit(f"router_exemplars.json holds a prompt that is not in the training split: {exc}; rerun with --write-exemplars")
-        # choose the method, k, temperature and keyword weight on dev folds of the training split
-        grid = [
-            {"method": method, "k": k, "temperature": temperature, "keyword_weight": weight}
-            for method, k in [("centroid", 0), ("knn", 3), ("knn", 5), ("knn", 10)]
-            for temperature in (0.02, 0.05)
-            for weight in (0.0, 0.3, 0.5, 0.7)
-        ]
-        grid_results = []
-        for options in grid:
-            pred = [None] * len(train)
-            for fit, held in folds:
-                out = embedding_predictions([train[i] for i in fit], train_vectors[fit], [train[i] for i in held], train_vectors[held], **options)
-                for i, p in zip(held, out):
-                    pred[i] = p
-            name = describe(options)
-            result = report(name, [r["task"] for r in train], pred, task_names)
-            grid_results.append((options, result))
-            print(f"dev {name}: {result['accuracy']:.1%} (balanced {result['balanced_accuracy']:.1%})")
-        chosen, best = max(grid_results, key=lambda item: (item[1]["balanced_accuracy"], item[1]["accuracy"]))
-        pure = [item for item in grid_results if item[0]["keyword_weight"] == 0.0]
-        chosen_pure, best_pure = max(pure, key=lambda item: (item[1]["balanced_accuracy"], item[1]["accuracy"]))
-        dev_results["embedding only"] = best_pure
-        dev_results["embedding + keyword"] = best
-        print(f"chosen on dev folds: {describe(chosen)}; best without keywords: {describe(chosen_pure)}")
-
-    print("\n## Dev (5-fold over the training split)\n")
-    print(markdown(list(dev_results.values()), task_names, len(train), "training (dev-fold)"))
-
-    result = {
-        "split": {"seed": split["seed"], "test_fraction": split["test_fraction"], "train": len(train), "test": len(test),
-                  "train_per_task": dict(Counter(r["task"] for r in train)), "test_per_task": dict(Counter(r["task"] for r in test))},
-        "dev": dev_results,
-        "embedding_choice": chosen,
-        "embedding_only_choice": chosen_pure,
-    }
-    if args.dev_only:
-        (OUT / "router_eval_dev.json").write_text(json.dumps(result, indent=2))
-        return
-
-    gold = [r["task"] for r in test]
-    predictions = {
-        "naive keyword (baseline)": [naive_keyword(r["prompt"]) for r in test],
-        "keyword": [keyword.classify(r["prompt"]).task for r in test],
-    }
-    timing = {"keyword_median_us": median_us(lambda r: keyword.classify(r["prompt"]), test),
-              "keyword_max_prompt_median_us": median_us(lambda r: keyword.classify(r["prompt"]), sorted(test, key=lambda r: -len(r["prompt"]))[:10])}
-    if minilm is not None:
-        test_vectors = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in test])
-        for options in (chosen_pure, chosen):
-            predictions[f"MiniLM {describe(options)}"] = embedding_predictions(train, train_vectors, test, test_vectors, **options)
-        # decision overhead: one real mlx_embeddings call per prompt, plus scoring against the exemplars
-        clf = tasks.EmbeddingClassifier(lookup_embed(train, train_vectors, fallback=minilm.embed_mlx), exemplars_of(train), model_id=minilm.model_id, batch_size=len(train), **chosen)
-        sample = random.Random(SEED).sample(test, args.timing_prompts)
-        minilm.embed_mlx(["warm up"])
-        timing["embedding_call_median_ms"] = median_us(lambda r: minilm.embed_mlx([clf.view(r["prompt"])]), sample, repeat=1) / 1000
-        timing["embedding_short_prompt_median_ms"] = median_us(lambda t: minilm.embed_mlx([t]), ["hi, how are you", "write a haiku about rain", "explain how vaccines work"], repeat=3) / 1000
-        timing["embedding_decision_without_call_median_us"] = median_us(lambda i: clf.decide(test_vectors[i], test[i]["prompt"]), list(range(50)))
-        timing["embedding_classify_median_ms"] = median_us(lambda r: clf.classify(r["prompt"]), sample[:5], repeat=1) / 1000
-        # for the record: what pure-Python cosine over every exemplar would cost instead of NumPy
-        rows_py = [list(map(float, v)) for v in train_vectors]
-        query = list(map(float, test_vectors[0]))
-        timing["pure_python_knn_scan_median_us"] = median_us(lambda q: [sum(a * b for a, b in zip(q, row)) for row in rows_py], [query], repeat=5)
-        timing["exemplars"] = len(rows_py)
-    test_results = [report(name, gold, pred, task_names) for name, pred in predictions.items()]
-    print("\n## Test (held out)\n")
-    table = markdown(test_results, task_names, len(test))
-    print(table)
-    # MiniLM was trained on English; a third of arena-hard is not. Reported, never tuned on.
-    english = [is_english(r["prompt"]) for r in test]
-    by_language = {}
-    for name, pred in predictions.items():
-        by_language[name] = {
-            label: sum(p == g for p, g, e in zip(pred, gold, english) if e == flag) / max(1, sum(1 for e in english if e == flag))
-            for label, flag in (("english", True), ("other", False))
-        }
-    print(f"\nBy language (english {sum(english)}, other {len(english) - sum(english)} test prompts):")
-    for name, values in by_language.items():
-        print(f"- {name}: english {values['english']:.1%}, other {values['other']:.1%}")
-    print("\n## Decision overhead\n")
-    for key, value in timing.items():
-        print(f"- {key}: {value:.1f}" if isinstance(value, float) else f"- {key}: {value}")
-    result.update({"test": test_results, "test_by_language": by_language, "timing": timing, "markdown": table})
-    (OUT / "router_eval.json").write_text(json.dumps(result, indent=2))
+            raise SystemExit(f"the NumPy replay of MiniLM disagrees with mlx_embeddings (cosine {agreement:.6f}); refusing to report")
+        x = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in rows])
+        for method in ("centroid", "head"):
+            out = {v: np.zeros((len(rows), len(TASKS))) for v in ("alone", "combined")}
+            for source in SOURCES:
+                fit, test = held_out(rows, source)
+                fit_rows = [r for r, f in zip(rows, fit) if f]
+                for variant, settings in choose(fit_rows, x[fit], log_kw[fit], method).items():
+                    chosen_log[f"{method} {variant}, {source} left out"] = settings
+                    out[variant][test] = run(settings, fit_rows, x[fit], x[test], log_kw[test])
+            train_rows = [r for r, t in zip(rows, is_test) if not t]
+            test_rows = [r for r, t in zip(rows, is_test) if t]
+            for variant, settings in choose(train_rows, x[~is_test], log_kw[~is_test], method).items():
+                name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
+                loso[name] = summary(rows, out[variant])
+                split[name] = summary(test_rows, run(settings, train_rows, x[~is_test], x[is_test], log_kw[is_test]))
+                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, tasks.log_softmax(out[variant] * settings["temperature"]))
+                print(f"{name}: leave-one-source-out {loso[name]['public_mean']:.1%} (public mean), in-distribution {split[name]['mean']:.1%}", flush=True)
+        if args.write_exemplars:
+            # the package ships whichever method did better on sources it never saw
+            write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]))
+    print("\n## Leave-one-source-out (each source classified by settings and training that never saw it)\n")
+    print(table(loso, rows))
+    print("\nCalibration (expected calibration error of the confidence, leave-one-source-out): "
+          + "; ".join(f"{k} {v['ece']:.3f}" + (f" (before temperature {v['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in v else "") for k, v in loso.items()))
+    print(f"\n## In-distribution ({int(is_test.sum())} test prompts of the seeded 70/30 split; trained on the rest)\n")
+    print(table(split, [r for r, t in zip(rows, is_test) if t]))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "router_eval.json").write_text(json.dumps({"loso": loso, "split": split, "chosen": chosen_log}, indent=2))
     print(f"\nwrote {OUT / 'router_eval.json'}")
 
 

@@ -504,7 +504,8 @@ def mlx_list(json_):
 @click.option("--schema", "needs_schema", is_flag=True, help="Route as if the prompt had a --schema")
 @click.option("--task", help="Skip classification: route as this task")
 @click.option("json_", "--json", is_flag=True, help="Output the decision as JSON")
-def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
+@click.option("--warm", is_flag=True, help="Embed the classifier's exemplars now, showing progress on stderr")
+def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, warm):
     """Show how the router would handle PROMPT, without running it.
 
     Prints the task and confidence, the classifier used, every candidate with its score and
@@ -515,21 +516,33 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
 
         llm lmstudio route "Write a Python function that parses ISO dates"
         cat error.log | llm lmstudio route --json
+        llm lmstudio route --warm
     """
     import json
 
     import llm
 
-    from . import router, settings
+    from . import classifier, router, settings
 
-    if prompt is None:
-        if sys.stdin.isatty():
-            raise click.UsageError("give a PROMPT or pipe one in")
-        prompt = sys.stdin.read()
     try:
         config = settings.router_config()
     except settings.SettingsError as exc:
         raise click.ClickException(str(exc))
+    if warm:
+        def progress(done, total):
+            click.echo(f"\rrouter: embedded {done}/{total} new exemplars", err=True, nl=done == total)
+
+        try:
+            model_id, note = classifier.warm(config, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - one line, whatever the embedding model raised
+            raise click.ClickException(f"embedding the router's exemplars failed: {exc}")
+        click.echo(f"router: exemplar vectors ready for {model_id}" if model_id else f"router: nothing to warm ({note})", err=True)
+        if prompt is None:
+            return
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give a PROMPT or pipe one in")
+        prompt = sys.stdin.read()
     model = router.Router()
     resolved = []
     for value in attachments:
@@ -547,7 +560,10 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
         schema={"type": "object"} if needs_schema else None,
         options=model.Options(),
     )
-    plan = router.make_plan(fake_prompt, config, task)
+    try:
+        plan = router.make_plan(fake_prompt, config, task)
+    except llm.ModelError as exc:
+        raise click.ClickException(str(exc))
     data = plan.to_json()
     if json_:
         click.echo(json.dumps(data, indent=2))
@@ -558,7 +574,8 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_):
     click.echo("Candidates:")
     for candidate in data["candidates"] or []:
         marker = "*" if candidate["model"] == data["chosen"] else " "
-        click.echo(f" {marker} {candidate['score']:7.1f}  {candidate['model']}" + ("  [loaded]" if candidate["loaded"] else ""))
+        where = f"  on {candidate['server']}" if candidate["kind"] == "lmstudio" and len({c["server"] for c in data["candidates"]}) > 1 else ""
+        click.echo(f" {marker} {candidate['score']:7.1f}  {candidate['model']}" + ("  [loaded]" if candidate["loaded"] else "") + where)
         for reason in candidate["reasons"]:
             click.echo(f"              {reason}")
     if not data["candidates"]:

@@ -7,7 +7,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import llm
 from llm.parts import StreamEvent
@@ -32,7 +32,8 @@ SIZE_WEIGHT = {"coding": 4.0, "analysis": 4.0, "research": 4.0, "creative": 3.0,
 LOADED_BONUS = 20.0
 NATIVE_TOOLS_BONUS = 30.0
 PREFERRED_BONUS = 100.0
-_SIZE = r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])"
+# a size is a token of its own ("7b", "0.5B", "26B-A4B"), never part of a hash ("4b2798e1e4a0") or word ("A4B")
+_SIZE = r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)\s*[bB](?![A-Za-z0-9])"
 
 
 def params_billions(text: str | None) -> float | None:
@@ -58,6 +59,8 @@ class Candidate:
     reasons: list = field(default_factory=list)
     loaded: bool = False
     kind: str = "lmstudio"  # "lmstudio" | "mlx" | "cloud"
+    server: str = "local"  # the LM Studio server's base URL; "local" for native MLX
+    key: str = ""  # the model's key: the same key on several servers makes them replicas
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Plan:
             "scores": {k: round(v, 4) for k, v in self.scores.items()},
             "needs": asdict(self.needs) | {"images": list(self.needs.images)},
             "candidates": [
-                {"model": c.model_id, "score": round(c.score, 2), "loaded": c.loaded, "kind": c.kind, "reasons": c.reasons}
+                {"model": c.model_id, "server": c.server, "score": round(c.score, 2), "loaded": c.loaded, "kind": c.kind, "reasons": c.reasons}
                 for c in self.candidates
             ],
             "excluded": self.excluded,
@@ -93,10 +96,6 @@ class Plan:
 # ---------------------------------------------------------------- what the prompt needs
 
 
-def prompt_text(prompt: llm.Prompt) -> str:
-    return prompt.prompt or ""
-
-
 def needs_of(prompt: llm.Prompt) -> Needs:
     images = []
     for attachment in prompt.attachments:
@@ -104,7 +103,7 @@ def needs_of(prompt: llm.Prompt) -> Needs:
             images.append(attachment.resolve_type())
         except Exception:  # noqa: BLE001 - an unreadable attachment is the model's error to report
             images.append("application/octet-stream")
-    chars = len(prompt_text(prompt)) + len(prompt.system or "")
+    chars = len(prompt.prompt or "") + len(prompt.system or "")
     for message in prompt.messages:
         for part in message.parts:
             chars += len(getattr(part, "text", "") or getattr(part, "output", "") or "")
@@ -116,74 +115,48 @@ def needs_of(prompt: llm.Prompt) -> Needs:
     )
 
 
-# ---------------------------------------------------------------- classifiers
+# ---------------------------------------------------------------- classifying
 
-_EMBEDDING_CLASSIFIERS: dict[tuple, Any] = {}
 # tool_call_id -> the model that made the call, so the follow-up turn with its result goes back to it.
 _TOOL_CALL_OWNERS: dict[str, str] = {}
 
 
-def _local_embedding_ids() -> list[str]:
-    ids = [m.model_id for m in llm.get_embedding_models() if settings.is_local_model_id(m.model_id)]
-    native = [i for i in ids if i.startswith("mlx/")]
-    loaded = [
-        m.model_id
-        for m in llm.get_embedding_models()
-        if settings.is_local_model_id(m.model_id) and getattr(getattr(m, "entry", None), "loaded", False)
-    ]
-    return native + [i for i in loaded if i not in native]
+def check_task(config: settings.RouterConfig, task: str | None) -> None:
+    if task and task not in config.task_names:
+        raise llm.ModelError(f"unknown task {task!r}: choose one of {', '.join(config.task_names)} (or define it under 'tasks' in the router config)")
 
 
-def embedding_classifier(config: settings.RouterConfig):
-    """(classifier or None, note): the embedding classifier when configured or available, else why not."""
-    from . import tasks
-
-    if config.classifier == "keyword":
-        return None, "keyword classifier chosen in the router config"
-    model_id = config.embedding_model
-    if model_id is None:
-        available = _local_embedding_ids()
-        if not available:
-            return None, "no local embedding model available (set embedding_model in the router config)"
-        model_id = available[0]
-    cache_key = (model_id, repr(sorted(config.tasks.items())), repr(sorted(config.keywords.items())))
-    if cache_key in _EMBEDDING_CLASSIFIERS:
-        return _EMBEDDING_CLASSIFIERS[cache_key], None
-    try:
-        model = llm.get_embedding_model(model_id)
-    except llm.UnknownModelError:
-        return None, f"embedding model {model_id} is not available"
-
-    def embed(texts: list[str]) -> list[list[float]]:
-        return [list(v) for v in model.embed_multi(texts)]
-
-    try:
-        classifier = tasks.EmbeddingClassifier(
-            embed,
-            tasks.load_exemplars(config.tasks),
-            model_id=model_id,
-            cache_dir=settings.plugin_dir(),
-            # the combined decision (similarity + keywords) scored best on held-out prompts
-            keyword=tasks.KeywordClassifier(extra_keywords=config.keywords or None),
-        )
-    except Exception as exc:  # noqa: BLE001 - a broken embedding model must not stop routing
-        return None, f"embedding model {model_id} failed: {exc}"
-    _EMBEDDING_CLASSIFIERS[cache_key] = classifier
-    return classifier, None
+def check_fallbacks(config: settings.RouterConfig) -> None:
+    """A fallback llm does not know would only fail after every local model had: say so up front."""
+    for model_id in config.fallback:
+        try:
+            llm.get_model(model_id)
+        except llm.UnknownModelError:
+            raise llm.ModelError(f"{config.path or 'lmstudio-router.yaml'}: 'fallback' names {model_id!r}, which llm does not know "
+                                 "(see `llm models`)") from None
 
 
 def classify(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: str | None = None):
-    from . import tasks
+    from . import classifier, tasks
 
     if forced_task:
+        check_task(config, forced_task)
         return tasks.TaskDecision(forced_task, 1.0, "forced", {forced_task: 1.0}), "task set with -o task"
-    embedding, note = embedding_classifier(config)
+    embedding, note = classifier.ready_classifier(config)
     keyword = tasks.KeywordClassifier(extra_keywords=config.keywords or None)
-    decision = tasks.classify(prompt_text(prompt), prompt.system, prompt.attachments, embedding=embedding, keyword=keyword)
+    text = prompt.prompt or ""
+    decision = tasks.classify(text, prompt.system, prompt.attachments, embedding=embedding, keyword=keyword)
     if decision.fallback_reason:
         note = decision.fallback_reason
-    if decision.classifier == "embedding":
-        note = None
+    if config.classifier_model and decision.confidence < config.classifier_threshold:
+        unsure = f"the {decision.classifier} classifier was unsure ({decision.confidence:.2f} < {config.classifier_threshold})"
+        try:
+            task, cached = classifier.ask_model(config.classifier_model, tasks.prompt_view(text, prompt.system), config.task_names, config.tasks)
+        except Exception as exc:  # noqa: BLE001 - the tier only sharpens the decision; never fail a prompt over it
+            note = f"{unsure}; {config.classifier_model} gave no usable answer ({exc}), kept the {decision.classifier} decision"
+        else:
+            note = f"{unsure}; {config.classifier_model} chose {task}" + (" (cached answer)" if cached else "")
+            decision = tasks.TaskDecision(task, decision.confidence, "model", decision.scores)
     return decision, note
 
 
@@ -227,10 +200,15 @@ def _is_loaded(model) -> bool:
     return False
 
 
+def server_of(model) -> str:
+    server = getattr(model, "server", None)
+    return getattr(server, "base_url", None) or "local"
+
+
 def score(model, task: str, config: settings.RouterConfig, history) -> Candidate:
-    candidate = Candidate(model.model_id, kind="mlx" if model.model_id.startswith("mlx/") else "lmstudio")
     entry = getattr(model, "entry", None)
     key = (getattr(entry, "key", None) or model.model_id.split("/", 1)[-1]).lower()
+    candidate = Candidate(model.model_id, kind="mlx" if model.model_id.startswith("mlx/") else "lmstudio", server=server_of(model), key=key)
 
     def add(points: float, reason: str):
         candidate.score += points
@@ -282,6 +260,7 @@ def local_chat_models() -> list:
 
 
 def make_plan(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: str | None = None) -> Plan:
+    check_fallbacks(config)
     decision, note = classify(prompt, config, forced_task)
     needs = needs_of(prompt)
     models = local_chat_models()
@@ -307,7 +286,7 @@ def make_plan(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: st
             candidate.score += 1000.0
             candidate.reasons.append("made the tool call this turn answers (+1000.0)")
     candidates.sort(key=lambda c: (-c.score, c.model_id))
-    chain = [c.model_id for c in candidates[: config.max_attempts]]
+    chain = replica_chain(candidates, config.max_attempts)
     for cloud in config.fallback:
         if cloud not in chain:
             chain.append(cloud)
@@ -322,6 +301,16 @@ def make_plan(prompt: llm.Prompt, config: settings.RouterConfig, forced_task: st
         excluded=excluded,
         chain=chain,
     )
+
+
+def replica_chain(candidates: list, max_models: int) -> list[str]:
+    """The order to try models in: best model first, each followed by its replicas (the same key on
+    other servers, loaded ones first as ranked), so a server that fails hands over to another server
+    running the same model. `max_models` counts distinct models, not replicas."""
+    groups: dict[str, list] = {}
+    for candidate in candidates:  # already best first
+        groups.setdefault(candidate.key if candidate.kind == "lmstudio" else candidate.model_id, []).append(candidate)
+    return [c.model_id for group in list(groups.values())[:max_models] for c in group]
 
 
 # ---------------------------------------------------------------- running
@@ -344,6 +333,24 @@ def _inner_prompt(prompt: llm.Prompt, inner, options: dict) -> llm.Prompt:
         options=inner.Options(**usable),  # never the router's own Options: the inner model reads its own fields
         hide_reasoning=prompt.hide_reasoning,
     )
+
+
+# Failures that say the server itself is gone or hung, not just this model: its other models are skipped.
+SERVER_DOWN = ("Unreachable", "TimedOut")
+_BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
+          "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused"}
+
+
+def brief(attempt: dict) -> str:
+    """A few words for one failed attempt, for the one-line summary when every model failed."""
+    if attempt.get("skipped"):
+        return "skipped: its server did not answer"
+    words = _BRIEF.get(attempt.get("error_kind") or "")
+    if words is None:
+        status = attempt.get("status")
+        text = (attempt.get("error") or "failed").split(" — ")[0]
+        words = (f"HTTP {status}: " if status else "") + (text if len(text) <= 60 else text[:57] + "...")
+    return words
 
 
 class RouterOptions(CacheOptions):
@@ -382,11 +389,19 @@ class Router(llm.Model):
         attempts: list[dict] = []
         log = {"router": plan.to_json(), "attempts": attempts}
         response.response_json = log
+        servers = {c.model_id: c.server for c in plan.candidates}
+        down: set[str] = set()
         for model_id in plan.chain:
             started = time.monotonic()
             first_event_at = None
             attempt = {"model": model_id, "ok": False}
+            if model_id in servers:
+                attempt["server"] = servers[model_id]
             attempts.append(attempt)
+            if servers.get(model_id) in down:
+                # a hung server would cost a full timeout per model (issue 17: four models, twenty minutes)
+                attempt["skipped"] = True
+                continue
             try:
                 inner = llm.get_model(model_id)
                 if isinstance(inner, Router):
@@ -402,6 +417,10 @@ class Router(llm.Model):
                     yield event
             except Exception as exc:  # noqa: BLE001 - each failure is recorded, then the next model is tried
                 attempt.update(error=str(exc), error_kind=stats.error_kind(exc))
+                if getattr(exc, "status", None):
+                    attempt["status"] = exc.status
+                if attempt["error_kind"] in SERVER_DOWN and servers.get(model_id, "local") != "local":
+                    down.add(servers[model_id])
                 attempt["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
                 stats.record_attempt(model_id, False, error_kind=attempt["error_kind"], router_turn_id=response.id)
                 if first_event_at is not None:
@@ -435,5 +454,6 @@ class Router(llm.Model):
             log["answer"] = inner_json
             response.set_resolved_model(model_id)
             return
-        summary = "; ".join(f"{a['model']}: {a.get('error')}" for a in attempts)
-        raise llm.ModelError(f"every model the router tried failed — {summary}")
+        summary = ", ".join(f"{a['model']} ({brief(a)})" for a in attempts)
+        last = next((a["error"] for a in reversed(attempts) if a.get("error")), "")
+        raise llm.ModelError(f"every model the router tried failed: {summary}. Last error: {last}")

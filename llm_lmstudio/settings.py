@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 import llm
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_BASE_URL = "http://localhost:1234"
 KEY_ALIAS = "lmstudio"
@@ -292,29 +294,12 @@ def mlx_memory_check() -> bool:
 # ---------------------------------------------------------------- router configuration
 
 ROUTER_CONFIG_NAMES = ("lmstudio-router.yaml", "lmstudio-router.yml", "lmstudio-router.json")
-ROUTER_CLASSIFIERS = ("auto", "keyword", "embedding")
 LOCAL_PREFIXES = ("lmstudio/", "lmstudio@", "mlx/")
 
 
 def is_local_model_id(model_id: str) -> bool:
     """Models this plugin runs on the user's own LM Studio servers or in-process."""
     return model_id.startswith(LOCAL_PREFIXES)
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """The router's settings file, validated. Every field has a safe default: no file means local only."""
-
-    path: Path | None = None
-    classifier: str = "auto"
-    embedding_model: str | None = None
-    prefer: dict = field(default_factory=dict)  # task -> [model id or LM Studio key, ...] in order
-    exclude: tuple = ()
-    fallback: tuple = ()  # cloud models, used only after every local candidate failed
-    tasks: dict = field(default_factory=dict)  # task -> extra exemplar prompts (new tasks allowed)
-    keywords: dict = field(default_factory=dict)  # task -> extra keywords for the keyword classifier
-    ttl: int = 600  # idle seconds before LM Studio unloads a model the router JIT-loaded
-    max_attempts: int = 4
 
 
 def router_config_path() -> Path | None:
@@ -325,71 +310,119 @@ def router_config_path() -> Path | None:
     return None
 
 
-def _string_list(value, where: str) -> tuple:
+class _Problem(ValueError):
+    """A validation problem that knows the key (or nested key) it belongs to."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
+
+
+def _strings(value):
+    """A single string counts as a list of one; every entry stripped and non-empty."""
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise SettingsError(f"{where} must be a list of non-empty strings")
-    return tuple(v.strip() for v in value)
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return tuple(v.strip() for v in value)
+    raise _Problem("must be a list of non-empty strings")
 
 
-def _task_map(value, where: str) -> dict:
+def _task_lists(value):
     if not isinstance(value, dict):
-        raise SettingsError(f"{where} must be a mapping of task name to a list of strings")
+        raise _Problem("must be a mapping of task name to a list of strings")
     result = {}
     for task, items in value.items():
         if not isinstance(task, str) or not task.strip():
-            raise SettingsError(f"{where} has a task name that is not a string")
-        # where is "<file>: 'key'"; name the nested key inside the quotes
-        result[task.strip()] = list(_string_list(items, f"{where[:-1]}.{task}'"))
+            raise _Problem("has a task name that is not a string")
+        try:
+            result[task.strip()] = list(_strings(items))
+        except _Problem as exc:
+            raise _Problem(str(exc), key=task.strip()) from None
     return result
 
 
+def _local_model(value):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _Problem("must be a model id")
+    if not is_local_model_id(value.strip()):
+        # classifying sends the prompt to that model: only local ones are allowed
+        raise _Problem(f"must be a local model (lmstudio/... or mlx/...), not {value.strip()!r}")
+    return value.strip()
+
+
+def _whole(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Problem("must be a whole number of at least 1")
+    return value
+
+
+_Strings = Annotated[tuple, BeforeValidator(_strings)]
+_TaskLists = Annotated[dict, BeforeValidator(_task_lists)]
+_LocalModel = Annotated[Optional[str], BeforeValidator(_local_model)]
+_Whole = Annotated[int, BeforeValidator(_whole)]
+
+
+class RouterConfig(BaseModel):
+    """The router's settings file, validated. Every field has a safe default: no file means local only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classifier: Literal["auto", "keyword", "embedding"] = "auto"
+    embedding_model: _LocalModel = None
+    # a small local chat model asked when the embedding classifier is unsure (the optional third tier)
+    classifier_model: _LocalModel = None
+    classifier_threshold: float = Field(0.5, ge=0.0, le=1.0)  # below this confidence, ask classifier_model
+    prefer: _TaskLists = {}  # task -> [model id or LM Studio key, ...] in order
+    exclude: _Strings = ()
+    fallback: _Strings = ()  # cloud models, used only after every local candidate failed
+    tasks: _TaskLists = {}  # task -> extra exemplar prompts (new tasks allowed)
+    keywords: _TaskLists = {}  # task -> extra keywords for the keyword classifier
+    ttl: _Whole = 600  # idle seconds before LM Studio unloads a model the router JIT-loaded
+    max_attempts: _Whole = 4
+    path: Optional[Path] = None  # where it was read from; not a setting (parse_router_config refuses the key)
+
+    @property
+    def task_names(self) -> list[str]:
+        from .tasks import DEFAULT_TASKS
+
+        return list(dict.fromkeys([*DEFAULT_TASKS, *self.tasks, *self.keywords]))
+
+    @model_validator(mode="after")
+    def _prefer_names_known_tasks(self):
+        for task in self.prefer:
+            if task not in self.task_names:
+                raise _Problem(f"names the task {task!r}, which is neither built in nor under 'tasks' or 'keywords' "
+                               f"(tasks: {', '.join(self.task_names)})", key="prefer")
+        return self
+
+
+_PROBLEMS = {"classifier": "must be one of auto, keyword, embedding", "classifier_threshold": "must be a number from 0 to 1"}
+
+
 def parse_router_config(data, name: str = "lmstudio-router.yaml", path: Path | None = None) -> RouterConfig:
-    """Validate the router settings; every error names the file and the key."""
+    """Validate the router settings; every error is one line naming the file and the key."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SettingsError(f"{name}: the top level must be a mapping of settings")
-    known = {"classifier", "embedding_model", "prefer", "exclude", "fallback", "tasks", "keywords", "ttl", "max_attempts"}
+    known = sorted(key for key in RouterConfig.model_fields if key != "path")
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise SettingsError(f"{name}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
-    classifier = data.get("classifier", "auto")
-    if classifier not in ROUTER_CLASSIFIERS:
-        raise SettingsError(f"{name}: 'classifier' must be one of {', '.join(ROUTER_CLASSIFIERS)}")
-    embedding_model = data.get("embedding_model")
-    if embedding_model is not None:
-        if not isinstance(embedding_model, str) or not embedding_model.strip():
-            raise SettingsError(f"{name}: 'embedding_model' must be a model id")
-        embedding_model = embedding_model.strip()
-        if not is_local_model_id(embedding_model):
-            # Classifying would send the prompt to that model: only local ones are allowed.
-            raise SettingsError(
-                f"{name}: 'embedding_model' must be a local model (lmstudio/... or mlx/...), not {embedding_model!r}"
-            )
-    fallback = _string_list(data.get("fallback", []), f"{name}: 'fallback'")
-    exclude = _string_list(data.get("exclude", []), f"{name}: 'exclude'")
-    prefer = _task_map(data.get("prefer", {}), f"{name}: 'prefer'")
-    tasks = _task_map(data.get("tasks", {}), f"{name}: 'tasks'")
-    keywords = _task_map(data.get("keywords", {}), f"{name}: 'keywords'")
-    numbers = {}
-    for key, default, low in (("ttl", 600, 1), ("max_attempts", 4, 1)):
-        value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SettingsError(f"{name}: '{key}' must be a whole number of at least {low}")
-        numbers[key] = value
-    return RouterConfig(
-        path=path,
-        classifier=classifier,
-        embedding_model=embedding_model,
-        prefer=prefer,
-        exclude=exclude,
-        fallback=fallback,
-        tasks=tasks,
-        keywords=keywords,
-        **numbers,
-    )
+        raise SettingsError(f"{name}: unknown key {unknown[0]!r} (known keys: {', '.join(known)})")
+    try:
+        return RouterConfig(**data, path=path)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, _Problem):
+            key = ".".join(k for k in (key, problem.key) if k)
+            message = str(problem)
+        else:
+            message = _PROBLEMS.get(key, error["msg"])
+        raise SettingsError(f"{name}: '{key}' {message}") from None
 
 
 def router_config() -> RouterConfig:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -120,7 +119,10 @@ _RULES: tuple[_Rule, ...] = (
     _rule("analysis", 1.0, pattern=r"\d\s?(%|km\b|kg\b|m/s|mph\b|°|degrees|meters|metres|cm\b|mm\b|seconds|hours|dollars|euros|usd\b|eur\b)"),
     _rule("analysis", 2.0, words="реши|дан|дано|дана|даны|найти|сколько|какая|какой|resolver|resuelve|probabilidad|wahrscheinlichkeit|příklad|řešení|bilangan|hitung|tentukan", stems="вычисл|решит|найдит|вероятност|докаж|уравнени|задач|чисел|числа|число|масса|массы|计算|求解|概率|证明|方程|計算|確率|calcul|berechne|vypočít|数学|倍数|约数|已知|面积|几何"),
     # creative: writing, roleplay, brainstorming
-    _rule("creative", 3.0, pattern=r"\b(write|compose|create|draft|generate|give me|tell me|make up|invent)\b[^.?!\n]{0,40}\b(stor(y|ies)|poems?|poetry|haiku|limerick|sonnet|song|lyrics|verse|rap|tale|fable|novel|chapter|scene|script|screenplay|dialog(ue)?|monologue|speech|toast|eulogy|joke|riddle|letter|e-?mail|blog|article|essay|review|post|tweet|caption|slogan|tagline|ad|advert\w*|pitch|description|bio|backstory|plot|prologue|epilogue|fan ?fic\w*)\b"),
+    _rule("creative", 3.0, pattern=r"\b(write|compose|create|draft|craft|pen|generate|give me|tell me|make up|invent|come up with|construct)\b[^.?!\n]{0,40}\b(stor(y|ies)|poems?|poetry|haiku|limerick|sonnet|song|lyrics|verse|rap|tale|fable|novel|chapter|scene|script|screenplay|dialog(ue)?|monologue|speech|toast|eulogy|joke|riddle|letter|e-?mail|blog|article|essay|review|post|tweet|caption|slogan|tagline|headlines?|ad|advert\w*|pitch|description|bio|backstory|plot|prologue|epilogue|fan ?fic\w*|paragraph|opening|intro(duction)?|motto|jingle|invitation|announcement|greeting card|proposal|cover letter|personal statement)\b"),
+    # kinds of writing named outright ("a descriptive paragraph", "a travel blog post") and role-play set-ups
+    _rule("creative", 2.5, words="paragraph|blog post|blog|slogan|headline|headlines|tagline|letter|speech|persuasive essay|descriptive essay|opinion piece|cover letter|personal statement|birthday card|wedding toast"),
+    _rule("creative", 3.0, words="act as|act like|embody|assume the role|take on the role|play the role|in character|stay in character|imagine yourself|picture yourself|pretend yourself|suppose you are|you are now|now you are|as if you were|persona of|role of a|role of an|the persona"),
     _rule("creative", 2.5, words="story|stories|poem|poems|poetry|haiku|limerick|sonnet|lyrics|fiction|fictional|novel|narrative|narrator|protagonist|character|characters|villain|hero|plot|roleplay|role-play|role play|fantasy|sci-fi|fic|fanfic|fairy tale|bedtime story|screenplay|storyline|worldbuilding|rhyme|stanza|verse"),
     _rule("creative", 2.5, words="pretend to be|pretend you are|pretend you're|imagine you are|imagine you're|imagine that you|as a pirate|as a knight|as a wizard|as a detective|as a superhero|as a chef|as a captain|as a character|as a villain|as a dragon|as a ghost|as a vampire|let's do a|let's role|in the style|brainstorm|come up with|ideas for|names for|plot twist|plot twists"),
     _rule("creative", 1.5, words="creative|funny|humorous|witty|whimsical|dark comedy|tone|vivid|emotional|captivating|compelling|engaging|catchy"),
@@ -231,10 +233,13 @@ class KeywordClassifier:
 # ----------------------------------------------------------------------------------------- exemplars
 
 
+def _exemplar_file() -> dict:
+    return json.loads(EXEMPLARS_FILE.read_text(encoding="utf-8"))
+
+
 def default_exemplars() -> dict[str, list[str]]:
-    """The shipped exemplars: prompts from the training split of benchmarks/eval_router.py."""
-    data = json.loads(EXEMPLARS_FILE.read_text(encoding="utf-8"))
-    return {task: list(prompts) for task, prompts in data["tasks"].items()}
+    """The shipped exemplars: every prompt of the vendored sources that may ship (benchmarks/data/router)."""
+    return {task: list(prompts) for task, prompts in _exemplar_file()["tasks"].items()}
 
 
 def load_exemplars(extra: Mapping[str, Iterable[str]] | None = None, *, base: Mapping[str, Iterable[str]] | None = None) -> dict[str, list[str]]:
@@ -255,24 +260,37 @@ def load_exemplars(extra: Mapping[str, Iterable[str]] | None = None, *, base: Ma
 
 # ----------------------------------------------------------------------------------------- embeddings
 
-_CACHE_FORMAT = 1
+
+def log_softmax(logits):
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def _digest(pairs: Sequence[tuple[str, str]], view: tuple[int, int]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"format": _CACHE_FORMAT, "view": view, "pairs": pairs}, ensure_ascii=False).encode())
-    return h.hexdigest()
+def centroids(matrix, targets, n_classes: int, weights=None):
+    """One unit vector per class: the weighted mean of its members' (unit) vectors."""
+    import numpy as np
+
+    weights = np.ones(len(matrix)) if weights is None else np.asarray(weights)
+    rows = np.stack([(matrix[targets == i] * weights[targets == i, None]).sum(axis=0) for i in range(n_classes)])
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms == 0, 1.0, norms)  # a task without exemplars stays a zero vector
 
 
-def _slug(model_id: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:60]
-    return f"{readable}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
+def _unit(matrix):
+    import numpy as np
+
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+    return matrix / np.where(norms == 0, 1.0, norms)
 
 
 class EmbeddingClassifier:
-    """Exemplars in an embedding space: per task, the similarity of the prompt to the task's centroid
-    (or the mean of its k nearest exemplars), combined with the keyword classifier's evidence.
-    Exemplar vectors are computed once per (model, exemplar set) and cached on disk; a prompt costs one call."""
+    """Exemplars in an embedding space: a softmax head trained on the exemplar vectors (or their per-task
+    centroids), combined with the keyword classifier's evidence and scaled so the confidence is honest.
+    Exemplar vectors are stored per model and text (vectors.VectorStore); a prompt then costs one call."""
 
     name = "embedding"
 
@@ -283,133 +301,122 @@ class EmbeddingClassifier:
         *,
         model_id: str = "unknown",
         cache_dir: str | os.PathLike | None = None,
-        method: str = "centroid",
-        k: int = 10,
+        method: str | None = None,
+        l2: float | None = None,
+        centroid_temperature: float | None = None,
+        keyword_weight: float | None = None,
+        temperature: float | None = None,
+        keyword: KeywordClassifier | None = None,
         head: int = 700,
         tail: int = 300,
-        temperature: float = 0.05,
-        keyword_weight: float = 0.7,
-        keyword: KeywordClassifier | None = None,
         batch_size: int = 32,
+        build: bool = True,
     ):
-        # Defaults chosen on dev folds of the training split (benchmarks/eval_router.py). Code syntax and
-        # non-English prompts are where MiniLM-sized models are weak and keywords strong, so the decision
-        # multiplies both classifiers' probabilities, weighted (keyword_weight=0: embeddings alone).
-        if method not in ("knn", "centroid"):
-            raise ValueError(f"method must be 'knn' or 'centroid', not {method!r}")
+        from . import vectors
+
+        chosen = dict(_exemplar_file()["settings"])
+        self.method = method or chosen["method"]
+        if self.method not in ("head", "centroid"):
+            raise ValueError(f"method must be 'head' or 'centroid', not {self.method!r}")
+        self.l2 = l2 if l2 is not None else chosen.get("l2", 1e-2)
+        self.centroid_temperature = centroid_temperature if centroid_temperature is not None else chosen.get("centroid_temperature", 0.05)
+        # Code syntax and non-English prompts are where MiniLM-sized models are weak and keywords strong:
+        # the decision multiplies both classifiers' probabilities, weighted (0: embeddings alone).
+        self.keyword_weight = keyword_weight if keyword_weight is not None else chosen["keyword_weight"]
+        self.temperature = temperature if temperature is not None else chosen["temperature"]
         self.embed = embed
         self.model_id = model_id
-        self.method = method
-        self.k = k
         self.head = head
         self.tail = tail
-        self.temperature = temperature
-        self.keyword_weight = keyword_weight
+        self.batch_size = batch_size
         self.keyword = keyword if keyword is not None else KeywordClassifier()
-        pairs = [(task, prompt_view(p, head=head, tail=tail)) for task, prompts in exemplars.items() for p in prompts]
-        if not pairs:
+        shipped = _exemplar_file()
+        self.pairs = []
+        for task, prompts in exemplars.items():
+            known = dict(zip(shipped["tasks"].get(task, []), shipped.get("sources", {}).get(task, [])))
+            for prompt in prompts:
+                # balance sources as benchmarks/eval_router.py trained: a user's exemplars are their own source
+                self.pairs.append((task, prompt_view(prompt, head=head, tail=tail), known.get(prompt, "user")))
+        if not self.pairs:
             raise ValueError("the embedding classifier needs at least one exemplar")
-        self.tasks = list(dict.fromkeys(task for task, _ in pairs))
-        self.digest = _digest(pairs, (head, tail))
-        self.cache_path = (Path(cache_dir) / "router-exemplars" / f"{_slug(model_id)}-{self.digest[:16]}.npy") if cache_dir else None
-        vectors = self._load_cached(len(pairs))
-        if vectors is None:
-            texts = [text for _, text in pairs]
-            vectors = []
-            for start in range(0, len(texts), batch_size):
-                vectors.extend(self._embed_checked(texts[start : start + batch_size]))
-            self._store_cached(vectors)
-        self._build_index([task for task, _ in pairs], vectors)
+        self.tasks = list(dict.fromkeys(task for task, _, _ in self.pairs))
+        self.store = vectors.VectorStore(model_id, cache_dir)
+        self._weights = None
+        if build:
+            self.build()
 
-    # -- cache
+    # -- exemplar vectors
 
-    def _load_cached(self, count: int):
-        if self.cache_path is None or not self.cache_path.is_file():
-            return None
-        import numpy as np
+    def pending(self) -> list[str]:
+        """Exemplar texts this model has not embedded yet."""
+        return self.store.missing(text for _, text, _ in self.pairs)
 
-        try:
-            vectors = np.load(self.cache_path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a torn or foreign file is rebuilt, never trusted
-        if vectors.ndim != 2 or vectors.shape[0] != count:
-            return None
-        return vectors
+    def build(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Embeds every exemplar not stored yet, a batch at a time (each batch is kept as it arrives, so an
+        interrupted build resumes where it stopped), then fits the decision on the vectors."""
+        todo = self.pending()
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            self.store.add(batch, self._embed_checked(batch))
+            if progress is not None:
+                progress(min(start + self.batch_size, len(todo)), len(todo))
+        self._fit()
 
-    def _store_cached(self, vectors) -> None:
-        if self.cache_path is None:
-            return
-        import numpy as np
+    @property
+    def ready(self) -> bool:
+        return self._weights is not None
 
-        try:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            # write-then-rename, so a concurrent `llm` process never reads half a file
-            fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, self.cache_path)
-        except OSError:
-            pass  # no cache is slower next time, not wrong
-
-    # -- index
-
-    def _embed_checked(self, texts: list[str]) -> list[list[float]]:
+    def _embed_checked(self, texts: list[str]):
         vectors = [list(map(float, v)) for v in self.embed(texts)]
         if len(vectors) != len(texts):
             raise ValueError(f"embedding model {self.model_id} returned {len(vectors)} vectors for {len(texts)} texts")
         return vectors
 
-    def _build_index(self, labels: list[str], vectors) -> None:
-        import numpy as np  # numpy is heavy to import; only the embedding path needs it
-
-        matrix = np.asarray(vectors, dtype=np.float32)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        matrix = matrix / np.where(norms == 0, 1.0, norms)
-        self._labels = np.asarray([self.tasks.index(t) for t in labels])
-        if self.method == "centroid":
-            centroids = np.stack([matrix[self._labels == i].mean(axis=0) for i in range(len(self.tasks))])
-            centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-            self._matrix = centroids
-            self._labels = np.arange(len(self.tasks))
-        else:
-            self._matrix = matrix
-
-    def scores_for_vector(self, vector: Sequence[float]) -> dict[str, float]:
-        """Per-task similarity of one (already embedded) prompt; exposed for offline evaluation."""
+    def _fit(self) -> None:
         import numpy as np
 
-        query = np.asarray(vector, dtype=np.float32)
-        norm = float(np.linalg.norm(query))
-        if norm == 0.0:
-            raise ValueError(f"embedding model {self.model_id} returned a zero vector")
-        sims = self._matrix @ (query / norm)
-        scores = {}
-        for index, task in enumerate(self.tasks):
-            task_sims = sims[self._labels == index]
-            if self.method == "knn" and len(task_sims) > self.k:
-                task_sims = np.partition(task_sims, -self.k)[-self.k :]
-            scores[task] = float(task_sims.mean())
-        return scores
+        from . import vectors
+
+        matrix = _unit([self.store.get(text) for _, text, _ in self.pairs])
+        targets = np.asarray([self.tasks.index(task) for task, _, _ in self.pairs])
+        weights = vectors.balanced_weights([t for t, _, _ in self.pairs], [g for _, _, g in self.pairs])
+        if self.method == "centroid":
+            self._weights = (centroids(matrix, targets, len(self.tasks), weights).T / self.centroid_temperature, np.zeros(len(self.tasks)))
+            return
+        # fitting takes a good fraction of a second: keep the head beside the vectors it was fitted on
+        self.head_digest = hashlib.sha256(json.dumps([self.tasks, self.l2, [(t, vectors.text_key(x), g) for t, x, g in self.pairs]]).encode()).hexdigest()[:16]
+        self._weights = self.store.head(self.head_digest)
+        if self._weights is None:
+            self._weights = vectors.fit_softmax(matrix, targets, len(self.tasks), weights, l2=self.l2)
+            self.store.save_head(self.head_digest, *self._weights)
+
+    # -- deciding
 
     def view(self, text: str, system: str | None = None) -> str:
         return prompt_view(text, system, head=self.head, tail=self.tail)
 
     def decide(self, vector: Sequence[float], text: str, system: str | None = None, attachments: Sequence = ()) -> TaskDecision:
         """The decision for a prompt whose view is already embedded as `vector`."""
-        similarity = _softmax(self.scores_for_vector(vector), self.temperature)
-        if self.keyword_weight <= 0:
-            return TaskDecision(max(similarity, key=similarity.get), max(similarity.values()), self.name, similarity)
-        keyword = self.keyword.classify(text, system, attachments).scores
-        # a user's task without keywords is judged by its exemplars alone: the keyword side gives it
-        # the best score it gave anything, so it can lift the built-in tasks against each other but
-        # never hold a user's task back
-        neutral = max(keyword.values())
-        w = self.keyword_weight
-        combined = {
-            task: (1 - w) * math.log(max(similarity[task], 1e-12)) + w * math.log(max(keyword.get(task, neutral), 1e-12))
-            for task in self.tasks
-        }
-        return _decision(combined, self.name, 1.0)
+        import numpy as np
+
+        if not self.ready:
+            self._fit()
+        query = _unit(vector)
+        if not np.any(query):
+            raise ValueError(f"embedding model {self.model_id} returned a zero vector")
+        weights, bias = self._weights
+        combined = log_softmax(query @ weights + bias) * (1 - self.keyword_weight)
+        if self.keyword_weight > 0:
+            keyword = self.keyword.classify(text, system, attachments).scores
+            # a user's task without keywords is judged by its exemplars alone: the keyword side gives it
+            # the best score it gave anything, so it can lift the built-in tasks against each other but
+            # never hold a user's task back
+            neutral = max(keyword.values())
+            combined = combined + self.keyword_weight * np.log([max(keyword.get(t, neutral), 1e-12) for t in self.tasks])
+        probs = np.exp(log_softmax(combined / self.temperature))
+        scores = {task: float(p) for task, p in zip(self.tasks, probs)}
+        task = self.tasks[int(np.argmax(probs))]  # ties go to the order tasks were declared in
+        return TaskDecision(task=task, confidence=scores[task], classifier=self.name, scores=scores)
 
     def classify(self, text: str, system: str | None = None, attachments: Sequence = ()) -> TaskDecision:
         [vector] = self._embed_checked([self.view(text, system)])

@@ -60,23 +60,3 @@ def minilm_path():
         return model_factory.minilm_path()
     except model_factory.MiniLMUnavailable as exc:
         pytest.skip(f"MiniLM weights unavailable (package registry unreachable): {exc}")
-
-
-MINILM_EXEMPLARS = Path(__file__).parent / "data" / "minilm-exemplars-5653bdf08c2b8546.npy"
-
-
-def seed_minilm_exemplars(cache_dir, model_id: str) -> Path:
-    """Put all-MiniLM-L6-v2 vectors of the shipped router exemplars where the embedding classifier
-    looks for `model_id`'s cache. They were computed from the same public weights (by the NumPy replay
-    in benchmarks/eval_router.py, checked equal to mlx_embeddings): embedding all 729 exemplars with
-    mlx on a Linux CPU takes tens of minutes. If the exemplars change, the digest no longer matches,
-    the classifier recomputes (slowly) and tests/data needs the new file."""
-    import shutil
-
-    from llm_lmstudio import tasks
-
-    digest = MINILM_EXEMPLARS.stem.rsplit("-", 1)[1]
-    target = Path(cache_dir) / "router-exemplars" / f"{tasks._slug(model_id)}-{digest}.npy"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(MINILM_EXEMPLARS, target)
-    return target

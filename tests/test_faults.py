@@ -23,7 +23,7 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import catalog, router, server, settings
+from llm_lmstudio import catalog, classifier, server, settings
 from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 
@@ -200,7 +200,7 @@ EMBED_EXPECT = {
     "load fails": Expect("error", LOAD_FAILURE),
     **{fault: Expect("error", f"{EMBED} is not available: {e.needle}") for fault, e in SETTINGS_ERRORS.items()},
 }
-ROUTER_FAILED = "every model the router tried failed — "
+ROUTER_FAILED = "every model the router tried failed: "
 ROUTER_EXPECT = {
     "healthy": Expect("ok"),
     "slow": Expect("ok"),
@@ -455,7 +455,7 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
         lmstudio.load(LLAMA_KEY)
     if interface.prime:
         assert CliRunner().invoke(cli, ["models"]).exit_code == 0
-    monkeypatch.setattr(router, "_EMBEDDING_CLASSIFIERS", {})  # no classifier object survives from before
+    monkeypatch.setattr(classifier, "_CLASSIFIERS", {})  # no classifier object survives from before
     lmstudio.script(ANSWER)
     arm(fault, interface, lmstudio, refused_url, hung_url, monkeypatch)
 

@@ -1,6 +1,5 @@
 import json
 import time
-from pathlib import Path
 
 import llm
 import pytest
@@ -59,7 +58,9 @@ def cloud(monkeypatch):
         pm.unregister(name="fake-cloud-plugin")
 
 
+# Keywords keep these tests about ranking and fallback off the embedding path (tested on its own below).
 PREFS = """
+classifier: keyword
 prefer:
   coding: [test-org/tiny-qwen-tools]
   creative: [tiny-llama]
@@ -137,13 +138,12 @@ def test_prompt_too_long_for_a_models_context_excludes_it(lmstudio, user_path):
         {"kind": "status", "status": 429, "body": {"error": {"message": "busy"}}},
         {"kind": "status", "status": 404, "body": {"error": {"message": "model vanished", "code": "model_not_found"}}},
         {"kind": "load_fail", "message": "Not enough memory (guardrails)"},
-        {"kind": "hang"},
         {"kind": "malformed"},
     ],
-    ids=["5xx", "429", "vanished", "load-failure", "timeout", "malformed"],
+    ids=["5xx", "429", "vanished", "load-failure", "malformed"],
 )
-def test_falls_back_to_the_next_local_model_on_each_failure_kind(lmstudio, user_path, monkeypatch, fault):
-    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "1")
+def test_falls_back_to_the_next_local_model_on_each_failure_kind(lmstudio, user_path, fault):
+    # (a timeout is the server's failure, not the model's: see test_every_attempt_failed_is_one_line...)
     write_config(user_path, PREFS)
     run("models")
     kind = fault.pop("kind")
@@ -165,7 +165,7 @@ def test_falls_back_across_servers_when_one_is_down(lmstudio, refused_url, user_
     cache[dead] = dict(good, fetched_at=time.time())
     catalog._write_cache(cache)
     monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{refused_url},{lmstudio.base_url}")
-    write_config(user_path, "prefer:\n  coding: [lmstudio/test-org/tiny-qwen-tools]\n")
+    write_config(user_path, "classifier: keyword\nprefer:\n  coding: [lmstudio/test-org/tiny-qwen-tools]\n")
     result = run("-m", "router", "Fix this Python bug: def f(: pass", "-o", "max_tokens", "2")
     assert result.exit_code == 0, result.output
     data = json.loads(last_turn(user_path)["response_json"])
@@ -188,7 +188,7 @@ def test_failure_after_text_streamed_is_reported_not_retried(lmstudio, user_path
 
 def test_no_prompt_leaves_the_machine_without_a_configured_fallback(lmstudio, user_path, cloud):
     # The config names the cloud model as a preference, but not as a fallback: it must never be used.
-    write_config(user_path, "prefer:\n  coding: [fake-cloud]\n")
+    write_config(user_path, "classifier: keyword\nprefer:\n  coding: [fake-cloud]\n")
     run("models")
     lmstudio.set_fault("status", "/api/v0/chat", status=500, body={"error": {"message": "down"}})
     result = run("-m", "router", "Write a Python function", "--no-stream")
@@ -200,7 +200,7 @@ def test_no_prompt_leaves_the_machine_without_a_configured_fallback(lmstudio, us
 
 
 def test_cloud_fallback_only_when_configured(lmstudio, user_path, cloud):
-    write_config(user_path, "fallback: [fake-cloud]\n")
+    write_config(user_path, "classifier: keyword\nfallback: [fake-cloud]\n")
     run("models")
     lmstudio.set_fault("status", "/api/v0/chat", status=503, body={"error": {"message": "overloaded"}})
     result = run("-m", "router", "Write a Python function", "--no-stream")
@@ -221,7 +221,8 @@ def test_route_json_is_stable(lmstudio, user_path):
     data = json.loads(result.output)
     assert set(data) == {"task", "confidence", "classifier", "classifier_note", "scores", "needs", "candidates", "excluded", "chosen", "chain"}
     assert data["task"] == "research"
-    assert set(data["candidates"][0]) == {"model", "score", "loaded", "kind", "reasons"}
+    assert set(data["candidates"][0]) == {"model", "server", "score", "loaded", "kind", "reasons"}
+    assert data["candidates"][0]["server"] == lmstudio.base_url
     assert data["chain"][0] == data["chosen"]
     people = run("lmstudio", "route", "Explain how vaccines train the immune system")
     assert "Task: research" in people.output and "Chain:" in people.output
@@ -230,6 +231,21 @@ def test_route_json_is_stable(lmstudio, user_path):
 def test_forced_task_and_piped_prompt(lmstudio, user_path):
     data = json.loads(run("lmstudio", "route", "--json", "--task", "coding", input="anything at all").output)
     assert data["task"] == "coding" and data["classifier"] == "forced"
+
+
+def test_unknown_tasks_and_fallbacks_are_refused_up_front(lmstudio, user_path, cloud):
+    for args in (["lmstudio", "route", "--task", "bogus", "hello"], ["-m", "router", "-o", "task", "bogus", "hello"]):
+        result = run(*args)
+        assert result.exit_code == 1 and "unknown task 'bogus'" in result.output and "coding" in result.output
+    assert lmstudio.requests() == [] or all("chat" not in r["path"] for r in lmstudio.requests())
+    write_config(user_path, "tasks:\n  legal: [is this clause enforceable]\nprefer:\n  legal: [tiny-llama]\n  lgeal: [tiny-llama]\n")
+    result = run("lmstudio", "route", "hello")
+    assert result.exit_code == 1 and "'prefer' names the task 'lgeal'" in result.output and "legal" in result.output
+    write_config(user_path, "classifier: keyword\nfallback: [fake-cloud, gpt-7-imaginary]\n")
+    for args in (["lmstudio", "route", "hello"], ["-m", "router", "hello"]):
+        result = run(*args)
+        assert result.exit_code == 1 and "'fallback' names 'gpt-7-imaginary', which llm does not know" in result.output
+    assert cloud == []
 
 
 @pytest.mark.parametrize(
@@ -254,7 +270,7 @@ def test_bad_config_is_one_clear_line_naming_file_and_key(lmstudio, user_path, t
 def test_history_from_the_log_shapes_the_ranking(lmstudio, user_path):
     from llm_lmstudio import stats
 
-    write_config(user_path, "")
+    write_config(user_path, "classifier: keyword\n")
     for _ in range(6):
         stats.record_attempt(LLAMA, False, error_kind="TimedOut")
     plan = json.loads(run("lmstudio", "route", "--json", "--task", "general", "hello").output)
@@ -269,13 +285,13 @@ def test_params_parsing():
     assert router.params_billions("qwen2.5-0.5b") == 0.5
     assert router.params_billions("llama-3.2-1b") == 1
     assert router.params_billions("mistral-nemo") is None
+    # sizes only from tokens that are sizes: not from a hash in a folder name, nor the active part of "A4B"
+    assert router.params_billions("test-org/tiny-qwen-tools-4b2798e1e4a0") is None
+    assert router.params_billions("qwen3-30b-a3b") == 30
 
 
 @pytest.mark.minilm
 def test_embedding_classifier_with_a_native_minilm(lmstudio, user_path, minilm_path):
-    from tests.conftest import seed_minilm_exemplars
-
-    seed_minilm_exemplars(settings.plugin_dir(), "mlx/minilm")
     assert run("lmstudio", "mlx", "add", str(minilm_path), "--name", "minilm").exit_code == 0
     write_config(user_path, "embedding_model: mlx/minilm\n")
     data = json.loads(run("lmstudio", "route", "--json", "Write a Python function that merges two sorted lists").output)
@@ -287,3 +303,169 @@ def test_embedding_classifier_with_a_native_minilm(lmstudio, user_path, minilm_p
     assert result.exit_code == 0, result.output
     routed = json.loads(last_turn(user_path)["response_json"])["router"]
     assert (routed["classifier"], routed["task"]) == ("embedding", "creative")
+
+
+# ---------------------------------------------------------------- the embedding model a user already has
+
+
+def embedding_requests(lmstudio):
+    return [r for r in lmstudio.requests() if r["path"].endswith("/embeddings")]
+
+
+@pytest.mark.minilm
+def test_without_config_the_router_uses_the_embedding_model_lm_studio_lists(lmstudio, user_path):
+    # The stand-in lists all-MiniLM-L6-v2, whose exemplar vectors ship with the plugin: only the prompt is embedded.
+    data = json.loads(run("lmstudio", "route", "--json", "Write a limerick about a cat who learns to code").output)
+    assert data["classifier"] == "embedding", data["classifier_note"]
+    assert "chosen automatically" in data["classifier_note"] and "text-embedding-all-minilm-l6-v2" in data["classifier_note"]
+    assert [r["input_count"] for r in embedding_requests(lmstudio)] == [1]
+    assert data["task"] == "creative"
+
+
+def test_keywords_when_nothing_local_embeds(lmstudio, user_path, monkeypatch):
+    from llm_lmstudio import classifier
+
+    monkeypatch.setattr(llm, "get_embedding_models", lambda: [])
+    data = json.loads(run("lmstudio", "route", "--json", "Explain how vaccines work").output)
+    assert data["classifier"] == "keyword" and "no local embedding model" in data["classifier_note"]
+    # a native MLX embedding model is never picked automatically where MLX is CPU-only
+    native = type("Native", (), {"model_id": "mlx/minilm"})()
+    monkeypatch.setattr(llm, "get_embedding_models", lambda: [native])
+    monkeypatch.setattr(classifier, "_native_is_fast", lambda: False)
+    model_id, why = classifier.default_embedding_model()
+    assert model_id is None and "CPU-only" in why
+    monkeypatch.setattr(classifier, "_native_is_fast", lambda: True)
+    assert classifier.default_embedding_model()[0] == "mlx/minilm"
+
+
+NEW_EXEMPLARS = "tasks:\n  legal:\n" + "".join(f"    - is clause {i} of my tenancy agreement enforceable\n" for i in range(20))
+
+
+@pytest.mark.minilm
+def test_new_exemplars_are_embedded_in_the_background_while_keywords_route(lmstudio, user_path):
+    from llm_lmstudio import classifier
+
+    write_config(user_path, NEW_EXEMPLARS)
+    started = time.monotonic()
+    data = json.loads(run("lmstudio", "route", "--json", "is clause 3 of my lease enforceable").output)
+    assert time.monotonic() - started < 15  # one budget: the 20 new exemplars are not embedded inside the prompt
+    assert data["classifier"] == "keyword" and "in the background" in data["classifier_note"], data["classifier_note"]
+    lock = settings.plugin_dir() / classifier.BUILD_LOCK
+    deadline = time.monotonic() + 120
+    while lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not lock.exists(), "the background build did not finish"
+    # the detached process embedded exactly the new exemplars, never the shipped ones (the prompt went to keywords)
+    assert sum(r["input_count"] for r in embedding_requests(lmstudio)) == 20
+    data = json.loads(run("lmstudio", "route", "--json", "is clause 3 of my lease enforceable").output)
+    assert data["classifier"] == "embedding" and data["task"] == "legal", data
+
+
+@pytest.mark.minilm
+def test_route_warm_embeds_with_progress_on_stderr(lmstudio, user_path):
+    write_config(user_path, NEW_EXEMPLARS)
+    result = CliRunner().invoke(cli, ["lmstudio", "route", "--warm"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "embedded 20/20 new exemplars" in result.stderr and "ready for lmstudio/test-org/text-embedding-all-minilm-l6-v2" in result.stderr
+    assert result.stdout == ""
+    again = CliRunner().invoke(cli, ["lmstudio", "route", "--warm"])
+    assert "embedded" not in again.stderr and "ready" in again.stderr  # nothing left to embed
+
+
+# ---------------------------------------------------------------- the optional small-model tier
+
+TIER = "classifier: keyword\nclassifier_model: lmstudio/test-org/tiny-llama\nclassifier_threshold: 0.99\n"
+
+
+def test_a_small_model_decides_when_the_classifier_is_unsure_and_its_answer_is_cached(lmstudio, user_path):
+    write_config(user_path, TIER)
+    lmstudio.script('{"task": "research"}')
+    data = json.loads(run("lmstudio", "route", "--json", "can you look at this for me").output)
+    assert (data["task"], data["classifier"]) == ("research", "model"), data["classifier_note"]
+    [asked] = [r for r in lmstudio.requests() if "chat" in r["path"]]
+    assert asked["model"] == "test-org/tiny-llama"
+    # the same prompt again: the cached answer, no second request
+    data = json.loads(run("lmstudio", "route", "--json", "can you look at this for me").output)
+    assert data["task"] == "research" and "cached" in data["classifier_note"]
+    assert len([r for r in lmstudio.requests() if "chat" in r["path"]]) == 1
+
+
+@pytest.mark.parametrize("answer", ['{"task": "astrology"}', "I think it is research", '{"kind": "research"}'])
+def test_a_bad_answer_from_the_small_model_keeps_the_classifier_decision(lmstudio, user_path, answer):
+    write_config(user_path, TIER)
+    lmstudio.script(answer)
+    keyword = json.loads(run("lmstudio", "route", "--json", "--task", "general", "x").output)  # warm the catalog
+    assert keyword["task"] == "general"
+    data = json.loads(run("lmstudio", "route", "--json", "can you look at this for me").output)
+    assert data["classifier"] == "keyword" and "no usable answer" in data["classifier_note"]
+
+
+def test_a_confident_classifier_never_asks_the_small_model(lmstudio, user_path):
+    write_config(user_path, TIER.replace("0.99", "0.1"))
+    data = json.loads(run("lmstudio", "route", "--json", "Write a Python function that parses ISO dates").output)
+    assert data["classifier"] == "keyword" and not [r for r in lmstudio.requests() if "chat" in r["path"]]
+
+
+# ---------------------------------------------------------------- several servers
+
+
+def test_after_a_server_fails_to_answer_its_other_models_are_skipped(lmstudio, refused_url, user_path, monkeypatch):
+    run("models")
+    good = catalog.read_cache()[lmstudio.base_url]
+    cache = catalog.read_cache()
+    cache[settings.normalize_base_url(refused_url)] = dict(good, fetched_at=time.time())
+    catalog._write_cache(cache)
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{refused_url},{lmstudio.base_url}")
+    dead = "lmstudio/"  # the refused server is first, so it owns the plain prefix
+    write_config(user_path, "classifier: keyword\nprefer:\n  coding: [lmstudio/test-org/tiny-qwen-tools, lmstudio/test-org/tiny-llama]\n")
+    result = run("-m", "router", "Fix this Python bug: def f(: pass", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    attempts = json.loads(last_turn(user_path)["response_json"])["attempts"]
+    assert attempts[0]["model"] == dead + "test-org/tiny-qwen-tools" and attempts[0]["error_kind"] == "Unreachable"
+    # the same model on the live server is next (a replica), and it answers
+    assert attempts[1]["model"] == f"lmstudio@{lmstudio.host_port}/test-org/tiny-qwen-tools" and attempts[1]["ok"]
+
+
+def test_every_attempt_failed_is_one_line_naming_each_briefly(lmstudio, refused_url, user_path, monkeypatch):
+    run("models")
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", "1")
+    write_config(user_path, "classifier: keyword\n")
+    lmstudio.set_fault("hang", "/api/v0/chat")
+    started = time.monotonic()
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if line.strip()]
+    assert "every model the router tried failed: " in line and "(timed out)" in line
+    assert line.count("skipped: its server did not answer") >= 2  # the hung server's other models were not tried
+    assert len([r for r in lmstudio.requests() if "chat" in r["path"]]) == 1
+    assert time.monotonic() - started < 30
+
+
+@pytest.fixture
+def second_lmstudio(lmstudio_models_dir):
+    from tests.fake_lmstudio import FakeLMStudio
+
+    server = FakeLMStudio(lmstudio_models_dir).start()
+    yield server
+    server.stop()
+
+
+def test_replicas_prefer_the_loaded_server_and_survive_one_server_dying(lmstudio, second_lmstudio, user_path, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{second_lmstudio.base_url}")
+    write_config(user_path, "classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    second_lmstudio.load("test-org/tiny-llama")
+    catalog.refresh()  # as `llm lmstudio ps` would: both listings, with what each server has loaded
+    replica = f"lmstudio@{second_lmstudio.host_port}/test-org/tiny-llama"
+    plan = json.loads(run("lmstudio", "route", "--json", "Write a poem about the sea").output)
+    assert plan["chain"][:2] == [replica, LLAMA]  # the same model, loaded on the second server first
+    servers = {c["model"]: c["server"] for c in plan["candidates"]}
+    assert servers[replica] == second_lmstudio.base_url and servers[LLAMA] == lmstudio.base_url
+    result = run("-m", "router", "Write a poem about the sea", "-o", "max_tokens", "2")
+    assert result.exit_code == 0 and last_turn(user_path)["resolved_model"] == replica
+    second_lmstudio.stop()  # killed mid-run: the replica on the first server takes over
+    result = run("-m", "router", "Write a poem about the sea", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    attempts = json.loads(last_turn(user_path)["response_json"])["attempts"]
+    assert attempts[0]["model"] == replica and attempts[0]["error_kind"] == "Unreachable"
+    assert attempts[1]["model"] == LLAMA and attempts[1]["ok"]
+    assert last_turn(user_path)["resolved_model"] == LLAMA

@@ -72,6 +72,12 @@ SMALL_EXEMPLARS = {
         ("summarise this: the meeting moved to Friday and the budget was approved.", "general"),
         ("explain how vaccines work", "research"),
         ("compare the french and american revolutions", "research"),
+        # kinds of writing, named outright, and role-play set-ups are creative work
+        ("Write a descriptive paragraph about a bustling marketplace at dawn", "creative"),
+        ("Compose an engaging travel blog post about a week in Lisbon", "creative"),
+        ("Help me construct a catchy headline for an article about solar panels", "creative"),
+        ("Give me a slogan for a bakery that opens at 5am", "creative"),
+        ("Act as a grumpy medieval innkeeper and greet me as I walk in", "creative"),
     ],
 )
 def test_keyword_classifier_recognises_the_obvious_cases(prompt, task):
@@ -144,20 +150,28 @@ def test_importing_tasks_stays_cheap():
 # ----------------------------------------------------------------------------- exemplars
 
 
-def test_default_exemplars_cover_every_task_and_hold_no_test_prompt():
-    exemplars = tasks.load_exemplars()
-    assert set(exemplars) == set(tasks.DEFAULT_TASKS)
-    assert all(len(prompts) >= 40 for prompts in exemplars.values())
-    split = json.loads((ROOT / "benchmarks" / "data" / "router" / "split.json").read_text())
-    test_ids = set(split["test_ids"])
+def _eval_router():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import eval_router
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    held_out = {tasks.prompt_view(r["prompt"]) for r in eval_router.load_labelled() if r["id"] in test_ids}
+    return eval_router
+
+
+def test_default_exemplars_cover_every_task_and_come_only_from_sources_that_may_ship():
+    exemplars = tasks.load_exemplars()
+    assert set(exemplars) == set(tasks.DEFAULT_TASKS)
+    assert all(len(prompts) >= 40 for prompts in exemplars.values())
+    rows = _eval_router().load_labelled()
+    may_ship = {tasks.prompt_view(r["prompt"]) for r in rows if r["ships"]}
+    # WizardLM's test set is CC BY-NC (one of its prompts is also a vicuna prompt, which may ship)
+    never = {tasks.prompt_view(r["prompt"]) for r in rows if not r["ships"]} - may_ship
     shipped = {p for prompts in exemplars.values() for p in prompts}
-    assert held_out and not (held_out & shipped)
+    assert never and not (shipped & never)
+    assert shipped <= may_ship
+    sources = json.loads(tasks.EXEMPLARS_FILE.read_text())["sources"]
+    assert {t: len(v) for t, v in sources.items()} == {t: len(v) for t, v in exemplars.items()}
 
 
 def test_user_exemplars_extend_tasks_and_add_new_ones():
@@ -175,7 +189,7 @@ def test_user_exemplars_extend_tasks_and_add_new_ones():
 
 def test_embedding_classifier_picks_the_nearest_task():
     embed = HashedBagOfWords()
-    clf = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", method="knn", k=2, keyword_weight=0)
+    clf = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", method="head", keyword_weight=0, temperature=1.0)
     cases = {
         "write a python function to reverse a list": "coding",
         "solve the equation 5x - 2 = 8": "analysis",
@@ -191,15 +205,15 @@ def test_embedding_classifier_picks_the_nearest_task():
 
 
 def test_centroid_method_also_classifies():
-    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", keyword_weight=0)
+    clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", keyword_weight=0, temperature=1.0)
     assert clf.classify("tell me a story about a brave dragon").task == "creative"
 
 
 def test_keyword_evidence_is_combined_with_the_exemplars():
     prompt = "```\nstory = poem + song_lyrics\nprint(story)\n```"
     # bag-of-words similarities spread far wider than a sentence model's, hence the higher temperature
-    alone = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", keyword_weight=0, temperature=0.5)
-    combined = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", keyword_weight=0.7, temperature=0.5)
+    alone = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", centroid_temperature=0.5, keyword_weight=0)
+    combined = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", centroid_temperature=0.5, keyword_weight=0.7)
     # the words match the creative exemplars; the code fence and syntax say coding
     assert alone.classify(prompt).task == "creative"
     decision = combined.classify(prompt)
@@ -214,18 +228,18 @@ def test_user_task_from_extra_exemplars_is_recognised():
         base=SMALL_EXEMPLARS,
     )
     for weight in (0.0, 0.7):  # keywords know nothing of "legal" and must not hold it back
-        clf = tasks.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", method="knn", k=2, keyword_weight=weight)
+        clf = tasks.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", method="head", keyword_weight=weight)
         assert "legal" in clf.tasks
         assert clf.classify("is this clause in my lease enforceable").task == "legal"
         assert clf.classify("write a poem about winter").task == "creative"
 
 
-def test_exemplar_vectors_are_cached_per_model_and_exemplar_set(tmp_path):
+def test_exemplar_vectors_are_stored_per_model_and_text(tmp_path):
     first = HashedBagOfWords()
     clf = tasks.EmbeddingClassifier(first, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=4)
     exemplar_count = sum(len(v) for v in SMALL_EXEMPLARS.values())
-    assert first.texts == exemplar_count
-    assert clf.cache_path is not None and clf.cache_path.exists()
+    assert first.texts == exemplar_count and first.calls == math.ceil(exemplar_count / 4)
+    assert clf.store.path is not None and clf.store.path.exists()
 
     second = HashedBagOfWords()
     cached = tasks.EmbeddingClassifier(second, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
@@ -234,22 +248,66 @@ def test_exemplar_vectors_are_cached_per_model_and_exemplar_set(tmp_path):
     assert (second.calls, second.texts) == (1, 1)  # one call, the prompt only
     assert decision == clf.classify("write a poem about the moon")
 
-    # another model or another exemplar set must not reuse those vectors
+    # another model must not reuse those vectors
     other_model = HashedBagOfWords()
     tasks.EmbeddingClassifier(other_model, SMALL_EXEMPLARS, model_id="another-model", cache_dir=tmp_path)
     assert other_model.texts == exemplar_count
-    other_set = HashedBagOfWords()
-    tasks.EmbeddingClassifier(other_set, tasks.load_exemplars({"general": ["good night"]}, base=SMALL_EXEMPLARS), model_id="hashed-bow", cache_dir=tmp_path)
-    assert other_set.texts == exemplar_count + 1
+    # changing the exemplars (a user's `tasks:`) embeds only what changed
+    changed = HashedBagOfWords()
+    extended = tasks.load_exemplars({"general": ["good night"], "legal": ["is this clause enforceable"]}, base=SMALL_EXEMPLARS)
+    tasks.EmbeddingClassifier(changed, extended, model_id="hashed-bow", cache_dir=tmp_path)
+    assert changed.texts == 2
 
 
-def test_a_damaged_cache_file_is_rebuilt(tmp_path):
+def test_a_damaged_store_is_rebuilt(tmp_path):
     clf = tasks.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
-    clf.cache_path.write_bytes(b"not a numpy file")
+    clf.store.path.write_bytes(b"not a numpy file")
     embed = HashedBagOfWords()
     rebuilt = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
     assert embed.texts == sum(len(v) for v in SMALL_EXEMPLARS.values())
     assert rebuilt.classify("write a poem about the sea").task == "creative"
+
+
+def test_an_unbuilt_classifier_says_what_is_missing_and_builds_with_progress(tmp_path):
+    embed = HashedBagOfWords()
+    clf = tasks.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=5, build=False)
+    assert embed.calls == 0 and not clf.ready
+    assert len(clf.pending()) == 15
+    seen = []
+    clf.build(progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(5, 15), (10, 15), (15, 15)] and clf.ready and clf.pending() == []
+
+
+def test_packaged_minilm_vectors_and_head_need_no_embedding_call():
+    from llm_lmstudio import vectors
+
+    def no_calls(texts):
+        raise AssertionError(f"embedded {len(texts)} texts")
+
+    for model_id in ("mlx/minilm", "lmstudio/test-org/text-embedding-all-minilm-l6-v2"):
+        clf = tasks.EmbeddingClassifier(no_calls, tasks.load_exemplars(), model_id=model_id)
+        assert clf.ready and clf.pending() == []
+        if clf.method == "head":
+            assert clf.store.head(clf.head_digest) is not None  # the shipped head, not one fitted here
+    # another model gets nothing from the package
+    assert tasks.EmbeddingClassifier(no_calls, tasks.load_exemplars(), model_id="lmstudio/nomic-embed-text-v1.5", build=False).pending()
+    assert vectors.family("lmstudio/nomic-embed-text-v1.5") is None
+
+
+def test_the_head_learns_separable_tasks_and_balances_sources():
+    import numpy as np
+
+    from llm_lmstudio import vectors
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)[:3] * 3
+    x = np.concatenate([c + rng.normal(0, 0.3, (20, 4)) for c in centres])
+    y = np.repeat(np.arange(3), 20)
+    w, b = vectors.fit_softmax(x, y, 3, l2=1e-3)
+    assert ((x @ w + b).argmax(axis=1) == y).mean() == 1.0
+    weights = vectors.balanced_weights(["a"] * 9 + ["b"], ["big"] * 8 + ["small"] + ["big"])
+    # each task weighs the same, and inside task "a" both sources weigh the same
+    assert weights[:9].sum() == pytest.approx(weights[9]) and weights[8] == pytest.approx(weights[:8].sum())
 
 
 def test_long_prompts_are_embedded_as_head_and_tail():
@@ -314,26 +372,20 @@ def test_minilm_classifier_gets_held_out_prompts_right():
         path = model_factory.minilm_path()
     except model_factory.MiniLMUnavailable as exc:
         pytest.skip(f"MiniLM weights unavailable: {exc}")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from eval_router import MiniLM
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    minilm = MiniLM(path)
-    # exemplars: the NumPy replay of the same weights (MLX's Linux CPU path is too slow for ~700 texts),
-    # checked against mlx_embeddings first; each prompt then goes through mlx_embeddings itself
-    assert minilm.check_replay(["write a haiku about rain", "explain the krebs cycle"]) > 0.9999
+    import numpy as np
+
+    minilm = _eval_router().MiniLM(path)
     calls = []
 
     def embed(texts):
         calls.append(len(texts))
-        return minilm.embed_numpy(texts) if len(texts) > 1 else minilm.embed_mlx(texts)
+        return minilm.embed_mlx(texts)
 
-    from tests.conftest import seed_minilm_exemplars
-
-    cache_dir = model_factory.cache_root() / "router"
-    seed_minilm_exemplars(cache_dir, minilm.model_id)
-    clf = tasks.EmbeddingClassifier(embed, tasks.load_exemplars(), model_id=minilm.model_id, cache_dir=cache_dir, batch_size=32)
+    clf = tasks.EmbeddingClassifier(embed, tasks.load_exemplars(), model_id=minilm.model_id)
+    assert calls == []  # every exemplar vector ships with the package
+    # ...and they are this model's vectors: spot-check two against mlx_embeddings itself
+    for text in (tasks.load_exemplars()["creative"][0], tasks.load_exemplars()["coding"][-1]):
+        assert float(np.dot(clf.store.get(text), minilm.embed_mlx([text])[0])) > 0.999
     calls.clear()
     results = {prompt: clf.classify(prompt).task for prompt in MINILM_CASES}
     assert calls == [1] * len(MINILM_CASES)
