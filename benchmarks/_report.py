@@ -29,7 +29,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "bench_stats.py": ["--repeat", "5", "--attempts", "100"],
     # The embedding part did not finish within 5 minutes on 2 loaded cores; --full runs it.
     "bench_router.py": ["--runs", "10", "--no-embedding"],
-    "eval_router.py": ["--timing-prompts", "5"],
+    "eval_router.py": [],  # MiniLM vectors of the prompts are cached in benchmarks/out after the first run
 }
 # Building three virtualenvs takes about ten minutes here the first time (later runs reuse them).
 TIME_LIMITS = {"bench_startup.py": 1500}

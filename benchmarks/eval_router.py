@@ -328,6 +328,7 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
         "sources": {task: groups[task] for task in TASKS},  # training balances sources within each task
     }
     tasks.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    tasks._exemplar_file.cache_clear()
     vectors.write_store(vectors.PACKAGED["all-minilm-l6-v2"], table, dtype=np.float16)
     vectors.PACKAGED_HEADS["all-minilm-l6-v2"].unlink(missing_ok=True)
     if method == "head":

@@ -83,7 +83,7 @@ def embedding_classifier(model_id: str, config: settings.RouterConfig):
     """The embedding classifier for this model and config (exemplar vectors possibly still missing)."""
     from . import tasks
 
-    key = (model_id, repr(sorted(config.tasks.items())), repr(sorted(config.keywords.items())))
+    key = (model_id, str(settings.plugin_dir()), repr(sorted(config.tasks.items())), repr(sorted(config.keywords.items())))
     if key not in _CLASSIFIERS:
         model = llm.get_embedding_model(model_id)
 
@@ -162,6 +162,7 @@ def ready_classifier(config: settings.RouterConfig):
     try:
         classifier = embedding_classifier(model_id, config)
         if not classifier.ready:
+            classifier.store.reload()  # a background build (another process) may have stored more since
             pending = classifier.pending()
             if len(pending) > INLINE_EXEMPLARS:
                 started = _spawn_build(model_id)

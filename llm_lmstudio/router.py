@@ -1,6 +1,9 @@
 """The router model: classify a prompt's task, rank the local models that can do it, run the best, fall back.
 It never sends a prompt to a model outside this plugin's local models unless the config lists it under `fallback`."""
 
+# Over ~450 lines because planning and running share the Plan and its attempt log; classifying lives in
+# classifier.py and tasks.py already.
+
 from __future__ import annotations
 
 import math

@@ -105,7 +105,12 @@ class VectorStore:
         self.family = family(model_id)
         if self.family and PACKAGED[self.family].is_file():
             self.packaged = _read(PACKAGED[self.family])
-        self.table: dict = _read(self.path) if self.path is not None and self.path.is_file() else {}
+        self.table: dict = {}
+        self.reload()
+
+    def reload(self) -> None:
+        if self.path is not None and self.path.is_file():
+            self.table = _read(self.path)
 
     def head(self, digest: str):
         """The head fitted on exactly these exemplars (by digest): this model's own, else the packaged one."""
