@@ -338,8 +338,13 @@ def _inner_prompt(prompt: llm.Prompt, inner, options: dict) -> llm.Prompt:
     )
 
 
-# Failures that say the server itself is gone or hung, not just this model: its other models are skipped.
-SERVER_DOWN = ("Unreachable", "TimedOut")
+def server_is_down(kind: str, exc: BaseException) -> bool:
+    """Did this failure say the whole server is gone or hung, not just this model? Then its other models are
+    skipped. A timeout alone may be one slow model; server.py says "looks hung" when, while the request
+    waited, the server's model listing did not answer either."""
+    return kind == "Unreachable" or (kind == "TimedOut" and "looks hung" in str(exc))
+
+
 _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
           "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused"}
 
@@ -422,7 +427,7 @@ class Router(llm.Model):
                 attempt.update(error=str(exc), error_kind=stats.error_kind(exc))
                 if getattr(exc, "status", None):
                     attempt["status"] = exc.status
-                if attempt["error_kind"] in SERVER_DOWN and servers.get(model_id, "local") != "local":
+                if server_is_down(attempt["error_kind"], exc) and servers.get(model_id, "local") != "local":
                     down.add(servers[model_id])
                 attempt["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
                 stats.record_attempt(model_id, False, error_kind=attempt["error_kind"], router_turn_id=response.id)
