@@ -437,7 +437,7 @@ class _Shared:
         self.server = server_
         self.model_id = server_.model_id(entry.key)
         self.attachment_types = IMAGE_TYPES if entry.vision else frozenset()
-        self._endpoint = server.chat_paths(server_.base_url, entry.source)[0]
+        self._endpoint = server.chat_paths(entry.source)[0]
 
     def __str__(self):
         notes = ["loaded"] if self.entry.loaded else []
@@ -446,7 +446,7 @@ class _Shared:
         return f"LM Studio: {self.model_id}" + (f" ({', '.join(notes)})" if notes else "")
 
     def _paths(self) -> list[str]:
-        return server.chat_paths(self.server.base_url, self.entry.source)
+        return server.chat_paths(self.entry.source)
 
     def _failed(self, exc: server.LMStudioError) -> LMStudioModelError:
         return user_error(exc, _suggest(self.entry.key) if isinstance(exc, server.ModelNotFound) else "")

@@ -296,22 +296,15 @@ def _is_json(response) -> bool:
 
 NATIVE_CHAT = "/api/v0/chat/completions"
 OPENAI_CHAT = "/v1/chat/completions"
-_CHAT_PATH: dict[str, str] = {}  # base URL -> the chat endpoint that answered, for this process
 
 
-def chat_paths(base_url: str, listing: str) -> list[str]:
+def chat_paths(listing: str) -> list[str]:
     """Where to send a chat completion, best first, for sync and async clients alike.
 
     LM Studio's native /api/v0 (0.3.6+) adds `stats`, `model_info` and `runtime`; every LM Studio and any
-    OpenAI-compatible server has /v1. A model found in the v0 listing tries v0 first; the endpoint that
-    answered last in this process goes first (a server may have changed since, so the other stays second)."""
-    paths = [NATIVE_CHAT, OPENAI_CHAT] if listing == "v0" else [OPENAI_CHAT]
-    known = _CHAT_PATH.get(base_url)
-    return [known] + [p for p in paths if p != known] if known else paths
-
-
-def chat_path_worked(base_url: str, path: str) -> None:
-    _CHAT_PATH[base_url] = path
+    OpenAI-compatible server has /v1. A model found in the v0 listing tries v0 first, then /v1 when the
+    server does not serve v0 (EndpointMissing)."""
+    return [NATIVE_CHAT, OPENAI_CHAT] if listing == "v0" else [OPENAI_CHAT]
 
 
 def _unless_last(paths: list[str], path: str, missing: EndpointMissing) -> None:
@@ -420,11 +413,6 @@ class _Base:
         """A transport failure during a stream: a dropped connection is a cut stream, the rest as usual."""
         error = self._translate(exc)
         return state.cut("the connection dropped") if isinstance(error, StreamCut) else error
-
-    def _answered(self, path: str, first: Any) -> Any:
-        """The chat endpoint `path` answered (its body or first chunk is `first`): remember it."""
-        chat_path_worked(self.base_url, path)
-        return first
 
     def _not_a_stream(self, response, model: str | None) -> LMStudioError:
         """A stream request answered with one JSON document (LM Studio's 200 "Unexpected endpoint"
@@ -543,7 +531,7 @@ class Client(_Base):
         """POST a chat completion to the first of `paths` (see chat_paths) that serves it."""
         for path in paths:
             try:
-                return path, self._answered(path, self.post_json(path, payload))
+                return path, self.post_json(path, payload)
             except EndpointMissing as exc:
                 _unless_last(paths, path, exc)
         raise ValueError("no chat endpoint to try")
@@ -554,7 +542,7 @@ class Client(_Base):
             self.chat_path = path
             stream = self.stream(path, payload)
             try:
-                first = self._answered(path, next(stream, None))
+                first = next(stream, None)
             except EndpointMissing as exc:
                 _unless_last(paths, path, exc)
                 continue
@@ -666,7 +654,7 @@ class AsyncClient(_Base):
     async def chat(self, payload: dict, paths: list[str]) -> tuple[str, dict]:
         for path in paths:
             try:
-                return path, self._answered(path, await self.post_json(path, payload))
+                return path, await self.post_json(path, payload)
             except EndpointMissing as exc:
                 _unless_last(paths, path, exc)
         raise ValueError("no chat endpoint to try")
@@ -676,7 +664,7 @@ class AsyncClient(_Base):
             self.chat_path = path
             stream = self.stream(path, payload)
             try:
-                first = self._answered(path, await anext(stream, None))
+                first = await anext(stream, None)
             except EndpointMissing as exc:
                 _unless_last(paths, path, exc)
                 continue

@@ -243,6 +243,48 @@ def test_jit_load_passes_ttl_so_the_model_is_not_pinned(lmstudio):
     assert not lmstudio.loaded()
 
 
+# ------------------------------------------------------------------ older and newer LM Studio
+
+
+def test_a_server_without_the_native_api_gets_chat_completions_on_v1(lmstudio, user_path):
+    run("models")  # listed from /api/v0 while the server had it
+    lmstudio.configure(version="0.3.5")  # no /api/v0 at all: a bare 404
+    lmstudio.script("From v1.")
+    result = run("-m", LLAMA, "hi")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "From v1."
+    assert [r["path"] for r in lmstudio.requests() if "chat" in r["path"]] == [
+        "/api/v0/chat/completions", "/v1/chat/completions"
+    ]
+
+
+def test_a_0_3_5_server_is_listed_and_answers_through_v1_only(lmstudio, user_path):
+    lmstudio.configure(version="0.3.5")
+    lmstudio.script("Plain.")
+    model = llm.get_model(LLAMA)
+    assert model.entry.source == "openai" and model.entry.tool_use_kind is None and model.supports_tools
+    assert model.prompt("hi").text() == "Plain."
+    assert [r["path"] for r in lmstudio.requests() if "chat" in r["path"]] == ["/v1/chat/completions"]
+
+
+def test_before_0_3_18_a_stream_has_no_usage_so_no_token_rate(lmstudio, user_path):
+    lmstudio.configure(version="0.3.15")
+    lmstudio.script("one two three four")
+    result = run("-m", LLAMA, "hi")
+    assert result.exit_code == 0, result.output
+    [turn] = turns(user_path)
+    client = json.loads(turn["response_json"])["client"]
+    assert turn["output_tokens"] is None and "tokens_per_second" not in client and client["time_to_first_token_ms"] > 0
+
+
+def test_a_broken_prompt_template_is_one_line_streamed_or_not(lmstudio):
+    run("models")
+    lmstudio.set_fault("template", "/api/v0/chat", times=2)
+    for extra in ([], ["--no-stream"]):
+        line = assert_one_line_error(run("-m", LLAMA, "hi", *extra), "prompt template", "No filter named")
+        assert "cut off" not in line
+
+
 # ------------------------------------------------------------------ errors: one line, non-zero exit
 
 
@@ -253,6 +295,7 @@ def assert_one_line_error(result, *needles):
     assert len(error_lines) == 1, result.output
     for needle in needles:
         assert needle in error_lines[0], error_lines[0]
+    return error_lines[0]
 
 
 def test_server_down(lmstudio, refused_url, monkeypatch):

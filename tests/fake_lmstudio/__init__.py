@@ -118,11 +118,12 @@ class FakeLMStudio:
         self._control("POST", "reset", {"unload": unload})
 
     def configure(self, **settings) -> dict:
-        """Set jit, auto_evict, default_jit_ttl, auth_token, load_fail, default_max_tokens; returns them all."""
+        """Set jit, auto_evict, default_jit_ttl, auth_token, load_fail, default_max_tokens, version ("0.3.5",
+        "0.3.15" or "0.4": the LM Studio generation to act as, until the next reset); returns them all."""
         return self._control("POST", "config", settings)
 
     def set_fault(self, kind: str, path: str = "/", *, method: str | None = None, times: int | None = None, **params) -> dict:
-        """Arm a fault (hang, slow, status, malformed, cut, load_fail) for requests whose path starts with `path`."""
+        """Arm a fault (hang, slow, status, malformed, cut, load_fail, template) for requests whose path starts with `path`."""
         return self._control("POST", "faults", {"kind": kind, "path": path, "method": method, "times": times, **params})
 
     def clear_faults(self) -> None:

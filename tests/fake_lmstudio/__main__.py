@@ -43,7 +43,7 @@ async def _serve(args) -> None:
     from .state import LMStudioState
 
     _warm_imports()
-    state = LMStudioState(Path(args.models_dir))
+    state = LMStudioState(Path(args.models_dir), generation=args.lmstudio_version)
     app = create_app(state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,6 +80,12 @@ def main(argv=None) -> None:
     parser.add_argument("--ready-file")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--parent-pid", type=int)
+    parser.add_argument(
+        "--lmstudio-version",
+        choices=("0.3.5", "0.3.15", "0.4"),
+        default=os.environ.get("FAKE_LMSTUDIO_VERSION", "0.4"),
+        help="the LM Studio generation to act as (see state.GENERATIONS); also $FAKE_LMSTUDIO_VERSION",
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost"):
         parser.error("the stand-in only listens on loopback")

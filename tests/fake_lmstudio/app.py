@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import uuid
 
+from jinja2 import TemplateError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,7 +19,7 @@ from starlette.routing import Route
 from .engine import Finish, GenerationParams, ImageError, Piece, decode_image_data_uri, image_marker
 from . import rest_v1
 from .faults import FaultRegistry
-from .state import DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
+from .state import GENERATIONS, DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
 
 RUNTIME = {"name": "mlx-llm-fake-lmstudio", "version": "0.32.2", "supported_formats": ["safetensors"]}
 NO_MODELS_LOADED = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
@@ -72,19 +74,52 @@ def error(message, status=400, *, code=None, param=None, type_="invalid_request_
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
 
 
-def model_not_found(model: str, reason: str | None = None) -> JSONResponse:
+def model_not_found(state: LMStudioState, model: str, reason: str | None = None) -> JSONResponse:
+    """LM Studio's answer for a model it does not know or cannot load (tests/recorded/errors.json:
+    `invalid_model_identifier`, `failed_load_not_embedding`, `failed_jit_load_0_3_5`); 404 before 0.3.6."""
     if reason:
         message = f'Failed to load model "{model}". Error: {reason}'
     else:
-        message = (
-            f'Invalid model identifier "{model}". Please specify a valid downloaded model '
-            "(i.e. a model key from GET /api/v1/models)."
-        )
-    return error(message, 404, code="model_not_found", param="model")
+        examples = ", ".join(e.key for e in state.downloaded()[:3])
+        message = f'Invalid model identifier "{model}". Please specify a valid downloaded model (e.g., {examples}).'
+    return error(message, state.generation.error_status, code="model_not_found", param="model")
 
 
-def not_loaded(model: str) -> JSONResponse:
-    return error(NO_MODELS_LOADED, 404, param="model")
+def not_loaded(state: LMStudioState) -> JSONResponse:
+    # The error object with `code: null` (lmstudio-bug-tracker#1730, LM Studio 0.4.8).
+    return error(NO_MODELS_LOADED, state.generation.error_status, param="model")
+
+
+def no_embedding_model(state: LMStudioState) -> JSONResponse:
+    # A string `error` for embeddings (lmstudio-bug-tracker#1908, gpt-researcher#1556).
+    return JSONResponse({"error": NO_MODELS_LOADED}, state.generation.error_status)
+
+
+def template_error(exc: Exception) -> str:
+    """LM Studio's words for a chat template jinja cannot render (lmstudio-bug-tracker#842)."""
+    return (
+        f'Error rendering prompt with jinja template: "{exc}".\n\nThis is usually an issue with the model\'s prompt '
+        "template. If you are using a popular model, you can try to search the model under lmstudio-community, which "
+        "will have fixed prompt templates. If you cannot find one, you are welcome to post this issue to our discord "
+        "or issue tracker on GitHub. Alternatively, if you know how to write jinja templates, you can override the "
+        "prompt template in My Models > model settings > Prompt Template."
+    )
+
+
+def unknown_route(state: LMStudioState, method: str, path: str) -> JSONResponse:
+    # LM Studio answers a route it lacks with 200 and this body, "Returning 200 anyway" (lmstudio-bug-tracker#618,
+    # #2085); the 0.3.5 generation answers 404 (see state.GENERATIONS).
+    status = 404 if state.generation.error_status == 404 else 200
+    return JSONResponse({"error": f"Unexpected endpoint or method. ({method} {path})"}, status)
+
+
+# A token of the shape LM Studio issues (`sk-lm-XXXXXXXX:YYYY…`, opencode-lmstudio#41); anything else is malformed.
+TOKEN_SHAPE = re.compile(r"sk-lm-[A-Za-z0-9]+:[A-Za-z0-9]+")
+
+
+def malformed_token(token: str) -> str:
+    # LM Studio echoes the token's first ten characters (tests/recorded/errors.json: `malformed_token`).
+    return f"Malformed LM Studio API token provided: {token[:10]}**************. Ensure you are using a valid token."
 
 
 # -- middleware: body capture, request log, auth, faults ---------------------------------------
@@ -120,12 +155,20 @@ class FakeMiddleware:
 
         if path.startswith("/__fake__"):
             return await self.app(scope, replay, send)
-        token = self.control.state.auth_token
+        state = self.control.state
+        if (path.startswith("/api/v0/") and not state.generation.native_v0) or (
+            path.startswith("/api/v1/") and not state.generation.native_v1
+        ):
+            return await self._send(scope, receive, send, unknown_route(state, method, path))
+        token = state.auth_token if state.generation.auth else None
         if token and not path.startswith(AUTH_EXEMPT):
             auth = headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or not auth[7:].strip():
+            sent = auth[7:].strip() if auth.startswith("Bearer ") else ""
+            if not sent:
                 return await self._json(send, 401, _auth_body(AUTH_REQUIRED))
-            if auth[7:].strip() != token:
+            if not TOKEN_SHAPE.fullmatch(sent):
+                return await self._json(send, 401, {"error": {"code": "invalid_api_key", "message": malformed_token(sent)}})
+            if sent != token:
                 return await self._json(send, 401, _auth_body(AUTH_INVALID))
         fault = self.control.faults.match(method, path)
         if fault is not None:
@@ -146,6 +189,10 @@ class FakeMiddleware:
                 return
             scope = dict(scope, fake_fault=fault)
         return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _send(scope, receive, send, response: Response):
+        await response(scope, receive, send)
 
     def _log(self, method, path, headers, body) -> None:
         try:
@@ -308,24 +355,22 @@ async def resolve_instance(state: LMStudioState, model: str | None, *, kind: str
         if loaded:
             state.touch(loaded[0])
             return loaded[0]
-        raise BadRequest(error(NO_MODELS_LOADED, 404, param="model"))
+        raise BadRequest(not_loaded(state))
     instance = state.instance(model)
     entry = instance.entry if instance else state.entry(model)
     if entry is None:
-        raise BadRequest(model_not_found(model))
+        raise BadRequest(model_not_found(state, model))
     wrong_type = (kind == "embeddings") != (entry.type == "embeddings")
     if wrong_type:
-        raise BadRequest(model_not_found(model, "Model is not embedding." if kind == "embeddings" else "Model is not an LLM."))
+        raise BadRequest(model_not_found(state, model, "Model is not embedding." if kind == "embeddings" else "Model is not an LLM."))
     try:
         return await asyncio.get_running_loop().run_in_executor(None, lambda: state.resolve(model, ttl=ttl))
     except ModelNotFound:
-        raise BadRequest(model_not_found(model)) from None
+        raise BadRequest(model_not_found(state, model)) from None
     except NotLoaded:
-        if kind == "embeddings":
-            raise BadRequest(JSONResponse({"error": NO_MODELS_LOADED}, 404)) from None
-        raise BadRequest(not_loaded(model)) from None
+        raise BadRequest(no_embedding_model(state) if kind == "embeddings" else not_loaded(state)) from None
     except LoadError as exc:
-        raise BadRequest(model_not_found(model, str(exc))) from None
+        raise BadRequest(model_not_found(state, model, str(exc))) from None
 
 
 # -- SSE plumbing -----------------------------------------------------------------------------
@@ -452,7 +497,7 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
         instance_hint = state.instance(model) if model else None
         entry = instance_hint.entry if instance_hint else (state.entry(model) if model else None)
         if model and entry is None:
-            raise BadRequest(model_not_found(model))
+            raise BadRequest(model_not_found(state, model))
         if entry is not None:
             messages = prepare_messages(data.get("messages"), entry)
         check_response_format(data)
@@ -462,6 +507,9 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
         params = generation_params(data, control, state.pop_script())
     except BadRequest as exc:
         return exc.response
+    fault = request.scope.get("fake_fault")
+    params.parallel = state.generation.parallel > 1
+    params.broken_template = fault is not None and fault.kind == "template"
     tools = data.get("tools") or None
     if data.get("tool_choice") == "none":
         tools = None
@@ -470,11 +518,12 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
     completion_id, created = _completion_id(), int(time.time())
     model_name = instance.identifier
     reasoning_model = instance.entry.reasoning
-    fault = request.scope.get("fake_fault")
 
     if not data.get("stream"):
         content, reasoning, tool_calls, finish = [], [], [], None
         async for item in items:
+            if isinstance(item, TemplateError):
+                return JSONResponse({"error": template_error(item)}, 400)
             if isinstance(item, Exception):
                 return error(f"Error during generation: {item}", 500, type_="server_error")
             if isinstance(item, Finish):
@@ -498,14 +547,18 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
             "choices": [{"index": 0, "logprobs": None, "finish_reason": finish.finish_reason, "message": message}],
             "usage": _usage(finish),
             "stats": _stats(finish) if native else {},
-            "system_fingerprint": model_name,
         }
+        # Recorded answers: /v1 has `system_fingerprint` and empty `stats` (tests/recorded/v1_chat_schema.json);
+        # /api/v0 has stats, `model_info` and `runtime` instead (v0_chat_qwen3_think.json).
         if native:
             body["model_info"] = _model_info(instance)
             body["runtime"] = RUNTIME
+        else:
+            body["system_fingerprint"] = model_name
         return JSONResponse(body)
 
-    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    # A usage chunk only where LM Studio sends one (0.3.18+); older servers ignore stream_options.
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage")) and state.generation.include_usage
 
     def chunk(delta: dict, finish_reason=None) -> dict:
         return {
@@ -518,9 +571,12 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
         }
 
     async def events():
-        first = True
         tool_index = 0
         async for item in items:
+            if isinstance(item, TemplateError):
+                # Inside a stream the 200 has gone out: the failure arrives as an event (zed#45379).
+                yield {"error": template_error(item)}
+                return
             if isinstance(item, Exception):
                 yield {"error": {"message": f"Error during generation: {item}", "type": "server_error"}}
                 return
@@ -535,8 +591,8 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
                     yield usage_chunk
                 yield "[DONE]"
                 return
-            role = {"role": "assistant"} if first else {}
-            first = False
+            # Every delta repeats the role (tests/recorded/v0_stream_llava.sse, v1_stream_reasoning_content.sse).
+            role = {"role": "assistant"}
             if item.kind == "content":
                 yield chunk(role | {"content": item.text})
             elif item.kind == "reasoning":
@@ -577,7 +633,7 @@ async def embeddings(request: Request) -> Response:
             raise BadRequest(error("'input' field must be a string or an array of strings", 400, param="input"))
         model = data.get("model")
         if not model and not state.loaded("embedding"):
-            raise BadRequest(JSONResponse({"error": NO_MODELS_LOADED}, 404))
+            raise BadRequest(no_embedding_model(state))
         instance = await resolve_instance(state, model, kind="embeddings", ttl=data.get("ttl"))
     except BadRequest as exc:
         return exc.response
@@ -623,12 +679,14 @@ def v0_model(state: LMStudioState, entry) -> dict:
         "arch": entry.arch,
         "compatibility_type": entry.format,
         "quantization": entry.quantization,
-        "state": "loaded" if instances else "not-loaded",
+        # "loading" while a load runs: asserted by issue 12 of this project; no public recording shows it.
+        "state": "loaded" if instances else ("loading" if entry.key in state.loading else "not-loaded"),
         "max_context_length": entry.max_context_length,
     }
     if instances:
         body["loaded_context_length"] = instances[0].context_length
-    if entry.trained_for_tool_use:
+    # `capabilities` (0.3.16+) only on rows LM Studio has a native tool parser for (tests/recorded/v0_models.json).
+    if entry.trained_for_tool_use and state.generation.capabilities:
         body["capabilities"] = ["tool_use"]
     return body
 
@@ -701,8 +759,7 @@ async def v1_models_native(request: Request) -> Response:
 
 
 async def unexpected_endpoint(request: Request) -> Response:
-    # LM Studio answers unknown routes with 200 and an error body ("Returning 200 anyway").
-    return JSONResponse({"error": f"Unexpected endpoint or method. ({request.method} {request.url.path})"})
+    return unknown_route(request.app.state.lmstudio, request.method, request.url.path)
 
 
 # -- /__fake__ control API --------------------------------------------------------------------
@@ -713,6 +770,7 @@ def _config_view(control: Control) -> dict:
         "auto_evict": state.auto_evict,
         "default_jit_ttl": state.default_jit_ttl,
         "auth_token": state.auth_token,
+        "version": state.generation.name,
         "load_fail": state.load_fail,
         "memory_limit": state.memory_limit,
         "default_max_tokens": control.default_max_tokens,
@@ -729,6 +787,10 @@ async def control_config(request: Request) -> Response:
         for key, value in data.items():
             if key == "default_max_tokens":
                 control.default_max_tokens = int(value)
+            elif key == "version":
+                if value not in GENERATIONS:
+                    return JSONResponse({"error": f"version must be one of {sorted(GENERATIONS)}"}, 400)
+                control.state.generation = GENERATIONS[value]
             else:
                 setattr(control.state, key, value)
     return JSONResponse(_config_view(control))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import random
@@ -14,8 +15,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-# All MLX work is serialized: LM Studio queues predictions per model, and two MLX computations
-# interleaving on 2 shared cores would only make timings meaningless.
+# One MLX computation at a time (MLX is not built to evaluate from several threads at once). LM Studio
+# before 0.4 queues predictions, so the whole prediction holds the lock; 0.4 runs up to 4 at once by
+# continuous batching (docs app/advanced/parallel-requests), so a parallel prediction takes it per token
+# and concurrent streams interleave. (Seeded sampling stays reproducible only for predictions that do not
+# overlap: mlx's random state is global.)
 MLX_LOCK = threading.RLock()
 
 THINK_START, THINK_END = "<think>", "</think>"
@@ -65,6 +69,8 @@ class GenerationParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     script: str | None = None  # forced output text (see ChatEngine._forcing_processor)
+    parallel: bool = False  # interleave with other predictions token by token (LM Studio 0.4)
+    broken_template: bool = False  # render with a template jinja cannot compile (the `template` fault)
     json_schema: dict | None = None  # constrain the output to this schema (llguidance), unless scripted
 
 
@@ -217,7 +223,7 @@ class ChatEngine:
             + f"{FALLBACK_TOOL_END}"
         )
 
-    def build_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def build_prompt(self, messages: list[dict], tools: list[dict] | None = None, *, broken_template=False) -> list[int]:
         """Token ids of the templated conversation, ready for generation."""
         normalized = []
         for message in messages:
@@ -229,6 +235,10 @@ class ChatEngine:
             normalized.insert(0, {"role": "system", "content": self._fallback_tool_prompt(tools)})
             tools = None
         kwargs = {"tools": tools} if tools else {}
+        if broken_template:
+            # A template jinja rejects, so real jinja raises the way a model's faulty template does in
+            # LM Studio ("Error rendering prompt with jinja template", lmstudio-bug-tracker#842).
+            kwargs["chat_template"] = "{{ messages | no_such_filter }}"
         prompt = self.tokenizer.apply_chat_template(normalized, add_generation_prompt=True, **kwargs)
         if isinstance(prompt, str):
             prompt = self.tokenize(prompt)
@@ -293,7 +303,20 @@ class ChatEngine:
         return process
 
     def generate_raw(self, prompt: list[int], params: GenerationParams, cancel: threading.Event | None = None):
-        """Yield (text_segment, response) from mlx_lm.stream_generate. Caller must hold MLX_LOCK."""
+        """Yield responses from mlx_lm.stream_generate, each step under MLX_LOCK (reentrant: a serial
+        prediction already holds it for its whole run)."""
+        with MLX_LOCK:
+            steps = self._generator(prompt, params)
+        while True:
+            with MLX_LOCK:
+                response = next(steps, None)
+            if response is None:
+                return
+            yield response
+            if cancel is not None and cancel.is_set():
+                return
+
+    def _generator(self, prompt: list[int], params: GenerationParams):
         import mlx.core as mx
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -316,17 +339,14 @@ class ChatEngine:
             processors = [*processors, self._schema_processor(params.json_schema, len(prompt))]
         max_tokens = params.max_tokens if params.max_tokens and params.max_tokens > 0 else self.context_length
         max_tokens = min(max_tokens, self.context_length - len(prompt))
-        for response in stream_generate(
+        return stream_generate(
             self.model,
             self.tokenizer,
             mx.array(prompt),
             max_tokens=max_tokens,
             sampler=sampler,
             logits_processors=processors,
-        ):
-            yield response
-            if cancel is not None and cancel.is_set():
-                return
+        )
 
     def chat(
         self,
@@ -340,9 +360,10 @@ class ChatEngine:
         """Run one chat prediction: yields Pieces as they are produced, then one Finish."""
         params = params or GenerationParams()
         reasoning = self.entry.reasoning if reasoning is None else reasoning
-        with MLX_LOCK:
+        with contextlib.nullcontext() if params.parallel else MLX_LOCK:
             start = time.perf_counter()
-            prompt = self.build_prompt(messages, tools)
+            with MLX_LOCK:
+                prompt = self.build_prompt(messages, tools, broken_template=params.broken_template)
             if tools and self.native_tools:
                 markers = (self.tokenizer.tool_call_start, self.tokenizer.tool_call_end)
                 parser = self.tokenizer.tool_parser

@@ -8,7 +8,7 @@ import socket
 import threading
 from dataclasses import asdict, dataclass, field
 
-KINDS = ("hang", "slow", "status", "malformed", "cut", "load_fail")
+KINDS = ("hang", "slow", "status", "malformed", "cut", "load_fail", "template")
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Fault:
     chunk_delay: float = 0.0  # slow: seconds between SSE chunks
     after_chunks: int = 1  # cut / malformed (SSE): how many good chunks come first
     message: str = "Failed to load model"  # load_fail: the loader's error message
+    # template: the chat prediction renders a template jinja rejects (a 400, or an error event in a stream)
     id: int = 0
     hits: int = field(default=0)
 

@@ -17,6 +17,32 @@ META_FILE = "lmstudio-meta.json"
 DEFAULT_JIT_TTL = 3600.0
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What one line of LM Studio releases serves; the stand-in acts as one (`--lmstudio-version`)."""
+
+    name: str
+    native_v0: bool  # /api/v0/*: "Requires LM Studio 0.3.6 or newer" (lmstudio.ai/docs/developer/rest/endpoints)
+    native_v1: bool  # /api/v1/* REST: LM Studio 0.4.0 (lmstudio.ai/docs/developer/rest)
+    capabilities: bool  # `capabilities` in v0 rows: 0.3.16 (absent from 0.3.15 listings; tests/recorded/SOURCES.md)
+    include_usage: bool  # stream_options.include_usage: 0.3.18 (docs developer/api-changelog)
+    auth: bool  # API tokens, on REST and SDK alike: 0.4.0 (lmstudio.ai/docs/developer/core/authentication)
+    parallel: int  # concurrent predictions per model: 4 by default since 0.4 (docs app/advanced/parallel-requests)
+    error_status: int  # model errors: 404 in 0.3.5 (lms#107, agent-zero#215), 400 later (gpt-researcher#1556)
+
+
+GENERATIONS = {
+    g.name: g
+    for g in (
+        # 0.3.5 also answers routes it lacks with a bare 404 (no recording of its unknown-route body exists),
+        # which makes this generation stand for other OpenAI-compatible servers too.
+        Generation("0.3.5", False, False, False, False, False, 1, 404),
+        Generation("0.3.15", True, False, False, False, False, 1, 400),
+        Generation("0.4", True, True, True, True, True, 4, 400),
+    )
+}
+
+
 @dataclass
 class ModelEntry:
     """One downloaded model, as LM Studio describes it."""
@@ -184,8 +210,13 @@ def _default_engine_factory(entry: ModelEntry, context_length: int):
 class LMStudioState:
     """Downloaded models, loaded instances and the server settings that govern loading."""
 
-    def __init__(self, models_dir: Path, engine_factory: Callable = _default_engine_factory, ttl_check_interval=0.2):
+    def __init__(
+        self, models_dir: Path, engine_factory: Callable = _default_engine_factory, ttl_check_interval=0.2,
+        generation: str = "0.4",
+    ):
         self.models_dir = Path(models_dir)
+        self.default_generation = GENERATIONS[generation]
+        self.loading: set[str] = set()  # keys whose load is under way: v0 lists them as state "loading"
         self._engine_factory = engine_factory
         self._lock = threading.RLock()
         # Loads are serialized (like LM Studio's loader) so identifier assignment cannot race,
@@ -203,6 +234,7 @@ class LMStudioState:
         self._ttl_thread.start()
 
     def reset_settings(self) -> None:
+        self.generation = self.default_generation
         self.jit = True
         self.auto_evict = True
         self.default_jit_ttl = DEFAULT_JIT_TTL
@@ -362,10 +394,13 @@ class LMStudioState:
                 )
             if on_progress:
                 on_progress(0.5)
+            self.loading.add(entry.key)
             try:
                 engine = self._engine_factory(entry, ctx)
             except Exception as exc:  # a broken model folder is a load error, as in LM Studio
                 raise LoadError(f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                self.loading.discard(entry.key)
             now = time.monotonic()
             instance = Instance(
                 identifier=chosen,
