@@ -1,5 +1,7 @@
 """llm chat models for LM Studio (and OpenAI-compatible) servers: options, history, streaming, tools, schemas, images.
 Talks HTTP only through server.py; errors leave as one-line llm.ModelError, never a traceback."""
+# Over ~450 lines: options, message building, the <think> splitter and the chunk accumulator are one
+# translation between llm and LM Studio's chat completions, shared by the sync and async models.
 
 from __future__ import annotations
 

@@ -138,13 +138,7 @@ class _Params(dict):
 
 
 def auth_error(base_url: str, token: str | None, token_sent: bool) -> server.AuthRequired:
-    if token and token_sent:
-        return server.AuthRequired(
-            f"LM Studio at {base_url} rejected the API token: check it with `llm keys set lmstudio` (or $LM_API_TOKEN)"
-        )
-    return server.AuthRequired(
-        f"LM Studio at {base_url} requires an API token: run `llm keys set lmstudio` or set $LM_API_TOKEN"
-    )
+    return server.auth_error(base_url, token_sent=bool(token and token_sent))
 
 
 def server_error(exc: Any, base_url: str, token: str | None, token_sent: bool) -> server.LMStudioError:

@@ -1,5 +1,7 @@
 """The one HTTP client for LM Studio (and any OpenAI-compatible) servers: /v1/*, /api/v0|v1,
 SSE parsing, auth header, timeouts and error mapping. It never prints, and never lets a token into an error."""
+# Over ~450 lines on purpose: the sync and async clients, SSE, LM Studio's error shapes and the start-up fetch
+# are the one HTTP layer (DESIGN: all HTTP in server.py); split, each piece would import the others.
 
 from __future__ import annotations
 

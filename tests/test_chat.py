@@ -74,6 +74,7 @@ def test_seeded_sampling_is_reproducible_and_options_reach_the_server(lmstudio):
         ("ttl", "0", "greater than or equal to 1"),
         ("stop", "[1, 2]", "JSON list of strings"),
         ("nope", "1", "Extra inputs are not permitted"),
+        ("reasoning_effort", "high", "Extra inputs are not permitted"),  # LM Studio ignores it on chat completions
     ],
 )
 def test_bad_options_are_refused_before_any_request(lmstudio, option, value, message):
@@ -81,6 +82,19 @@ def test_bad_options_are_refused_before_any_request(lmstudio, option, value, mes
     assert result.exit_code == 1
     assert message in result.output
     assert not [r for r in lmstudio.requests() if "chat" in r["path"]]
+
+
+def test_the_request_carries_the_options_the_user_set_in_their_final_form():
+    from llm_lmstudio import settings
+    from llm_lmstudio.catalog import CatalogModel
+
+    model = chat.LMStudioChat(CatalogModel(key="k"), settings.Server(base_url="http://127.0.0.1:9", prefix="lmstudio"))
+    options = model.Options(stop='["a", "b"]', max_tokens=3, repeat_penalty=1.1, cache="1h")
+    payload = chat.build_payload("k", llm.Prompt("x", model=model, options=options), stream=False)
+    # `stop` parsed once by the option's validator; `cache` is this plugin's, not LM Studio's.
+    assert {k: v for k, v in payload.items() if k not in ("model", "messages", "stream")} == {
+        "stop": ["a", "b"], "max_tokens": 3, "repeat_penalty": 1.1
+    }
 
 
 def test_options_are_listed_with_descriptions(lmstudio):
@@ -158,6 +172,18 @@ def test_inline_think_tags_are_split_too():
     reasoning = "".join(p for k, p in pieces if k == "reasoning")
     text = "".join(p for k, p in pieces if k == "text")
     assert (reasoning, text) == ("planning", "Done.")
+
+
+def test_gpt_oss_reasoning_field_is_reasoning_streamed_or_not():
+    # LM Studio 0.3.23+ moves gpt-oss reasoning to `reasoning` (docs developer/api-changelog; no public recording).
+    accumulator = chat.Accumulator(time.monotonic())
+    delta = lambda d: {"choices": [{"index": 0, "delta": d, "finish_reason": None}]}  # noqa: E731
+    events = [e for d in ({"reasoning": "Add "}, {"reasoning": "them."}, {"content": "4"}) for e in accumulator.feed_chunk(delta(d))]
+    assert [(e.type, e.chunk) for e in events] == [("reasoning", "Add "), ("reasoning", "them."), ("text", "4")]
+    whole = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "reasoning": "Add them.", "content": "4"}}]}
+    assert [(e.type, e.chunk) for e in chat.Accumulator(time.monotonic()).feed_completion(whole)] == [
+        ("reasoning", "Add them."), ("text", "4")
+    ]
 
 
 def test_text_that_merely_mentions_think_is_left_alone():

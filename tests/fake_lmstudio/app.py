@@ -1,5 +1,7 @@
 """The stand-in's HTTP surface: LM Studio's OpenAI-compatible /v1, native /api/v0 and /api/v1, auth, faults,
 and the /__fake__ control API. Formats what state.py and engine.py produce; it must never make up model output."""
+# Over ~450 lines: one HTTP surface per LM Studio generation (OpenAI-compatible, /api/v0, /api/v1 listing,
+# errors as LM Studio words them, SSE with faults) plus the control API; rest_v1.py holds v1 REST management.
 
 from __future__ import annotations
 

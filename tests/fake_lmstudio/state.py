@@ -1,5 +1,7 @@
 """The stand-in's model state: what is downloaded, what is loaded, JIT loading, idle TTL and auto-evict.
 Thread-safe and transport-free; it must never speak HTTP or websocket, and never fake a load it did not do."""
+# Over ~450 lines: everything LM Studio keeps about models (downloaded, variants, loaded, loading, downloads,
+# the generation it acts as) must change under one lock, so it stays one object.
 
 from __future__ import annotations
 
