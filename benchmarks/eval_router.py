@@ -9,15 +9,12 @@ import json
 import random
 import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import OUT, ROOT, write_json
 
-from llm_lmstudio import tasks, vectors  # noqa: E402
+from llm_lmstudio import tasks, vectors  # importable because _common puts the repository on sys.path
 
-DATA = Path(__file__).resolve().parent / "data" / "router"
-OUT = Path(__file__).resolve().parent / "out"
+DATA = ROOT / "benchmarks" / "data" / "router"
 SPLIT_FILE = DATA / "split.json"
 SEED = 20260523
 TEST_FRACTION = 0.30
@@ -62,7 +59,7 @@ class MiniLM:
     the same weights for embedding the ~1,000 evaluation prompts (MLX's Linux CPU matmul is ~25x slower
     than OpenBLAS). The replay is checked against mlx_embeddings before it is used."""
 
-    def __init__(self, path: Path, max_length: int = 256):
+    def __init__(self, path, max_length: int = 256):
         from mlx.utils import tree_flatten
         from mlx_embeddings.utils import load
 
@@ -408,9 +405,7 @@ def main() -> None:
           + "; ".join(f"{k} {v['ece']:.3f}" + (f" (before temperature {v['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in v else "") for k, v in loso.items()))
     print(f"\n## In-distribution ({int(is_test.sum())} test prompts of the seeded 70/30 split; trained on the rest)\n")
     print(table(split, [r for r, t in zip(rows, is_test) if t]))
-    OUT.mkdir(exist_ok=True)
-    (OUT / "router_eval.json").write_text(json.dumps({"loso": loso, "split": split, "chosen": chosen_log}, indent=2))
-    print(f"\nwrote {OUT / 'router_eval.json'}")
+    write_json("router_eval", {"loso": loso, "split": split, "chosen": chosen_log})
 
 
 if __name__ == "__main__":
