@@ -23,7 +23,7 @@ OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"  # docs
 QUICK_FLAGS: dict[str, list[str]] = {
     "bench_lmstudio.py": ["--runs", "2", "--request-runs", "10"],
     "bench_embed.py": ["--docs", "128", "--runs", "2"],
-    "bench_mlx_chat.py": ["--reps", "2", "--tokens", "24"],
+    "bench_mlx_chat.py": ["--reps", "2", "--tokens", "24", "--cli-reps", "1", "--cache-reps", "1"],
     "bench_mlx_embed.py": ["--docs", "32", "--reps", "2"],
     "bench_startup.py": ["--reuse", "--runs", "7"],
     "bench_stats.py": ["--repeat", "5", "--attempts", "100"],
