@@ -118,7 +118,7 @@ def main():
     refused, hung = RefusedPort(), HungServer()
     with tempfile.TemporaryDirectory() as work, FakeLMStudio(build_models_dir(Path(work) / "models", include_minilm=False)) as server:
         print("The plugin's own time in `llm models` (import + hooks, fresh process each run, medians):", flush=True)
-        hooks = bench_hooks({"up": server.base_url, "down": refused.url, "hung": hung.url}, max(args.runs, 5))
+        hooks = bench_hooks({"up": server.base_url, "down": refused.url, "hung": hung.url}, args.runs)
         print(f"Per-request overhead against raw httpx ({args.request_runs} runs each, medians):", flush=True)
         os.environ.update(LLM_USER_PATH=str(Path(work) / "llm"), LMSTUDIO_BASE_URL=server.base_url)
         requests = bench_requests(server, args.request_runs)
