@@ -753,6 +753,7 @@ def test_a_model_being_loaded_is_listed_as_loading(lmstudio, http):
     import threading
 
     rows = []
+    lmstudio.configure(load_seconds=1.0)  # a tiny model loads in milliseconds: widen the window to observe it
     loader = threading.Thread(target=lmstudio.load, args=(TOOLS,))
     loader.start()
     while loader.is_alive():

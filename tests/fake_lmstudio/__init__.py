@@ -118,7 +118,7 @@ class FakeLMStudio:
         self._control("POST", "reset", {"unload": unload})
 
     def configure(self, **settings) -> dict:
-        """Set jit, auto_evict, default_jit_ttl, auth_token, load_fail, default_max_tokens, version ("0.3.5",
+        """Set jit, auto_evict, default_jit_ttl, auth_token, load_fail, load_seconds, default_max_tokens, version ("0.3.5",
         "0.3.15" or "0.4": the LM Studio generation to act as, until the next reset); returns them all."""
         return self._control("POST", "config", settings)
 

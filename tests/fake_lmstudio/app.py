@@ -774,6 +774,7 @@ def _config_view(control: Control) -> dict:
         "auth_token": state.auth_token,
         "version": state.generation.name,
         "load_fail": state.load_fail,
+        "load_seconds": state.load_seconds,
         "memory_limit": state.memory_limit,
         "default_max_tokens": control.default_max_tokens,
     }
@@ -789,6 +790,8 @@ async def control_config(request: Request) -> Response:
         for key, value in data.items():
             if key == "default_max_tokens":
                 control.default_max_tokens = int(value)
+            elif key == "load_seconds":
+                control.state.load_seconds = float(value)
             elif key == "version":
                 if value not in GENERATIONS:
                     return JSONResponse({"error": f"version must be one of {sorted(GENERATIONS)}"}, 400)

@@ -242,6 +242,9 @@ class LMStudioState:
         self.default_jit_ttl = DEFAULT_JIT_TTL
         self.auth_token: str | None = None
         self.load_fail: str | None = None
+        # Seconds a load stays in state "loading" beyond building the engine (a slow disk, a big model): tests
+        # that watch the listing during a load need a window wider than a tiny model's few milliseconds.
+        self.load_seconds: float = 0.0
         # LM Studio's model loading guardrails: loads whose estimate exceeds this many bytes are refused.
         self.memory_limit: int | None = None
         # key -> (variant entries, the selected one's key): set per test, since variants change every listing.
@@ -398,6 +401,7 @@ class LMStudioState:
                 on_progress(0.5)
             self.loading.add(entry.key)
             try:
+                time.sleep(self.load_seconds)
                 engine = self._engine_factory(entry, ctx)
             except Exception as exc:  # a broken model folder is a load error, as in LM Studio
                 raise LoadError(f"{type(exc).__name__}: {exc}") from exc
