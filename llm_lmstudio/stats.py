@@ -328,36 +328,22 @@ def error_kind(exc: BaseException) -> str:
     return str(kind) if kind else type(exc).__name__
 
 
-def record_attempt(
-    model: str,
-    ok: bool,
-    *,
-    error_kind: str | None = None,
-    ttft_ms: float | None = None,
-    duration_ms: float | None = None,
-    router_turn_id: str | None = None,
-    store_path: str | Path | None = None,
-    timeout: float = 1.0,
-) -> bool:
-    """Append one delegated attempt to our store (created on first use). Returns False instead of
-    raising when it cannot be written: recording stats must never fail a prompt."""
-    row = {"model": model, "ok": 1 if ok else 0, "error_kind": error_kind, "ttft_ms": ttft_ms, "duration_ms": duration_ms}
-    return _append("lmstudio_attempts", row | {"router_turn_id": router_turn_id}, store_path, timeout)
+def _outcome(model: str, ok: bool, error_kind: str | None = None, ttft_ms: float | None = None,
+             duration_ms: float | None = None) -> dict:
+    return {"model": model, "ok": 1 if ok else 0, "error_kind": error_kind, "ttft_ms": ttft_ms, "duration_ms": duration_ms}
 
 
-def record_call(
-    model: str,
-    ok: bool,
-    *,
-    error_kind: str | None = None,
-    ttft_ms: float | None = None,
-    duration_ms: float | None = None,
-    store_path: str | Path | None = None,
-    timeout: float = 1.0,
-) -> bool:
+def record_attempt(model: str, ok: bool, *, router_turn_id: str | None = None, store_path: str | Path | None = None,
+                   timeout: float = 1.0, **outcome) -> bool:
+    """Append one delegated attempt (outcome: error_kind, ttft_ms, duration_ms) to our store (created on first
+    use). Returns False instead of raising when it cannot be written: recording stats must never fail a prompt."""
+    row = _outcome(model, ok, **outcome) | {"router_turn_id": router_turn_id}
+    return _append("lmstudio_attempts", row, store_path, timeout)
+
+
+def record_call(model: str, ok: bool, *, store_path: str | Path | None = None, timeout: float = 1.0, **outcome) -> bool:
     """Append the outcome of one prompt sent straight to `model`; False instead of raising, like record_attempt."""
-    row = {"model": model, "ok": 1 if ok else 0, "error_kind": error_kind, "ttft_ms": ttft_ms, "duration_ms": duration_ms}
-    return _append("lmstudio_calls", row, store_path, timeout)
+    return _append("lmstudio_calls", _outcome(model, ok, **outcome), store_path, timeout)
 
 
 def _append(table: str, row: dict, store_path: str | Path | None, timeout: float) -> bool:
