@@ -426,7 +426,16 @@ def fail_after_logging(message: str) -> None:
     context.find_root().call_on_close(fail)
 
 
-class _Shared:
+class ServedModel:
+    """What every model an LM Studio server serves holds, chat or embedding: its catalog entry, server and llm id."""
+
+    def __init__(self, entry: CatalogModel, server_: settings.Server):
+        self.entry = entry
+        self.server = server_
+        self.model_id = server_.model_id(entry.key)
+
+
+class _Shared(ServedModel):
     can_stream = True
     supports_schema = True
     # LM Studio gives every chat model tool use: native where it knows the model's template, its default
@@ -435,9 +444,7 @@ class _Shared:
     Options = LMStudioOptions
 
     def __init__(self, entry: CatalogModel, server_: settings.Server):
-        self.entry = entry
-        self.server = server_
-        self.model_id = server_.model_id(entry.key)
+        super().__init__(entry, server_)
         self.attachment_types = IMAGE_TYPES if entry.vision else frozenset()
         self._endpoint = server.chat_paths(entry.source)[0]
 

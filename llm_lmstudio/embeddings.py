@@ -9,7 +9,7 @@ import llm
 
 from . import server, settings
 from .catalog import CatalogModel
-from .chat import user_error
+from .chat import ServedModel, user_error
 
 def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
     """The embeddings of one /v1/embeddings answer, in input order (LM Studio gives each an index)."""
@@ -31,14 +31,12 @@ def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
     return ordered  # type: ignore[return-value]
 
 
-class LMStudioEmbedding(llm.EmbeddingModel):
+class LMStudioEmbedding(ServedModel, llm.EmbeddingModel):
     supports_text = True
     supports_binary = False
 
     def __init__(self, entry: CatalogModel, server_: settings.Server):
-        self.entry = entry
-        self.server = server_
-        self.model_id = server_.model_id(entry.key)
+        super().__init__(entry, server_)
         self.batch_size = settings.embed_batch_size()
 
     def __str__(self):
