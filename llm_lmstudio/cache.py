@@ -121,6 +121,17 @@ def unfinished(response_json: Any) -> str | None:
 # The outermost _Call while its execute() is producing: a model it delegates to (the router's choice)
 # neither caches nor records as a call of its own, so the outermost model owns the cache entry.
 _INSIDE: contextvars.ContextVar = contextvars.ContextVar("llm_lmstudio_cache_inside", default=None)
+_END = object()
+
+
+@contextlib.contextmanager
+def _delegating(call: _Call):
+    """While the wrapped execute() runs (between its events, not while the caller holds one)."""
+    token = _INSIDE.set(call)
+    try:
+        yield
+    finally:
+        _INSIDE.reset(token)
 
 
 class _Call:
@@ -170,7 +181,22 @@ class _Call:
         if hit.payload.get("resolved_model"):
             self.response.set_resolved_model(hit.payload["resolved_model"])
 
-    def saw(self, event) -> None:
+    def pull(self, events):
+        """The wrapped execute()'s next event (or _END), seen on its way to the caller."""
+        with _delegating(self):
+            event = next(events, _END)
+        if event is not _END:
+            self._saw(event)
+        return event
+
+    async def apull(self, events):
+        with _delegating(self):
+            event = await anext(events, _END)
+        if event is not _END:
+            self._saw(event)
+        return event
+
+    def _saw(self, event) -> None:
         if self.first_at is None:
             self.first_at = time.monotonic()
         kind, chunk = ("text", event) if isinstance(event, str) else (event.type, event.chunk)
@@ -181,6 +207,17 @@ class _Call:
             self.events[-1][1] += chunk or ""
         elif chunk:
             self.events.append([kind, chunk])
+
+    @contextlib.contextmanager
+    def outcome(self):
+        """Around the whole production: a failure is recorded and passes on; a whole run is stored and recorded.
+        A caller that stops early (GeneratorExit is no Exception) has neither recorded nor stored."""
+        try:
+            yield
+        except Exception as exc:
+            self.failed(exc)
+            raise
+        self.finished()
 
     def finished(self) -> None:
         ended = time.monotonic()
@@ -225,83 +262,54 @@ class _Call:
         stats.record_call(self.model.model_id, ok, error_kind=error_kind, ttft_ms=ttft, duration_ms=(ended - self.started) * 1000)
 
 
-_END = object()
-
-
-@contextlib.contextmanager
-def _delegating(call: _Call):
-    """While the wrapped execute() runs (between its events, not while the caller holds one)."""
-    token = _INSIDE.set(call)
-    try:
-        yield
-    finally:
-        _INSIDE.reset(token)
+def _outermost(model, prompt: llm.Prompt, response) -> _Call | None:
+    """A _Call when no decorated model is producing already; inside one (the router), None: the outer one acts."""
+    outer = _INSIDE.get()
+    if outer is not None:
+        outer.delegated = True
+        return None
+    return _Call(model, prompt, response)
 
 
 def cached(execute):
     """Decorate a model's execute() (sync or async generator) with the response cache and outcome recording.
-    Only the outermost decorated model acts; models it delegates to run untouched. The two bodies below are
-    the same steps; one is async because llm drives async models with `async for`."""
+    Only the outermost decorated model acts; models it delegates to run untouched. The steps live in _Call;
+    the two drivers below differ only in how they pull events, because llm drives async models with `async for`."""
     if inspect.isasyncgenfunction(execute):
 
         @functools.wraps(execute)
         async def run_async(self, prompt, stream, response, conversation=None):
-            outer = _INSIDE.get()
-            if outer is not None:
-                outer.delegated = True
+            call = _outermost(self, prompt, response)
+            if call is None:
                 async for event in execute(self, prompt, stream, response, conversation):
                     yield event
                 return
-            call = _Call(self, prompt, response)
             hit = call.lookup()
             if hit is not None:
                 for event in call.replay(hit):
                     yield event
                 return
             events = execute(self, prompt, stream, response, conversation)
-            try:
-                while True:
-                    with _delegating(call):
-                        event = await anext(events, _END)
-                    if event is _END:
-                        break
-                    call.saw(event)
-                    yield event
-            except Exception as exc:
-                call.failed(exc)
-                raise
-            finally:
-                await events.aclose()
-            call.finished()
+            async with contextlib.aclosing(events):
+                with call.outcome():
+                    while (event := await call.apull(events)) is not _END:
+                        yield event
 
         return run_async
 
     @functools.wraps(execute)
     def run(self, prompt, stream, response, conversation=None):
-        outer = _INSIDE.get()
-        if outer is not None:
-            outer.delegated = True
+        call = _outermost(self, prompt, response)
+        if call is None:
             yield from execute(self, prompt, stream, response, conversation)
             return
-        call = _Call(self, prompt, response)
         hit = call.lookup()
         if hit is not None:
             yield from call.replay(hit)
             return
         events = execute(self, prompt, stream, response, conversation)
-        try:
-            while True:
-                with _delegating(call):
-                    event = next(events, _END)
-                if event is _END:
-                    break
-                call.saw(event)
+        with contextlib.closing(events), call.outcome():
+            while (event := call.pull(events)) is not _END:
                 yield event
-        except Exception as exc:
-            call.failed(exc)
-            raise
-        finally:
-            events.close()
-        call.finished()
 
     return run

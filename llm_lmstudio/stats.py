@@ -20,28 +20,23 @@ STORE_VERSION = 3  # 3: lmstudio_turns gained tokens in, time, TTFT and flags; l
 ROUTED, CACHED, CUT = 1, 2, 4
 LOCAL_PATTERNS = ("lmstudio/%", "lmstudio@%", "mlx/%")
 
-_SCHEMA = """
-create table if not exists lmstudio_attempts (
+# one outcome row (see _outcome): the router's attempts and direct calls both keep it
+_OUTCOME_COLUMNS = """
     id integer primary key,
     datetime_utc text not null,
     model text not null,
     ok integer not null,
     error_kind text,
     ttft_ms real,
-    duration_ms real,
+    duration_ms real"""
+_SCHEMA = f"""
+create table if not exists lmstudio_attempts ({_OUTCOME_COLUMNS},
     router_turn_id text
 );
 create index if not exists lmstudio_attempts_model_id on lmstudio_attempts (model, id);
 -- prompts sent straight to one of our models (not through the router): llm logs no failed prompt, so
 -- `llm lmstudio stats` learns failures here; the router's ranking reads only its own attempts above
-create table if not exists lmstudio_calls (
-    id integer primary key,
-    datetime_utc text not null,
-    model text not null,
-    ok integer not null,
-    error_kind text,
-    ttft_ms real,
-    duration_ms real
+create table if not exists lmstudio_calls ({_OUTCOME_COLUMNS}
 );
 -- a narrow copy of llm's turns, indexed by model and time: llm's own table has neither index, and we
 -- must not add one. model is the one that answered; flags: ROUTED | CACHED | CUT
