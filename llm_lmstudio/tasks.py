@@ -1,8 +1,6 @@
 """Task classification for the router: which kind of work a prompt asks for (coding, analysis, ...).
 Owns the keyword and embedding classifiers and their exemplars; never calls a model or the network itself."""
 
-# Over ~450 lines because the keyword rule table (~80 lines of data) sits beside the code that reads it.
-
 from __future__ import annotations
 
 import functools
@@ -19,6 +17,7 @@ DEFAULT_TASKS = ("coding", "analysis", "creative", "research", "general")
 FALLBACK_TASK = "general"
 
 EXEMPLARS_FILE = Path(__file__).parent / "data" / "router_exemplars.json"
+RULES_FILE = Path(__file__).parent / "data" / "router_keywords.json"  # the keyword classifier's rules
 
 Embed = Callable[[list[str]], Sequence[Sequence[float]]]
 
@@ -99,47 +98,14 @@ def _rule(task: str, weight: float, words: str = "", stems: str = "", pattern: s
     )
 
 
-# Matched against a lower-cased view of the prompt. Weights and words were fitted on the training
-# split (benchmarks/eval_router.py), never on the test split.
-_RULES: tuple[_Rule, ...] = (
-    # coding: code itself, its vocabulary, its tools
-    _rule("coding", 3.0, stems="```|traceback (most recent call last)|\", line "),
-    _rule("coding", 2.5, pattern=r"^\s*(def|class|import|from \S+ import|return|const|let|var|function|public|private|static|void|fn|func|struct|impl|#include|package|using)\b[^\n]{0,80}[(:{=;]"),
-    _rule("coding", 2.0, stems="=>|->|){|) {|};|$(|self.|this.|::|c++|c#|.net|node.js|</|/>|();"),
-    _rule("coding", 2.0, pattern=r"\w\.(py|js|ts|tsx|jsx|java|kt|rs|go|rb|php|cpp|cc|hpp|cs|swift|sh|sql|yaml|yml|toml|ipynb|vue|lua|zig|dart)\b"),
-    _rule("coding", 2.0, words="python|javascript|typescript|java|kotlin|rust|golang|ruby|php|swift|scala|haskell|bash|powershell|sql|html|css|react|vue|angular|django|flask|fastapi|node|numpy|pandas|pytorch|tensorflow|docker|kubernetes|k8s|git|github|linux|regex|json|yaml|api|sdk|vba|excel formula|matlab|latex|unity|unreal|godot|arduino|esp32|flutter|terraform|aws|azure|gcp|cloudflare|torch|gpu|cuda|llm prompt|yara"),
-    _rule("coding", 2.0, words="code|coding|script|program|function|method|class|variable|compile|compiler|compiled|debug|bug|refactor|implement|algorithm|endpoint|library|framework|repository|repo|database|query|schema|stack trace|exception|syntax|runtime|segfault|deploy|frontend|backend|snippet|unit test|unit tests|pseudocode"),
-    _rule("coding", 2.0, words="input format|output format|test case|test cases|time complexity|leetcode|codeforces|hackerrank|advent of code|string|strings|array|arrays|linked list|binary tree|hashmap|hash map|dataframe|csv file"),
-    _rule("coding", 1.5, words="error|errors|fail|fails|crash|crashes|not working|undefined|null|nonetype"),
-    _rule("coding", 1.5, words="server|servers|nginx|apache|ssh|dns|vpn|firewall|raspberry pi|homelab|terminal|command line|cli|shell|install|config|configuration|owasp|devops|app|website|webpage|browser|plugin|extension|excel|macro", stems="vulnerabilit|self-host"),
-    _rule("coding", 1.5, stems="программ|функци|скрипт|код|代码|函数|程序|コード|関数|código|función|programa"),
-    # analysis: mathematics, logic, calculation, estimation, extraction
-    _rule("analysis", 2.5, words="calculate|calculation|compute|solve|prove|proof|derivative|integral|equation|equations|theorem|lemma|matrix|probability|expected value|variance|median|average|mean of|percent|percentage|factorial|prime|logarithm|log base|modulo|polynomial|fraction|geometry|triangle|circle|radius|area of|volume of|vector|optimize|optimise|simplify|evaluate|estimate|fermi", stems="eigen"),
-    _rule("analysis", 2.0, words="math|maths|mathematics|mathematical|algebra|calculus|statistics|statistical|logic|logical|puzzle|riddle|how many|how much|how far|how long|what is the value|what is the probability|what is the sum|step by step|reasoning"),
-    _rule("analysis", 2.0, words="extract|parse the|pull out|pull the|pick out|list all|list every|tabulate|convert this|convert the|turn this into a table|classify these|categorize these|categorise these|count how many|count the"),
-    _rule("analysis", 2.0, words="find the|find all|find x|find y|find n|smallest|largest|integer|integers|divisible|divided by|remainder|digits|sum of|product of|number line|real numbers|function f|graph of|resistance|voltage|current|velocity|acceleration|force|energy|mass|density|pressure|temperature|circuit|impedance|inductance|capacitance|marbles|coin|coins|dice|die|cards|jar|jars|ball|balls|analyze|analyse|analysis|what is the length|what is the area|what is the distance|what is the speed|what is the ratio|what is the chance|what is the minimum|what is the maximum"),
-    _rule("analysis", 2.5, stems="\\frac|\\sqrt|\\begin|\\int|\\sum|∫|√|∑|π|≈|f(x)", pattern=r"\d[a-z]?\s?[-+*/^×÷=<>≤≥]\s?\(?[\da-z]|[a-z]\^\d|\$[^$\n]{1,80}\$|\d+, \d+, \d+, \d+|\b[a-z] ?= ?\d"),
-    _rule("analysis", 1.0, pattern=r"\d\s?(%|km\b|kg\b|m/s|mph\b|°|degrees|meters|metres|cm\b|mm\b|seconds|hours|dollars|euros|usd\b|eur\b)"),
-    _rule("analysis", 2.0, words="реши|дан|дано|дана|даны|найти|сколько|какая|какой|resolver|resuelve|probabilidad|wahrscheinlichkeit|příklad|řešení|bilangan|hitung|tentukan", stems="вычисл|решит|найдит|вероятност|докаж|уравнени|задач|чисел|числа|число|масса|массы|计算|求解|概率|证明|方程|計算|確率|calcul|berechne|vypočít|数学|倍数|约数|已知|面积|几何"),
-    # creative: writing, roleplay, brainstorming
-    _rule("creative", 3.0, pattern=r"\b(write|compose|create|draft|craft|pen|generate|give me|tell me|make up|invent|come up with|construct)\b[^.?!\n]{0,40}\b(stor(y|ies)|poems?|poetry|haiku|limerick|sonnet|song|lyrics|verse|rap|tale|fable|novel|chapter|scene|script|screenplay|dialog(ue)?|monologue|speech|toast|eulogy|joke|riddle|letter|e-?mail|blog|article|essay|review|post|tweet|caption|slogan|tagline|headlines?|ad|advert\w*|pitch|description|bio|backstory|plot|prologue|epilogue|fan ?fic\w*|paragraph|opening|intro(duction)?|motto|jingle|invitation|announcement|greeting card|proposal|cover letter|personal statement)\b"),
-    # kinds of writing named outright ("a descriptive paragraph", "a travel blog post") and role-play set-ups
-    _rule("creative", 2.5, words="paragraph|blog post|blog|slogan|headline|headlines|tagline|letter|speech|persuasive essay|descriptive essay|opinion piece|cover letter|personal statement|birthday card|wedding toast"),
-    _rule("creative", 3.0, words="act as|act like|embody|assume the role|take on the role|play the role|in character|stay in character|imagine yourself|picture yourself|pretend yourself|suppose you are|you are now|now you are|as if you were|persona of|role of a|role of an|the persona"),
-    _rule("creative", 2.5, words="story|stories|poem|poems|poetry|haiku|limerick|sonnet|lyrics|fiction|fictional|novel|narrative|narrator|protagonist|character|characters|villain|hero|plot|roleplay|role-play|role play|fantasy|sci-fi|fic|fanfic|fairy tale|bedtime story|screenplay|storyline|worldbuilding|rhyme|stanza|verse"),
-    _rule("creative", 2.5, words="pretend to be|pretend you are|pretend you're|imagine you are|imagine you're|imagine that you|as a pirate|as a knight|as a wizard|as a detective|as a superhero|as a chef|as a captain|as a character|as a villain|as a dragon|as a ghost|as a vampire|let's do a|let's role|in the style|brainstorm|come up with|ideas for|names for|plot twist|plot twists"),
-    _rule("creative", 1.5, words="creative|funny|humorous|witty|whimsical|dark comedy|tone|vivid|emotional|captivating|compelling|engaging|catchy"),
-    _rule("creative", 2.5, words="escribe|escreva|poema|historia|história|cuento|invente|poème|histoire|gedicht|geschichte|viết|truyện|příběh|báseň|hikaye|şiir|cerita|puisi|bài thơ|câu chuyện", stems="напиши|написать|сочини|срифмуй|рифм|придумай|рассказ|стих|сказк|поэм|песн|写一|写个|写首|写篇|诗|故事|小说|歌词|物語|小説|詩|書いて|écri|schreib|básničk|pesm|stihov|이야기|소설|시를|話を|お話|ラノベ|キャラ|shayari|कविता|कहानी|قصة|قصيدة|סיפור|שיר|ιστορία|ποίημα|ποιημα|俳句|短歌|ラップ|創作|创作|作品|角色|虚构|虚構|情景|キャラクター|ヒロイン|世界観|あらすじ|剧本|台词|對聯|对联|对仗|诗歌|作文|日记|文章|thơ"),
-    _rule("creative", 3.0, words="anime script|movie script|film script|video script|youtube script|tiktok script|comedy script|sitcom script|episode script|play script|radio script|podcast script|script where|script about|script of|script in|script for a|a script where|transcript|caption|captions|estrofa|estrofas|canción|cancion|chanson|cartoon"),
-    # research: knowledge, explanation, comparison
-    _rule("research", 2.0, words="explain|explanation|describe|overview|history of|what is|what's|what are|what was|what were|the difference|difference between|differences between|compare|comparison|versus|vs|pros and cons|advantages and disadvantages|how does|how did|how are|how is|who was|who is|who were|who invented|who discovered|when did|what caused|causes of|origin of|significance of|implications|impact of|effect of|effects of|role of|what if|would have|why is|why are|why do|why does|why did|why was|why were|why might|why would|why should", pattern=r"\bhow (do|can|could|would|might|should|will) (?!i\b)"),
-    _rule("research", 1.5, words="science|scientific|theory|history|historical|economy|economics|biology|physics|chemistry|philosophy|politics|political|geography|evolution|climate|society|culture|cultural|ethics|ethical|government|policy|technology|medicine|medical|disease|century|war|empire|civilization|revolution"),
-    # general: personal advice, everyday text chores, chit-chat (greetings are handled separately)
-    _rule("general", 2.5, words="how are you|who are you|what can you do|are you a|are you an|are you real|your favourite|your favorite|do you like|i'm bored|i am bored|i'm feeling|i'm nervous|i'm stressed|i'm sad|i'm tired|i'm excited|i'm worried|i feel|just got|tell me something"),
-    _rule("general", 2.0, words="advice|tip|tips|recommend|recommendation|recommendations|suggest|suggestion|suggestions|should i|can i|how can i|how do i|how should i|help me|my wife|my husband|my partner|my boyfriend|my girlfriend|my friend|my mom|my mum|my dad|my boss|my coworker|my colleague|my kid|my son|my daughter|my cat|my dog|my landlord|my teacher|what should|is it rude|is it ok|is it okay|is it normal|is it better|ideas for a|ideas for my|plan my|gift|dinner|recipe|weekend|vacation|holiday|trip"),
-    _rule("general", 3.0, words="summarise|summarize|summary|tl;dr|tldr|condense|shorten|rephrase|reword|paraphrase|proofread|fix the grammar|grammar|translate|translation|how do i say|how do you say|make this sound|make this more|more polite|politely"),
-    _rule("general", 1.5, words="improve my|productivity|time management|stress|habit|motivation|skills|career|interview|job|health|healthy|exercise|sleep|relationship"),
-)
+@functools.lru_cache(maxsize=1)
+def _builtin_rules() -> tuple[_Rule, ...]:
+    """The shipped rules, a data table fitted on the training split (read and compiled once per process)."""
+    table = json.loads(RULES_FILE.read_text(encoding="utf-8"))["rules"]
+    return tuple(
+        _rule(r["task"], r["weight"], r.get("words", ""), r.get("stems", ""), r.get("pattern")) for r in table
+    )
+
 
 # Attachments hint at the work before any text is read. An image with little text is usually
 # "what is this / describe it" (general); charts and tables are caught by the analysis words.
@@ -168,7 +134,7 @@ class KeywordClassifier:
         # 750 to 3,000 characters classify equally well, and cost grows with the view
         self.head = head
         self.tail = tail
-        rules = list(_RULES)
+        rules = list(_builtin_rules())
         self.tasks: list[str] = list(DEFAULT_TASKS)
         for task, words in (extra_keywords or {}).items():
             words = [" ".join(_WORD.findall(w.lower())) for w in words if w and w.strip()]
