@@ -87,13 +87,33 @@ def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
-def _entries(body: Any, key: str) -> list[dict]:
-    if not isinstance(body, dict):
-        return []
-    items = body.get(key)
-    if not isinstance(items, list):
-        return []
-    return [item for item in items if isinstance(item, dict)]
+# The CatalogModel fields each listing reports as they are, by the listing's own name for them:
+# (text fields, whole-number fields). The rest need reading (see parse_v0 and parse_v1).
+_AS_REPORTED = {
+    "v0": (
+        {"arch": "arch", "format": "compatibility_type", "quantization": "quantization", "display_name": "display_name"},
+        {"max_context_length": "max_context_length", "loaded_context_length": "loaded_context_length"},
+    ),
+    "v1": (
+        {"arch": "architecture", "format": "format", "display_name": "display_name", "params_string": "params_string",
+         "selected_variant": "selected_variant"},
+        {"max_context_length": "max_context_length", "size_bytes": "size_bytes"},
+    ),
+}
+
+
+def _as_reported(item: dict, source: str) -> dict[str, Any]:
+    texts, numbers = _AS_REPORTED[source]
+    fields: dict[str, Any] = {field: _str(item.get(name)) for field, name in texts.items()}
+    fields.update({field: _int(item.get(name)) for field, name in numbers.items()})
+    return fields
+
+
+def _entries(body: Any, key: str, id_field: str) -> list[tuple[str, dict]]:
+    """The rows of body[key] that are objects naming a model in id_field, with that name."""
+    items = body.get(key) if isinstance(body, dict) else None
+    rows = [item for item in _list(items) if isinstance(item, dict)]
+    return [(name, item) for item in rows if (name := _str(item.get(id_field)))]
 
 
 def parse_v0(body: Any) -> list[CatalogModel]:
@@ -103,12 +123,9 @@ def parse_v0(body: Any) -> list[CatalogModel]:
     and is left out of rows without native tool use (tests/recorded/v0_models.json): a listing where
     no row has it says nothing about tools."""
     models = []
-    entries = _entries(body, "data")
-    says_capabilities = any("capabilities" in item for item in entries)
-    for item in entries:
-        key = _str(item.get("id"))
-        if not key:
-            continue
+    entries = _entries(body, "data", "id")
+    says_capabilities = any("capabilities" in item for _, item in entries)
+    for key, item in entries:
         kind = _str(item.get("type")) or "llm"
         capabilities = item.get("capabilities")
         capabilities = [c for c in capabilities if isinstance(c, str)] if isinstance(capabilities, list) else []
@@ -116,17 +133,12 @@ def parse_v0(body: Any) -> list[CatalogModel]:
             CatalogModel(
                 key=key,
                 type="embeddings" if kind in EMBEDDING_TYPES else kind,
-                arch=_str(item.get("arch")),
-                format=_str(item.get("compatibility_type")),
-                quantization=_str(item.get("quantization")),
                 loaded=item.get("state") == "loaded",
-                max_context_length=_int(item.get("max_context_length")),
-                loaded_context_length=_int(item.get("loaded_context_length")),
                 tool_use=("tool_use" in capabilities) if says_capabilities else None,
                 vision=kind == "vlm" or "vision" in capabilities,
                 reasoning="reasoning" in capabilities,
-                display_name=_str(item.get("display_name")),
                 source="v0",
+                **_as_reported(item, "v0"),
             )
         )
     return models
@@ -135,10 +147,7 @@ def parse_v0(body: Any) -> list[CatalogModel]:
 def parse_v1(body: Any) -> list[CatalogModel]:
     """GET /api/v1/models: {"models": [{"key", "type", "loaded_instances", "capabilities": {...}, ...}]}."""
     models = []
-    for item in _entries(body, "models"):
-        key = _str(item.get("key"))
-        if not key:
-            continue
+    for key, item in _entries(body, "models", "key"):
         kind = _str(item.get("type")) or "llm"
         capabilities = item.get("capabilities") if isinstance(item.get("capabilities"), dict) else {}
         vision = capabilities.get("vision") is True
@@ -159,23 +168,17 @@ def parse_v1(body: Any) -> list[CatalogModel]:
             CatalogModel(
                 key=key,
                 type="embeddings" if kind in EMBEDDING_TYPES else ("vlm" if vision and kind == "llm" else kind),
-                arch=_str(item.get("architecture")),
-                format=_str(item.get("format")),
                 quantization=_str(quantization),
                 loaded=bool(instances),
-                max_context_length=_int(item.get("max_context_length")),
                 loaded_context_length=loaded_context,
                 tool_use=capabilities.get("trained_for_tool_use") is True,
                 vision=vision,
                 reasoning=isinstance(reasoning, dict) or reasoning is True,
-                display_name=_str(item.get("display_name")),
-                size_bytes=_int(item.get("size_bytes")),
-                params_string=_str(item.get("params_string")),
                 instances=instances,
                 variants=variants,
-                selected_variant=_str(item.get("selected_variant")),
                 reasoning_options=[o for o in _list(options) if isinstance(o, str)],
                 source="v1",
+                **_as_reported(item, "v1"),
             )
         )
     return models
@@ -184,10 +187,7 @@ def parse_v1(body: Any) -> list[CatalogModel]:
 def parse_openai(body: Any) -> list[CatalogModel]:
     """GET /v1/models: {"data": [{"id": ...}]}; no type, so embedding models are recognised by name."""
     models = []
-    for item in _entries(body, "data"):
-        key = _str(item.get("id"))
-        if not key:
-            continue
+    for key, item in _entries(body, "data", "id"):
         lowered = key.lower()
         kind = "embeddings" if ("embed" in lowered or "minilm" in lowered or "bge-" in lowered) else "llm"
         models.append(CatalogModel(key=key, type=kind, tool_use=None, source="openai"))
