@@ -31,18 +31,27 @@ def lmstudio_group():
 # Every SDK call goes through management.py; its errors arrive here as server.LMStudioError, one line each.
 
 
-class _GpuRatio(click.ParamType):
-    name = "off|max|0..1"
+class _Parsed(click.ParamType):
+    """An option's text read by one of the package's parsers, parse(text, option name); the ValueError it
+    raises (SettingsError is one) becomes click's one-line usage error."""
+
+    def __init__(self, name: str, parse):
+        self.name = name
+        self._parse = parse
 
     def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        from .management import parse_gpu
-
+        if not isinstance(value, str):
+            return value  # a default, already in its final form
         try:
-            return parse_gpu(value)
+            return self._parse(value, param.opts[0] if param else self.name)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _gpu_ratio(text: str, option: str) -> float:
+    from .management import parse_gpu  # management imports only when a command runs, not at llm's start
+
+    return parse_gpu(text)
 
 
 _SERVER_OPTION = click.option(
@@ -145,7 +154,7 @@ def _echo_estimate(estimate) -> None:
 @lmstudio_group.command(name="load")
 @click.argument("model")
 @click.option("-c", "--context-length", type=click.IntRange(min=1), help="Context length in tokens")
-@click.option("--gpu", type=_GpuRatio(), help="GPU offload: off, max, or a ratio between 0 and 1")
+@click.option("--gpu", type=_Parsed("off|max|0..1", _gpu_ratio), help="GPU offload: off, max, or a ratio between 0 and 1")
 @click.option(
     "--flash-attention/--no-flash-attention", default=None, help="Flash attention (llama.cpp engine; LLMs only)"
 )
@@ -472,14 +481,11 @@ def mlx_remove(name):
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 def mlx_list(json_):
     "List native MLX models found in LM Studio's folder, the Hugging Face cache and added paths"
-    import json
-
     from . import local_models
 
     models = local_models.discover()
     if json_:
-        rows = [m.to_json() | {"problem": m.problem} for m in models]
-        click.echo(json.dumps(rows, indent=2))
+        _echo_json([m.to_json() | {"problem": m.problem} for m in models])
         return
     if not models:
         click.echo("No native MLX models found. Add one with: llm lmstudio mlx add PATH")
@@ -518,8 +524,6 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, w
         cat error.log | llm lmstudio route --json
         llm lmstudio route --warm
     """
-    import json
-
     import llm
 
     from . import classifier, router, settings
@@ -566,7 +570,7 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, w
         raise click.ClickException(str(exc))
     data = plan.to_json()
     if json_:
-        click.echo(json.dumps(data, indent=2))
+        _echo_json(data)
         return
     click.echo(f"Task: {data['task']} (confidence {data['confidence']:.2f}, {data['classifier']} classifier)")
     if data["classifier_note"]:

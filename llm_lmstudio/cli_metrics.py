@@ -3,42 +3,18 @@ Thin: parse, call cache_store.py / metrics.py, print; they never open a database
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from .cli import lmstudio_group  # only the group: cli.py's private helpers change under us
+from .cli import _echo_json, _echo_table, _Parsed, _size, lmstudio_group
 
 
-def _echo_json(data) -> None:
-    click.echo(json.dumps(data, indent=2))
+def _duration(text: str, option: str) -> float:
+    from . import settings
+
+    return settings.parse_duration(text, option)
 
 
-def _echo_table(headings: list[str], rows: list) -> None:
-    from llm.utils import dicts_to_table_string
-
-    for line in dicts_to_table_string(headings, [dict(zip(headings, row)) for row in rows]):
-        click.echo(line.rstrip())
-
-
-def _size(size: int) -> str:
-    from .management import format_size
-
-    return format_size(size)
-
-
-class _Duration(click.ParamType):
-    name = "DURATION"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        from . import settings
-
-        try:
-            return settings.parse_duration(value, param.opts[0] if param else "duration")
-        except settings.SettingsError as exc:
-            self.fail(str(exc), param, ctx)
+_DURATION = _Parsed("DURATION", _duration)
 
 
 @lmstudio_group.group(name="cache")
@@ -71,7 +47,7 @@ def cache_stats(json_):
 
 
 @cache_group.command(name="clear")
-@click.option("--older-than", type=_Duration(), help="Only answers first stored longer ago than this (30m, 12h, 7d)")
+@click.option("--older-than", type=_DURATION, help="Only answers first stored longer ago than this (30m, 12h, 7d)")
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 def cache_clear(older_than, json_):
     "Delete cached answers"
@@ -105,7 +81,7 @@ def _ms(value) -> str:
 
 
 @lmstudio_group.command(name="stats")
-@click.option("--since", type=_Duration(), help="Only the last 30m, 12h, 7d... (default: all the log the plugin has copied)")
+@click.option("--since", type=_DURATION, help="Only the last 30m, 12h, 7d... (default: all the log the plugin has copied)")
 @click.option("-m", "--model", help="Only this model (the one that answered, e.g. lmstudio/qwen2.5-7b-instruct)")
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 @click.option("--prometheus", is_flag=True, help="Output in the Prometheus text format (node_exporter textfile collector)")
