@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .engine import Finish, GenerationParams, ImageError, Piece, decode_image_data_uri, image_marker
+from .engine import Finish, GenerationParams, ImageError, decode_image_data_uri, image_marker
 from . import rest_v1
 from .faults import FaultRegistry
 from .state import GENERATIONS, DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
