@@ -10,6 +10,7 @@ import random
 import sys
 from collections import Counter, defaultdict
 
+import numpy as np
 from _common import OUT, ROOT, write_json
 
 from llm_lmstudio import tasks, vectors  # importable because _common puts the repository on sys.path
@@ -40,6 +41,9 @@ SOURCES = {
     "project": ("extra.jsonl", "id", "task", lambda r: r["prompt"], {t: t for t in TASKS}, True),
 }
 PUBLIC = [name for name in SOURCES if name != "project"]
+GRID = {"head": (1e-3, 1e-2), "centroid": (0.02, 0.05)}  # l2 of the head; temperature of the centroid similarities
+WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65)  # of the keyword classifier's log-probabilities
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)
 
 
 def load_labelled() -> list[dict]:
@@ -54,116 +58,47 @@ def load_labelled() -> list[dict]:
                     ident = item[id_field] if source == "project" else f"{source}-{item[id_field]}"
                     rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item), "ships": ships})
     return rows
-class MiniLM:
-    """all-MiniLM-L6-v2 through mlx_embeddings: the real path for single prompts, and a NumPy replay of
-    the same weights for embedding the ~1,000 evaluation prompts (MLX's Linux CPU matmul is ~25x slower
-    than OpenBLAS). The replay is checked against mlx_embeddings before it is used."""
 
-    def __init__(self, path, max_length: int = 256):
-        from mlx.utils import tree_flatten
-        from mlx_embeddings.utils import load
 
-        import numpy as np
+def minilm():
+    """all-MiniLM-L6-v2 (weights from tests/model_factory) loaded by the plugin's own mlx-embeddings path."""
+    from llm_lmstudio import mlx_embed
+    from llm_lmstudio.local_models import LocalModel
+    from tests.model_factory import minilm_path
 
-        self.model, self.tokenizer = load(str(path))
-        self.max_length = max_length
-        self.weights = {k: np.array(v, dtype=np.float32) for k, v in tree_flatten(self.model.parameters())}
-        self.model_id = "mlx/all-minilm-l6-v2"
+    return mlx_embed.load_embedding(LocalModel("all-minilm-l6-v2", minilm_path(), "embedding", "bert", 0, "user"))
 
-    def embed_mlx(self, texts: list[str]) -> list[list[float]]:
-        import mlx.core as mx
 
-        inputs = self.tokenizer.batch_encode_plus(texts, return_tensors="mlx", padding=True, truncation=True, max_length=self.max_length)
-        out = self.model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).text_embeds
-        mx.eval(out)
-        return out.tolist()
+def embed_all(texts: list[str], batch_size: int = 16):
+    """MiniLM vectors of texts, embedded in batches shortest first so they pad little. Each is kept in
+    benchmarks/out/ under its text's digest: only the first run embeds the ~1,300 prompts (5.5 minutes on
+    2 cores with the OpenBLAS preload of docs/mlx-cpu.md, which benchmarks/run_all sets)."""
+    store = vectors.VectorStore("eval/minilm-mlx-256", OUT)
+    todo = sorted(store.missing(texts), key=len)
+    runtime = minilm() if todo else None
+    for start in range(0, len(todo), batch_size):
+        store.add(todo[start : start + batch_size], runtime.embed(todo[start : start + batch_size]))
+        print(f"\r  embedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr, flush=True)
+    return np.asarray([store.get(t) for t in texts], dtype=np.float32)
 
-    def embed_numpy(self, texts: list[str]):
-        import numpy as np
-        from scipy.special import erf
-
-        w = self.weights
-        inputs = self.tokenizer.batch_encode_plus(texts, return_tensors="np", padding=True, truncation=True, max_length=self.max_length)
-        ids = np.asarray(inputs["input_ids"])
-        mask = np.asarray(inputs["attention_mask"]).astype(np.float32)
-        batch, length = ids.shape
-
-        def layer_norm(x, prefix):
-            mean = x.mean(-1, keepdims=True)
-            var = ((x - mean) ** 2).mean(-1, keepdims=True)
-            return (x - mean) / np.sqrt(var + 1e-12) * w[prefix + ".weight"] + w[prefix + ".bias"]
-
-        def linear(x, prefix):
-            return x @ w[prefix + ".weight"].T + w[prefix + ".bias"]
-
-        h = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length][None] + w["embeddings.token_type_embeddings.weight"][0]
-        h = layer_norm(h, "embeddings.LayerNorm")
-        bias = ((1.0 - mask) * -10000.0)[:, None, None, :]
-        heads, size = 12, 32
-        for i in range(6):
-            p = f"encoder.layer.{i}."
-
-            def split(x):
-                return x.reshape(batch, length, heads, size).transpose(0, 2, 1, 3)
-
-            q, k, v = (split(linear(h, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
-            scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(size) + bias
-            scores = np.exp(scores - scores.max(-1, keepdims=True))
-            scores /= scores.sum(-1, keepdims=True)
-            context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, heads * size)
-            h = layer_norm(linear(context, p + "attention.output.dense") + h, p + "attention.output.LayerNorm")
-            inner = linear(h, p + "intermediate.dense")
-            inner = 0.5 * inner * (1.0 + erf(inner / np.sqrt(2.0)))
-            h = layer_norm(linear(inner, p + "output.dense") + h, p + "output.LayerNorm")
-        pooled = (h * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-
-    def check_replay(self, texts: list[str]) -> float:
-        import numpy as np
-
-        reference = np.asarray(self.embed_mlx(texts))
-        replay = self.embed_numpy(texts)
-        return float((reference * replay).sum(1).min())
-
-    def embed_many(self, texts: list[str], batch_size: int = 16):
-        """Embeds many texts, shortest first so batches pad little; each vector is kept in
-        benchmarks/out/ under its text's digest, so a later run embeds only what is new."""
-        import numpy as np
-
-        store = vectors.VectorStore(f"eval/minilm-replay-{self.max_length}", OUT)
-        todo = sorted(store.missing(texts), key=len)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            store.add(chunk, self.embed_numpy(chunk))
-            print(f"\r  embedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr, flush=True)
-        if todo:
-            print(file=sys.stderr)
-        return np.asarray([store.get(t) for t in texts], dtype=np.float32)
 
 # --------------------------------------------------------------------------- classifiers as matrices
 
 
 def keyword_log_probs(rows):
-    import numpy as np
-
     keyword = tasks.KeywordClassifier()
     return np.log(np.asarray([[keyword.classify(r["prompt"]).scores[t] for t in TASKS] for r in rows]) + 1e-12)
 
 
 def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x):
     """Per-task log-probabilities of the test vectors, from a head or centroids trained on fit_rows."""
-    import numpy as np
-
     labels = [r["task"] for r in fit_rows]
     weights = vectors.balanced_weights(labels, [r["source"] for r in fit_rows])
     targets = np.asarray([TASKS.index(t) for t in labels])
     if method == "head":
         w, b = vectors.fit_softmax(fit_x, targets, len(TASKS), weights, l2=param)
-        logits = test_x @ w + b
-    else:
-        logits = tasks.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T
-        logits = logits.T / param
-    return tasks.log_softmax(logits)
+        return tasks.log_softmax(test_x @ w + b)
+    return tasks.log_softmax((tasks.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
 
 
 def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
@@ -173,8 +108,6 @@ def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
 def held_out(rows, source: str):
     """Masks (fit, test) for leaving `source` out. MT-bench reuses two Vicuna prompts and WizardLM one:
     a prompt of the left-out source is never trained on, whichever source also carries it."""
-    import numpy as np
-
     test = np.asarray([r["source"] == source for r in rows])
     seen = {" ".join(r["prompt"].split()).lower() for r, t in zip(rows, test) if t}
     fit = np.asarray([not t and " ".join(r["prompt"].split()).lower() not in seen for r, t in zip(rows, test)])
@@ -188,26 +121,17 @@ def accuracy_by_source(rows, log_probs) -> dict:
     return {source: sum(h) / len(h) for source, h in hits.items()}
 
 
-GRID = {"head": (1e-3, 1e-2), "centroid": (0.02, 0.05)}
-WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65)
-TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)
-
-
 def choose(rows, x, log_kw, method: str) -> dict:
     """Settings for `method` by leave-one-source-out over `rows` only (the caller has removed whatever
     it will test on): the parameter and keyword weight with the best mean accuracy over sources, then a
     temperature that makes the confidence honest on those same out-of-source predictions. Returns the
     best settings without keywords ("alone") and with them ("combined")."""
-    import numpy as np
-
-    sources = sorted({r["source"] for r in rows})
     held = {}
     for param in GRID[method]:
-        out = np.zeros((len(rows), len(TASKS)))
-        for source in sources:
+        held[param] = np.zeros((len(rows), len(TASKS)))
+        for source in sorted({r["source"] for r in rows}):
             fit, test = held_out(rows, source)
-            out[test] = embedding_log_probs(method, param, [r for r, f in zip(rows, fit) if f], x[fit], x[test])
-        held[param] = out
+            held[param][test] = embedding_log_probs(method, param, [r for r, f in zip(rows, fit) if f], x[fit], x[test])
     gold = np.asarray([TASKS.index(r["task"]) for r in rows])
     chosen = {}
     for variant, weights in (("alone", (0.0,)), ("combined", WEIGHTS)):
@@ -224,17 +148,21 @@ def choose(rows, x, log_kw, method: str) -> dict:
     return chosen
 
 
-def run(settings, fit_rows, fit_x, test_x, test_kw):
-    log_emb = embedding_log_probs(settings["method"], settings["param"], fit_rows, fit_x, test_x)
-    return predict(log_emb, test_kw, settings["keyword_weight"], settings["temperature"])
+def fit_and_test(rows, x, log_kw, method: str, fit, test) -> dict:
+    """{variant: (settings, log-probabilities of the test rows)}: settings chosen, and the classifier trained,
+    on the fit rows alone (choose() runs its own leave-one-source-out inside them)."""
+    fit_rows = [r for r, f in zip(rows, fit) if f]
+    found = {}
+    for variant, settings in choose(fit_rows, x[fit], log_kw[fit], method).items():
+        log_emb = embedding_log_probs(method, settings["param"], fit_rows, x[fit], x[test])
+        found[variant] = settings, predict(log_emb, log_kw[test], settings["keyword_weight"], settings["temperature"])
+    return found
 
 
 # --------------------------------------------------------------------------- metrics
 
 
 def expected_calibration_error(rows, log_probs, bins: int = 10) -> float:
-    import numpy as np
-
     probs = np.exp(log_probs)
     confidence = probs.max(axis=1)
     correct = np.asarray([TASKS[int(p.argmax())] == r["task"] for r, p in zip(rows, probs)])
@@ -257,34 +185,26 @@ def summary(rows, log_probs) -> dict:
             "mean": sum(by_source.values()) / len(by_source), "ece": expected_calibration_error(rows, log_probs)}
 
 
-def pct(value) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
 def table(results: dict, rows) -> str:
+    def pct(value) -> str:
+        return "–" if value is None else f"{value:.0%}"
+
     sources = [s for s in SOURCES if any(r["source"] == s for r in rows)]
-    count = Counter(r["source"] for r in rows)
-    tcount = Counter(r["task"] for r in rows)
+    count, tcount = Counter(r["source"] for r in rows), Counter(r["task"] for r in rows)
     head = ["classifier"] + [f"{s} ({count[s]})" for s in sources] + ["**public mean**"] + [f"{t} ({tcount[t]})" for t in TASKS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, result in results.items():
         cells = [pct(result["by_source"].get(s)) for s in sources] + [f"**{pct(result['public_mean'])}**"]
-        cells += [pct(result["per_task"][t]) for t in TASKS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells + [pct(result["per_task"][t]) for t in TASKS]) + " |")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- the in-distribution split
 
 
 def split_ids(rows: list[dict], resplit: bool) -> set:
     """A 70/30 split stratified by (source, task), seeded; the test ids are written down so it never drifts."""
     if resplit or not SPLIT_FILE.exists():
-        rng = random.Random(SEED)
-        strata = defaultdict(list)
+        rng, strata, test = random.Random(SEED), defaultdict(list), []
         for row in rows:
             strata[(row["source"], row["task"])].append(row["id"])
-        test = []
         for key in sorted(strata):
             ids = sorted(strata[key])
             rng.shuffle(ids)
@@ -298,14 +218,23 @@ def split_ids(rows: list[dict], resplit: bool) -> set:
     return test_ids
 
 
-# --------------------------------------------------------------------------- shipping
+def small_model_log_probs(rows, model_id: str):
+    """The small-model tier asked about every prompt (nothing is trained, so every source is unseen, as with
+    classifier_threshold: 1); an unusable answer scores as "general", the task the tier cannot tell."""
+    from llm_lmstudio import classifier
+
+    log_model = np.full((len(rows), len(TASKS)), -1e9)
+    for i, row in enumerate(rows):
+        try:
+            log_model[i, TASKS.index(classifier.ask_model(model_id, tasks.prompt_view(row["prompt"]), TASKS, {})[0])] = 0.0
+        except ValueError:
+            log_model[i, TASKS.index(tasks.FALLBACK_TASK)] = -1.0
+    return log_model
 
 
 def write_exemplars(rows, x, log_kw, method: str) -> dict:
     """The package's exemplars (every prompt of a source that may ship), the settings chosen for them by
     leave-one-source-out, and their MiniLM vectors, keyed by text digest."""
-    import numpy as np
-
     shipped = [i for i, r in enumerate(rows) if r["ships"]]
     chosen = choose([rows[i] for i in shipped], x[shipped], log_kw[shipped], method)["combined"]
     views, groups, table = defaultdict(list), defaultdict(list), {}
@@ -336,9 +265,6 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
     return payload
 
 
-# --------------------------------------------------------------------------- main
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-embedding", action="store_true", help="keywords only (no MiniLM)")
@@ -347,64 +273,39 @@ def main() -> None:
     parser.add_argument("--classifier-model", metavar="MODEL", help="also measure the small-model tier with this local chat "
                         "model (e.g. lmstudio/qwen/qwen3-1.7b; needs the server running; answers cached in llm's user dir)")
     args = parser.parse_args()
-    import numpy as np
 
     rows = load_labelled()
     print("prompts per source:", dict(Counter(r["source"] for r in rows)), "per task:", dict(Counter(r["task"] for r in rows)))
     log_kw = keyword_log_probs(rows)
     test_ids = split_ids(rows, args.resplit)
     is_test = np.asarray([r["id"] in test_ids for r in rows])
-    loso = {"keywords": summary(rows, log_kw)}
+    test_rows = [r for r, t in zip(rows, is_test) if t]
+    loso, split, chosen_log = {"keywords": summary(rows, log_kw)}, {"keywords": summary(test_rows, log_kw[is_test])}, {}
     if args.classifier_model:
-        from llm_lmstudio import classifier
-
-        def pick(row):
-            try:
-                return TASKS.index(classifier.ask_model(args.classifier_model, tasks.prompt_view(row["prompt"]), TASKS, {})[0])
-            except ValueError:  # an unusable answer: scored as "general", the task the tier cannot tell
-                return None
-
-        # nothing is trained, so every source is unseen: asked on every prompt, as with classifier_threshold: 1
-        log_model = np.full((len(rows), len(TASKS)), -1e9)
-        for i, row in enumerate(rows):
-            choice = pick(row)
-            log_model[i, choice if choice is not None else TASKS.index(tasks.FALLBACK_TASK)] = 0.0 if choice is not None else -1.0
-        loso[f"{args.classifier_model} (small-model tier)"] = summary(rows, log_model)
-    split = {"keywords": summary([r for r, t in zip(rows, is_test) if t], log_kw[is_test])}
-    chosen_log = {}
+        loso[f"{args.classifier_model} (small-model tier)"] = summary(rows, small_model_log_probs(rows, args.classifier_model))
     if not args.no_embedding:
-        from tests.model_factory import minilm_path
-
-        minilm = MiniLM(minilm_path())
-        agreement = minilm.check_replay([tasks.prompt_view(r["prompt"]) for r in rows[:6]] + ["hi", "write a haiku about rain"])
-        if agreement < 0.9999:
-            raise SystemExit(f"the NumPy replay of MiniLM disagrees with mlx_embeddings (cosine {agreement:.6f}); refusing to report")
-        x = minilm.embed_many([tasks.prompt_view(r["prompt"]) for r in rows])
+        x = embed_all([tasks.prompt_view(r["prompt"]) for r in rows])
         for method in ("centroid", "head"):
             out = {v: np.zeros((len(rows), len(TASKS))) for v in ("alone", "combined")}
-            for source in SOURCES:
+            for source in SOURCES:  # each source classified by settings and training that never saw it
                 fit, test = held_out(rows, source)
-                fit_rows = [r for r, f in zip(rows, fit) if f]
-                for variant, settings in choose(fit_rows, x[fit], log_kw[fit], method).items():
+                for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, fit, test).items():
                     chosen_log[f"{method} {variant}, {source} left out"] = settings
-                    out[variant][test] = run(settings, fit_rows, x[fit], x[test], log_kw[test])
-            train_rows = [r for r, t in zip(rows, is_test) if not t]
-            test_rows = [r for r, t in zip(rows, is_test) if t]
-            for variant, settings in choose(train_rows, x[~is_test], log_kw[~is_test], method).items():
+                    out[variant][test] = log_probs
+            for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, ~is_test, is_test).items():
                 name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
-                loso[name] = summary(rows, out[variant])
-                split[name] = summary(test_rows, run(settings, train_rows, x[~is_test], x[is_test], log_kw[is_test]))
+                loso[name], split[name] = summary(rows, out[variant]), summary(test_rows, log_probs)
+                # undone with the split's temperature, not each left-out source's own
                 loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, tasks.log_softmax(out[variant] * settings["temperature"]))
                 print(f"{name}: leave-one-source-out {loso[name]['public_mean']:.1%} (public mean), in-distribution {split[name]['mean']:.1%}", flush=True)
-        if args.write_exemplars:
-            # the package ships whichever method did better on sources it never saw
+        if args.write_exemplars:  # the package ships whichever method did better on sources it never saw
             write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]))
     print("\n## Leave-one-source-out (each source classified by settings and training that never saw it)\n")
     print(table(loso, rows))
     print("\nCalibration (expected calibration error of the confidence, leave-one-source-out): "
           + "; ".join(f"{k} {v['ece']:.3f}" + (f" (before temperature {v['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in v else "") for k, v in loso.items()))
     print(f"\n## In-distribution ({int(is_test.sum())} test prompts of the seeded 70/30 split; trained on the rest)\n")
-    print(table(split, [r for r, t in zip(rows, is_test) if t]))
+    print(table(split, test_rows))
     write_json("router_eval", {"loso": loso, "split": split, "chosen": chosen_log})
 
 

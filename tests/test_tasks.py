@@ -369,23 +369,22 @@ def test_minilm_classifier_gets_held_out_prompts_right():
     from tests import model_factory
 
     try:
-        path = model_factory.minilm_path()
+        minilm = _eval_router().minilm()
     except model_factory.MiniLMUnavailable as exc:
         pytest.skip(f"MiniLM weights unavailable: {exc}")
     import numpy as np
 
-    minilm = _eval_router().MiniLM(path)
     calls = []
 
     def embed(texts):
         calls.append(len(texts))
-        return minilm.embed_mlx(texts)
+        return minilm.embed(texts)
 
-    clf = tasks.EmbeddingClassifier(embed, tasks.load_exemplars(), model_id=minilm.model_id)
+    clf = tasks.EmbeddingClassifier(embed, tasks.load_exemplars(), model_id=minilm.local.model_id)
     assert calls == []  # every exemplar vector ships with the package
     # ...and they are this model's vectors: spot-check two against mlx_embeddings itself
     for text in (tasks.load_exemplars()["creative"][0], tasks.load_exemplars()["coding"][-1]):
-        assert float(np.dot(clf.store.get(text), minilm.embed_mlx([text])[0])) > 0.999
+        assert float(np.dot(clf.store.get(text), minilm.embed([text])[0])) > 0.999
     calls.clear()
     results = {prompt: clf.classify(prompt).task for prompt in MINILM_CASES}
     assert calls == [1] * len(MINILM_CASES)
