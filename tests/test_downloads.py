@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 from click.testing import CliRunner
 from llm.cli import cli
+
+from tests.conftest import llm_command
 
 MLX_REPO = "test-org/Tiny-Download-MLX"
 MLX_KEY = "test-org/tiny-download-mlx"
@@ -96,10 +96,9 @@ def test_an_already_downloaded_model_says_so_and_downloads_nothing(lmstudio):
 
 
 def llm_process(lmstudio, user_path, *args):
-    llm = Path(sys.executable).parent / "llm"
     env = dict(os.environ, LLM_USER_PATH=str(user_path), LMSTUDIO_BASE_URL=lmstudio.base_url)
     return subprocess.Popen(
-        [str(llm), "lmstudio", "get", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [llm_command(), "lmstudio", "get", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

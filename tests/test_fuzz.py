@@ -10,8 +10,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings as hsettings, strategies as st
 
-from llm_lmstudio import catalog, chat, embeddings, settings, status
-from llm_lmstudio import server as http
+from llm_lmstudio import catalog, chat, embeddings, server, settings, status
 
 FAST = hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -47,7 +46,7 @@ sse_lines = st.lists(
 @FAST
 @given(sse_lines)
 def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
-    decoder = http.SSEDecoder()
+    decoder = server.SSEDecoder()
     events = [event for line in lines for event in decoder.feed(line)] + decoder.flush()
     assert all(isinstance(event, str) for event in events)
     assert len(events) <= len(lines)
@@ -56,10 +55,10 @@ def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
 @FAST
 @given(json_values)
 def test_any_sse_data_is_a_chunk_or_the_plugins_error(value):
-    state = http._StreamState("http://h:1", "sk-lm-tok:secret", "m")
+    state = server._StreamState("http://h:1", "sk-lm-tok:secret", "m")
     try:
         chunk = state.decode(json.dumps(value))
-    except http.LMStudioError as exc:
+    except server.LMStudioError as exc:
         assert "\n" not in str(exc) and "sk-lm-tok:secret" not in str(exc)
         return
     assert chunk is None or isinstance(chunk, dict)
@@ -68,10 +67,10 @@ def test_any_sse_data_is_a_chunk_or_the_plugins_error(value):
 @FAST
 @given(st.text(max_size=60))
 def test_any_sse_text_is_a_chunk_or_the_plugins_error(text):
-    state = http._StreamState("http://h:1", None, "m")
+    state = server._StreamState("http://h:1", None, "m")
     try:
         state.decode(text)
-    except http.LMStudioError as exc:
+    except server.LMStudioError as exc:
         assert "\n" not in str(exc)
 
 
@@ -79,15 +78,20 @@ def test_any_sse_text_is_a_chunk_or_the_plugins_error(text):
 @given(st.lists(fields_of(["id", "model", "choices", "usage", "stats", "error", "delta"]), max_size=4))
 @example([{"choices": True}])
 def test_streamed_chunks_of_any_shape_become_events_or_the_plugins_error(chunks):
+    _stream_through_chat(chunks)
+
+
+def _stream_through_chat(chunks: list) -> None:
     # The chat model consumes what the SSE parser lets through: together they must not raise anything else.
-    state = http._StreamState("http://h:1", None, "m")
+    state = server._StreamState("http://h:1", None, "m")
     accumulator = chat.Accumulator(0.0)
     try:
         for value in chunks:
             chunk = state.decode(json.dumps(value))
             if chunk is not None:
                 list(accumulator.feed_chunk(chunk))
-    except http.LMStudioError:
+        list(accumulator.flush())
+    except server.LMStudioError:
         pass
 
 
@@ -107,16 +111,7 @@ call_shapes = fields_of(["index", "id", "type", "function"])
 )
 @example([{"choices": [{"delta": {"tool_calls": [{"index": [1], "function": "get_weather", "id": 7}]}}]}])
 def test_tool_call_deltas_of_any_shape_are_events_or_the_plugins_error(chunks):
-    state = http._StreamState("http://h:1", None, "m")
-    accumulator = chat.Accumulator(0.0)
-    try:
-        for value in chunks:
-            chunk = state.decode(json.dumps(value))
-            if chunk is not None:
-                list(accumulator.feed_chunk(chunk))
-        list(accumulator.flush())
-    except http.LMStudioError:
-        pass
+    _stream_through_chat(chunks)
 
 
 @FAST
@@ -126,7 +121,7 @@ def test_a_completion_of_any_shape_is_events_or_the_plugins_error(body):
     accumulator = chat.Accumulator(0.0)
     try:
         list(accumulator.feed_completion(body))
-    except http.LMStudioError:
+    except server.LMStudioError:
         pass
 
 
@@ -139,8 +134,8 @@ def test_any_error_body_maps_to_one_line_without_the_token(status, body):
     token = "sk-lm-SENTINEL0:fuzzsecret"
     if isinstance(body, str):
         body = body + token  # a proxy that echoes the Authorization header back
-    error = http.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
-    assert isinstance(error, http.LMStudioError)
+    error = server.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
+    assert isinstance(error, server.LMStudioError)
     assert "\n" not in str(error) and token not in str(error)
 
 
@@ -217,7 +212,7 @@ def test_status_counts_models_in_any_listing_shape(body):
 def test_embedding_answers_of_any_shape_are_vectors_or_the_plugins_error(body, expected):
     try:
         vectors = embeddings.vectors_from(body, expected, "http://h:1")
-    except http.LMStudioError:
+    except server.LMStudioError:
         return
     assert len(vectors) == expected and all(isinstance(x, float) for v in vectors for x in v)
 

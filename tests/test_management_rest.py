@@ -3,8 +3,7 @@ without token support falls back to), over real HTTP against the stand-in."""
 
 import pytest
 
-from llm_lmstudio import management, management_rest
-from llm_lmstudio import server as http
+from llm_lmstudio import management, management_rest, server
 
 LLAMA = "test-org/tiny-llama"
 EMBEDDING = "test-org/text-embedding-all-minilm-l6-v2"
@@ -51,10 +50,10 @@ def test_listing_comes_from_api_v1_models(rest, lmstudio):
 
 
 def test_unknown_model_and_rejected_token_are_one_line_errors(rest, lmstudio):
-    with pytest.raises(http.ModelNotFound, match="Invalid model identifier"):
+    with pytest.raises(server.ModelNotFound, match="Invalid model identifier"):
         rest.load("test-org/nothing-here", "llm", management.LoadSettings(), None)
     wrong = management_rest.RestSession(management.pick_server(), "sk-lm-wrongone:" + "x" * 20)
-    with pytest.raises(http.AuthRequired, match="rejected the API token"):
+    with pytest.raises(server.AuthRequired, match="rejected the API token"):
         wrong.loaded()
 
 
