@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import threading
 import time
@@ -34,14 +35,29 @@ async def _body(request: Request) -> dict | Response:
     return data if isinstance(data, dict) else _error("Request body must be a JSON object", 400)
 
 
-async def load(request: Request) -> Response:
+def _naming(field: str):
+    """For a POST whose JSON body must name `field` (a non-empty string): the handler gets the body and that
+    value; any other body gets the 400 LM Studio answers with."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            data = await _body(request)
+            if isinstance(data, Response):
+                return data
+            value = data.get(field)
+            if not isinstance(value, str) or not value:
+                return _error(f"'{field}' field is required", 400, param=field)
+            return await handler(request, data, value)
+
+        return endpoint
+
+    return wrap
+
+
+@_naming("model")
+async def load(request: Request, data: dict, model: str) -> Response:
     state: LMStudioState = request.app.state.lmstudio
-    data = await _body(request)
-    if isinstance(data, Response):
-        return data
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        return _error("'model' field is required", 400, param="model")
     if state.entry(model) is None:
         return _error(
             f'Invalid model identifier "{model}". Please specify a valid downloaded model '
@@ -76,14 +92,9 @@ def load_config(instance) -> dict:
     return config
 
 
-async def unload(request: Request) -> Response:
+@_naming("instance_id")
+async def unload(request: Request, data: dict, instance_id: str) -> Response:
     state: LMStudioState = request.app.state.lmstudio
-    data = await _body(request)
-    if isinstance(data, Response):
-        return data
-    instance_id = data.get("instance_id")
-    if not isinstance(instance_id, str):
-        return _error("'instance_id' field is required", 400, param="instance_id")
     try:
         state.unload(instance_id)
     except NotLoaded:
@@ -283,14 +294,9 @@ def _link(item: dict, folder: Path, quantization: str) -> None:
     (folder / "lmstudio-meta.json").write_text(json.dumps(meta))
 
 
-async def download(request: Request) -> Response:
+@_naming("model")
+async def download(request: Request, data: dict, model: str) -> Response:
     downloads = _downloads(request)
-    data = await _body(request)
-    if isinstance(data, Response):
-        return data
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        return _error("'model' field is required", 400, param="model")
     status, body = await asyncio.to_thread(downloads.start, model, data.get("quantization"))
     return JSONResponse(body, status)
 

@@ -160,30 +160,22 @@ def path_not_found(state, key: str) -> ProtocolError:
     )
 
 
+def _no_such_loaded(message: str, code: str, loaded: list[str], **details) -> ProtocolError:
+    """The two "no such loaded model" errors carry a sample of what is loaded beside their own details."""
+    display = {"code": code, **details, "loadedModelsSample": _sample(loaded), "totalLoadedModels": len(loaded)}
+    return ProtocolError(message, display_data=display)
+
+
 def no_model_matching(state, namespace: str, query: dict) -> ProtocolError:
     loaded = [i.identifier for i in state.loaded() if _namespace_of(i.entry) == namespace]
-    return ProtocolError(
-        "No loaded model satisfies all requirements specified in the query.",
-        display_data={
-            "code": "generic.noModelMatchingQuery",
-            "query": query,
-            "loadedModelsSample": _sample(loaded),
-            "totalLoadedModels": len(loaded),
-        },
-    )
+    message = "No loaded model satisfies all requirements specified in the query."
+    return _no_such_loaded(message, "generic.noModelMatchingQuery", loaded, query=query)
 
 
 def identifier_not_found(state, identifier: str) -> ProtocolError:
     loaded = [i.identifier for i in state.loaded()]
-    return ProtocolError(
-        f'Cannot find a model with identifier "{identifier}"',
-        display_data={
-            "code": "generic.identifierNotFound",
-            "identifier": identifier,
-            "loadedModelsSample": _sample(loaded),
-            "totalLoadedModels": len(loaded),
-        },
-    )
+    message = f'Cannot find a model with identifier "{identifier}"'
+    return _no_such_loaded(message, "generic.identifierNotFound", loaded, identifier=identifier)
 
 
 def domain_mismatch(entry, expected: str) -> ProtocolError:
