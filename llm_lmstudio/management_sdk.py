@@ -1,5 +1,5 @@
-"""The lmstudio SDK side of model management: one websocket session, its raw listings, every SDK error as one line.
-`lmstudio` is imported only inside functions; no SDK exception or `ws://` address ever leaves this module."""
+"""The project's one SDK module: every call into the `lmstudio` SDK (one websocket session, its raw listings, every
+SDK error as one line). `lmstudio` is imported only inside functions; no SDK exception or `ws://` address leaves here."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Every setting the plugin reads: server addresses, the API token, timeouts, file locations.
 Reads environment, llm's key store and small files only; never touches the network."""
 
+# Over ~450 lines on purpose: the guide keeps every setting in this one module (DESIGN: all settings in
+# settings.py), and the router's config file with its validating pydantic model is one of them (the last third).
+
 from __future__ import annotations
 
 import json
