@@ -64,9 +64,7 @@ def _register_native(register, kind):
 
 @llm.hookimpl
 def register_commands(cli):
-    from . import availability
+    # The group alone (it imports only click): its commands and what they need load when `llm lmstudio` runs.
+    from .cli_group import lmstudio_group
 
-    with availability.guard("the `llm lmstudio` commands"):
-        from .cli import lmstudio_group
-
-        cli.add_command(lmstudio_group)
+    cli.add_command(lmstudio_group)

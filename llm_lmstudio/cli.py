@@ -9,22 +9,7 @@ from contextlib import contextmanager
 
 import click
 
-
-class _Group(click.Group):
-    """Every command's unusable setting is one line naming it, whichever command read it."""
-
-    def invoke(self, ctx):
-        from .settings import SettingsError
-
-        try:
-            return super().invoke(ctx)
-        except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(name="lmstudio", cls=_Group)
-def lmstudio_group():
-    "Manage LM Studio and native MLX models"
+from .cli_group import lmstudio_group  # the group llm registers at start-up; this module fills it
 
 
 # ---------------------------------------------------------------- model management (load, unload, ps, ls, get, status)

@@ -165,23 +165,75 @@ def unload_all() -> None:
 
 
 _TOOLS_MEMO: dict[tuple, bool] = {}
+# How mlx-lm 0.32 picks a tool parser (tokenizer_utils.load and _infer_tool_parser): the tokenizer config's
+# tool_parser_type, else the model module's TOKENIZER_DEFAULTS, else the first of these groups whose strings are all
+# in the chat template, else tokens of the vocabulary. tests/test_mlx_native.py checks these against mlx-lm's source.
+TEMPLATE_MARKERS = (
+    ("<minimax:tool_call>",), ("<|tool_call>", "<tool_call|>"), ("<start_function_call>",), ("<longcat_tool_call>",),
+    ("<arg_key>",), ("<|tool_list_start|>",), ("<|tool_call_start|>",), ("<tool_call>\\n<function=",),
+    ("<tool_call>\n<function=",), ("<|tool_calls_section_begin|>",), ('<function name="', '<param name="'),
+    ("[TOOL_CALLS]",), ("<atem:function_calls>",), ("<tool_call>", "tool_call.name"),
+)
+VOCAB_MARKERS = ("<|open|>", "<|tool_call_start|>")  # one token of each vocabulary rule (kimi_k3's, pythonic's)
+DEFAULT_PARSER_TYPES = {"muse_spark"}  # model types whose mlx-lm module names a tool parser in TOKENIZER_DEFAULTS
+WEIGHT_SUFFIXES = {".safetensors", ".gguf", ".bin", ".npz", ".pt", ".pth", ".onnx", ".h5", ".msgpack"}
 
 
 def _supports_tools(local: LocalModel) -> bool:
-    """Whether mlx-lm parses tool calls for this model, asked of mlx-lm's tokenizer loader (no weights read)."""
+    """Whether mlx-lm parses tool calls for this model: read from its small files when they settle it, else asked
+    of mlx-lm's tokenizer loader (no weights read, but transformers is imported: about 2 s)."""
     files = ("tokenizer_config.json", "chat_template.jinja", "tokenizer.json")
     key = (str(local.path), *(_mtime(local.path / name) for name in files))
     if key not in _TOOLS_MEMO:
-        supported = False
-        if local.path.is_dir():  # mlx-lm would download a path that does not exist from the Hub
-            from mlx_lm.utils import load_tokenizer
+        supported = _tools_from_files(local)
+        if supported is None:
+            supported = False
+            if local.path.is_dir():  # mlx-lm would download a path that does not exist from the Hub
+                from mlx_lm.utils import load_tokenizer
 
-            try:
-                supported = bool(load_tokenizer(local.path).has_tool_calling)
-            except Exception:  # loading the model says what is wrong, in one line
-                supported = False
+                try:
+                    supported = bool(load_tokenizer(local.path).has_tool_calling)
+                except Exception:  # loading the model says what is wrong, in one line
+                    supported = False
         _TOOLS_MEMO[key] = supported
     return _TOOLS_MEMO[key]
+
+
+def _tools_from_files(local: LocalModel) -> bool | None:
+    """mlx-lm's answer from the files transformers would read: True when the chat template names a tool-call format,
+    False when neither the template nor any vocabulary file holds one; None (ask mlx-lm) whenever they leave it open."""
+    path = local.path
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(config, dict) or local.arch in DEFAULT_PARSER_TYPES
+            or {"tool_parser_type", "auto_map", "fast_tokenizer_files"} & config.keys()
+            or (path / "additional_chat_templates").exists()):  # a chosen parser, custom code, named templates
+        return None
+    try:  # transformers prefers chat_template.jinja to the config's template
+        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        template = config.get("chat_template")
+    except (OSError, ValueError):
+        return None
+    if template is not None and not isinstance(template, str):
+        return None
+    if template and any(all(marker in template for marker in group) for group in TEMPLATE_MARKERS):
+        return True
+    markers = [form.encode() for marker in VOCAB_MARKERS for form in (marker, marker.replace("<", "\\u003c"))]
+    try:
+        for file in path.iterdir():
+            if file.suffix in WEIGHT_SUFFIXES or not file.is_file():
+                continue
+            if "tiktoken" in file.name:  # base64 tokens: a byte search cannot rule them out
+                return None
+            data = file.read_bytes()
+            if any(marker in data for marker in markers):
+                return None
+    except OSError:
+        return None
+    return False
 
 
 def _mtime(path: Path) -> int | None:

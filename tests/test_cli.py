@@ -5,6 +5,8 @@ import inspect
 import io
 import json
 import re
+import subprocess
+import sys
 
 import httpx
 import lmstudio as lms
@@ -48,6 +50,26 @@ def test_every_command_has_help_with_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.output and f"llm lmstudio {command}" in result.output
+
+
+def test_llm_registers_the_group_without_importing_its_commands():
+    # Every `llm` command registers `llm lmstudio`; its commands (and what they import) load only when it runs.
+    code = ("import sys; sys.argv = ['llm', '--help']\nfrom llm.cli import cli\ntry: cli()\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('llm_lmstudio')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    help_text, _, loaded = result.stdout.rstrip().rpartition("\n")
+    assert re.search(r"lmstudio +Manage LM Studio and native MLX models", help_text)
+    assert loaded == "['llm_lmstudio', 'llm_lmstudio.cli_group']"
+
+
+def test_the_group_lists_its_commands_and_one_line_setting_errors(monkeypatch):
+    listed = run("--help")
+    assert listed.exit_code == 0
+    assert {"load", "unload", "ps", "ls", "get", "status", "mlx", "route", "cache", "stats"} <= set(
+        re.findall(r"^  ([a-z]+) ", listed.output.split("Commands:")[1], re.M))
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", "ftp://example")  # read by `ls` itself, outside any management session
+    assert_one_line_error(run("ls"), "LMSTUDIO_BASE_URL 'ftp://example'")
 
 
 # ---------------------------------------------------------------- load

@@ -4,6 +4,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 
 import llm
 import pytest
@@ -384,6 +385,99 @@ def test_tool_support_follows_the_template(models, fresh_cache):
     assert llm.get_model("mlx/tiny-llama").supports_tools is False
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "--functions", "def f() -> str:\n    return 'x'"])
     assert result.exit_code == 1 and "does not support tools" in result.output
+
+
+def tokenizer_folder(tmp_path, source, name, config=None, jinja=None, added_tokens=()):
+    """A model folder with `source`'s small files (tool support never reads weights), changed as asked."""
+    from tokenizers import AddedToken, Tokenizer
+
+    target = tmp_path / name
+    target.mkdir()
+    for file in source.iterdir():
+        if file.suffix != ".safetensors":
+            shutil.copy(file, target)
+    if config:
+        data = json.loads((target / "tokenizer_config.json").read_text())
+        (target / "tokenizer_config.json").write_text(json.dumps({**data, **config}))
+    if jinja is not None:
+        (target / "chat_template.jinja").write_text(jinja)
+    if added_tokens:
+        tokenizer = Tokenizer.from_file(str(target / "tokenizer.json"))
+        tokenizer.add_special_tokens([AddedToken(token, special=True) for token in added_tokens])
+        tokenizer.save(str(target / "tokenizer.json"))
+    arch = json.loads((target / "config.json").read_text())["model_type"]
+    return local_models.LocalModel(name=name, path=target, kind="chat", arch=arch, size_bytes=0, source="user")
+
+
+@pytest.mark.parametrize(
+    "name, source, changes, from_files",
+    [
+        ("plain", "llama", {}, False),
+        ("tools", "qwen", {}, True),
+        ("tools-in-jinja", "llama", {"jinja": model_factory.TOOLS_TEMPLATE}, True),  # transformers prefers the .jinja
+        ("plain-jinja-over-tools", "qwen", {"jinja": model_factory.PLAIN_TEMPLATE}, False),
+        # left to mlx-lm: a parser chosen by name, and tool-call tokens in the vocabulary only (pythonic)
+        ("chosen-parser", "llama", {"config": {"tool_parser_type": "json_tools"}}, None),
+        ("vocab-tokens", "llama", {"added_tokens": ("<|tool_call_start|>", "<|tool_call_end|>")}, None),
+    ],
+)
+def test_tool_support_from_the_files_is_mlx_lms_answer(tmp_path, tiny_llama_path, tiny_qwen_tools_path, name, source,
+                                                       changes, from_files):
+    from mlx_lm.utils import load_tokenizer
+
+    local = tokenizer_folder(tmp_path, {"llama": tiny_llama_path, "qwen": tiny_qwen_tools_path}[source], name, **changes)
+    exact = load_tokenizer(local.path).has_tool_calling
+    assert mlx_native._tools_from_files(local) is from_files  # None: the files leave it open
+    assert from_files is None or from_files == exact
+    assert mlx_native._supports_tools(local) == exact
+
+
+def test_the_file_rules_are_mlx_lms_rules():
+    # The template groups and vocabulary tokens mlx_native reads, taken from mlx-lm's own _infer_tool_parser.
+    import ast
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    from mlx_lm import tokenizer_utils, utils
+
+    def groups(test, name):
+        if isinstance(test, ast.BoolOp):
+            parts = [groups(value, name) for value in test.values]
+            if isinstance(test.op, ast.Or):
+                return [group for part in parts for group in part]
+            together = frozenset(marker for part in parts for group in part for marker in group)
+            return [together] if together else []
+        if isinstance(test, ast.Compare) and isinstance(test.left, ast.Constant) and getattr(test.comparators[0], "id", None) == name:
+            return [frozenset({test.left.value})]
+        return []
+
+    tree = ast.parse(inspect.getsource(tokenizer_utils._infer_tool_parser))
+    tests = [node.test for node in ast.walk(tree) if isinstance(node, ast.If)]
+    template = {group for test in tests for group in groups(test, "chat_template")}
+    assert template == {frozenset(group) for group in mlx_native.TEMPLATE_MARKERS}
+    vocab = [group for test in tests for group in groups(test, "vocab")]
+    xtml = {node.value for node in ast.walk(ast.parse(inspect.getsource(tokenizer_utils._is_xtml_vocab)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert vocab and all(group & set(mlx_native.VOCAB_MARKERS) for group in [*vocab, frozenset(xtml)])
+
+    folder = Path(utils.__file__).parent / "models"
+    declared = [file.stem for file in folder.glob("*.py") if "TOKENIZER_DEFAULTS" in file.read_text()]
+    with_parser = {name for name in declared
+                   if "tool_parser_type" in getattr(importlib.import_module(f"mlx_lm.models.{name}"), "TOKENIZER_DEFAULTS", {})}
+    reaching = (with_parser | {alias for alias, target in utils.MODEL_REMAPPING.items() if target in with_parser}
+                | {key[0] for key, target in utils.MODEL_ARCHITECTURE_REMAPPING.items() if target in with_parser})
+    assert with_parser and reaching <= mlx_native.DEFAULT_PARSER_TYPES
+
+
+def test_listing_models_with_tools_never_imports_transformers(models):
+    # `llm models` shows every model's features; asking mlx-lm would import transformers (about 2 s) per command.
+    code = ("import sys, llm; print(sorted(m.model_id for m in llm.get_models() if m.supports_tools and m.model_id.startswith('mlx/')),"
+            " 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['mlx/tiny-qwen']", "False"]
 
 
 def test_truncated_tool_call_stays_visible_as_text(models, monkeypatch):
