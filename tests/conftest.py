@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated llm user directory per test, and generated models cached across runs."""
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,21 @@ def llm_command() -> str:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     raise RuntimeError(f"no `llm` executable beside {sys.executable}: install llm into that environment")
+
+
+class Terminal(io.StringIO):
+    """A terminal (isatty) that keeps what a progress display draws on it."""
+
+    def isatty(self):
+        return True
+
+
+def stderr_terminal(monkeypatch) -> Terminal:
+    """sys.stderr as a Terminal for the rest of the test. Call it inside the test: pytest's own capture sets
+    sys.stderr again between a fixture's set-up and the test."""
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    return screen
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 output for people, the documented --json shapes, JIT + TTL in ps, several instances, --all, and each error."""
 
 import inspect
-import io
 import json
 import re
 import subprocess
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 from llm.cli import cli
 
 from llm_lmstudio import catalog
+from tests.conftest import stderr_terminal
 
 LLAMA = "test-org/tiny-llama"
 QWEN = "test-org/tiny-qwen-tools"
@@ -157,12 +157,7 @@ def test_llm_only_settings_for_an_embedding_model_are_one_line(lmstudio):
 def test_load_progress_bar_follows_sdk_progress_on_a_terminal(monkeypatch):
     from llm_lmstudio import cli as commands
 
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    terminal = Terminal()
-    monkeypatch.setattr("sys.stderr", terminal)
+    terminal = stderr_terminal(monkeypatch)
     progress = commands._LoadProgress("Loading tiny-llama", enabled=terminal.isatty())
     for fraction in (0.0, 0.5, 1.0):
         progress.update(fraction)

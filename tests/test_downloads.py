@@ -1,7 +1,6 @@
 """`llm lmstudio get` (downloads.py) against the stand-in's catalog and LM Studio-style download jobs, through the real
 SDK (search) and real HTTP (jobs): candidates, progress, already-downloaded, resume after Ctrl-C, and each error."""
 
-import io
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import subprocess
 from click.testing import CliRunner
 from llm.cli import cli
 
-from tests.conftest import llm_command
+from tests.conftest import llm_command, stderr_terminal
 
 MLX_REPO = "test-org/Tiny-Download-MLX"
 MLX_KEY = "test-org/tiny-download-mlx"
@@ -175,12 +174,7 @@ def test_a_script_must_say_yes(lmstudio):
 def test_the_progress_line_on_a_terminal_has_bytes_speed_and_eta(monkeypatch):
     from llm_lmstudio import cli_get as commands
 
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    terminal = Terminal()
-    monkeypatch.setattr("sys.stderr", terminal)
+    terminal = stderr_terminal(monkeypatch)
     progress = commands._DownloadProgress("qwen3-4b Q4_K_M", json_=False)
     progress.update({"job_id": "job_1", "status": "downloading", "total_size_bytes": 4_000_000_000,
                      "downloaded_bytes": 1_000_000_000, "bytes_per_second": 50_000_000})
