@@ -34,27 +34,19 @@ def lmstudio(fake_lmstudio, monkeypatch):
     fake_lmstudio.reset(unload=False)
 
 
+def _listening(listener):
+    # one per session: a socket that misbehaves the same way for every test that points at it
+    yield listener.url
+    listener.close()
+
+
 @pytest.fixture(scope="session")
-def _refused_port():
-    port = RefusedPort()
-    yield port
-    port.close()
-
-
-@pytest.fixture
-def refused_url(_refused_port):
+def refused_url():
     """http://127.0.0.1:PORT where connections are refused (nothing listens)."""
-    return _refused_port.url
+    yield from _listening(RefusedPort())
 
 
 @pytest.fixture(scope="session")
-def _hung_server():
-    server = HungServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def hung_url(_hung_server):
+def hung_url():
     """http://127.0.0.1:PORT that accepts TCP connections and never sends a byte."""
-    return _hung_server.url
+    yield from _listening(HungServer())
