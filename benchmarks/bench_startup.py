@@ -1,6 +1,7 @@
 """What installing the plugin costs every `llm` command: fresh virtualenvs with llm alone, llm + numpy (the floor),
 llm + this plugin's runtime install (the working tree, no test extra) and, unless --no-extra, with [mlx-embeddings],
-measured interleaved in one run: median `llm --version` and `llm models` wall and CPU time, peak memory, install size.
+measured interleaved in one run: median `llm --version` and `llm models` wall and CPU time, peak memory, install size,
+and what the plugin's own modules take of it (`python -X importtime`).
 
 Run: .venv/bin/python benchmarks/bench_startup.py [--runs 15] [--no-extra] [--reuse]   (writes benchmarks/out/startup.json)
 """
@@ -31,6 +32,9 @@ def pip(venv: Path, *args: str) -> None:
 def build(name: str, requirements: list[str], reuse: bool) -> Path:
     venv = VENVS / name
     if reuse and (venv / "bin" / "llm").exists():
+        local = [requirement for requirement in requirements if requirement.startswith(str(ROOT))]
+        if local:  # the working tree's plugin as it is now, not as it was when the venv was built
+            pip(venv, "--no-deps", "--force-reinstall", *local)
         return venv
     subprocess.run(["rm", "-rf", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -71,11 +75,25 @@ def run(venv: Path, args: list[str], env: dict) -> tuple[float, float, float]:
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux reports maxrss in KiB
 
 
+def own_import_ms(venv: Path, args: list[str], env: dict, runs: int) -> tuple[float, list[str]]:
+    """Median over `runs` of the import time of the plugin's own modules (self time of every llm_lmstudio.* line
+    that `-X importtime` logs: the package itself is loaded by pluggy through importlib, which it does not log)."""
+    totals, modules = [], set()
+    for _ in range(runs):
+        proc = subprocess.run([str(venv / "bin" / "python"), "-X", "importtime", str(venv / "bin" / "llm"), *args],
+                              env=env, capture_output=True, text=True, check=True)
+        lines = [line.split("|") for line in proc.stderr.splitlines() if line.startswith("import time:")]
+        own = [(int(parts[0].split(":")[1]), parts[2].strip()) for parts in lines if parts[2].strip().startswith("llm_lmstudio")]
+        totals.append(sum(us for us, _ in own) / 1000)
+        modules |= {name for _, name in own}
+    return median(totals), sorted(modules)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="runs per command and venv, interleaved (medians reported)")
     parser.add_argument("--no-extra", action="store_true", help="skip the third venv with [mlx-embeddings]")
-    parser.add_argument("--reuse", action="store_true", help="reuse venvs from an earlier run instead of building anew")
+    parser.add_argument("--reuse", action="store_true", help="reuse venvs from an earlier run instead of building anew (the plugin itself is reinstalled from the working tree)")
     args = parser.parse_args()
     print(f"building virtualenvs under {VENVS.relative_to(ROOT)}:", flush=True)
     plugin = build("plugin", [str(ROOT)], args.reuse)
@@ -97,6 +115,7 @@ def main():
            "HF_HUB_CACHE": str(sandbox / "no-hub")}
     envs = {name: dict(env, LLM_USER_PATH=str(sandbox / name.replace(" ", "_"))) for name in venvs}
     samples = {(name, command): [] for name in venvs for command in COMMANDS}
+    load_before = os.getloadavg()[0]  # other work on the machine stretches every figure: printed beside them
     for rep in range(args.runs + 1):
         names = list(venvs)
         names = names[rep % len(names):] + names[: rep % len(names)]  # rotate, so no venv always runs first
@@ -105,6 +124,8 @@ def main():
                 measured = run(venvs[name], argv, envs[name])
                 if rep:  # the first round only warms the OS file cache
                     samples[(name, command)].append(measured)
+
+    own = {command: own_import_ms(plugin, argv, envs["llm + plugin"], max(3, args.runs // 2)) for command, argv in COMMANDS.items()}
 
     base = "llm alone"
     rows = []
@@ -121,7 +142,8 @@ def main():
         rows.append(row)
     heavy = sorted(set(distributions(plugin)) & {"pandas", "pyarrow", "datasets", "opencv-python", "scipy", "mlx-audio", "mlx-vlm"})
 
-    print(f"{machine()}; llm {llm_version}; medians of {args.runs} interleaved runs, fresh process each")
+    load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+    print(f"{machine()}; llm {llm_version}; medians of {args.runs} interleaved runs, fresh process each; 1-min load average {load}")
     print(f"  {'':30s} {'wall ms (added, ratio)':>24s} {'CPU ms (added, ratio)':>24s} {'peak MiB':>9s}")
     for command in COMMANDS:
         print(f"  {command}")
@@ -136,8 +158,12 @@ def main():
     print(f"  the plugin's default install adds {default['llm --version added ms']:.0f} ms wall, "
           f"{default['llm --version added cpu ms']:.0f} ms CPU to `llm --version` (target <= 120 ms); numpy alone adds "
           f"{floor['llm --version added ms']:.0f} ms wall, {floor['llm --version added cpu ms']:.0f} ms CPU")
+    for command, (value, modules) in own.items():
+        print(f"  the plugin's own modules take {value:.1f} ms of `{command}` (-X importtime): {', '.join(modules)}")
     write_json("startup", {"benchmark": "startup", "machine": machine(), "llm": llm_version, "runs": args.runs,
-                           "results": rows, "heavy_in_default_install": heavy})
+                           "load_average": load, "results": rows, "heavy_in_default_install": heavy,
+                           "own_import_ms": {command: {"ms": round(value, 1), "modules": modules}
+                                             for command, (value, modules) in own.items()}})
 
 
 if __name__ == "__main__":
