@@ -1,8 +1,10 @@
-"""What every benchmark shares: the repo on sys.path, a throw-away llm sandbox, timing with medians, JSON output.
-Holds no figures and no benchmark logic; never reads outside the repository."""
+"""What every benchmark shares: the repo on sys.path, flags, a throw-away llm sandbox or stand-in server, interleaved
+timing with medians, JSON output. Holds no figures and no benchmark logic; never reads outside the repository."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +22,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that `from tests import model_factory` and `llm_lmstudio` resolve
 
 
+def arguments(doc: str, **flags) -> argparse.Namespace:
+    """The command line: each keyword is a flag (`dry_run` is --dry-run), given as its default or (default, help);
+    its type is the default's, a False default makes a switch, a None default takes a string."""
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0])
+    for name, spec in flags.items():
+        default, help = spec if isinstance(spec, tuple) else (spec, None)
+        flag = "--" + name.replace("_", "-")
+        if default is False:
+            parser.add_argument(flag, action="store_true", help=help)
+        else:
+            parser.add_argument(flag, type=str if default is None else type(default), default=default, help=help)
+    return parser.parse_args()
+
+
 def sandbox(prefix: str) -> Path:
     """A fresh llm user dir with no LM Studio server, no LM Studio models folder and no hub cache, set in
     os.environ; call it before llm is imported (the plugin reads these on every lookup)."""
@@ -33,8 +49,25 @@ def sandbox(prefix: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def stand_in(include_minilm: bool = True):
+    """The LM Studio stand-in (tests/fake_lmstudio) on loopback with its generated models, and a fresh llm user
+    dir, both set in os.environ for the rest of the process."""
+    from tests.fake_lmstudio import FakeLMStudio
+    from tests.fake_lmstudio.models_dir import build_models_dir
+
+    with tempfile.TemporaryDirectory() as work, FakeLMStudio(build_models_dir(Path(work) / "models", include_minilm=include_minilm)) as server:
+        os.environ.update(LLM_USER_PATH=str(Path(work) / "llm"), LMSTUDIO_BASE_URL=server.base_url)
+        yield server
+
+
 def median(values) -> float:
     return statistics.median(list(values))
+
+
+def medians(rows: list[dict]) -> dict:
+    """Each key's median over rows of figures."""
+    return {key: median(row[key] for row in rows) for key in rows[0]}
 
 
 def ms(seconds: float, digits: int = 1) -> float:
@@ -59,16 +92,37 @@ class Clock:
         self.cpu = time.process_time() - self._cpu
 
 
+def clocked(fn) -> Clock:
+    with Clock() as clock:
+        fn()
+    return clock
+
+
+def interleave(paths: dict, runs: int, warmup: bool = True) -> dict[str, list]:
+    """{name: what fn() returned on each run} for each of paths' functions, called in turn run after run (after a
+    warm-up call each: lazy imports, model loads, connections), so that load from other processes on a shared
+    machine hits every path alike."""
+    for fn in paths.values() if warmup else ():
+        fn()
+    found = {name: [] for name in paths}
+    for _ in range(runs):
+        for name, fn in paths.items():
+            found[name].append(fn())
+    return found
+
+
+def seconds(fn) -> float:
+    """Wall seconds of one fn() call."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def samples(fn, runs: int, warmup: int = 1) -> list[float]:
     """Wall seconds of fn() over `runs` calls, after `warmup` calls that are not counted."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
+    return [seconds(fn) for _ in range(runs)]
 
 
 def time_command(args: list[str], env: dict | None = None) -> float:

@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"  # docs/mlx-cpu.md
 
-# Quick mode: sizes small enough for a few minutes on 2 cores. A flag is passed only while the script still
-# defines it (its owner may rename it); a script not listed that defines --quick gets --quick.
+# Quick mode: sizes small enough for a few minutes on 2 cores; a script not listed here that defines --quick gets it.
 QUICK_FLAGS: dict[str, list[str]] = {
     "bench_lmstudio.py": ["--runs", "3", "--request-runs", "10"],
     "bench_embed.py": ["--docs", "128", "--runs", "2"],
@@ -37,16 +36,9 @@ TIME_LIMITS = {"bench_startup.py": 1800, "bench_lmstudio.py": 600, "bench_mlx_ch
 
 
 def quick_flags(script: Path) -> list[str]:
-    source = script.read_text()
-    defined = lambda flag: re.search(rf"[\"']{re.escape(flag)}[\"']", source)  # noqa: E731
-    if script.name not in QUICK_FLAGS:
-        return ["--quick"] if defined("--quick") else []
-    flags, wanted = [], QUICK_FLAGS[script.name]
-    for i, flag in enumerate(wanted):
-        if flag.startswith("--") and defined(flag):
-            takes_value = i + 1 < len(wanted) and not wanted[i + 1].startswith("--")
-            flags += wanted[i : i + 2] if takes_value else [flag]
-    return flags
+    if script.name in QUICK_FLAGS:
+        return QUICK_FLAGS[script.name]
+    return ["--quick"] if re.search(r"[\"']--quick[\"']|\bquick=", script.read_text()) else []
 
 
 def machine(python: str, blas: str) -> list[tuple[str, str]]:

@@ -10,20 +10,16 @@ Run: .venv/bin/python benchmarks/bench_lmstudio.py [--runs N] [--request-runs N]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from _common import machine, median, ms, ratio, write_json
+from _common import arguments, interleave, machine, median, ms, ratio, seconds, stand_in, write_json
 
-from tests.fake_lmstudio import FakeLMStudio
 from tests.fake_lmstudio.faults import HungServer, RefusedPort
-from tests.fake_lmstudio.models_dir import build_models_dir
 
 MODEL_KEY = "test-org/tiny-llama"
 PROMPT = "Say something short"
@@ -52,7 +48,7 @@ def bench_hooks(urls: dict, runs: int) -> list[dict]:
     return rows
 
 
-def bench_requests(server: FakeLMStudio, runs: int) -> dict:
+def bench_requests(server, runs: int) -> dict:
     import httpx
     import llm
 
@@ -65,16 +61,6 @@ def bench_requests(server: FakeLMStudio, runs: int) -> dict:
 
     def payload(stream: bool) -> dict:
         return chat.build_payload(MODEL_KEY, llm.Prompt(PROMPT, model, options=model.Options(**options)), stream)
-
-    def plugin_total():
-        started = time.perf_counter()
-        model.prompt(PROMPT, stream=False, **options).text()
-        return time.perf_counter() - started
-
-    def direct_total():
-        started = time.perf_counter()
-        client.post(endpoint, json=payload(False)).raise_for_status()
-        return time.perf_counter() - started
 
     def plugin_ttft():
         started = time.perf_counter()
@@ -94,13 +80,10 @@ def bench_requests(server: FakeLMStudio, runs: int) -> dict:
                         first = time.perf_counter() - started
         return first
 
-    paths = {"plugin_total": plugin_total, "direct_total": direct_total, "plugin_ttft": plugin_ttft, "direct_ttft": direct_ttft}
-    for fn in paths.values():
-        fn()  # JIT-load the model, warm both clients
-    results = {name: [] for name in paths}
-    for _ in range(runs):  # interleaved, so drift hits both paths alike
-        for name, fn in paths.items():
-            results[name].append(fn())
+    # the warm-up call JIT-loads the model and warms both clients
+    results = interleave({"plugin_total": lambda: seconds(lambda: model.prompt(PROMPT, stream=False, **options).text()),
+                          "direct_total": lambda: seconds(lambda: client.post(endpoint, json=payload(False)).raise_for_status()),
+                          "plugin_ttft": plugin_ttft, "direct_ttft": direct_ttft}, runs)
     out = {}
     for kind, label in (("total", "non-streamed total"), ("ttft", "streamed time to first token")):
         plugin, base = median(results[f"plugin_{kind}"]), median(results[f"direct_{kind}"])
@@ -111,16 +94,12 @@ def bench_requests(server: FakeLMStudio, runs: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="fresh processes per hooks measurement (medians reported)")
-    parser.add_argument("--request-runs", type=int, default=20)
-    args = parser.parse_args()
+    args = arguments(__doc__, runs=(7, "fresh processes per hooks measurement (medians reported)"), request_runs=20)
     refused, hung = RefusedPort(), HungServer()
-    with tempfile.TemporaryDirectory() as work, FakeLMStudio(build_models_dir(Path(work) / "models", include_minilm=False)) as server:
+    with stand_in(include_minilm=False) as server:
         print("The plugin's own time in `llm models` (import + hooks, fresh process each run, medians):", flush=True)
         hooks = bench_hooks({"up": server.base_url, "down": refused.url, "hung": hung.url}, args.runs)
         print(f"Per-request overhead against raw httpx ({args.request_runs} runs each, medians):", flush=True)
-        os.environ.update(LLM_USER_PATH=str(Path(work) / "llm"), LMSTUDIO_BASE_URL=server.base_url)
         requests = bench_requests(server, args.request_runs)
     refused.close()
     hung.close()

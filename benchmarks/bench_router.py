@@ -14,12 +14,11 @@ Run: .venv/bin/python benchmarks/bench_router.py [--runs N] [--no-embedding]
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
-from _common import ROOT, median, ms, ratio, samples, sandbox, write_json
+from _common import ROOT, arguments, median, ms, ratio, samples, sandbox, stand_in, write_json
 
 PROMPTS = [
     "Write a Python function that merges two sorted lists",
@@ -36,17 +35,13 @@ def per_prompt(fn, runs: int) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--no-embedding", action="store_true", help="skip the embedding classifier part")
-    args = parser.parse_args()
-    work = sandbox("router")
+    args = arguments(__doc__, runs=50, no_embedding=(False, "skip the embedding classifier part"))
+    sandbox("router")  # no LM Studio models folder or hub cache: only the stand-in's models are candidates
 
     import llm
 
     from llm_lmstudio import classifier, router, settings, tasks
-    from tests.fake_lmstudio import FakeLMStudio
-    from tests.fake_lmstudio.models_dir import EMBEDDING_NAME, PUBLISHER, build_models_dir
+    from tests.fake_lmstudio.models_dir import EMBEDDING_NAME, PUBLISHER
 
     rows = []
     keyword = tasks.KeywordClassifier()
@@ -54,8 +49,7 @@ def main():
     rows.append({"measure": "keyword classification", "median_ms": ms(kw, 4), "baseline": "-", "ratio": None})
     print(f"  keyword classification: {kw * 1e6:.1f} µs (target < 1 ms)", flush=True)
 
-    with FakeLMStudio(build_models_dir(work / "models", include_minilm=not args.no_embedding)) as server:
-        os.environ["LMSTUDIO_BASE_URL"] = server.base_url
+    with stand_in(include_minilm=not args.no_embedding) as server:
         model = router.Router()
 
         def plan(text, config):
