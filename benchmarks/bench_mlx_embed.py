@@ -1,19 +1,16 @@
 """Native MLX embeddings: documents/s for `llm embed-multi` into a collection via mlx/<name> against mlx_embeddings called
 directly on the same documents and batch size, real all-MiniLM-L6-v2 (needs the [mlx-embeddings] extra; the test extra has it).
 
-Run: .venv/bin/python benchmarks/bench_mlx_embed.py [--docs 48] [--reps 3] [--python] [--cold]   (writes benchmarks/out/mlx_embed.json)
+Run: .venv/bin/python benchmarks/bench_mlx_embed.py [--docs 48] [--reps 3]   (writes benchmarks/out/mlx_embed.json)
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
-import os
-import subprocess
-import sys
 import time
 
-from _common import Clock, machine, median, sandbox, write_json
+from _common import arguments, clocked, interleave, machine, median, sandbox, write_json
 
 SANDBOX = sandbox("mlx-embed")  # before llm is imported
 
@@ -37,12 +34,7 @@ def direct(model, tokenizer, texts, batch_size, max_length):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=48)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--python", action="store_true", help="also time llm's Python embed_multi")
-    parser.add_argument("--cold", action="store_true", help="also time one cold `llm embed-multi` command")
-    args = parser.parse_args()
+    args = arguments(__doc__, docs=48, reps=3)
     started = time.perf_counter()
 
     path = model_factory.minilm_path()
@@ -70,29 +62,14 @@ def main():
     pairs = zip(plugin.embed_multi(texts[:batch_size]), direct(model, tokenizer, texts[:batch_size], batch_size, runtime.max_length))
     max_difference = max(abs(a - b) for u, v in pairs for a, b in zip(u, v))
 
-    runner = CliRunner()
-    paths = ["direct", "llm_embed_multi"] + (["llm_python"] if args.python else [])
-    clocks = {p: [] for p in paths}
-    for rep in range(args.reps):  # interleaved so that load from other processes hits every path alike
-        with Clock() as clock:
-            direct(model, tokenizer, texts, batch_size, runtime.max_length)
-        clocks["direct"].append(clock)
-        with Clock() as clock:
-            result = runner.invoke(cli, ["embed-multi", f"docs{rep}", str(docs_file), "-m", "mlx/minilm"])
+    collections = itertools.count()
+
+    def embed_multi():  # into a new collection each run (llm skips documents a collection already holds)
+        result = CliRunner().invoke(cli, ["embed-multi", f"docs{next(collections)}", str(docs_file), "-m", "mlx/minilm"])
         assert result.exit_code == 0, result.output
-        clocks["llm_embed_multi"].append(clock)
-        if args.python:
-            with Clock() as clock:
-                list(plugin.embed_multi(texts))
-            clocks["llm_python"].append(clock)
 
-    cold = None
-    if args.cold:  # start-up, plugin discovery and model load included
-        with Clock() as clock:
-            subprocess.run([sys.executable, "-m", "llm", "embed-multi", "cold", str(docs_file), "-m", "mlx/minilm"],
-                           check=True, capture_output=True, env=os.environ)
-        cold = clock.wall
-
+    clocks = interleave({"direct": lambda: clocked(lambda: direct(model, tokenizer, texts, batch_size, runtime.max_length)),
+                         "llm": lambda: clocked(embed_multi)}, args.reps, warmup=False)  # the check above warmed both paths
     stored = sqlite_utils.Database(str(SANDBOX / "llm" / "embeddings.db"))["embeddings"].count
     rate = {k: args.docs / median(c.wall for c in v) for k, v in clocks.items()}
     cpu_rate = {k: args.docs / median(c.cpu for c in v) for k, v in clocks.items()}
@@ -100,21 +77,14 @@ def main():
         "benchmark": "mlx_embed", "machine": f"{machine()}, mlx {mx.__version__} ({mx.default_device()})",
         "model": "sentence-transformers/all-MiniLM-L6-v2 (22.7M parameters, float32)",
         "docs": args.docs, "batch_size": batch_size, "reps": args.reps, "docs_per_s": rate, "docs_per_cpu_s": cpu_rate,
-        "cold_cli_s": cold, "max_abs_difference_vs_direct": max_difference, "embeddings_stored": stored,
+        "ratio": rate["llm"] / rate["direct"], "ratio_cpu": cpu_rate["llm"] / cpu_rate["direct"],
+        "max_abs_difference_vs_direct": max_difference, "embeddings_stored": stored,
     }
-    for name in paths[1:]:
-        result[f"ratio_{name}"] = rate[name] / rate["direct"]
-        result[f"ratio_{name}_cpu"] = cpu_rate[name] / cpu_rate["direct"]
-
     print(f"all-MiniLM-L6-v2, {args.docs} short documents, batches of {batch_size}, median of {args.reps}; {result['machine']}")
     print("                                  docs/s (wall)           docs per CPU-second")
-    labels = {"direct": "mlx_embeddings directly", "llm_embed_multi": "llm embed-multi (collection)", "llm_python": "llm Python embed_multi"}
-    for name in paths:
-        ratios = ("", "") if name == "direct" else (f"  ratio {result[f'ratio_{name}']:.3f}", f"  ratio {result[f'ratio_{name}_cpu']:.3f}")
-        print(f"  {labels[name]:30s} {rate[name]:7.2f}{ratios[0]:14s}    {cpu_rate[name]:7.2f}{ratios[1]}"
-              + ("   (target >= 0.9)" if name == "llm_embed_multi" else ""))
-    if cold is not None:
-        print(f"  cold `llm embed-multi` command {cold:7.1f} s (start-up + load + {args.docs} docs)")
+    print(f"  mlx_embeddings directly        {rate['direct']:7.2f}                  {cpu_rate['direct']:7.2f}")
+    print(f"  llm embed-multi (collection)   {rate['llm']:7.2f}  ratio {result['ratio']:.3f}      {cpu_rate['llm']:7.2f}  "
+          f"ratio {result['ratio_cpu']:.3f}   (target >= 0.9)")
     print(f"  max |plugin - direct| per component: {max_difference:.2e}; {stored} embeddings stored")
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_json("mlx_embed", result)

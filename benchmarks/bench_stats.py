@@ -3,7 +3,7 @@ history query (stats.history) and `llm lmstudio stats` (metrics.report), against
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from _common import OUT, machine, median, ms, ratio, samples, write_json
+from _common import OUT, arguments, machine, median, ms, ratio, samples, seconds, write_json
 
 from llm_lmstudio import metrics, stats
 
@@ -119,27 +119,17 @@ def add_turns(path: Path, count: int) -> None:
 
 def direct_scan(log: Path, since: str | None) -> int:
     """The direct path: what a script reading llm's log itself does for the same figures (one pass, json in SQL)."""
-    conn = sqlite3.connect(f"{log.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        where = " and datetime_utc >= ?" if since else ""
-        rows = conn.execute(
+    with contextlib.closing(sqlite3.connect(f"{log.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return len(conn.execute(
             "select coalesce(resolved_model, model), duration_ms, output_tokens, input_tokens, datetime_utc,"
             " json_extract(response_json, '$.client.time_to_first_token_ms') from turns"
-            f" where (model like 'lmstudio%' or model like 'mlx/%'){where}",
+            " where (model like 'lmstudio%' or model like 'mlx/%')" + (" and datetime_utc >= ?" if since else ""),
             (since,) if since else (),
-        ).fetchall()
-        return len(rows)
-    finally:
-        conn.close()
+        ).fetchall())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=100_000)
-    parser.add_argument("--attempts", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--window", type=int, default=stats.DEFAULT_WINDOW)
-    args = parser.parse_args()
+    args = arguments(__doc__, turns=100_000, attempts=300, repeat=15, window=stats.DEFAULT_WINDOW)
 
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"bench-logs-{args.turns}.db"
@@ -152,10 +142,10 @@ def main() -> None:
           f"in {time.perf_counter() - began:.1f} s on {machine()}")
     results: dict[str, dict] = {}
 
-    def record(name: str, seconds: list[float], baseline: float | None = None):
-        entry = {"median_ms": ms(median(seconds), 2), "max_ms": ms(max(seconds), 2), "runs": len(seconds)}
+    def record(name: str, times: list[float], baseline: float | None = None):
+        entry = {"median_ms": ms(median(times), 2), "max_ms": ms(max(times), 2), "runs": len(times)}
         if baseline:
-            entry["ratio_to_direct_scan"] = ratio(median(seconds), baseline)
+            entry["ratio_to_direct_scan"] = ratio(median(times), baseline)
         results[name] = entry
         extra = f"   {entry['ratio_to_direct_scan']:.3f} x direct scan" if baseline else ""
         print(f"{name:58s} median {entry['median_ms']:9.2f} ms   max {entry['max_ms']:9.2f} ms{extra}")
@@ -168,17 +158,12 @@ def main() -> None:
 
     # a new store copies llm's turns once (per user, not per command): the router's first prompt only the
     # newest ROUTER_HORIZON, the first `stats` back to HORIZON
-    router_first, stats_first = [], []
+    first = []
     for _ in range(3):
         shutil.copyfile(template, store)
-        started = time.perf_counter()
-        stats.history(log, LOCAL, args.window, store_path=store)
-        router_first.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        metrics.report(log, store_path=store)
-        stats_first.append(time.perf_counter() - started)
-    record(f"router's first prompt: copies the newest {stats.ROUTER_HORIZON} turns", router_first)
-    record(f"first stats after it: copies back to {stats.HORIZON} turns", stats_first, median(scan_all))
+        first.append((seconds(lambda: stats.history(log, LOCAL, args.window, store_path=store)), seconds(lambda: metrics.report(log, store_path=store))))
+    record(f"router's first prompt: copies the newest {stats.ROUTER_HORIZON} turns", [r for r, _ in first])
+    record(f"first stats after it: copies back to {stats.HORIZON} turns", [s for _, s in first], median(scan_all))
 
     cases = {
         "llm lmstudio stats (everything)": (lambda: metrics.report(log, store_path=store), median(scan_all)),
@@ -194,9 +179,7 @@ def main() -> None:
     incremental = []
     for _ in range(5):
         add_turns(log, 5)
-        started = time.perf_counter()
-        metrics.report(log, since_seconds=7 * 86400, store_path=store)
-        incremental.append(time.perf_counter() - started)
+        incremental.append(seconds(lambda: metrics.report(log, since_seconds=7 * 86400, store_path=store)))
     record("stats --since 7d after llm logged 5 new answers", incremental, median(scan_week))
 
     week = metrics.report(log, since_seconds=7 * 86400, store_path=store)
