@@ -4,14 +4,13 @@ Never tunes on a left-out source or on the split's test ids; every figure printe
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 from collections import Counter, defaultdict
 
 import numpy as np
-from _common import OUT, ROOT, write_json
+from _common import OUT, ROOT, arguments, write_json
 
 from llm_lmstudio import tasks, vectors  # importable because _common puts the repository on sys.path
 
@@ -266,13 +265,11 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-embedding", action="store_true", help="keywords only (no MiniLM)")
-    parser.add_argument("--resplit", action="store_true", help="draw the in-distribution split again")
-    parser.add_argument("--write-exemplars", action="store_true", help="write the package's exemplars, settings and MiniLM vectors")
-    parser.add_argument("--classifier-model", metavar="MODEL", help="also measure the small-model tier with this local chat "
-                        "model (e.g. lmstudio/qwen/qwen3-1.7b; needs the server running; answers cached in llm's user dir)")
-    args = parser.parse_args()
+    args = arguments(
+        __doc__, no_embedding=(False, "keywords only (no MiniLM)"), resplit=(False, "draw the in-distribution split again"),
+        write_exemplars=(False, "write the package's exemplars, settings and MiniLM vectors"),
+        classifier_model=(None, "also measure the small-model tier with this local chat model (e.g. lmstudio/qwen/qwen3-1.7b; "
+                          "needs the server running; answers cached in llm's user dir)"))
 
     rows = load_labelled()
     print("prompts per source:", dict(Counter(r["source"] for r in rows)), "per task:", dict(Counter(r["task"] for r in rows)))
