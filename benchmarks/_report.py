@@ -26,6 +26,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "bench_mlx_embed.py": ["--docs", "32", "--reps", "2"],
     "bench_startup.py": ["--reuse", "--runs", "7"],
     "bench_stats.py": ["--repeat", "5", "--attempts", "100"],
+    "bench_stateful.py": ["--runs", "5"],
     # The embedding part did not finish within 5 minutes on 2 loaded cores; --full runs it.
     "bench_router.py": ["--runs", "10", "--no-embedding"],
     "eval_router.py": [],  # MiniLM vectors of the prompts are cached in benchmarks/out after the first run

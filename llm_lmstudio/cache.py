@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from . import settings
 from .cache_store import CACHEABLE_EVENTS, Hit, Store, iso
+from .stateful import META_KEY
 
 KEY_VERSION = 1  # bump when the key material changes, so old entries simply stop matching
 
@@ -61,7 +62,16 @@ def _attachment_digest(attachment: llm.Attachment) -> dict:
 def _part(part) -> Any:
     if isinstance(part, AttachmentPart):
         return {"type": "attachment", "attachment": _attachment_digest(part.attachment) if part.attachment else None}
-    return part.to_dict()
+    data = part.to_dict()
+    if _stateful_only(data.get("provider_metadata")):
+        del data["provider_metadata"]  # which server-side response it was is not what was said
+    return data
+
+
+def _stateful_only(metadata: Any) -> bool:
+    """Only the response id of a stateful turn (stateful.py): a replayed answer simply lacks it, and the next
+    turn then sends the full history."""
+    return isinstance(metadata, dict) and set(metadata) == {META_KEY}
 
 
 def cacheable_prompt(prompt: llm.Prompt) -> bool:
@@ -200,7 +210,8 @@ class _Call:
         if self.first_at is None:
             self.first_at = time.monotonic()
         kind, chunk = ("text", event) if isinstance(event, str) else (event.type, event.chunk)
-        if kind not in CACHEABLE_EVENTS or getattr(event, "redacted", False) or getattr(event, "provider_metadata", None):
+        metadata = getattr(event, "provider_metadata", None)
+        if kind not in CACHEABLE_EVENTS or getattr(event, "redacted", False) or (metadata and not _stateful_only(metadata)):
             self.storable = False  # tool calls and opaque reasoning state cannot be replayed faithfully
             return
         if self.events and self.events[-1][0] == kind:

@@ -16,7 +16,7 @@ from llm.parts import AttachmentPart, StreamEvent, TextPart, ToolCallPart, ToolR
 from llm.utils import simplify_usage_dict
 from pydantic import Field, field_validator
 
-from . import server, settings
+from . import server, settings, stateful
 from .cache import CacheOptions, cached
 from .catalog import CatalogModel
 
@@ -44,6 +44,11 @@ class LMStudioOptions(CacheOptions):
         default=None, ge=1, description="Seconds of idleness after which LM Studio unloads a model this request loads (JIT)"
     )
     draft_model: Optional[str] = Field(default=None, description="Draft model key for speculative decoding")
+    stateful: Optional[bool] = Field(
+        default=None,
+        description="Continue conversations on the server (LM Studio 0.3.29+ /v1/responses) instead of resending"
+        " the history (default true; false always resends it)",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -66,10 +71,10 @@ def _attachment_item(attachment: llm.Attachment) -> dict:
     return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{attachment.base64_content()}"}}
 
 
-def build_messages(prompt: llm.Prompt) -> list[dict]:
-    """Translate llm's message chain (prompt.messages) into OpenAI chat messages."""
+def build_messages(prompt: llm.Prompt, chain: list | None = None) -> list[dict]:
+    """Translate llm's message chain (prompt.messages, or the part of it given) into OpenAI chat messages."""
     messages: list[dict] = []
-    for message in prompt.messages:
+    for message in prompt.messages if chain is None else chain:
         text: list[str] = []
         images: list[dict] = []
         tool_calls: list[dict] = []
@@ -131,7 +136,7 @@ def tool_specs(tools: list[llm.Tool]) -> list[dict]:
 def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
     payload: dict[str, Any] = {"model": key, "messages": build_messages(prompt), "stream": stream}
     # Every sampling option is a request field of the same name; only what the user set is sent.
-    payload.update(prompt.options.model_dump(exclude_none=True, exclude=set(CacheOptions.model_fields)))
+    payload.update(prompt.options.model_dump(exclude_none=True, exclude=set(CacheOptions.model_fields) | {"stateful"}))
     if prompt.schema:
         payload["response_format"] = {
             "type": "json_schema",
@@ -460,6 +465,16 @@ class _Shared(ServedModel):
     def _failed(self, exc: server.LMStudioError) -> LMStudioModelError:
         return user_error(exc, _suggest(self.entry.key) if isinstance(exc, server.ModelNotFound) else "")
 
+    def _falls_back(self, turn: stateful.Turn, accumulator: "Accumulator", exc: server.LMStudioError) -> bool:
+        """A stateful turn refused before any output: True to send the full history to chat completions
+        instead (silently: same answer); raises the user's error when that would not help."""
+        if accumulator.first_token_at is not None:
+            return False
+        if not turn.falls_back(exc):
+            raise self._failed(exc) from None
+        self._endpoint = self._paths()[0]
+        return True
+
     def _interrupted(self, accumulator: "Accumulator", response, exc: server.LMStudioError) -> StreamEvent:
         """A failure after text has streamed: keep what arrived, mark it, and fail once it is logged."""
         reason = str(exc)
@@ -471,8 +486,23 @@ class _Shared(ServedModel):
 class LMStudioChat(_Shared, llm.Model):
     @cached
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
-        payload = build_payload(self.entry.key, prompt, stream)
         client = server.Client(self.server, token=settings.api_token())
+        turn = stateful.plan(self, prompt, stream)
+        if turn is not None:
+            accumulator = Accumulator(time.monotonic())
+            self._endpoint = server.RESPONSES
+            try:
+                yield from stateful.run(turn, client, stream, accumulator)
+            except server.LMStudioError as exc:
+                if not self._falls_back(turn, accumulator, exc):
+                    yield from accumulator.flush()
+                    yield self._interrupted(accumulator, response, exc)
+                    return
+            else:
+                accumulator.finish(response, self._endpoint)
+                turn.logged(response)
+                return
+        payload = build_payload(self.entry.key, prompt, stream)
         accumulator = Accumulator(time.monotonic())
         try:
             if stream:
@@ -495,8 +525,25 @@ class LMStudioChat(_Shared, llm.Model):
 class LMStudioAsyncChat(_Shared, llm.AsyncModel):
     @cached
     async def execute(self, prompt, stream, response, conversation=None) -> AsyncIterator[StreamEvent]:
-        payload = build_payload(self.entry.key, prompt, stream)
         client = server.AsyncClient(self.server, token=settings.api_token())
+        turn = stateful.plan(self, prompt, stream)
+        if turn is not None:
+            accumulator = Accumulator(time.monotonic())
+            self._endpoint = server.RESPONSES
+            try:
+                async for event in stateful.run_async(turn, client, stream, accumulator):
+                    yield event
+            except server.LMStudioError as exc:
+                if not self._falls_back(turn, accumulator, exc):
+                    for event in accumulator.flush():
+                        yield event
+                    yield self._interrupted(accumulator, response, exc)
+                    return
+            else:
+                accumulator.finish(response, self._endpoint)
+                turn.logged(response)
+                return
+        payload = build_payload(self.entry.key, prompt, stream)
         accumulator = Accumulator(time.monotonic())
         try:
             if stream:

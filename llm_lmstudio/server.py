@@ -62,6 +62,11 @@ class BadPrompt(LMStudioError):
     """The request cannot be sent as it stands (text that is not UTF-8); nothing reached the server."""
 
 
+class ResponseNotFound(LMStudioError):
+    """The server no longer knows the `previous_response_id` of a stateful turn (restarted, or another server):
+    OpenAI's `previous_response_not_found` code, which LM Studio also sends (lmstudio-bug-tracker#1188)."""
+
+
 class EndpointMissing(LMStudioError):
     """The server does not serve this route: a 404/405 without a model error, or LM Studio's
     200 `{"error": "Unexpected endpoint or method. (POST /x)"}` (lmstudio-bug-tracker#618)."""
@@ -149,6 +154,12 @@ def error_for_status(
     lowered = message.lower()
     if status == 401 or code == "invalid_api_key":
         return auth_error(base_url, token_sent=bool(token), status=status, code=code, malformed="malformed" in lowered)
+    if code == "previous_response_not_found" or "previous_response_not_found" in lowered or (
+        "not found" in lowered and ("previous response" in lowered or "prediction history node" in lowered)
+    ):
+        # The code is OpenAI's; LM Studio 0.3.31 words it "Prediction history node with id '…' not found while
+        # attempting to build chat history chain" (lmstudio-bug-tracker#1188). Checked before the 404 rule below.
+        return ResponseNotFound(f"LM Studio at {base_url} no longer knows the previous response", status=status, code=code)
     if "unexpected endpoint or method" in lowered:
         return EndpointMissing(f"LM Studio at {base_url}: {message}", status=status, code=code)
     if "jinja template" in lowered:
@@ -187,7 +198,8 @@ def timed_out(base_url: str, seconds: float, *, setting: bool = True) -> TimedOu
 
 def _check_body_error(data: Any, *, base_url: str, token: str | None, model: str | None) -> None:
     # LM Studio sometimes answers 200 with an error body ("Returning 200 anyway"): always look.
-    if isinstance(data, dict) and "error" in data and not any(k in data for k in ("choices", "data", "models")):
+    # A /v1/responses answer always carries `"error": null` beside its `output`.
+    if isinstance(data, dict) and data.get("error") is not None and not any(k in data for k in ("choices", "data", "models", "output")):
         raise error_for_status(200, data, base_url=base_url, token=token, model=model)
 
 
@@ -260,6 +272,11 @@ class _StreamState:
             ) from None
         if not isinstance(chunk, dict):
             raise BadResponse(f"LM Studio at {self.base_url} sent a stream chunk that is not a JSON object")
+        self.check(chunk)
+        return chunk
+
+    def check(self, chunk: dict) -> None:
+        """A chat completion chunk: raise the error it carries; note a finish_reason."""
         if "error" in chunk and "choices" not in chunk:
             # An error event inside a 200 stream (a prompt-template failure, for one: zed#45379).
             raise error_for_status(None, chunk, base_url=self.base_url, token=self.token, model=self.model)
@@ -269,7 +286,6 @@ class _StreamState:
         for choice in choices or []:
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finished = True
-        return chunk
 
     def cut(self, reason: str) -> StreamCut:
         return StreamCut(f"the response from LM Studio at {self.base_url} was cut off mid-stream ({reason})")
@@ -277,6 +293,24 @@ class _StreamState:
     def check_complete(self) -> None:
         if not (self.done or self.finished):
             raise self.cut("the connection closed before the end of the answer")
+
+
+class _ResponsesStreamState(_StreamState):
+    """A /v1/responses stream: typed events (`response.created`, `response.output_text.delta`, …) that end with
+    `response.completed` or `response.incomplete`; failures arrive as an `error` event or `response.failed`
+    (platform.openai.com/docs/api-reference/responses-streaming, which LM Studio's docs point to)."""
+
+    def check(self, chunk: dict) -> None:
+        kind = chunk.get("type")
+        if kind == "error":
+            failure = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+            raise error_for_status(None, {"error": failure}, base_url=self.base_url, token=self.token, model=self.model)
+        if kind == "response.failed":
+            failure = (chunk.get("response") or {}).get("error") if isinstance(chunk.get("response"), dict) else None
+            raise error_for_status(None, {"error": failure or "the answer failed"}, base_url=self.base_url,
+                                   token=self.token, model=self.model)
+        if kind in ("response.completed", "response.incomplete"):
+            self.finished = True
 
 
 # ---------------------------------------------------------------- clients
@@ -298,6 +332,7 @@ def _is_json(response) -> bool:
 
 NATIVE_CHAT = "/api/v0/chat/completions"
 OPENAI_CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"  # OpenAI's Responses API, stateful with previous_response_id: LM Studio 0.3.29+
 
 
 def chat_paths(listing: str) -> list[str]:
@@ -503,13 +538,21 @@ class Client(_Base):
         yield box["item"]
         yield from items
 
-    def stream(self, path: str, payload: dict) -> Iterator[dict]:
+    def stream(self, path: str, payload: dict, events: type[_StreamState] = _StreamState) -> Iterator[dict]:
         """POST with stream=true; yield each JSON chunk; raise StreamCut if the stream ends early."""
-        yield from self._first_watched(self._stream(path, payload))
+        yield from self._first_watched(self._stream(path, payload, events))
 
-    def _stream(self, path: str, payload: dict) -> Iterator[dict]:
+    def responses(self, payload: dict) -> dict:
+        """POST a whole /v1/responses request (EndpointMissing where the server has none)."""
+        return self.post_json(RESPONSES, payload)
+
+    def stream_responses(self, payload: dict) -> Iterator[dict]:
+        """Stream a /v1/responses request: its typed events, in order."""
+        return self.stream(RESPONSES, payload, _ResponsesStreamState)
+
+    def _stream(self, path: str, payload: dict, events: type[_StreamState]) -> Iterator[dict]:
         model = payload.get("model")
-        state = _StreamState(self.base_url, self.token, model)
+        state = events(self.base_url, self.token, model)
         try:
             with self._http().stream("POST", path, **_json_body(payload)) as response:
                 if response.status_code >= 400:
@@ -624,13 +667,19 @@ class AsyncClient(_Base):
         async for item in items:
             yield item
 
-    async def stream(self, path: str, payload: dict) -> AsyncIterator[dict]:
-        async for chunk in self._first_watched(self._stream(path, payload)):
+    async def stream(self, path: str, payload: dict, events: type[_StreamState] = _StreamState) -> AsyncIterator[dict]:
+        async for chunk in self._first_watched(self._stream(path, payload, events)):
             yield chunk
 
-    async def _stream(self, path: str, payload: dict) -> AsyncIterator[dict]:
+    async def responses(self, payload: dict) -> dict:
+        return await self.post_json(RESPONSES, payload)
+
+    def stream_responses(self, payload: dict) -> AsyncIterator[dict]:
+        return self.stream(RESPONSES, payload, _ResponsesStreamState)
+
+    async def _stream(self, path: str, payload: dict, events: type[_StreamState]) -> AsyncIterator[dict]:
         model = payload.get("model")
-        state = _StreamState(self.base_url, self.token, model)
+        state = events(self.base_url, self.token, model)
         try:
             async with self._http().stream("POST", path, **_json_body(payload)) as response:
                 if response.status_code >= 400:

@@ -35,7 +35,8 @@ def turns(user_path):
 
 
 def chat_requests(lmstudio):
-    return [r for r in lmstudio.requests() if "chat/completions" in r["path"]]
+    """Requests that reached the model: chat completions, or /v1/responses for a continued conversation."""
+    return [r for r in lmstudio.requests() if "chat/completions" in r["path"] or r["path"] == "/v1/responses"]
 
 
 def cache_file(user_path) -> Path:

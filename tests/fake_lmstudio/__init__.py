@@ -161,3 +161,7 @@ class FakeLMStudio:
     def add_foreign_model(self, key: str, *, type: str, format: str) -> str:
         """List a model of a type or format the plugin does not know (e.g. format "openvino") until the next reset."""
         return self._control("POST", "foreign", {"key": key, "type": type, "format": format})["key"]
+
+    def forget_responses(self) -> int:
+        """Forget every stored /v1/responses answer, as a restarted LM Studio would; returns how many."""
+        return self._control("DELETE", "responses")["forgotten"]

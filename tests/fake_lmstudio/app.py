@@ -50,6 +50,8 @@ class Control:
         self.lock = threading.Lock()
         self.default_max_tokens = DEFAULT_MAX_TOKENS
         self.hang_release = asyncio.Event()  # hung requests wait on this until the next reset
+        # Stored /v1/responses answers by id, in memory only: a restarted server knows none of them.
+        self.responses: dict[str, dict] = {}
 
     def release_hangs(self) -> None:
         self.hang_release.set()
@@ -67,6 +69,7 @@ class Control:
         with self.lock:
             self.requests.clear()
         self.release_hangs()
+        self.responses.clear()
         if unload:
             self.state.unload_all()
 
@@ -214,6 +217,8 @@ class FakeMiddleware:
                 "input_count": (len(inputs) if isinstance(inputs, list) else 1) if inputs is not None else None,
                 "draft_model": data.get("draft_model"),
                 "ttl": data.get("ttl"),
+                "previous_response_id": data.get("previous_response_id"),
+                "messages": len(data["messages"]) if isinstance(data.get("messages"), list) else None,
                 "time": time.time(),
             }
         )
@@ -422,8 +427,11 @@ class SSEResponse:
                     fault = None
                 if fault is not None and fault.kind == "slow" and fault.chunk_delay and sent:
                     await asyncio.sleep(fault.chunk_delay)
+                # A (name, data) pair is a typed event, as /v1/responses streams them (`event:` then `data:`).
+                name, event = event if isinstance(event, tuple) else (None, event)
                 payload = event if isinstance(event, str) else json.dumps(event)
-                await send({"type": "http.response.body", "body": f"data: {payload}\n\n".encode(), "more_body": True})
+                head = f"event: {name}\n" if name else ""
+                await send({"type": "http.response.body", "body": f"{head}data: {payload}\n\n".encode(), "more_body": True})
                 sent += 1
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -892,6 +900,8 @@ async def control_load(request: Request) -> Response:
 
 
 def create_app(state: LMStudioState) -> FakeMiddleware:
+    from . import responses_api  # it builds on this module's request parsing and SSE
+
     control = Control(state)
     routes = [
         Route("/lmstudio-greeting", greeting),
@@ -904,6 +914,7 @@ def create_app(state: LMStudioState) -> FakeMiddleware:
         Route("/api/v0/embeddings", embeddings, methods=["POST"]),
         Route("/api/v1/models", v1_models_native),
         *rest_v1.routes(),
+        *responses_api.routes(),
         Route("/__fake__/config", control_config, methods=["GET", "POST"]),
         Route("/__fake__/reset", control_reset, methods=["POST"]),
         Route("/__fake__/faults", control_faults, methods=["GET", "POST", "DELETE"]),

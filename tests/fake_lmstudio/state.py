@@ -31,6 +31,7 @@ class Generation:
     auth: bool  # API tokens, on REST and SDK alike: 0.4.0 (lmstudio.ai/docs/developer/core/authentication)
     parallel: int  # concurrent predictions per model: 4 by default since 0.4 (docs app/advanced/parallel-requests)
     error_status: int  # model errors: 404 in 0.3.5 (lms#107, agent-zero#215), 400 later (gpt-researcher#1556)
+    responses: bool = False  # POST /v1/responses, stateful with previous_response_id: 0.3.29 (docs developer/api-changelog)
 
 
 GENERATIONS = {
@@ -40,7 +41,7 @@ GENERATIONS = {
         # which makes this generation stand for other OpenAI-compatible servers too.
         Generation("0.3.5", False, False, False, False, False, 1, 404),
         Generation("0.3.15", True, False, False, False, False, 1, 400),
-        Generation("0.4", True, True, True, True, True, 4, 400),
+        Generation("0.4", True, True, True, True, True, 4, 400, responses=True),
     )
 }
 
