@@ -9,13 +9,12 @@ Run: .venv/bin/python benchmarks/bench_stateful.py [--turns 10] [--chars 300] [-
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
-from _common import machine, median, ms, ratio, sandbox, write_json
+from _common import arguments, interleave, machine, median, ms, ratio, stand_in, write_json
 
 MODEL = "lmstudio/test-org/tiny-llama"
+MODES = {"stateful": True, "full_history": False}  # the `stateful` option of each path
 
 
 def sentence(turn: int, chars: int, who: str) -> str:
@@ -24,7 +23,7 @@ def sentence(turn: int, chars: int, who: str) -> str:
 
 
 def conversation_at(model, server, turns: int, chars: int, stateful: bool):
-    """A conversation whose first turns-1 turns are done; returns it and the options each turn uses."""
+    """A conversation whose first turns-1 turns are done, and the options each of its turns uses."""
     options = {"max_tokens": 8, "temperature": 0.0, "stateful": stateful}
     conversation = model.conversation()
     for turn in range(1, turns):
@@ -34,7 +33,8 @@ def conversation_at(model, server, turns: int, chars: int, stateful: bool):
 
 
 def last_turn(server, conversation, options, text: str) -> tuple[float, int, str]:
-    """Client time to first token and request bytes of one more turn, then forget it (the next run asks it again)."""
+    """Client time to first token, request bytes and endpoint of one more turn, then forget that turn (the next
+    run asks it again: with the same previous_response_id, or the same history)."""
     server.script("ok " * 6)
     server.clear_requests()
     started = time.perf_counter()
@@ -49,34 +49,24 @@ def last_turn(server, conversation, options, text: str) -> tuple[float, int, str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--turns", type=int, default=10, help="measure this turn (default 10)")
-    parser.add_argument("--chars", type=int, default=300, help="characters per user turn and per answer (default 300)")
-    parser.add_argument("--runs", type=int, default=7, help="timed repeats of the last turn (default 7)")
-    args = parser.parse_args()
-    root = sandbox("stateful")
-    import llm
+    args = arguments(__doc__, turns=(10, "measure this turn"), chars=(300, "characters per user turn and per answer"),
+                     runs=(7, "timed repeats of the last turn, the two paths in turn"))
+    with stand_in(include_minilm=False) as server:
+        import llm
 
-    from tests.fake_lmstudio import FakeLMStudio
-    from tests.fake_lmstudio.models_dir import build_models_dir
-
-    with FakeLMStudio(build_models_dir(root / "models")) as server:
-        os.environ["LMSTUDIO_BASE_URL"] = server.base_url
         model = llm.get_model(MODEL)
-        rows = {}
-        for mode, stateful in (("stateful", True), ("full_history", False)):
+        text = sentence(args.turns, args.chars, "user")
+        paths = {}
+        for mode, stateful in MODES.items():
             conversation, options = conversation_at(model, server, args.turns, args.chars, stateful)
-            text = sentence(args.turns, args.chars, "user")
-            last_turn(server, conversation, options, text)  # warm-up
-            runs = [last_turn(server, conversation, options, text) for _ in range(args.runs)]
-            rows[mode] = {
-                "endpoint": runs[0][2],
-                "request_bytes": runs[0][1],
-                "ttft_ms": ms(median(r[0] for r in runs)),
-                "ttft_max_ms": ms(max(r[0] for r in runs)),
-            }
-            print(f"  turn {args.turns}, {mode:12s} {rows[mode]['endpoint']:26s} request {rows[mode]['request_bytes']:6d} B"
-                  f"   client TTFT {rows[mode]['ttft_ms']:6.1f} ms (max {rows[mode]['ttft_max_ms']} ms)", flush=True)
+            paths[mode] = lambda c=conversation, o=options: last_turn(server, c, o, text)
+        found = interleave(paths, args.runs)
+    rows = {}
+    for mode, runs in found.items():
+        rows[mode] = {"endpoint": runs[0][2], "request_bytes": runs[0][1],
+                      "ttft_ms": ms(median(r[0] for r in runs)), "ttft_max_ms": ms(max(r[0] for r in runs))}
+        print(f"  turn {args.turns}, {mode:12s} {rows[mode]['endpoint']:26s} request {rows[mode]['request_bytes']:6d} B"
+              f"   client TTFT {rows[mode]['ttft_ms']:6.1f} ms (max {rows[mode]['ttft_max_ms']} ms)", flush=True)
     ratios = {
         "request_bytes": ratio(rows["stateful"]["request_bytes"], rows["full_history"]["request_bytes"]),
         "ttft": ratio(rows["stateful"]["ttft_ms"], rows["full_history"]["ttft_ms"]),

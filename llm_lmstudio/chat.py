@@ -467,12 +467,13 @@ class _Shared(ServedModel):
 
     def _falls_back(self, turn: stateful.Turn, accumulator: "Accumulator", exc: server.LMStudioError) -> bool:
         """A stateful turn refused before any output: True to send the full history to chat completions
-        instead (silently: same answer); raises the user's error when that would not help."""
+        instead (silently: same answer); raises the user's error when that would not help; False once text has
+        arrived (the caller keeps it and says the answer was cut)."""
         if accumulator.first_token_at is not None:
+            self._endpoint = server.RESPONSES
             return False
         if not turn.falls_back(exc):
             raise self._failed(exc) from None
-        self._endpoint = self._paths()[0]
         return True
 
     def _interrupted(self, accumulator: "Accumulator", response, exc: server.LMStudioError) -> StreamEvent:
@@ -490,18 +491,14 @@ class LMStudioChat(_Shared, llm.Model):
         turn = stateful.plan(self, prompt, stream)
         if turn is not None:
             accumulator = Accumulator(time.monotonic())
-            self._endpoint = server.RESPONSES
             try:
                 yield from stateful.run(turn, client, stream, accumulator)
+                return turn.finish(accumulator, response)
             except server.LMStudioError as exc:
                 if not self._falls_back(turn, accumulator, exc):
                     yield from accumulator.flush()
                     yield self._interrupted(accumulator, response, exc)
                     return
-            else:
-                accumulator.finish(response, self._endpoint)
-                turn.logged(response)
-                return
         payload = build_payload(self.entry.key, prompt, stream)
         accumulator = Accumulator(time.monotonic())
         try:
@@ -529,20 +526,17 @@ class LMStudioAsyncChat(_Shared, llm.AsyncModel):
         turn = stateful.plan(self, prompt, stream)
         if turn is not None:
             accumulator = Accumulator(time.monotonic())
-            self._endpoint = server.RESPONSES
             try:
                 async for event in stateful.run_async(turn, client, stream, accumulator):
                     yield event
+                turn.finish(accumulator, response)
+                return
             except server.LMStudioError as exc:
                 if not self._falls_back(turn, accumulator, exc):
                     for event in accumulator.flush():
                         yield event
                     yield self._interrupted(accumulator, response, exc)
                     return
-            else:
-                accumulator.finish(response, self._endpoint)
-                turn.logged(response)
-                return
         payload = build_payload(self.entry.key, prompt, stream)
         accumulator = Accumulator(time.monotonic())
         try:

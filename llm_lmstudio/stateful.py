@@ -210,7 +210,9 @@ class Turn:
             event.provider_metadata = {META_KEY: {"response_id": self.response_id, "server": self.base_url, "model": self.key}}
         return event
 
-    def logged(self, response: llm.Response) -> None:
+    def finish(self, accumulator, response: llm.Response) -> None:
+        """Usage, tool calls and the log as on chat completions, plus which response this was and what it continued."""
+        accumulator.finish(response, server.RESPONSES)
         if isinstance(response.response_json, dict):
             response.response_json["stateful"] = {
                 "response_id": self.response_id,

@@ -2,27 +2,18 @@
 server has it, and silently falls back to the full history on chat completions where it does not."""
 
 import asyncio
-import io
 import json
 
 import llm
 import pytest
 import sqlite_utils
-from click.testing import CliRunner
-from llm.cli import cli
 
-from llm_lmstudio import server, stateful
-
-LLAMA = "lmstudio/test-org/tiny-llama"
-TOOLS = "lmstudio/test-org/tiny-qwen-tools"
-VISION = "lmstudio/test-org/tiny-vision"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+from llm_lmstudio import server
+from tests.test_chat import LLAMA, TOOLS, VISION, _png, run
 
 
 def turns(user_path):
+    """The logged turns, oldest first."""
     rows = sqlite_utils.Database(user_path / "logs.db")["turns"].rows
     return sorted(rows, key=lambda t: t["datetime_utc"])
 
@@ -196,14 +187,6 @@ def test_a_tool_call_and_its_result_continue_server_side(lmstudio, user_path):
     assert p2 == p3 == "/v1/responses" and id2 is None and id3 and n3 == 1  # just the function_call_output
     logged = json.loads(run("logs", "-n", "2", "--json").stdout)
     assert [c["name"] for row in logged for c in row["tool_calls"]] == ["llm_version"]
-
-
-def _png() -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (4, 4), (0, 0, 255)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_an_image_attachment_goes_with_a_server_side_turn(lmstudio, user_path, tmp_path):

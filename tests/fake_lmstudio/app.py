@@ -467,6 +467,21 @@ def run_chat_in_thread(engine, messages, tools, params, cancel, state, instance)
     return items()
 
 
+async def collect(items) -> tuple[list, Finish]:
+    """A whole (not streamed) prediction: its pieces and its Finish; a failure raises BadRequest with LM Studio's answer."""
+    pieces, finish = [], None
+    async for item in items:
+        if isinstance(item, TemplateError):
+            raise BadRequest(JSONResponse({"error": template_error(item)}, 400))
+        if isinstance(item, Exception):
+            raise BadRequest(error(f"Error during generation: {item}", 500, type_="server_error"))
+        if isinstance(item, Finish):
+            finish = item
+        else:
+            pieces.append(item)
+    return pieces, finish
+
+
 # -- chat completions -------------------------------------------------------------------------
 def _completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:21]
@@ -530,15 +545,13 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
     reasoning_model = instance.entry.reasoning
 
     if not data.get("stream"):
-        content, reasoning, tool_calls, finish = [], [], [], None
-        async for item in items:
-            if isinstance(item, TemplateError):
-                return JSONResponse({"error": template_error(item)}, 400)
-            if isinstance(item, Exception):
-                return error(f"Error during generation: {item}", 500, type_="server_error")
-            if isinstance(item, Finish):
-                finish = item
-            elif item.kind == "content":
+        content, reasoning, tool_calls = [], [], []
+        try:
+            pieces, finish = await collect(items)
+        except BadRequest as exc:
+            return exc.response
+        for item in pieces:
+            if item.kind == "content":
                 content.append(item.text)
             elif item.kind == "reasoning":
                 reasoning.append(item.text)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .app import (
-    BadRequest, Control, SSEResponse, error, generation_params, prepare_messages, read_json,
+    BadRequest, Control, SSEResponse, collect, error, generation_params, prepare_messages, read_json,
     resolve_instance, run_chat_in_thread, template_error, unknown_route,
 )
 from .engine import Finish
@@ -215,16 +215,12 @@ async def responses(request: Request) -> Response:
             control.responses[response_id] = {"messages": history + new + [output.assistant_message()]}
 
     if not data.get("stream"):
-        finish = None
-        async for item in items:
-            if isinstance(item, TemplateError):
-                return JSONResponse({"error": template_error(item)}, 400)
-            if isinstance(item, Exception):
-                return error(f"Error during generation: {item}", 500, type_="server_error")
-            if isinstance(item, Finish):
-                finish = item
-            else:
-                output.feed(item)
+        try:
+            pieces, finish = await collect(items)
+        except BadRequest as exc:
+            return exc.response
+        for piece in pieces:
+            output.feed(piece)
         output._close()
         remember()
         return JSONResponse(_body(response_id, data, instance.identifier, created, output, finish))
