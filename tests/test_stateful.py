@@ -202,6 +202,19 @@ def test_an_image_attachment_goes_with_a_server_side_turn(lmstudio, user_path, t
     assert turns(user_path)[2]["input_tokens"] > turns(user_path)[1]["input_tokens"]
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_reasoning_stays_apart_from_the_answer_on_a_server_side_turn(lmstudio, stream):
+    lmstudio.script("a", "b", "<think>Weighing the options.</think>The answer is 42.")
+    flags = [] if stream else ["--no-stream"]
+    run("-m", "lmstudio/test-org/tiny-reasoner", "one", *flags)
+    run("-c", "two", *flags)
+    result = run("-c", "Why?", *flags)
+    assert result.stdout == "The answer is 42.\n"
+    assert answers(lmstudio)[-1][0] == "/v1/responses" and answers(lmstudio)[-1][1]
+    third = logs()[2]
+    assert third["reasoning"] == "Weighing the options." and third["response"] == "The answer is 42."
+
+
 def test_async_model_continues_server_side(lmstudio):
     lmstudio.script("a", "b", "c")
 
