@@ -4,7 +4,7 @@ server, over the SDK or LM Studio's REST API. It never imports `lmstudio`: every
 # The guide's "all SDK calls in management.py" reads here as "one SDK module": management_sdk.py is that module,
 # management_rest.py the REST fallback through server.py, and this one the vocabulary and choice between them.
 # Over ~450 lines because that vocabulary (the dataclasses both backends fill and every command reads, the
-# pure parsers and the one-line errors) sits with the Manager that uses it; both backends import it from here.
+# pure helpers and the one-line errors) sits with the Manager that uses it; both backends import it from here.
 
 from __future__ import annotations
 
