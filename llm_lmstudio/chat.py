@@ -476,12 +476,14 @@ class _Shared(ServedModel):
             raise self._failed(exc) from None
         return True
 
-    def _interrupted(self, accumulator: "Accumulator", response, exc: server.LMStudioError) -> StreamEvent:
-        """A failure after text has streamed: keep what arrived, mark it, and fail once it is logged."""
+    def _interrupted(self, accumulator: "Accumulator", response, exc: server.LMStudioError) -> Iterator[StreamEvent]:
+        """A failure after text has streamed: pass on what is still buffered, keep what arrived, mark it, and
+        fail once it is logged."""
+        yield from accumulator.flush()
         reason = str(exc)
         accumulator.finish(response, self._endpoint, cut=reason)
         fail_after_logging(f"{reason}; what arrived is shown above and kept in the log")
-        return StreamEvent(type="text", chunk=CUT_MARKER.format(reason=reason))
+        yield StreamEvent(type="text", chunk=CUT_MARKER.format(reason=reason))
 
 
 class LMStudioChat(_Shared, llm.Model):
@@ -496,8 +498,7 @@ class LMStudioChat(_Shared, llm.Model):
                 return turn.finish(accumulator, response)
             except server.LMStudioError as exc:
                 if not self._falls_back(turn, accumulator, exc):
-                    yield from accumulator.flush()
-                    yield self._interrupted(accumulator, response, exc)
+                    yield from self._interrupted(accumulator, response, exc)
                     return
         payload = build_payload(self.entry.key, prompt, stream)
         accumulator = Accumulator(time.monotonic())
@@ -513,8 +514,7 @@ class LMStudioChat(_Shared, llm.Model):
         except server.LMStudioError as exc:
             if accumulator.first_token_at is None:
                 raise self._failed(exc) from None
-            yield from accumulator.flush()
-            yield self._interrupted(accumulator, response, exc)
+            yield from self._interrupted(accumulator, response, exc)
             return
         accumulator.finish(response, self._endpoint)
 
@@ -533,9 +533,8 @@ class LMStudioAsyncChat(_Shared, llm.AsyncModel):
                 return
             except server.LMStudioError as exc:
                 if not self._falls_back(turn, accumulator, exc):
-                    for event in accumulator.flush():
+                    for event in self._interrupted(accumulator, response, exc):
                         yield event
-                    yield self._interrupted(accumulator, response, exc)
                     return
         payload = build_payload(self.entry.key, prompt, stream)
         accumulator = Accumulator(time.monotonic())
@@ -554,8 +553,7 @@ class LMStudioAsyncChat(_Shared, llm.AsyncModel):
         except server.LMStudioError as exc:
             if accumulator.first_token_at is None:
                 raise self._failed(exc) from None
-            for event in accumulator.flush():
+            for event in self._interrupted(accumulator, response, exc):
                 yield event
-            yield self._interrupted(accumulator, response, exc)
             return
         accumulator.finish(response, self._endpoint)
