@@ -26,6 +26,7 @@ VERDICT_FILE = "no-responses-api.json"
 # Refusals after which the same turn still has a good chance on chat completions with the full history.
 FALLBACK_ON = (server.EndpointMissing, server.ResponseNotFound, server.RequestFailed, server.BadResponse)
 
+
 def _verdicts() -> dict[str, float]:
     try:
         data = json.loads((settings.plugin_dir() / VERDICT_FILE).read_text())
@@ -104,7 +105,7 @@ def input_items(messages: list[dict]) -> list[dict]:
 class Turn:
     """One prompt sent to /v1/responses: its payload, and the translation of the answer for chat.Accumulator."""
 
-    def __init__(self, model, prompt: llm.Prompt, payload: dict, previous: str | None):
+    def __init__(self, model, payload: dict, previous: str | None):
         self.base_url = model.server.base_url
         self.key = model.entry.key
         self.payload = payload
@@ -279,7 +280,7 @@ def plan(model, prompt: llm.Prompt, stream: bool) -> Turn | None:
     if prompt.tools:
         # Responses function tools are flat: {"type": "function", "name", "description", "parameters"}.
         payload["tools"] = [{"type": "function", **spec["function"]} for spec in tool_specs(prompt.tools)]
-    return Turn(model, prompt, payload, previous)
+    return Turn(model, payload, previous)
 
 
 def run(turn: Turn, client: "server.Client", stream: bool, accumulator) -> Iterator[StreamEvent]:
