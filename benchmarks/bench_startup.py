@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,22 @@ def run(venv: Path, args: list[str], env: dict) -> tuple[float, float, float]:
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux reports maxrss in KiB
 
 
+def added(samples: list, baseline: list, index: int) -> float:
+    """Median of the per-round differences (index 0 wall, 1 CPU): each round runs every venv back to back, so a
+    spell of load from other work stretches both sides of a difference, where two separate medians would keep it."""
+    return median(differences(samples, baseline, index))
+
+
+def differences(samples: list, baseline: list, index: int) -> list[float]:
+    return [sample[index] - base[index] for sample, base in zip(samples, baseline)]
+
+
+def spread(values: list[float]) -> str:
+    """The middle half of per-round differences, in ms: how far one run's figure can be trusted."""
+    low, _, high = statistics.quantiles(values, n=4)
+    return f"{low * 1000:+.0f}..{high * 1000:+.0f}"
+
+
 def own_import_ms(venv: Path, args: list[str], env: dict, runs: int) -> tuple[float, list[str]]:
     """Median over `runs` of the import time of the plugin's own modules (self time of every llm_lmstudio.* line
     that `-X importtime` logs: the package itself is loaded by pluggy through importlib, which it does not log)."""
@@ -136,7 +153,7 @@ def main():
                 value = median(s[index] for s in samples[(name, command)])
                 baseline = median(s[index] for s in samples[(base, command)])
                 row[f"{command} {unit}"] = ms(value)
-                row[f"{command} added {unit}"] = ms(value - baseline)
+                row[f"{command} added {unit}"] = ms(added(samples[(name, command)], samples[(base, command)], index))
                 row[f"{command} {unit} ratio"] = ratio(value, baseline)
             row[f"{command} peak MiB"] = round(median(s[2] for s in samples[(name, command)]), 1)
         rows.append(row)
@@ -144,6 +161,7 @@ def main():
 
     load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
     print(f"{machine()}; llm {llm_version}; medians of {args.runs} interleaved runs, fresh process each; 1-min load average {load}")
+    print("  (added: median of the per-round differences from llm alone; ratio: of the medians)")
     print(f"  {'':30s} {'wall ms (added, ratio)':>24s} {'CPU ms (added, ratio)':>24s} {'peak MiB':>9s}")
     for command in COMMANDS:
         print(f"  {command}")
@@ -155,13 +173,26 @@ def main():
                                     for row in rows))
     print(f"  heavy packages in the plugin's default install: {', '.join(heavy) or 'none'}")
     floor, default = rows[1], rows[2]
-    print(f"  the plugin's default install adds {default['llm --version added ms']:.0f} ms wall, "
+    spreads = {(name, base_name, command, index): spread(differences(samples[(name, command)], samples[(base_name, command)], index))
+               for name, base_name in (("llm + plugin", base), ("llm + numpy", base), ("llm + plugin", "llm + numpy"))
+               for command in COMMANDS for index in (0, 1)}
+    print(f"  the plugin's default install adds {default['llm --version added ms']:.0f} ms wall "
+          f"(middle half of rounds {spreads[('llm + plugin', base, 'llm --version', 0)]}), "
           f"{default['llm --version added cpu ms']:.0f} ms CPU to `llm --version` (target <= 120 ms); numpy alone adds "
-          f"{floor['llm --version added ms']:.0f} ms wall, {floor['llm --version added cpu ms']:.0f} ms CPU")
+          f"{floor['llm --version added ms']:.0f} ms wall ({spreads[('llm + numpy', base, 'llm --version', 0)]}), "
+          f"{floor['llm --version added cpu ms']:.0f} ms CPU")
+    over_floor = {f"{command} {unit}": ms(added(samples[("llm + plugin", command)], samples[("llm + numpy", command)], index))
+                  for command in COMMANDS for index, unit in ((0, "ms"), (1, "cpu ms"))}
+    print("  over llm + numpy, the plugin's default install adds " + "; ".join(
+        f"{over_floor[f'{command} ms']:+.0f} ms wall ({spreads[('llm + plugin', 'llm + numpy', command, 0)]}), "
+        f"{over_floor[f'{command} cpu ms']:+.0f} ms CPU ({spreads[('llm + plugin', 'llm + numpy', command, 1)]}) to `{command}`"
+        for command in COMMANDS))
     for command, (value, modules) in own.items():
         print(f"  the plugin's own modules take {value:.1f} ms of `{command}` (-X importtime): {', '.join(modules)}")
     write_json("startup", {"benchmark": "startup", "machine": machine(), "llm": llm_version, "runs": args.runs,
-                           "load_average": load, "results": rows, "heavy_in_default_install": heavy,
+                           "load_average": load, "results": rows, "plugin_over_numpy": over_floor,
+                           "middle_half_of_round_differences_ms": {" / ".join(map(str, key[:3])) + (" cpu" if key[3] else " wall"): value
+                                                                   for key, value in spreads.items()}, "heavy_in_default_install": heavy,
                            "own_import_ms": {command: {"ms": round(value, 1), "modules": modules}
                                              for command, (value, modules) in own.items()}})
 
