@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import settings
+from . import files, settings
 
 CACHE_VERSION = 2
 CACHE_FILE = "catalog.json"
@@ -249,16 +249,10 @@ def _fetched_at(entry: dict) -> float:
 
 
 def _write_cache(servers: dict) -> None:
-    path = _cache_path()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "servers": servers}))
-        os.replace(tmp, path)  # atomic: concurrent llm processes never read half a file
+        files.write_text(_cache_path(), json.dumps({"version": CACHE_VERSION, "servers": servers}))
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        pass  # an unwritable cache costs the next `llm` a listing, nothing else
 
 
 def _entry_models(entry: dict) -> list[CatalogModel]:

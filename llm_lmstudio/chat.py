@@ -440,7 +440,7 @@ class ServedModel:
         self.model_id = server_.model_id(entry.key)
 
 
-class _Shared(ServedModel):
+class _ChatBase(ServedModel):
     can_stream = True
     supports_schema = True
     # LM Studio gives every chat model tool use: native where it knows the model's template, its default
@@ -486,7 +486,7 @@ class _Shared(ServedModel):
         yield StreamEvent(type="text", chunk=CUT_MARKER.format(reason=reason))
 
 
-class LMStudioChat(_Shared, llm.Model):
+class LMStudioChat(_ChatBase, llm.Model):
     @cached
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
         client = server.Client(self.server, token=settings.api_token())
@@ -519,7 +519,7 @@ class LMStudioChat(_Shared, llm.Model):
         accumulator.finish(response, self._endpoint)
 
 
-class LMStudioAsyncChat(_Shared, llm.AsyncModel):
+class LMStudioAsyncChat(_ChatBase, llm.AsyncModel):
     @cached
     async def execute(self, prompt, stream, response, conversation=None) -> AsyncIterator[StreamEvent]:
         client = server.AsyncClient(self.server, token=settings.api_token())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 
 import llm
 
-from . import settings
+from . import files, settings
 
 BUILD_LOCK = "router-build.lock"
 BUILD_LOCK_STALE = 120.0  # seconds without progress before another process may take over a build
@@ -217,9 +216,7 @@ def ask_model(model_id: str, view: str, task_names: list[str], exemplars: dict) 
     if len(answers) > LLM_CACHE_SIZE:
         answers = dict(list(answers.items())[-LLM_CACHE_SIZE:])
     try:
-        tmp = _cache_path().with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(answers))
-        os.replace(tmp, _cache_path())
+        files.write_text(_cache_path(), json.dumps(answers))
     except OSError:
         pass  # no cache costs a model call next time, nothing else
     return task, False

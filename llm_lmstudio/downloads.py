@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from . import server, settings
+from . import files, server, settings
 from .management import Manager, UnknownModel, match_model
 
 HF_PREFIX = "https://huggingface.co/"
@@ -147,10 +147,7 @@ def remember_job(base_url: str, body: dict, job_id: str | None) -> None:
         jobs[_request_key(base_url, body)] = job_id
     else:
         jobs.pop(_request_key(base_url, body), None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(jobs, indent=2))
-    temporary.replace(path)
+    files.write_text(path, json.dumps(jobs, indent=2))
 
 
 def _seconds_until(iso: Any) -> float | None:

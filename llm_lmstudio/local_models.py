@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import settings
+from . import files, settings
 
 USER_FILE = "mlx-models.json"
 
@@ -234,10 +234,7 @@ def _read_user_entries() -> dict[str, dict]:
 
 
 def _write_user_entries(entries: dict[str, dict]) -> None:
-    path = _user_file()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"models": entries}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # atomic: a concurrent `llm` never reads half a file
+    files.write_text(_user_file(), json.dumps({"models": entries}, indent=2, sort_keys=True) + "\n")
 
 
 def _user_models(entries: dict[str, dict]) -> list[LocalModel]:

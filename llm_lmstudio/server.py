@@ -371,7 +371,7 @@ def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-class _Base:
+class _ClientBase:
     def __init__(
         self,
         server: settings.Server,
@@ -475,7 +475,7 @@ class _Base:
 _SYNC_CLIENTS: dict[tuple, Any] = {}
 
 
-class Client(_Base):
+class Client(_ClientBase):
     """Synchronous client. The underlying httpx client is shared per process and server, for keep-alive."""
 
     def _http(self):
@@ -608,7 +608,7 @@ class Client(_Base):
 _ASYNC_CLIENTS: dict[tuple, Any] = {}
 
 
-class AsyncClient(_Base):
+class AsyncClient(_ClientBase):
     """Asynchronous client, one httpx.AsyncClient per event loop and server."""
 
     def _http(self):

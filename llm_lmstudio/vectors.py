@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from . import files
 
 PACKAGED_DIR = Path(__file__).parent / "data"
 # Vectors of the shipped exemplars computed with all-MiniLM-L6-v2 (Apache-2.0 weights) by
@@ -54,18 +55,8 @@ def _atomic_savez(path: Path, **arrays) -> None:
     """np.savez, write-then-rename, so a concurrent `llm` process never reads half a file."""
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with files.replacing(path) as temporary, temporary.open("wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def write_store(path: Path, table: Mapping[str, Sequence[float]], dtype: str = "float32") -> None:
