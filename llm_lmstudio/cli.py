@@ -86,11 +86,11 @@ def _format_ttl(instance) -> str:
     return f"{_format_seconds(instance.ttl_remaining)} / {_format_seconds(instance.ttl)}"
 
 
-def _echo_table(headings, rows) -> None:
+def _echo_table(headings, rows, err: bool = False) -> None:
     from llm.utils import dicts_to_table_string
 
     for line in dicts_to_table_string(list(headings), [dict(zip(headings, row)) for row in rows]):
-        click.echo(line.rstrip())
+        click.echo(line.rstrip(), err=err)
 
 
 def _echo_json(data) -> None:

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .cli import _SERVER_OPTION, _format_seconds, _managing, _size, lmstudio_group
+from .cli import _SERVER_OPTION, _echo_table, _format_seconds, _managing, _size, lmstudio_group
 
 
 class _DownloadProgress:
@@ -48,8 +48,6 @@ class _DownloadProgress:
 
 
 def _echo_options(options, chosen) -> None:
-    from llm.utils import dicts_to_table_string
-
     from .downloads import FIT_TEXT
 
     click.echo(f"{options[0].repository}:", err=True)
@@ -58,8 +56,7 @@ def _echo_options(options, chosen) -> None:
         ("*" if o is chosen else "", o.quantization or "-", _size(o.size_bytes), o.format, FIT_TEXT.get(o.fit, "unknown"), o.name)
         for o in options
     ]
-    for line in dicts_to_table_string(headings, [dict(zip(headings, row)) for row in rows]):
-        click.echo(line.rstrip(), err=True)
+    _echo_table(headings, rows, err=True)
 
 
 @lmstudio_group.command(name="get")

@@ -3,7 +3,7 @@ Only talks; finding, adding and forgetting models happens in local_models.py."""
 
 import click
 
-from .cli import _echo_json, _size, lmstudio_group
+from .cli import _echo_json, _echo_table, _size, lmstudio_group
 
 
 @lmstudio_group.group(name="mlx")
@@ -61,6 +61,4 @@ def mlx_list(json_):
     rows = [
         (m.model_id, m.kind, m.arch, _size(m.size_bytes), m.source, m.problem or str(m.path)) for m in models
     ]
-    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers) - 1)]
-    for row in [headers] + rows:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + "  " + str(row[-1]))
+    _echo_table(headers, rows)
