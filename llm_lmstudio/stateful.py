@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Iterator
 import llm
 from llm.parts import StreamEvent
 
-from . import server, settings
+from . import files, server, settings
 
 # Where a response's id travels to the next turn: llm stores a part's provider_metadata in logs.db and hands it
 # back in prompt.messages, on `llm -c` too (conversation.responses is empty there).
@@ -46,7 +46,7 @@ def remember_missing(base_url: str) -> None:
     known = {url: at for url, at in _verdicts().items() if now - at < MISSING_FOR}
     known[base_url] = now
     try:
-        (settings.plugin_dir() / VERDICT_FILE).write_text(json.dumps(known))
+        files.write_text(settings.plugin_dir() / VERDICT_FILE, json.dumps(known))
     except OSError:
         pass  # then the next turn asks again
 
