@@ -40,7 +40,7 @@ def main():
 
     import llm
 
-    from llm_lmstudio import classifier, router, settings, tasks
+    from llm_lmstudio import classifier, router, router_model, settings, tasks
     from tests.fake_lmstudio.models_dir import EMBEDDING_NAME, PUBLISHER
 
     rows = []
@@ -50,7 +50,7 @@ def main():
     print(f"  keyword classification: {kw * 1e6:.1f} µs (target < 1 ms)", flush=True)
 
     with stand_in(include_minilm=not args.no_embedding) as server:
-        model = router.Router()
+        model = router_model.Router()
 
         def plan(text, config):
             return router.make_plan(llm.Prompt(text, model, options=model.Options()), config)

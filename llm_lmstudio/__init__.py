@@ -19,7 +19,7 @@ def register_models(register):
     with availability.guard("native MLX chat models"):
         _register_native(register, "chat")
     with availability.guard("the LM Studio router"):
-        from .router import ROUTER_ALIASES, Router
+        from .router_model import ROUTER_ALIASES, Router
 
         register(Router(), aliases=ROUTER_ALIASES)
 

@@ -189,7 +189,8 @@ class _EveryType(frozenset):
 
 
 class _AnyOptions(llm.Options):
-    model_config = ConfigDict(extra="allow")  # -o settings are checked by the real model, not this stand-in
+    # -o settings are checked by the real model, not this stand-in; built on first use, as CacheOptions
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class _Unavailable:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import llm
 from llm.parts import AttachmentPart, StreamEvent, ToolCallPart, ToolResultPart
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from . import settings
 from .cache_store import CACHEABLE_EVENTS, Hit, Store, iso
@@ -25,6 +25,9 @@ KEY_VERSION = 1  # bump when the key material changes, so old entries simply sto
 
 class CacheOptions(llm.Options):
     """The `cache` option every model of this plugin takes (its Options subclass this)."""
+
+    # Validators are built on first use, not at import: registering models (every `llm` command) never needs them.
+    model_config = ConfigDict(defer_build=True)
 
     cache: Optional[str] = Field(
         default=None,

@@ -5,7 +5,6 @@ Talks HTTP only through server.py; errors leave as one-line llm.ModelError, neve
 
 from __future__ import annotations
 
-import difflib
 import json
 import time
 from typing import Any, AsyncIterator, Iterator, List, Optional, Union
@@ -389,6 +388,8 @@ def _warn_json_cut(response: llm.Response) -> None:
 
 
 def _suggest(key: str) -> str:
+    import difflib
+
     from . import catalog
 
     keys = [m.key for m in catalog.models_for_registration() if not m.is_embedding]

@@ -32,7 +32,7 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, w
     """
     import llm
 
-    from . import classifier, router, settings
+    from . import classifier, router, router_model, settings
 
     try:
         config = settings.router_config()
@@ -53,7 +53,7 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, w
         if sys.stdin.isatty():
             raise click.UsageError("give a PROMPT or pipe one in")
         prompt = sys.stdin.read()
-    model = router.Router()
+    model = router_model.Router()
     resolved = []
     for value in attachments:
         if value.startswith(("http://", "https://")):

@@ -370,7 +370,8 @@ _Whole = Annotated[int, BeforeValidator(_whole)]
 class RouterConfig(BaseModel):
     """The router's settings file, validated. Every field has a safe default: no file means local only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: validators are built when a config is read (a routed prompt), not when models register.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     classifier: Literal["auto", "keyword", "embedding"] = "auto"
     embedding_model: _LocalModel = None
