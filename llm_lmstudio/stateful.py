@@ -263,15 +263,16 @@ def plan(model, prompt: llm.Prompt, stream: bool) -> Turn | None:
     previous, start = found
     from .chat import build_messages, tool_specs
 
-    history = build_messages(prompt)
-    items = input_items(build_messages(prompt, prompt.messages[start:]) if previous else history)
+    # Only the part the server has not seen is translated (attachments earlier in the chain are not encoded again).
+    items = input_items(build_messages(prompt, prompt.messages[start:] if previous else None))
     if not items:
         return None
     payload: dict[str, Any] = {"model": model.entry.key, "input": items, "stream": stream, "store": True}
     if previous:
         payload["previous_response_id"] = previous
     # Responses does not carry `instructions` over from the previous response: send the system prompt every turn.
-    system = next((m["content"] for m in history if m["role"] == "system"), None)
+    system_messages = build_messages(prompt, [m for m in prompt.messages if m.role == "system"])
+    system = next((m["content"] for m in system_messages if m["role"] == "system"), None)
     if system:
         payload["instructions"] = system
     for name, field in RESPONSES_OPTIONS.items():

@@ -57,6 +57,8 @@ def test_a_continued_conversation_sends_only_the_new_turn_with_the_previous_resp
     assert p1 == "/api/v0/chat/completions" and m1 == 2
     assert p2 == "/v1/responses" and id2 is None and n2 == 3  # user, assistant, user (system in instructions)
     assert p3 == "/v1/responses" and n3 == 1
+    # The system prompt goes as `instructions` on every server-side turn (not carried over by the server).
+    assert [r["instructions"] for r in lmstudio.requests() if r["path"] == "/v1/responses"] == ["Be brief.", "Be brief."]
     rows = turns(user_path)
     logged_json = logged()
     assert id3 == logged_json[1]["stateful"]["response_id"] and id3.startswith("resp_")

@@ -218,6 +218,7 @@ class FakeMiddleware:
                 "draft_model": data.get("draft_model"),
                 "ttl": data.get("ttl"),
                 "previous_response_id": data.get("previous_response_id"),
+                "instructions": data.get("instructions"),
                 "messages": len(data["messages"]) if isinstance(data.get("messages"), list) else None,
                 "time": time.time(),
             }
