@@ -54,7 +54,7 @@ def bench_requests(server, runs: int) -> dict:
     import httpx
     import llm
 
-    from llm_lmstudio import chat
+    from llm_lmstudio.lmstudio import chat
 
     model = llm.get_model(f"lmstudio/{MODEL_KEY}")
     options = {"max_tokens": 16, "temperature": 0.0, "seed": 1}

@@ -126,7 +126,7 @@ def continue_section(args, runtime, model_id):
     from mlx_lm import stream_generate
     from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache, save_prompt_cache
 
-    from llm_lmstudio.mlx_cache import common_prefix
+    from llm_lmstudio.mlx.prompt_cache import common_prefix
 
     # Unbuffered: llm's piped stdout would otherwise show the first token only when the process exits.
     on = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -212,10 +212,12 @@ def truncated_draft(path: Path, layers: int) -> Path:
 def speculative_and_schema_section(args, plugin, runtime, path):
     from mlx_lm import stream_generate
 
-    from llm_lmstudio import local_models, mlx_native
+    from llm_lmstudio.mlx import discovery
+    from llm_lmstudio.mlx import runtime as mlx_runtime
+    from llm_lmstudio.mlx import chat
 
-    local_models.add(truncated_draft(path, args.draft_layers), "bench-draft")
-    draft = mlx_native.load_chat(local_models.find("bench-draft"))
+    discovery.add(truncated_draft(path, args.draft_layers), "bench-draft")
+    draft = mlx_runtime.load_chat(discovery.find("bench-draft"))
     prompt = runtime.render([{"role": "user", "content": SHORT_PROMPT}], None)
     tokens = args.tokens * 2
 
@@ -275,12 +277,13 @@ def main():
     import llm
     import mlx.core as mx
 
-    from llm_lmstudio import local_models, mlx_native
+    from llm_lmstudio.mlx import discovery
+    from llm_lmstudio.mlx import chat
 
-    local_models.add(path, "bench-chat")
+    discovery.add(path, "bench-chat")
     model_id = "mlx/bench-chat"
     plugin = llm.get_model(model_id)
-    runtime = mlx_native.load_chat(local_models.find(model_id))  # loaded once, as in `llm chat`
+    runtime = mlx_runtime.load_chat(discovery.find(model_id))  # loaded once, as in `llm chat`
     params = parameter_count(runtime.model)
     print(f"model: {spec.arch}, {params / 1e6:.1f}M parameters, float32; {common.machine()}, mlx {mx.__version__}")
 

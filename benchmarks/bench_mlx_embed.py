@@ -45,16 +45,17 @@ def main():
     from llm.cli import cli
     from mlx_embeddings.utils import load
 
-    from llm_lmstudio import local_models, mlx_embed
+    from llm_lmstudio.mlx import discovery
+    from llm_lmstudio.mlx import embeddings
 
-    local_models.add(path, "minilm")
+    discovery.add(path, "minilm")
     # Short, varied sentences (6-10 tokens), deterministic; ids keep them distinct in the collection.
     texts = [f"{SUBJECTS[i % 8]} {VERBS[(i // 3) % 6]} {OBJECTS[(i // 7) % 6]}." for i in range(args.docs)]
     docs_file = SANDBOX / "docs.json"
     docs_file.write_text(json.dumps([{"id": f"doc-{i}", "content": t} for i, t in enumerate(texts)]))
 
     plugin = llm.get_embedding_model("mlx/minilm")
-    runtime = mlx_embed.load_embedding(local_models.find("minilm"))
+    runtime = embeddings.load_embedding(discovery.find("minilm"))
     model, tokenizer = load(str(path))
     batch_size = min(100, plugin.batch_size)  # what llm's collections use
 

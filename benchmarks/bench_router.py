@@ -40,11 +40,16 @@ def main():
 
     import llm
 
-    from llm_lmstudio import classifier, router, router_model, settings, tasks
+    from llm_lmstudio.router import classifier_setup
+    from llm_lmstudio.router import planning
+    from llm_lmstudio.router import model as router_model
+    from llm_lmstudio.core import settings
+    from llm_lmstudio.router import config as router_config
+    from llm_lmstudio.router import classification
     from tests.fake_lmstudio.models_dir import EMBEDDING_NAME, PUBLISHER
 
     rows = []
-    keyword = tasks.KeywordClassifier()
+    keyword = classification.KeywordClassifier()
     kw = per_prompt(keyword.classify, args.runs)
     rows.append({"measure": "keyword classification", "median_ms": ms(kw, 4), "baseline": "-", "ratio": None})
     print(f"  keyword classification: {kw * 1e6:.1f} µs (target < 1 ms)", flush=True)
@@ -53,9 +58,9 @@ def main():
         model = router_model.Router()
 
         def plan(text, config):
-            return router.make_plan(llm.Prompt(text, model, options=model.Options()), config)
+            return planning.make_plan(llm.Prompt(text, model, options=model.Options()), config)
 
-        keyword_config = settings.RouterConfig(classifier="keyword")
+        keyword_config = router_config.RouterConfig(classifier="keyword")
         full = per_prompt(lambda p: plan(p, keyword_config), max(5, args.runs // 5))
         rows.append({"measure": "router decision, keyword classifier", "median_ms": ms(full, 2),
                      "baseline": "keyword classification", "ratio": ratio(full, kw)})
@@ -63,8 +68,8 @@ def main():
 
         # the small-model tier, asked every time (threshold 1), each prompt's answer cache cleared first
         small = "lmstudio/test-org/tiny-llama"
-        tier_config = settings.RouterConfig(classifier="keyword", classifier_model=small, classifier_threshold=1.0)
-        cache = settings.plugin_dir() / classifier.LLM_CACHE
+        tier_config = router_config.RouterConfig(classifier="keyword", classifier_model=small, classifier_threshold=1.0)
+        cache = settings.plugin_dir() / classifier_setup.LLM_CACHE
 
         def tiered(text):
             cache.unlink(missing_ok=True)
@@ -73,7 +78,7 @@ def main():
 
         def direct(text):
             server.script('{"task": "research"}')
-            schema = {"type": "object", "properties": {"task": {"type": "string", "enum": list(tasks.DEFAULT_TASKS)}}}
+            schema = {"type": "object", "properties": {"task": {"type": "string", "enum": list(classification.DEFAULT_TASKS)}}}
             return llm.get_model(small).prompt(text, schema=schema, stream=False, temperature=0.0, max_tokens=40).text()
 
         runs = max(3, args.runs // 10)
@@ -85,18 +90,18 @@ def main():
 
         if not args.no_embedding:
             embedder = f"lmstudio/{PUBLISHER}/{EMBEDDING_NAME}"
-            embed_config = settings.RouterConfig(classifier="embedding", embedding_model=embedder)
+            embed_config = router_config.RouterConfig(classifier="embedding", embedding_model=embedder)
             server.load(f"{PUBLISHER}/{EMBEDDING_NAME}")
             embedding_model = llm.get_embedding_model(embedder)
             runs = max(3, args.runs // 10)
-            one_call = per_prompt(lambda p: embedding_model.embed(tasks.prompt_view(p)), runs)
+            one_call = per_prompt(lambda p: embedding_model.embed(classification.prompt_view(p)), runs)
             routed = per_prompt(lambda p: plan(p, embed_config), runs)
             assert plan(PROMPTS[0], embed_config).classifier == "embedding"
             rows.append({"measure": "router decision, embedding classifier (MiniLM on the stand-in)", "median_ms": ms(routed, 1),
                          "baseline": "one direct embedding call", "baseline_ms": ms(one_call, 1), "ratio": ratio(routed, one_call)})
             # first use in a fresh process: packaged vectors and head, no exemplar embedded
-            code = ("import time, llm; from llm_lmstudio import classifier, settings; t = time.perf_counter(); "
-                    f"c = classifier.embedding_classifier({embedder!r}, settings.RouterConfig()); c.build(); "
+            code = ("import time, llm; from llm_lmstudio.router import classifier_setup as classifier, config as router_config; t = time.perf_counter(); "
+                    f"c = classifier.embedding_classifier({embedder!r}, router_config.RouterConfig()); c.build(); "
                     "print(time.perf_counter() - t, len(c.pending()))")
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=os.environ).stdout.split()
             first, pending = float(out[0]), int(out[1])

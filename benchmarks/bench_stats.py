@@ -14,7 +14,8 @@ from pathlib import Path
 
 from _common import OUT, arguments, machine, median, ms, ratio, samples, seconds, write_json
 
-from llm_lmstudio import metrics, stats
+from llm_lmstudio.store import performance
+from llm_lmstudio.store import call_history
 
 SEED = 7
 
@@ -98,7 +99,7 @@ def build_attempts(path: Path, count: int) -> None:
     rng = random.Random(SEED + 1)
     for _ in range(count):
         ok = rng.random() > 0.05
-        stats.record_attempt(rng.choice(LOCAL), ok, error_kind=None if ok else rng.choice(["TimedOut", "Unreachable"]),
+        call_history.record_attempt(rng.choice(LOCAL), ok, error_kind=None if ok else rng.choice(["TimedOut", "Unreachable"]),
                              ttft_ms=rng.uniform(80, 900) if ok else None, duration_ms=rng.uniform(500, 9000), store_path=path)
 
 
@@ -129,7 +130,7 @@ def direct_scan(log: Path, since: str | None) -> int:
 
 
 def main() -> None:
-    args = arguments(__doc__, turns=100_000, attempts=300, repeat=15, window=stats.DEFAULT_WINDOW)
+    args = arguments(__doc__, turns=100_000, attempts=300, repeat=15, window=call_history.DEFAULT_WINDOW)
 
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"bench-logs-{args.turns}.db"
@@ -161,28 +162,28 @@ def main() -> None:
     first = []
     for _ in range(3):
         shutil.copyfile(template, store)
-        first.append((seconds(lambda: stats.history(log, LOCAL, args.window, store_path=store)), seconds(lambda: metrics.report(log, store_path=store))))
-    record(f"router's first prompt: copies the newest {stats.ROUTER_HORIZON} turns", [r for r, _ in first])
-    record(f"first stats after it: copies back to {stats.HORIZON} turns", [s for _, s in first], median(scan_all))
+        first.append((seconds(lambda: call_history.history(log, LOCAL, args.window, store_path=store)), seconds(lambda: performance.report(log, store_path=store))))
+    record(f"router's first prompt: copies the newest {call_history.ROUTER_HORIZON} turns", [r for r, _ in first])
+    record(f"first stats after it: copies back to {call_history.HORIZON} turns", [s for _, s in first], median(scan_all))
 
     cases = {
-        "llm lmstudio stats (everything)": (lambda: metrics.report(log, store_path=store), median(scan_all)),
-        "llm lmstudio stats --since 7d": (lambda: metrics.report(log, since_seconds=7 * 86400, store_path=store), median(scan_week)),
+        "llm lmstudio stats (everything)": (lambda: performance.report(log, store_path=store), median(scan_all)),
+        "llm lmstudio stats --since 7d": (lambda: performance.report(log, since_seconds=7 * 86400, store_path=store), median(scan_week)),
         "llm lmstudio stats --since 7d --model (busiest)": (
-            lambda: metrics.report(log, since_seconds=7 * 86400, model=MODELS[0][0], store_path=store), median(scan_week)),
-        "llm lmstudio stats --prometheus (everything)": (lambda: metrics.prometheus(metrics.report(log, store_path=store)), median(scan_all)),
-        "router history, 7 local candidates": (lambda: stats.history(log, LOCAL, args.window, store_path=store), None),
-        "router history, a model never logged": (lambda: stats.history(log, ["lmstudio/never-used"], args.window, store_path=store), None),
+            lambda: performance.report(log, since_seconds=7 * 86400, model=MODELS[0][0], store_path=store), median(scan_week)),
+        "llm lmstudio stats --prometheus (everything)": (lambda: performance.prometheus(performance.report(log, store_path=store)), median(scan_all)),
+        "router history, 7 local candidates": (lambda: call_history.history(log, LOCAL, args.window, store_path=store), None),
+        "router history, a model never logged": (lambda: call_history.history(log, ["lmstudio/never-used"], args.window, store_path=store), None),
     }
     for name, (fn, baseline) in cases.items():
         record(name, samples(fn, args.repeat), baseline)
     incremental = []
     for _ in range(5):
         add_turns(log, 5)
-        incremental.append(seconds(lambda: metrics.report(log, since_seconds=7 * 86400, store_path=store)))
+        incremental.append(seconds(lambda: performance.report(log, since_seconds=7 * 86400, store_path=store)))
     record("stats --since 7d after llm logged 5 new answers", incremental, median(scan_week))
 
-    week = metrics.report(log, since_seconds=7 * 86400, store_path=store)
+    week = performance.report(log, since_seconds=7 * 86400, store_path=store)
     for m in week.models[:3]:
         print(f"  {m.model}: answers={m.answers} routed={m.routed} ttft p50={m.ttft_ms_p50 and round(m.ttft_ms_p50)} ms "
               f"tok/s p50={m.tokens_per_second_p50 and round(m.tokens_per_second_p50, 1)} failures={m.failures}")

@@ -12,13 +12,14 @@ from collections import Counter, defaultdict
 import numpy as np
 from _common import OUT, ROOT, arguments, write_json
 
-from llm_lmstudio import tasks, vectors  # importable because _common puts the repository on sys.path
+from llm_lmstudio.router import classification
+from llm_lmstudio.router import exemplar_vectors  # importable because _common puts the repository on sys.path
 
 DATA = ROOT / "benchmarks" / "data" / "router"
 SPLIT_FILE = DATA / "split.json"
 SEED = 20260523
 TEST_FRACTION = 0.30
-TASKS = list(tasks.DEFAULT_TASKS)
+TASKS = list(classification.DEFAULT_TASKS)
 
 # Each source's own labels mapped onto the router's tasks (SOURCES.md); a label missing here is left out.
 ARENA = {"coding": "coding", "math": "analysis", "creative_writing": "creative"}
@@ -61,18 +62,18 @@ def load_labelled() -> list[dict]:
 
 def minilm():
     """all-MiniLM-L6-v2 (weights from tests/model_factory) loaded by the plugin's own mlx-embeddings path."""
-    from llm_lmstudio import mlx_embed
-    from llm_lmstudio.local_models import LocalModel
+    from llm_lmstudio.mlx import embeddings
+    from llm_lmstudio.mlx.discovery import LocalModel
     from tests.model_factory import minilm_path
 
-    return mlx_embed.load_embedding(LocalModel("all-minilm-l6-v2", minilm_path(), "embedding", "bert", 0, "user"))
+    return embeddings.load_embedding(LocalModel("all-minilm-l6-v2", minilm_path(), "embedding", "bert", 0, "user"))
 
 
 def embed_all(texts: list[str], batch_size: int = 16):
     """MiniLM vectors of texts, embedded in batches shortest first so they pad little. Each is kept in
     benchmarks/out/ under its text's digest: only the first run embeds the ~1,300 prompts (5.5 minutes on
     2 cores with the OpenBLAS preload of docs/mlx-cpu.md, which benchmarks/run_all sets)."""
-    store = vectors.VectorStore("eval/minilm-mlx-256", OUT)
+    store = exemplar_vectors.VectorStore("eval/minilm-mlx-256", OUT)
     todo = sorted(store.missing(texts), key=len)
     runtime = minilm() if todo else None
     for start in range(0, len(todo), batch_size):
@@ -85,23 +86,23 @@ def embed_all(texts: list[str], batch_size: int = 16):
 
 
 def keyword_log_probs(rows):
-    keyword = tasks.KeywordClassifier()
+    keyword = classification.KeywordClassifier()
     return np.log(np.asarray([[keyword.classify(r["prompt"]).scores[t] for t in TASKS] for r in rows]) + 1e-12)
 
 
 def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x):
     """Per-task log-probabilities of the test vectors, from a head or centroids trained on fit_rows."""
     labels = [r["task"] for r in fit_rows]
-    weights = vectors.balanced_weights(labels, [r["source"] for r in fit_rows])
+    weights = exemplar_vectors.balanced_weights(labels, [r["source"] for r in fit_rows])
     targets = np.asarray([TASKS.index(t) for t in labels])
     if method == "head":
-        w, b = vectors.fit_softmax(fit_x, targets, len(TASKS), weights, l2=param)
-        return tasks.log_softmax(test_x @ w + b)
-    return tasks.log_softmax((tasks.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
+        w, b = exemplar_vectors.fit_softmax(fit_x, targets, len(TASKS), weights, l2=param)
+        return classification.log_softmax(test_x @ w + b)
+    return classification.log_softmax((classification.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
 
 
 def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
-    return tasks.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
+    return classification.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
 
 
 def held_out(rows, source: str):
@@ -142,7 +143,7 @@ def choose(rows, x, log_kw, method: str) -> dict:
                     best = (score, param, weight)
         _, param, weight = best
         combined = predict(held[param], log_kw, weight)
-        temperature = min(TEMPERATURES, key=lambda t: -tasks.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
+        temperature = min(TEMPERATURES, key=lambda t: -classification.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
         chosen[variant] = {"method": method, "param": param, "keyword_weight": weight, "temperature": temperature}
     return chosen
 
@@ -220,14 +221,14 @@ def split_ids(rows: list[dict], resplit: bool) -> set:
 def small_model_log_probs(rows, model_id: str):
     """The small-model tier asked about every prompt (nothing is trained, so every source is unseen, as with
     classifier_threshold: 1); an unusable answer scores as "general", the task the tier cannot tell."""
-    from llm_lmstudio import classifier
+    from llm_lmstudio.router import classifier_setup as classifier
 
     log_model = np.full((len(rows), len(TASKS)), -1e9)
     for i, row in enumerate(rows):
         try:
-            log_model[i, TASKS.index(classifier.ask_model(model_id, tasks.prompt_view(row["prompt"]), TASKS, {})[0])] = 0.0
+            log_model[i, TASKS.index(classifier.ask_model(model_id, classification.prompt_view(row["prompt"]), TASKS, {})[0])] = 0.0
         except ValueError:
-            log_model[i, TASKS.index(tasks.FALLBACK_TASK)] = -1.0
+            log_model[i, TASKS.index(classification.FALLBACK_TASK)] = -1.0
     return log_model
 
 
@@ -238,11 +239,11 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
     chosen = choose([rows[i] for i in shipped], x[shipped], log_kw[shipped], method)["combined"]
     views, groups, table = defaultdict(list), defaultdict(list), {}
     for i in shipped:
-        view = tasks.prompt_view(rows[i]["prompt"])
+        view = classification.prompt_view(rows[i]["prompt"])
         if view not in views[rows[i]["task"]]:
             views[rows[i]["task"]].append(view)
             groups[rows[i]["task"]].append(rows[i]["source"])
-        table[vectors.text_key(view)] = x[i]
+        table[exemplar_vectors.text_key(view)] = x[i]
     payload = {
         "about": "The router's default exemplars: every prompt of the vendored sources that may ship "
         "(benchmarks/data/router/SOURCES.md), cut to the head and tail the classifier embeds. Settings chosen by "
@@ -252,15 +253,15 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
         "tasks": {task: views[task] for task in TASKS},
         "sources": {task: groups[task] for task in TASKS},  # training balances sources within each task
     }
-    tasks.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-    tasks._exemplar_file.cache_clear()
-    vectors.write_store(vectors.PACKAGED["all-minilm-l6-v2"], table, dtype=np.float16)
-    vectors.PACKAGED_HEADS["all-minilm-l6-v2"].unlink(missing_ok=True)
+    classification.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    classification._exemplar_file.cache_clear()
+    exemplar_vectors.write_store(exemplar_vectors.PACKAGED["all-minilm-l6-v2"], table, dtype=np.float16)
+    exemplar_vectors.PACKAGED_HEADS["all-minilm-l6-v2"].unlink(missing_ok=True)
     if method == "head":
         # fitted exactly as the router fits it, from the packaged vectors alone (no embedding call)
-        classifier = tasks.EmbeddingClassifier(None, tasks.load_exemplars(), model_id="all-minilm-l6-v2")
-        vectors.write_head(vectors.PACKAGED_HEADS["all-minilm-l6-v2"], classifier.head_digest, *classifier._weights)
-    print(f"wrote {tasks.EXEMPLARS_FILE.name} and {vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
+        classifier = classification.EmbeddingClassifier(None, classification.load_exemplars(), model_id="all-minilm-l6-v2")
+        exemplar_vectors.write_head(exemplar_vectors.PACKAGED_HEADS["all-minilm-l6-v2"], classifier.head_digest, *classifier._weights)
+    print(f"wrote {classification.EXEMPLARS_FILE.name} and {exemplar_vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
     return payload
 
 
@@ -281,7 +282,7 @@ def main() -> None:
     if args.classifier_model:
         loso[f"{args.classifier_model} (small-model tier)"] = summary(rows, small_model_log_probs(rows, args.classifier_model))
     if not args.no_embedding:
-        x = embed_all([tasks.prompt_view(r["prompt"]) for r in rows])
+        x = embed_all([classification.prompt_view(r["prompt"]) for r in rows])
         for method in ("centroid", "head"):
             out = {v: np.zeros((len(rows), len(TASKS))) for v in ("alone", "combined")}
             for source in SOURCES:  # each source classified by settings and training that never saw it
@@ -293,7 +294,7 @@ def main() -> None:
                 name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
                 loso[name], split[name] = summary(rows, out[variant]), summary(test_rows, log_probs)
                 # undone with the split's temperature, not each left-out source's own
-                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, tasks.log_softmax(out[variant] * settings["temperature"]))
+                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, classification.log_softmax(out[variant] * settings["temperature"]))
                 print(f"{name}: leave-one-source-out {loso[name]['public_mean']:.1%} (public mean), in-distribution {split[name]['mean']:.1%}", flush=True)
         if args.write_exemplars:  # the package ships whichever method did better on sources it never saw
             write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]))

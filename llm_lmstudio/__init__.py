@@ -6,65 +6,69 @@ import llm
 
 @llm.hookimpl
 def register_models(register):
-    from . import availability
+    from llm_lmstudio.lmstudio import unavailable
 
-    with availability.guard("LM Studio chat models"):
-        from .chat import LMStudioAsyncChat, LMStudioChat
+    with unavailable.guard("LM Studio chat models"):
+        from llm_lmstudio.lmstudio.chat import LMStudioAsyncChat, LMStudioChat
 
-        models = availability.catalog_models("chat")
+        models = unavailable.catalog_models("chat")
         for entry in models:
             if not entry.is_embedding:
                 register(LMStudioChat(entry, _server(entry)), LMStudioAsyncChat(entry, _server(entry)))
-        availability.register_unavailable(register, "chat", models)
-    with availability.guard("native MLX chat models"):
+        unavailable.register_unavailable(register, "chat", models)
+    with unavailable.guard("native MLX chat models"):
         _register_native(register, "chat")
-    with availability.guard("the LM Studio router"):
-        from .router_model import ROUTER_ALIASES, Router
+    with unavailable.guard("the LM Studio router"):
+        from llm_lmstudio.router.config import ROUTER_ALIASES
+        from llm_lmstudio.router.model import Router
 
         register(Router(), aliases=ROUTER_ALIASES)
 
 
 @llm.hookimpl
 def register_embedding_models(register):
-    from . import availability
+    from llm_lmstudio.lmstudio import unavailable
 
-    with availability.guard("LM Studio embedding models"):
-        from .embeddings import LMStudioEmbedding
+    with unavailable.guard("LM Studio embedding models"):
+        from llm_lmstudio.lmstudio.embeddings import LMStudioEmbedding
 
-        models = availability.catalog_models("embedding")
+        models = unavailable.catalog_models("embedding")
         for entry in models:
             if entry.is_embedding:
                 register(LMStudioEmbedding(entry, _server(entry)))
-        availability.register_unavailable(register, "embedding", models)
-    with availability.guard("native MLX embedding models"):
+        unavailable.register_unavailable(register, "embedding", models)
+    with unavailable.guard("native MLX embedding models"):
         _register_native(register, "embedding")
 
 
 def _server(entry):
-    from . import settings
+    from llm_lmstudio.core import settings
 
     return settings.Server(base_url=entry.base_url, prefix=entry.prefix)
 
 
 def _register_native(register, kind):
     """Native MLX models found on disk, registered as mlx/<name>; discovery reads small files only."""
-    from . import local_models
+    from llm_lmstudio.mlx import discovery
 
-    found = [local for local in local_models.discover() if local.kind == kind]
+    found = [local for local in discovery.discover() if local.kind == kind]
     if not found:
         return
-    from . import mlx_embed, mlx_native  # only once there is a native model to register
-
+    # the model classes only once there is a native model to register
     for local in found:
         if kind == "chat":
-            register(mlx_native.MLXChatModel(local), mlx_native.MLXAsyncChatModel(local))
+            from llm_lmstudio.mlx.chat import MLXAsyncChatModel, MLXChatModel
+
+            register(MLXChatModel(local), MLXAsyncChatModel(local))
         else:
-            register(mlx_embed.MLXEmbeddingModel(local))
+            from llm_lmstudio.mlx.embeddings import MLXEmbeddingModel
+
+            register(MLXEmbeddingModel(local))
 
 
 @llm.hookimpl
 def register_commands(cli):
     # The group alone (it imports only click): its commands and what they need load when `llm lmstudio` runs.
-    from .cli_group import lmstudio_group
+    from llm_lmstudio.cli.group import lmstudio_group
 
     cli.add_command(lmstudio_group)

@@ -12,7 +12,7 @@ import time
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import settings
+from llm_lmstudio.core import settings
 from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 

@@ -21,7 +21,10 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio import catalog, classifier, server, settings
+from llm_lmstudio.lmstudio import catalog
+from llm_lmstudio.router import classifier_setup
+from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.core import settings
 from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 
@@ -84,8 +87,8 @@ FAULTS = (
 )
 # The last two run at the default LMSTUDIO_TIMEOUT (300 s, for slow JIT loads): a server that answers nothing,
 # not even its model listing, must fail within seconds; one that is only slow to start answering is waited for.
-HUNG_BUDGET = server.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
-SLOW_LOAD = {"delay": server.PROBE_AFTER + 3.0}
+HUNG_BUDGET = transport.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
+SLOW_LOAD = {"delay": transport.PROBE_AFTER + 3.0}
 FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
 BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
 BAD_URL = "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https are allowed"
@@ -317,12 +320,12 @@ def seed_exemplar_vectors() -> None:
     is the request these cells fault. The seeded vectors are stand-ins, so the task chosen is not checked."""
     import hashlib
 
-    from llm_lmstudio import tasks
+    from llm_lmstudio.router import classification
 
     def pseudo_vectors(texts):
         return [[b / 255 for b in hashlib.shake_128(text.encode()).digest(384)] for text in texts]
 
-    tasks.EmbeddingClassifier(pseudo_vectors, tasks.load_exemplars({}), model_id=EMBED, cache_dir=settings.plugin_dir())
+    classification.EmbeddingClassifier(pseudo_vectors, classification.load_exemplars({}), model_id=EMBED, cache_dir=settings.plugin_dir())
 
 
 @pytest.fixture(scope="module")
@@ -453,7 +456,7 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
         lmstudio.load(LLAMA_KEY)
     if interface.prime:
         assert CliRunner().invoke(cli, ["models"]).exit_code == 0
-    monkeypatch.setattr(classifier, "_CLASSIFIERS", {})  # no classifier object survives from before
+    monkeypatch.setattr(classifier_setup, "_CLASSIFIERS", {})  # no classifier object survives from before
     lmstudio.script(ANSWER)
     arm(fault, interface, lmstudio, refused_url, hung_url, monkeypatch)
 
@@ -524,7 +527,7 @@ def test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_t
         line,
     ), line
     # Default timeouts (300 s read, 2 s connect): the probe decides within seconds; start-up is extra.
-    assert seconds < server.PROBE_AFTER + 2.0 + 3.0 + SLACK + 10
+    assert seconds < transport.PROBE_AFTER + 2.0 + 3.0 + SLACK + 10
 
 
 def test_real_lmstudio_command_against_a_hung_server_exits_one_in_bounded_time(hung_url, user_path, short_timeouts):

@@ -10,7 +10,13 @@ import os
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings as hsettings, strategies as st
 
-from llm_lmstudio import catalog, chat, embeddings, server, settings, status
+from llm_lmstudio.lmstudio import catalog
+from llm_lmstudio.lmstudio import chat
+from llm_lmstudio.lmstudio import embeddings
+from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.core import settings
+from llm_lmstudio.router import config as router_config
+from llm_lmstudio.lmstudio import health as status
 
 FAST = hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -46,7 +52,7 @@ sse_lines = st.lists(
 @FAST
 @given(sse_lines)
 def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
-    decoder = server.SSEDecoder()
+    decoder = transport.SSEDecoder()
     events = [event for line in lines for event in decoder.feed(line)] + decoder.flush()
     assert all(isinstance(event, str) for event in events)
     assert len(events) <= len(lines)
@@ -55,10 +61,10 @@ def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
 @FAST
 @given(json_values)
 def test_any_sse_data_is_a_chunk_or_the_plugins_error(value):
-    state = server._StreamState("http://h:1", "sk-lm-tok:secret", "m")
+    state = transport._StreamState("http://h:1", "sk-lm-tok:secret", "m")
     try:
         chunk = state.decode(json.dumps(value))
-    except server.LMStudioError as exc:
+    except transport.LMStudioError as exc:
         assert "\n" not in str(exc) and "sk-lm-tok:secret" not in str(exc)
         return
     assert chunk is None or isinstance(chunk, dict)
@@ -67,10 +73,10 @@ def test_any_sse_data_is_a_chunk_or_the_plugins_error(value):
 @FAST
 @given(st.text(max_size=60))
 def test_any_sse_text_is_a_chunk_or_the_plugins_error(text):
-    state = server._StreamState("http://h:1", None, "m")
+    state = transport._StreamState("http://h:1", None, "m")
     try:
         state.decode(text)
-    except server.LMStudioError as exc:
+    except transport.LMStudioError as exc:
         assert "\n" not in str(exc)
 
 
@@ -83,7 +89,7 @@ def test_streamed_chunks_of_any_shape_become_events_or_the_plugins_error(chunks)
 
 def _stream_through_chat(chunks: list) -> None:
     # The chat model consumes what the SSE parser lets through: together they must not raise anything else.
-    state = server._StreamState("http://h:1", None, "m")
+    state = transport._StreamState("http://h:1", None, "m")
     accumulator = chat.Accumulator(0.0)
     try:
         for value in chunks:
@@ -91,7 +97,7 @@ def _stream_through_chat(chunks: list) -> None:
             if chunk is not None:
                 list(accumulator.feed_chunk(chunk))
         list(accumulator.flush())
-    except server.LMStudioError:
+    except transport.LMStudioError:
         pass
 
 
@@ -121,7 +127,7 @@ def test_a_completion_of_any_shape_is_events_or_the_plugins_error(body):
     accumulator = chat.Accumulator(0.0)
     try:
         list(accumulator.feed_completion(body))
-    except server.LMStudioError:
+    except transport.LMStudioError:
         pass
 
 
@@ -134,8 +140,8 @@ def test_any_error_body_maps_to_one_line_without_the_token(status, body):
     token = "sk-lm-SENTINEL0:fuzzsecret"
     if isinstance(body, str):
         body = body + token  # a proxy that echoes the Authorization header back
-    error = server.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
-    assert isinstance(error, server.LMStudioError)
+    error = transport.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
+    assert isinstance(error, transport.LMStudioError)
     assert "\n" not in str(error) and token not in str(error)
 
 
@@ -212,7 +218,7 @@ def test_status_counts_models_in_any_listing_shape(body):
 def test_embedding_answers_of_any_shape_are_vectors_or_the_plugins_error(body, expected):
     try:
         vectors = embeddings.vectors_from(body, expected, "http://h:1")
-    except server.LMStudioError:
+    except transport.LMStudioError:
         return
     assert len(vectors) == expected and all(isinstance(x, float) for v in vectors for x in v)
 
@@ -259,7 +265,7 @@ ROUTER_KEYS = ["classifier", "embedding_model", "prefer", "exclude", "fallback",
 @given(fields_of(ROUTER_KEYS) | json_values)
 def test_router_config_of_any_shape_is_valid_or_one_line_naming_the_file(data):
     try:
-        config = settings.parse_router_config(data, name="lmstudio-router.yaml")
+        config = router_config.parse_router_config(data, name="lmstudio-router.yaml")
     except settings.SettingsError as exc:
         assert "lmstudio-router.yaml" in str(exc) and "\n" not in str(exc)
         return
@@ -270,15 +276,15 @@ def test_router_config_of_any_shape_is_valid_or_one_line_naming_the_file(data):
 @PER_TEST_FIXTURES
 @given(
     st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values),
-    st.sampled_from(settings.ROUTER_CONFIG_NAMES),
+    st.sampled_from(router_config.ROUTER_CONFIG_NAMES),
 )
 @example(raw=b"\x80", name="lmstudio-router.yaml")
 def test_router_config_file_of_any_bytes_loads_or_fails_with_a_settings_error(user_path, raw, name):
-    for other in settings.ROUTER_CONFIG_NAMES:
+    for other in router_config.ROUTER_CONFIG_NAMES:
         (user_path / other).unlink(missing_ok=True)
     (user_path / name).write_bytes(raw)
     try:
-        settings.router_config()
+        router_config.load()
     except settings.SettingsError as exc:
         assert name in str(exc) and "\n" not in str(exc)
 

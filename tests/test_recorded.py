@@ -61,7 +61,8 @@ def test_v0_listing_registers_each_variant_and_every_chat_model_can_use_tools(re
 
 
 def test_v1_native_listing_has_variants_and_reasoning_options(replay):
-    from llm_lmstudio import catalog, settings
+    from llm_lmstudio.lmstudio import catalog
+    from llm_lmstudio.core import settings
 
     del replay.routes[("GET", "/api/v0/models")]  # a server without v0: LM Studio answers 200 "Unexpected endpoint"
     replay.route("GET", "/api/v1/models", Reply.file("api_v1_models_docs.json"))
@@ -74,7 +75,8 @@ def test_v1_native_listing_has_variants_and_reasoning_options(replay):
 
 
 def test_openai_listing_when_nothing_native_answers(replay):
-    from llm_lmstudio import catalog, settings
+    from llm_lmstudio.lmstudio import catalog
+    from llm_lmstudio.core import settings
 
     del replay.routes[("GET", "/api/v0/models")]
     replay.route("GET", "/v1/models", Reply.file("v1_models.json"))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from llm.cli import cli
 from llm.plugins import pm
 
-from llm_lmstudio import settings
+from llm_lmstudio.core import settings
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
 
 LLAMA_KEY = "test-org/tiny-llama"

@@ -1,0 +1,68 @@
+"""`llm lmstudio mlx add|remove|list`: the native MLX models llm can run, as local_models.py finds and records them.
+Only talks; finding, adding and forgetting models happens in local_models.py."""
+
+import click
+
+from llm_lmstudio.cli.common import (
+    echo_json,
+    echo_table,
+    size,
+)
+
+
+@click.group(name="mlx")
+def mlx_group():
+    "Native MLX models, run inside llm with mlx-lm (registered as mlx/<name>)"
+
+
+@mlx_group.command(name="add")
+@click.argument("path")
+@click.option("--name", help="Register as mlx/NAME (default: the folder name, lower-cased)")
+def mlx_add(path, name):
+    "Add an MLX model folder (config.json + .safetensors) by path"
+    from llm_lmstudio.mlx import discovery
+
+    try:
+        model = discovery.add(path, name)
+    except discovery.LocalModelError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"Added {model.model_id}: {model.kind} model, {model.arch}, {size(model.size_bytes)}, {model.path}")
+    if model.kind == "embedding":
+        from llm_lmstudio.mlx.embeddings import missing_engine
+
+        problem = missing_engine(model.model_id)
+        if problem:
+            click.echo(f"Note: {problem}", err=True)
+
+
+@mlx_group.command(name="remove")
+@click.argument("name")
+def mlx_remove(name):
+    "Forget a model added with `llm lmstudio mlx add` (its files stay where they are)"
+    from llm_lmstudio.mlx import discovery
+
+    try:
+        path = discovery.remove(name)
+    except discovery.LocalModelError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"Removed mlx/{name.removeprefix('mlx/')} (files left in {path})")
+
+
+@mlx_group.command(name="list")
+@click.option("json_", "--json", is_flag=True, help="Output as JSON")
+def mlx_list(json_):
+    "List native MLX models found in LM Studio's folder, the Hugging Face cache and added paths"
+    from llm_lmstudio.mlx import discovery
+
+    models = discovery.discover()
+    if json_:
+        echo_json([m.to_json() | {"problem": m.problem} for m in models])
+        return
+    if not models:
+        click.echo("No native MLX models found. Add one with: llm lmstudio mlx add PATH")
+        return
+    headers = ("MODEL", "KIND", "ARCH", "SIZE", "SOURCE", "PATH")
+    rows = [
+        (m.model_id, m.kind, m.arch, size(m.size_bytes), m.source, m.problem or str(m.path)) for m in models
+    ]
+    echo_table(headers, rows)

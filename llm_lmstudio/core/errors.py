@@ -1,0 +1,33 @@
+"""How failures and warnings reach the user through llm: after llm has logged what arrived, on one line.
+Never raises a traceback on its own; never imports a backend."""
+
+import click
+import llm
+
+
+def warn_json_cut(response: llm.Response) -> None:
+    """A schema answer that hit the token limit is cut JSON (a complete one would have ended the grammar):
+    llm still exits 0 and prints it, so say so on stderr, after the answer inside the llm CLI."""
+    import click
+
+    limit = getattr(response.prompt.options, "max_tokens", None)
+    at = f" ({limit} tokens)" if limit else ""
+    message = f"llm-lmstudio: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
+    context = click.get_current_context(silent=True)
+    if context is None:
+        click.echo(message, err=True)
+    else:
+        context.find_root().call_on_close(lambda: click.echo(message, err=True))
+
+
+def fail_after_logging(message: str) -> None:
+    """Inside the llm CLI, fail only after llm has logged what arrived (click runs close callbacks
+    after the command, and turns a ClickException raised there into a one-line error); elsewhere, fail now."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        raise llm.ModelError(message)
+
+    def fail():
+        raise click.ClickException(message)
+
+    context.find_root().call_on_close(fail)

@@ -1,0 +1,393 @@
+"""Which models the configured LM Studio servers offer: parsed from /api/v0, /api/v1 or /v1 model lists,
+cached on disk with a short freshness window. Registration must never wait past a small fixed budget, nor print."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_lmstudio.core import files
+from llm_lmstudio.core import settings
+
+CACHE_VERSION = 2
+CACHE_FILE = "catalog.json"
+REFRESH_LOCK = "catalog.refreshing"
+REFRESH_WORKER = "llm_lmstudio.lmstudio.refresh_worker"  # run with python -m: see refresh_worker.py
+# A background refresh that has not finished after this long is assumed dead.
+REFRESH_LOCK_STALE = 60.0
+
+EMBEDDING_TYPES = {"embeddings", "embedding"}
+
+
+@dataclass
+class CatalogModel:
+    """One model as LM Studio describes it (fields LM Studio does not report stay None)."""
+
+    key: str
+    type: str = "llm"  # "llm" | "vlm" | "embeddings"
+    base_url: str = ""
+    prefix: str = "lmstudio"
+    arch: str | None = None
+    format: str | None = None  # "gguf" | "mlx"
+    quantization: str | None = None
+    loaded: bool = False
+    max_context_length: int | None = None
+    loaded_context_length: int | None = None
+    tool_use: bool | None = None  # trained for tool use; None: the server did not say (before 0.3.16)
+    vision: bool = False
+    reasoning: bool = False
+    display_name: str | None = None
+    size_bytes: int | None = None
+    params_string: str | None = None
+    instances: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)  # /api/v1/models (0.4+): "key@quantization" names
+    selected_variant: str | None = None
+    reasoning_options: list[str] = field(default_factory=list)  # capabilities.reasoning.allowed_options
+    source: str = "v0"  # which listing it came from: "v0" | "v1" | "openai"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.prefix}/{self.key}"
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.type in EMBEDDING_TYPES
+
+    @property
+    def tool_use_kind(self) -> str | None:
+        """"native" (LM Studio parses the model's own tool-call format), "default" (LM Studio's prompt-based
+        tool use) or None when the listing does not say. Every LM Studio chat model can use tools."""
+        if self.tool_use is None:
+            return None
+        return "native" if self.tool_use else "default"
+
+
+# ---------------------------------------------------------------- parsers (pure, defensive)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+# The CatalogModel fields each listing reports as they are, by the listing's own name for them:
+# (text fields, whole-number fields). The rest need reading (see parse_v0 and parse_v1).
+_AS_REPORTED = {
+    "v0": (
+        {"arch": "arch", "format": "compatibility_type", "quantization": "quantization", "display_name": "display_name"},
+        {"max_context_length": "max_context_length", "loaded_context_length": "loaded_context_length"},
+    ),
+    "v1": (
+        {"arch": "architecture", "format": "format", "display_name": "display_name", "params_string": "params_string",
+         "selected_variant": "selected_variant"},
+        {"max_context_length": "max_context_length", "size_bytes": "size_bytes"},
+    ),
+}
+
+
+def _as_reported(item: dict, source: str) -> dict[str, Any]:
+    texts, numbers = _AS_REPORTED[source]
+    fields: dict[str, Any] = {field: _str(item.get(name)) for field, name in texts.items()}
+    fields.update({field: _int(item.get(name)) for field, name in numbers.items()})
+    return fields
+
+
+def _entries(body: Any, key: str, id_field: str) -> list[tuple[str, dict]]:
+    """The rows of body[key] that are objects naming a model in id_field, with that name."""
+    items = body.get(key) if isinstance(body, dict) else None
+    rows = [item for item in _list(items) if isinstance(item, dict)]
+    return [(name, item) for item in rows if (name := _str(item.get(id_field)))]
+
+
+def parse_v0(body: Any) -> list[CatalogModel]:
+    """GET /api/v0/models: {"data": [{"id", "type", "state", "capabilities": [...], ...}]}.
+
+    One row per variant (`…@q4_k_m`, `…@q8_0`), each its own model. `capabilities` exists since 0.3.16
+    and is left out of rows without native tool use (tests/recorded/v0_models.json): a listing where
+    no row has it says nothing about tools."""
+    models = []
+    entries = _entries(body, "data", "id")
+    says_capabilities = any("capabilities" in item for _, item in entries)
+    for key, item in entries:
+        kind = _str(item.get("type")) or "llm"
+        capabilities = item.get("capabilities")
+        capabilities = [c for c in capabilities if isinstance(c, str)] if isinstance(capabilities, list) else []
+        models.append(
+            CatalogModel(
+                key=key,
+                type="embeddings" if kind in EMBEDDING_TYPES else kind,
+                loaded=item.get("state") == "loaded",
+                tool_use=("tool_use" in capabilities) if says_capabilities else None,
+                vision=kind == "vlm" or "vision" in capabilities,
+                reasoning="reasoning" in capabilities,
+                source="v0",
+                **_as_reported(item, "v0"),
+            )
+        )
+    return models
+
+
+def parse_v1(body: Any) -> list[CatalogModel]:
+    """GET /api/v1/models: {"models": [{"key", "type", "loaded_instances", "capabilities": {...}, ...}]}."""
+    models = []
+    for key, item in _entries(body, "models", "key"):
+        kind = _str(item.get("type")) or "llm"
+        capabilities = item.get("capabilities") if isinstance(item.get("capabilities"), dict) else {}
+        vision = capabilities.get("vision") is True
+        loaded_instances = _list(item.get("loaded_instances"))
+        instances = [inst["id"] for inst in loaded_instances if isinstance(inst, dict) and _str(inst.get("id"))]
+        loaded_context = None
+        for inst in loaded_instances:
+            if isinstance(inst, dict) and isinstance(inst.get("config"), dict):
+                loaded_context = _int(inst["config"].get("context_length"))
+                break
+        quantization = item.get("quantization")
+        if isinstance(quantization, dict):
+            quantization = quantization.get("name")
+        reasoning = capabilities.get("reasoning")
+        options = reasoning.get("allowed_options") if isinstance(reasoning, dict) else None
+        variants = [v for v in _list(item.get("variants")) if isinstance(v, str)]
+        models.append(
+            CatalogModel(
+                key=key,
+                type="embeddings" if kind in EMBEDDING_TYPES else ("vlm" if vision and kind == "llm" else kind),
+                quantization=_str(quantization),
+                loaded=bool(instances),
+                loaded_context_length=loaded_context,
+                tool_use=capabilities.get("trained_for_tool_use") is True,
+                vision=vision,
+                reasoning=isinstance(reasoning, dict) or reasoning is True,
+                instances=instances,
+                variants=variants,
+                reasoning_options=[o for o in _list(options) if isinstance(o, str)],
+                source="v1",
+                **_as_reported(item, "v1"),
+            )
+        )
+    return models
+
+
+def parse_openai(body: Any) -> list[CatalogModel]:
+    """GET /v1/models: {"data": [{"id": ...}]}; no type, so embedding models are recognised by name."""
+    models = []
+    for key, item in _entries(body, "data", "id"):
+        lowered = key.lower()
+        kind = "embeddings" if ("embed" in lowered or "minilm" in lowered or "bge-" in lowered) else "llm"
+        models.append(CatalogModel(key=key, type=kind, tool_use=None, source="openai"))
+    return models
+
+
+LISTINGS = (("/api/v0/models", parse_v0), ("/api/v1/models", parse_v1), ("/v1/models", parse_openai))
+
+
+def fetch(host: settings.Server, *, token: str | None, deadline: float) -> list[CatalogModel]:
+    """Ask one server for its models, trying LM Studio's richest listing first, within `deadline` seconds."""
+    from llm_lmstudio.lmstudio import transport as server
+
+    end = time.monotonic() + deadline
+    last_error: Exception | None = None
+    for path, parser in LISTINGS:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise server.timed_out(host.base_url, deadline, setting=False)
+        try:
+            body = server.quick_get_json(host, path, token=token, deadline=remaining)
+        except (server.EndpointMissing, server.ModelNotFound, server.RequestFailed, server.BadResponse) as exc:
+            # This server does not speak that listing (404/405, LM Studio's "Unexpected endpoint", an HTML page): try the next.
+            last_error = exc
+            continue
+        models = parser(body)
+        if models or path == "/v1/models" or (isinstance(body, dict) and ("data" in body or "models" in body)):
+            for model in models:
+                model.base_url = host.base_url
+                model.prefix = host.prefix
+            return models
+    if last_error is None or isinstance(last_error, (server.EndpointMissing, server.ModelNotFound, server.BadResponse)) or last_error.status in (404, 405):
+        # Not one listing answered: an HTML 404 page is no reason to show the user.
+        raise server.not_lmstudio(host.base_url, "no model listing at /api/v0/models, /api/v1/models or /v1/models")
+    raise last_error
+
+
+# ---------------------------------------------------------------- the on-disk cache
+
+
+def _cache_path() -> Path:
+    return settings.plugin_dir() / CACHE_FILE
+
+
+def read_cache() -> dict:
+    try:
+        data = json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("servers"), dict):
+        return {}
+    # A hand-edited or foreign file may hold anything: keep only entries of the shape we write.
+    return {url: entry for url, entry in data["servers"].items() if isinstance(entry, dict)}
+
+
+def _fetched_at(entry: dict) -> float:
+    value = entry.get("fetched_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _write_cache(servers: dict) -> None:
+    try:
+        files.write_text(_cache_path(), json.dumps({"version": CACHE_VERSION, "servers": servers}))
+    except OSError:
+        pass  # an unwritable cache costs the next `llm` a listing, nothing else
+
+
+def _entry_models(entry: dict) -> list[CatalogModel]:
+    models = []
+    for raw in _list(entry.get("models")):
+        if not isinstance(raw, dict) or not _str(raw.get("key")):
+            continue
+        try:
+            models.append(CatalogModel(**raw))
+        except TypeError:
+            continue
+    return models
+
+
+def _debug(message: str) -> None:
+    if settings.debug():
+        print(f"llm-lmstudio: {message}", file=sys.stderr)
+
+
+def _status_of(exc: Exception) -> str:
+    from llm_lmstudio.lmstudio import transport as server
+
+    if isinstance(exc, server.TimedOut):
+        return "timeout"
+    if isinstance(exc, server.Unreachable):
+        return "unreachable"
+    if isinstance(exc, server.AuthRequired):
+        return "auth"
+    return "error"
+
+
+def _refresh_entry(server: settings.Server, previous: dict | None, deadline: float) -> dict:
+    """Fetch one server's list and return the cache entry to store (the last good models survive failures)."""
+    digest = settings.listing_digest(server)
+    try:
+        models = fetch(server, token=settings.api_token(), deadline=deadline)
+    except Exception as exc:  # noqa: BLE001 - any failure here must stay silent at start-up (availability tells it)
+        entry = dict(previous or {})
+        entry.update(fetched_at=time.time(), status=_status_of(exc), error=str(exc), digest=digest)
+        entry.setdefault("models", [])
+        return entry
+    return {"fetched_at": time.time(), "status": "ok", "error": None, "digest": digest, "models": [asdict(m) for m in models]}
+
+
+def refresh(servers: list[settings.Server] | None = None, *, deadline: float | None = None) -> list[CatalogModel]:
+    """Fetch every server's list now (for commands, after load/unload) and store it."""
+    servers = servers if servers is not None else settings.servers()
+    deadline = deadline if deadline is not None else settings.timeouts().connect + 3.0
+    cache = read_cache()
+    for server in servers:
+        cache[server.base_url] = _refresh_entry(server, cache.get(server.base_url), deadline)
+    _write_cache(cache)
+    return [m for server in servers for m in _entry_models(cache[server.base_url])]
+
+
+def _spawn_background_refresh() -> subprocess.Popen | None:
+    """Refresh in a detached process, so a hung server costs this command nothing; the process, if one started."""
+    lock = settings.plugin_dir() / REFRESH_LOCK
+    try:
+        if time.time() - lock.stat().st_mtime < REFRESH_LOCK_STALE:
+            return None
+    except OSError:
+        pass
+    try:
+        lock.write_text(str(os.getpid()))
+        return subprocess.Popen(
+            [sys.executable, "-m", REFRESH_WORKER],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        _debug(f"could not start a background refresh: {exc}")
+        return None
+
+
+def background_refresh() -> None:
+    try:
+        refresh(deadline=settings.timeouts().connect + 10.0)
+    finally:
+        try:
+            (settings.plugin_dir() / REFRESH_LOCK).unlink()
+        except OSError:
+            pass
+
+
+def models_for_registration() -> list[CatalogModel]:
+    """The models to register now: from the cache when fresh, else refreshed within the discovery budget.
+
+    A server that hung last time is refreshed in the background instead, so it never costs a command
+    more than one budget in a row.
+    """
+    try:
+        servers = settings.servers()
+        budget = settings.timeouts().discovery_budget
+        ttl = settings.cache_ttl()
+    except settings.SettingsError as exc:
+        _debug(str(exc))
+        return []
+    cache = read_cache()
+    changed = False
+    background = False
+    end = time.monotonic() + budget
+    now = time.time()
+    for server in servers:
+        entry = cache.get(server.base_url)
+        # A list (or a failure) fetched with another token says nothing about this one.
+        if entry and now - _fetched_at(entry) < ttl and entry.get("digest") == settings.listing_digest(server):
+            continue
+        remaining = end - time.monotonic()
+        if (entry and entry.get("status") == "timeout") or remaining <= 0.005:
+            background = True
+            continue
+        cache[server.base_url] = _refresh_entry(server, entry, remaining)
+        changed = True
+    if changed:
+        _write_cache(cache)
+    if background:
+        _spawn_background_refresh()
+    result: list[CatalogModel] = []
+    for server in servers:
+        for model in _entry_models(cache.get(server.base_url) or {}):
+            model.prefix = server.prefix  # ids follow the current order of LMSTUDIO_BASE_URL
+            model.base_url = server.base_url
+            result.append(model)
+    return result
+
+
+def server_status(base_url: str) -> dict | None:
+    """What the cache knows of a server: status, error, fetched_at."""
+    entry = read_cache().get(base_url)
+    if not entry:
+        return None
+    return {k: entry.get(k) for k in ("status", "error", "fetched_at")}

@@ -1,0 +1,2 @@
+"""The plugin's own SQLite files: the response cache, the call history the router learns from, statistics.
+Imports only core."""

@@ -1,0 +1,168 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import llm
+import pytest
+
+from llm_lmstudio.lmstudio import catalog
+from llm_lmstudio.core import settings
+
+V0_BODY = {
+    "object": "list",
+    "data": [
+        {"id": "qwen2-vl-7b-instruct", "object": "model", "type": "vlm", "publisher": "mlx-community", "arch": "qwen2_vl",
+         "compatibility_type": "mlx", "quantization": "4bit", "state": "not-loaded", "max_context_length": 32768},
+        {"id": "qwen3-4b", "object": "model", "type": "llm", "publisher": "Qwen", "arch": "qwen3",
+         "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "loaded", "max_context_length": 40960,
+         "loaded_context_length": 4096, "capabilities": ["tool_use"]},
+        {"id": "text-embedding-nomic-embed-text-v1.5", "object": "model", "type": "embeddings", "arch": "nomic-bert",
+         "compatibility_type": "gguf", "state": "not-loaded", "max_context_length": 2048},
+    ],
+}
+
+V1_BODY = {
+    "models": [
+        {"type": "llm", "key": "google/gemma-4-26b-a4b", "architecture": "gemma4",
+         "quantization": {"name": "Q4_K_M", "bits_per_weight": 4}, "size_bytes": 17990911801, "params_string": "26B-A4B",
+         "loaded_instances": [{"id": "google/gemma-4-26b-a4b", "config": {"context_length": 4096}}],
+         "max_context_length": 262144, "format": "gguf",
+         "capabilities": {"vision": True, "trained_for_tool_use": True, "reasoning": {"allowed_options": ["off", "on"]}}},
+        {"type": "embedding", "key": "text-embedding-nomic-embed-text-v1.5", "loaded_instances": [],
+         "max_context_length": 2048, "format": "gguf"},
+    ]
+}
+
+
+def test_v0_listing_gives_types_capabilities_and_state():
+    models = {m.key: m for m in catalog.parse_v0(V0_BODY)}
+    assert models["qwen2-vl-7b-instruct"].vision and models["qwen2-vl-7b-instruct"].tool_use_kind == "default"
+    assert models["qwen3-4b"].tool_use_kind == "native" and models["qwen3-4b"].loaded
+    assert models["qwen3-4b"].loaded_context_length == 4096
+    assert models["text-embedding-nomic-embed-text-v1.5"].is_embedding
+
+
+def test_v0_listing_before_capabilities_existed_says_nothing_about_tools_and_loading_is_not_loaded():
+    # Before 0.3.16 no row has `capabilities`; a row being loaded is not loaded yet.
+    rows = [dict(row, state="loading") for row in V0_BODY["data"] if "capabilities" not in row]
+    models = catalog.parse_v0({"data": rows})
+    assert all(m.tool_use_kind is None and not m.loaded for m in models)
+
+
+def test_v1_listing_accepts_singular_embedding_type_and_capability_object():
+    models = {m.key: m for m in catalog.parse_v1(V1_BODY)}
+    gemma = models["google/gemma-4-26b-a4b"]
+    assert gemma.type == "vlm" and gemma.tool_use_kind == "native" and gemma.reasoning and gemma.loaded
+    assert gemma.reasoning_options == ["off", "on"]
+    assert gemma.instances == ["google/gemma-4-26b-a4b"] and gemma.quantization == "Q4_K_M"
+    assert models["text-embedding-nomic-embed-text-v1.5"].is_embedding
+
+
+def test_openai_listing_guesses_embeddings_by_name_and_says_nothing_of_tools():
+    models = {m.key: m for m in catalog.parse_openai({"data": [{"id": "qwen2.5-7b"}, {"id": "text-embedding-bge"}]})}
+    assert models["text-embedding-bge"].is_embedding
+    assert models["qwen2.5-7b"].tool_use_kind is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, [], "text", {"data": None}, {"data": [None, 1, "x", {"id": 5}, {"id": ""}]}, {"models": {"key": "x"}}],
+)
+def test_parsers_skip_garbage(body):
+    assert catalog.parse_v0(body) == [] and catalog.parse_v1(body) == [] and catalog.parse_openai(body) == []
+
+
+def test_models_from_the_stand_in_are_registered_with_capabilities(lmstudio):
+    ids = {m.model_id: m for m in llm.get_models()}
+    assert "lmstudio/test-org/tiny-llama" in ids
+    # Every LM Studio chat model takes tools; the listing says which use them natively.
+    assert ids["lmstudio/test-org/tiny-qwen-tools"].supports_tools and ids["lmstudio/test-org/tiny-llama"].supports_tools
+    assert "native tool use" in str(ids["lmstudio/test-org/tiny-qwen-tools"])
+    assert "default tool use" in str(ids["lmstudio/test-org/tiny-llama"])
+    assert ids["lmstudio/test-org/tiny-vision"].attachment_types
+    embedding_ids = {m.model_id for m in llm.get_embedding_models()}
+    assert not any(i.startswith("lmstudio/test-org/tiny") for i in embedding_ids)
+    assert "lmstudio/test-org/text-embedding-all-minilm-l6-v2" not in ids
+
+
+def test_fresh_cache_means_no_network(lmstudio):
+    catalog.models_for_registration()
+    before = len(lmstudio.requests())
+    for _ in range(5):
+        assert catalog.models_for_registration()
+    assert len(lmstudio.requests()) == before
+
+
+def test_stale_cache_is_refreshed(lmstudio, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_CACHE_TTL", "0.01")
+    catalog.models_for_registration()
+    time.sleep(0.05)
+    before = len(lmstudio.requests())
+    catalog.models_for_registration()
+    assert len(lmstudio.requests()) > before
+
+
+def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    started = time.monotonic()
+    assert catalog.models_for_registration() == []
+    first = time.monotonic() - started
+    assert first < settings.timeouts().discovery_budget + 0.5
+    assert catalog.server_status(settings.servers()[0].base_url)["status"] == "timeout"
+    # The next stale lookup goes to the background instead of waiting again.
+    monkeypatch.setenv("LMSTUDIO_CACHE_TTL", "0.001")
+    time.sleep(0.01)
+    started = time.monotonic()
+    catalog.models_for_registration()
+    assert time.monotonic() - started < 0.1
+    assert (settings.plugin_dir() / catalog.REFRESH_LOCK).exists()
+
+
+def test_last_known_models_survive_a_server_going_down(lmstudio, refused_url, monkeypatch):
+    catalog.models_for_registration()
+    cache = catalog.read_cache()
+    entry = cache[lmstudio.base_url]
+    # Same server, now unreachable: simulate by pointing the cached entry's server at a dead port.
+    dead = settings.normalize_base_url(refused_url)
+    cache[dead] = dict(entry, fetched_at=0)
+    catalog._write_cache(cache)
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    models = catalog.models_for_registration()
+    assert {m.key for m in models} == {m["key"] for m in entry["models"]}
+    assert catalog.server_status(dead)["status"] == "unreachable"
+
+
+def _llm_bin() -> str:
+    return str(Path(sys.executable).parent / "llm")
+
+
+@pytest.mark.parametrize("state", ["refused", "hung"])
+def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_url, hung_url, user_path):
+    from llm.migrations import migrate
+    import sqlite_utils
+
+    migrate(sqlite_utils.Database(user_path / "logs.db"))
+    env = dict(os.environ, LMSTUDIO_BASE_URL=refused_url if state == "refused" else hung_url)
+    for args in (["models"], ["logs", "-n", "1"], ["--help"]):
+        started = time.monotonic()
+        proc = subprocess.run([_llm_bin(), *args], env=env, capture_output=True, text=True, timeout=60)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr
+        assert "lmstudio" not in proc.stderr.lower() and "lm studio" not in proc.stderr.lower()
+        # The plugin's own share is benchmarked; here we only rule out waiting on the server.
+        assert elapsed < 15, f"llm {' '.join(args)} took {elapsed:.1f}s with a {state} server"
+
+
+def test_the_detached_refresh_worker_runs_as_a_module_fills_the_cache_and_exits(lmstudio, user_path):
+    # What _spawn_background_refresh starts, started for real: `python -m <REFRESH_WORKER>` in a new session.
+    import httpx
+
+    assert not (settings.plugin_dir() / catalog.CACHE_FILE).exists()
+    worker = catalog._spawn_background_refresh()
+    assert worker is not None and worker.args[1:] == ["-m", catalog.REFRESH_WORKER]
+    assert worker.wait(timeout=60) == 0
+    assert not (settings.plugin_dir() / catalog.REFRESH_LOCK).exists()
+    served = {m["id"] for m in httpx.get(lmstudio.base_url + "/api/v0/models", timeout=10).json()["data"]}
+    assert served and {m["key"] for m in catalog.read_cache()[lmstudio.base_url]["models"]} == served
