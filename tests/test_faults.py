@@ -23,7 +23,7 @@ from llm.cli import cli
 
 from llm_lmstudio.lmstudio import catalog
 from llm_lmstudio.router import classifier_setup
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import watch
 from llm_lmstudio.core import settings
 from tests.conftest import llm_command
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
@@ -87,8 +87,8 @@ FAULTS = (
 )
 # The last two run at the default LMSTUDIO_TIMEOUT (300 s, for slow JIT loads): a server that answers nothing,
 # not even its model listing, must fail within seconds; one that is only slow to start answering is waited for.
-HUNG_BUDGET = transport.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
-SLOW_LOAD = {"delay": transport.PROBE_AFTER + 3.0}
+HUNG_BUDGET = watch.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
+SLOW_LOAD = {"delay": watch.PROBE_AFTER + 3.0}
 FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
 BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
 BAD_URL = "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https are allowed"
@@ -527,7 +527,7 @@ def test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_t
         line,
     ), line
     # Default timeouts (300 s read, 2 s connect): the probe decides within seconds; start-up is extra.
-    assert seconds < transport.PROBE_AFTER + 2.0 + 3.0 + SLACK + 10
+    assert seconds < watch.PROBE_AFTER + 2.0 + 3.0 + SLACK + 10
 
 
 def test_real_lmstudio_command_against_a_hung_server_exits_one_in_bounded_time(hung_url, user_path, short_timeouts):

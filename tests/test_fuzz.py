@@ -10,13 +10,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings as hsettings, strategies as st
 
-from llm_lmstudio.lmstudio import catalog
-from llm_lmstudio.lmstudio import chat
-from llm_lmstudio.lmstudio import embeddings
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import answer, catalog, embeddings, errors, openai_client
 from llm_lmstudio.core import settings
 from llm_lmstudio.router import config as router_config
 from llm_lmstudio.lmstudio import health as status
+from tests.recorded.replay import Reply, ReplayServer
 
 FAST = hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -52,52 +50,65 @@ sse_lines = st.lists(
 @FAST
 @given(sse_lines)
 def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
-    decoder = transport.SSEDecoder()
-    events = [event for line in lines for event in decoder.feed(line)] + decoder.flush()
+    # The openai client parses the stream (openai._streaming); this is its decoder, fed line by line.
+    from openai._streaming import SSEDecoder
+
+    decoder = SSEDecoder()
+    events = [event.data for line in lines if (event := decoder.decode(line.rstrip("\r\n")))]
     assert all(isinstance(event, str) for event in events)
     assert len(events) <= len(lines)
 
 
+@pytest.fixture(scope="module")
+def sse_server():
+    with ReplayServer() as server:
+        yield server
+
+
+def streamed(server, body: bytes, token: str | None = None):
+    """The chunks the plugin's client takes from a chat completion stream with this body (ended by [DONE])."""
+    server.route("POST", "/v1/chat/completions", Reply(body + b"data: [DONE]\n\n", content_type="text/event-stream"))
+    client = openai_client.Client(settings.Server(base_url=server.url, prefix="lmstudio"), token=token, read_timeout=5)
+    return client.stream("/v1/chat/completions", {"model": "m", "stream": True})
+
+
 @FAST
 @given(json_values)
-def test_any_sse_data_is_a_chunk_or_the_plugins_error(value):
-    state = transport._StreamState("http://h:1", "sk-lm-tok:secret", "m")
+def test_any_sse_data_is_a_chunk_or_the_plugins_error(sse_server, value):
+    token = "sk-lm-tok:secret"
     try:
-        chunk = state.decode(json.dumps(value))
-    except transport.LMStudioError as exc:
-        assert "\n" not in str(exc) and "sk-lm-tok:secret" not in str(exc)
+        chunks = list(streamed(sse_server, b"data: " + json.dumps(value).encode() + b"\n\n", token))
+    except errors.LMStudioError as exc:
+        assert "\n" not in str(exc) and token not in str(exc)
         return
-    assert chunk is None or isinstance(chunk, dict)
+    assert all(isinstance(chunk, dict) for chunk in chunks)
 
 
 @FAST
 @given(st.text(max_size=60))
-def test_any_sse_text_is_a_chunk_or_the_plugins_error(text):
-    state = transport._StreamState("http://h:1", None, "m")
+def test_any_sse_text_is_a_chunk_or_the_plugins_error(sse_server, text):
     try:
-        state.decode(text)
-    except transport.LMStudioError as exc:
+        list(streamed(sse_server, b"data: " + text.encode() + b"\n\n"))
+    except errors.LMStudioError as exc:
         assert "\n" not in str(exc)
 
 
 @FAST
 @given(st.lists(fields_of(["id", "model", "choices", "usage", "stats", "error", "delta"]), max_size=4))
 @example([{"choices": True}])
-def test_streamed_chunks_of_any_shape_become_events_or_the_plugins_error(chunks):
-    _stream_through_chat(chunks)
+def test_streamed_chunks_of_any_shape_become_events_or_the_plugins_error(sse_server, chunks):
+    _stream_through_chat(sse_server, chunks)
 
 
-def _stream_through_chat(chunks: list) -> None:
-    # The chat model consumes what the SSE parser lets through: together they must not raise anything else.
-    state = transport._StreamState("http://h:1", None, "m")
-    accumulator = chat.Accumulator(0.0)
+def _stream_through_chat(server, chunks: list) -> None:
+    # The chat model consumes what the client lets through: together they must not raise anything else.
+    body = b"".join(b"data: " + json.dumps(value).encode() + b"\n\n" for value in chunks)
+    accumulator = answer.Accumulator(0.0)
     try:
-        for value in chunks:
-            chunk = state.decode(json.dumps(value))
-            if chunk is not None:
-                list(accumulator.feed_chunk(chunk))
+        for chunk in streamed(server, body):
+            list(accumulator.feed_chunk(chunk))
         list(accumulator.flush())
-    except transport.LMStudioError:
+    except errors.LMStudioError:
         pass
 
 
@@ -116,18 +127,18 @@ call_shapes = fields_of(["index", "id", "type", "function"])
     )
 )
 @example([{"choices": [{"delta": {"tool_calls": [{"index": [1], "function": "get_weather", "id": 7}]}}]}])
-def test_tool_call_deltas_of_any_shape_are_events_or_the_plugins_error(chunks):
-    _stream_through_chat(chunks)
+def test_tool_call_deltas_of_any_shape_are_events_or_the_plugins_error(sse_server, chunks):
+    _stream_through_chat(sse_server, chunks)
 
 
 @FAST
 @given(fields_of(["id", "model", "choices", "usage", "stats", "error"]) | st.fixed_dictionaries({"choices": st.lists(choice_shapes | json_values, max_size=2)}))
 @example({"choices": [{"message": True}]})
 def test_a_completion_of_any_shape_is_events_or_the_plugins_error(body):
-    accumulator = chat.Accumulator(0.0)
+    accumulator = answer.Accumulator(0.0)
     try:
         list(accumulator.feed_completion(body))
-    except transport.LMStudioError:
+    except errors.LMStudioError:
         pass
 
 
@@ -140,8 +151,8 @@ def test_any_error_body_maps_to_one_line_without_the_token(status, body):
     token = "sk-lm-SENTINEL0:fuzzsecret"
     if isinstance(body, str):
         body = body + token  # a proxy that echoes the Authorization header back
-    error = transport.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
-    assert isinstance(error, transport.LMStudioError)
+    error = errors.error_for_status(status, body, base_url="http://h:1", token=token, model="m")
+    assert isinstance(error, errors.LMStudioError)
     assert "\n" not in str(error) and token not in str(error)
 
 
@@ -218,7 +229,7 @@ def test_status_counts_models_in_any_listing_shape(body):
 def test_embedding_answers_of_any_shape_are_vectors_or_the_plugins_error(body, expected):
     try:
         vectors = embeddings.vectors_from(body, expected, "http://h:1")
-    except transport.LMStudioError:
+    except errors.LMStudioError:
         return
     assert len(vectors) == expected and all(isinstance(x, float) for v in vectors for x in v)
 

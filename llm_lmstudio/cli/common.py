@@ -41,13 +41,13 @@ SERVER_OPTION = click.option(
 def managing(address):
     """A management session for a command; any failure becomes a one-line error and a non-zero exit."""
     from llm_lmstudio.management import manager as management
-    from llm_lmstudio.lmstudio import transport
+    from llm_lmstudio.lmstudio import errors
     from llm_lmstudio.core import settings
 
     try:
         with management.connect(address) as manager:
             yield manager
-    except (transport.LMStudioError, settings.SettingsError) as exc:
+    except (errors.LMStudioError, settings.SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

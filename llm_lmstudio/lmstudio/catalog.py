@@ -201,7 +201,8 @@ LISTINGS = (("/api/v0/models", parse_v0), ("/api/v1/models", parse_v1), ("/v1/mo
 
 def fetch(host: settings.Server, *, token: str | None, deadline: float) -> list[CatalogModel]:
     """Ask one server for its models, trying LM Studio's richest listing first, within `deadline` seconds."""
-    from llm_lmstudio.lmstudio import transport as server
+    from llm_lmstudio.lmstudio import errors as server
+    from llm_lmstudio.lmstudio.quick_get import quick_get_json
 
     end = time.monotonic() + deadline
     last_error: Exception | None = None
@@ -210,7 +211,7 @@ def fetch(host: settings.Server, *, token: str | None, deadline: float) -> list[
         if remaining <= 0:
             raise server.timed_out(host.base_url, deadline, setting=False)
         try:
-            body = server.quick_get_json(host, path, token=token, deadline=remaining)
+            body = quick_get_json(host, path, token=token, deadline=remaining)
         except (server.EndpointMissing, server.ModelNotFound, server.RequestFailed, server.BadResponse) as exc:
             # This server does not speak that listing (404/405, LM Studio's "Unexpected endpoint", an HTML page): try the next.
             last_error = exc
@@ -275,7 +276,7 @@ def _debug(message: str) -> None:
 
 
 def _status_of(exc: Exception) -> str:
-    from llm_lmstudio.lmstudio import transport as server
+    from llm_lmstudio.lmstudio import errors as server
 
     if isinstance(exc, server.TimedOut):
         return "timeout"

@@ -11,7 +11,7 @@ import llm
 from llm.parts import StreamEvent
 
 from llm_lmstudio.core import files
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.core import settings
 from llm_lmstudio.core.messages import PROVIDER_METADATA_KEY, build_messages, tool_specs
 
@@ -26,7 +26,7 @@ PLUGIN_OPTIONS = {"cache", "stateful"}
 MISSING_FOR = 24 * 3600.0
 VERDICT_FILE = "no-responses-api.json"
 # Refusals after which the same turn still has a good chance on chat completions with the full history.
-FALLBACK_ON = (transport.EndpointMissing, transport.ResponseNotFound, transport.RequestFailed, transport.BadResponse)
+FALLBACK_ON = (errors.EndpointMissing, errors.ResponseNotFound, errors.RequestFailed, errors.BadResponse)
 
 
 def _verdicts() -> dict[str, float]:
@@ -105,7 +105,7 @@ def input_items(messages: list[dict]) -> list[dict]:
 
 
 class Turn:
-    """One prompt sent to /v1/responses: its payload, and the translation of the answer for chat.Accumulator."""
+    """One prompt sent to /v1/responses: its payload, and the translation of the answer for answer.Accumulator."""
 
     def __init__(self, model, payload: dict, previous: str | None):
         self.base_url = model.server.base_url
@@ -215,7 +215,7 @@ class Turn:
 
     def finish(self, accumulator, response: llm.Response) -> None:
         """Usage, tool calls and the log as on chat completions, plus which response this was and what it continued."""
-        accumulator.finish(response, transport.RESPONSES)
+        accumulator.finish(response, openai_client.RESPONSES)
         if isinstance(response.response_json, dict):
             response.response_json["stateful"] = {
                 "response_id": self.response_id,
@@ -224,11 +224,11 @@ class Turn:
                 "model": self.key,
             }
 
-    def falls_back(self, exc: transport.LMStudioError) -> bool:
+    def falls_back(self, exc: errors.LMStudioError) -> bool:
         """Should this turn go to chat completions with the full history instead (and nothing be shown)?"""
-        if isinstance(exc, transport.EndpointMissing):
+        if isinstance(exc, errors.EndpointMissing):
             remember_missing(self.base_url)
-        if isinstance(exc, transport.RequestFailed) and exc.status is not None and exc.status >= 500:
+        if isinstance(exc, errors.RequestFailed) and exc.status is not None and exc.status >= 500:
             return False  # the server itself failed: chat completions would fail too
         return isinstance(exc, FALLBACK_ON)
 
@@ -285,7 +285,7 @@ def plan(model, prompt: llm.Prompt, stream: bool) -> Turn | None:
     return Turn(model, payload, previous)
 
 
-def run(turn: Turn, client: "transport.Client", stream: bool, accumulator) -> Iterator[StreamEvent]:
+def run(turn: Turn, client: "openai_client.Client", stream: bool, accumulator) -> Iterator[StreamEvent]:
     if stream:
         for event in client.stream_responses(turn.payload):
             for chunk in turn.chunks(event):
@@ -298,7 +298,7 @@ def run(turn: Turn, client: "transport.Client", stream: bool, accumulator) -> It
         yield turn.tag(out)
 
 
-async def run_async(turn: Turn, client: "transport.AsyncClient", stream: bool, accumulator) -> AsyncIterator[StreamEvent]:
+async def run_async(turn: Turn, client: "openai_client.AsyncClient", stream: bool, accumulator) -> AsyncIterator[StreamEvent]:
     if stream:
         async for event in client.stream_responses(turn.payload):
             for chunk in turn.chunks(event):

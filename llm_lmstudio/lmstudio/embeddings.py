@@ -1,5 +1,5 @@
 """llm embedding models for LM Studio servers: batched /v1/embeddings requests, results ordered by index.
-HTTP only through server.py; errors leave as one-line llm.ModelError."""
+HTTP only through openai_client.py; errors leave as one-line llm.ModelError."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import llm
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.core import settings
 from llm_lmstudio.lmstudio.catalog import CatalogModel
 from llm_lmstudio.lmstudio.chat import ServedModel, user_error
@@ -17,17 +17,17 @@ def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or len(data) != expected:
         count = len(data) if isinstance(data, list) else 0
-        raise transport.BadResponse(f"LM Studio at {base_url} returned {count} embeddings for {expected} inputs")
+        raise errors.BadResponse(f"LM Studio at {base_url} returned {count} embeddings for {expected} inputs")
     ordered: list[list[float] | None] = [None] * expected
     for position, item in enumerate(data):
         if not isinstance(item, dict) or not isinstance(item.get("embedding"), list):
-            raise transport.BadResponse(f"LM Studio at {base_url} returned an embedding in an unexpected shape")
+            raise errors.BadResponse(f"LM Studio at {base_url} returned an embedding in an unexpected shape")
         index = item.get("index", position)
         if not isinstance(index, int) or not 0 <= index < expected or ordered[index] is not None:
-            raise transport.BadResponse(f"LM Studio at {base_url} returned embeddings with inconsistent indexes")
+            raise errors.BadResponse(f"LM Studio at {base_url} returned embeddings with inconsistent indexes")
         vector = item["embedding"]
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
-            raise transport.BadResponse(f"LM Studio at {base_url} returned an embedding that is not a list of numbers")
+            raise errors.BadResponse(f"LM Studio at {base_url} returned an embedding that is not a list of numbers")
         ordered[index] = [float(x) for x in vector]
     return ordered  # type: ignore[return-value]
 
@@ -43,16 +43,16 @@ class LMStudioEmbedding(ServedModel, llm.EmbeddingModel):
     def __str__(self):
         return f"LM Studio embeddings: {self.model_id}"
 
-    def embed_batch(self, items: Iterable[str | bytes]) -> Iterator[list[float]]:
+    def embed_batch(self, items: Iterable[str | bytes], *, key: str | None = None) -> Iterator[list[float]]:
         texts = [item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in items]
         if not texts:
             return iter(())
-        client = transport.Client(self.server, token=settings.api_token())
+        client = openai_client.Client(self.server, token=key)
         try:
-            body = client.post_json("/v1/embeddings", {"model": self.entry.key, "input": texts})
+            body = client.embeddings({"model": self.entry.key, "input": texts})
             vectors = vectors_from(body, len(texts), self.server.base_url)
-        except transport.ModelNotFound as exc:
+        except errors.ModelNotFound as exc:
             raise user_error(exc, f" — is {self.entry.key} an embedding model? See `llm embed-models`") from None
-        except transport.LMStudioError as exc:
+        except errors.LMStudioError as exc:
             raise user_error(exc) from None
         return iter(vectors)

@@ -1,5 +1,5 @@
 """`llm lmstudio status`: is each server up, does it want a token, does ours work, how many models.
-HTTP only (through server.Client), with short timeouts; it never opens an SDK session and never shows a token."""
+HTTP only (through rest.Client), with short timeouts; it never opens an SDK session and never shows a token."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors, rest
 from llm_lmstudio.core import settings
 
 
@@ -43,30 +43,30 @@ def server_status(target: settings.Server, token: str | None, token_source: str 
     # A health check must answer quickly even from a hung server: no inference-sized read timeout here.
     limits = settings.timeouts()
     quick = {"connect_timeout": limits.connect, "read_timeout": limits.connect + 3.0}
-    client = transport.Client(target, token=token, **quick)
+    client = rest.Client(target, token=token, **quick)
     started = time.perf_counter()
     try:
         is_lmstudio = client.greeting()
-    except transport.LMStudioError as exc:
+    except errors.LMStudioError as exc:
         status.error = str(exc)
         return status
     status.latency_ms = round((time.perf_counter() - started) * 1000, 1)
     status.reachable = True
     if not is_lmstudio:
-        status.error = str(transport.not_lmstudio(target.base_url))
+        status.error = str(errors.not_lmstudio(target.base_url))
     body = None
     for path in ("/api/v1/models", "/api/v0/models"):
         try:
             body = client.get_json(path)
             break
-        except transport.AuthRequired as exc:
+        except errors.AuthRequired as exc:
             status.requires_token = True
             status.token_accepted = False if token else None
             status.error = str(exc)
             break
-        except transport.LMStudioError as exc:
+        except errors.LMStudioError as exc:
             status.error = status.error or str(exc)
-            if isinstance(exc, (transport.TimedOut, transport.Unreachable)):
+            if isinstance(exc, (errors.TimedOut, errors.Unreachable)):
                 break  # the other listing would wait out the same timeout again
     if body is not None:
         status.error = None if is_lmstudio else status.error
@@ -75,11 +75,11 @@ def server_status(target: settings.Server, token: str | None, token_source: str 
             status.token_accepted = True
             # Our token worked; ask once without it to learn whether the server insists on one.
             try:
-                transport.Client(target, token=None, **quick).get_json("/api/v1/models")
+                rest.Client(target, token=None, **quick).get_json("/api/v1/models")
                 status.requires_token = False
-            except transport.AuthRequired:
+            except errors.AuthRequired:
                 status.requires_token = True
-            except transport.LMStudioError:
+            except errors.LMStudioError:
                 status.requires_token = None
         else:
             status.requires_token = False

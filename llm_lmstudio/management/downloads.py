@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from llm_lmstudio.core import files
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors, rest
 from llm_lmstudio.core import settings
 from llm_lmstudio.management.manager import Manager
 from llm_lmstudio.management.models import UnknownModel, match_model
@@ -26,7 +26,7 @@ FIT_TEXT = {
 }
 
 
-class DownloadError(transport.LMStudioError):
+class DownloadError(errors.LMStudioError):
     """A download that LM Studio reports failed, paused, or that cannot start; one line."""
 
 
@@ -189,12 +189,12 @@ class Jobs:
 
     def __init__(self, manager: Manager):
         self.base_url = manager.base_url
-        self.client = transport.Client(manager.server, token=manager.token)
+        self.client = rest.Client(manager.server, token=manager.token)
 
     def status(self, job_id: str) -> dict | None:
         try:
             body = self.client.get_json(f"/api/v1/models/download/status/{job_id}")
-        except transport.ModelNotFound:
+        except errors.ModelNotFound:
             return None  # LM Studio no longer knows the job (restarted, or another server)
         return body if isinstance(body, dict) else None
 
@@ -208,7 +208,7 @@ class Jobs:
                 return status, True
         status = self.client.post_json("/api/v1/models/download", body)
         if not isinstance(status, dict) or not status.get("status"):
-            raise transport.BadResponse(f"LM Studio at {self.base_url} answered the download request with an unexpected shape")
+            raise errors.BadResponse(f"LM Studio at {self.base_url} answered the download request with an unexpected shape")
         remember_job(self.base_url, body, status.get("job_id"))
         return status, False
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from llm_lmstudio.core import settings
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors
 from llm_lmstudio.management.models import (
     DownloadedModel,
     Estimate,
@@ -54,7 +54,7 @@ class Manager:
             # This SDK cannot send the token: if the server insists on one, manage over REST with it.
             try:
                 session.rpc("system", "listDownloadedModels")
-            except transport.AuthRequired:
+            except errors.AuthRequired:
                 session.close()
                 from llm_lmstudio.management.rest import RestSession
 
@@ -216,5 +216,5 @@ def refresh_catalog() -> None:
 
     try:
         catalog.refresh()
-    except transport.LMStudioError:
+    except errors.LMStudioError:
         pass  # a stale list corrects itself when its cache expires

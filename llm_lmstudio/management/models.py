@@ -7,14 +7,14 @@ import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors
 
 # Token support in the SDK (`Client(api_host, api_token=...)`) arrived in lmstudio 1.6.
 TOKEN_SDK_VERSION = "1.6"
 KNOWN_TYPES = ("llm", "vlm", "embedding")
 
 
-class ManagementError(transport.LMStudioError):
+class ManagementError(errors.LMStudioError):
     """A model-management failure; `str()` is one line that says what happened and what to do."""
 
 
@@ -26,11 +26,11 @@ class AmbiguousModel(ManagementError):
         self.candidates = candidates
 
 
-class UnknownModel(ManagementError, transport.ModelNotFound):
+class UnknownModel(ManagementError, errors.ModelNotFound):
     """No downloaded model (or no loaded instance) matches the name."""
 
 
-class LoadRefused(ManagementError, transport.ModelLoadFailed):
+class LoadRefused(ManagementError, errors.ModelLoadFailed):
     """LM Studio knows the model but would not load it (guardrails, bad context length, broken files)."""
 
 

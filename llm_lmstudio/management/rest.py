@@ -1,11 +1,11 @@
 """Model management over LM Studio 0.4's v1 REST API (`/api/v1/models`, `/load`, `/unload`) with the Bearer token,
-for servers that require a token the installed SDK cannot send. All HTTP goes through server.Client; never the SDK."""
+for servers that require a token the installed SDK cannot send. All HTTP goes through lmstudio/rest.py; never the SDK."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors, rest
 from llm_lmstudio.core import settings
 from llm_lmstudio.management.models import (
     DownloadedModel,
@@ -60,10 +60,10 @@ class RestSession:
 
     def __init__(self, target: settings.Server, token: str | None):
         self.server = target
-        self.client = transport.Client(target, token=token)
+        self.client = rest.Client(target, token=token)
 
     def close(self) -> None:
-        pass  # server.Client keeps its connection pool for the process
+        pass  # rest.Client keeps its connection pool for the process
 
     def _listing(self) -> list[dict]:
         return _models(self.client.get_json("/api/v1/models"))
@@ -133,7 +133,7 @@ class RestSession:
             on_progress(1.0)
         instance_id = answer.get("instance_id") if isinstance(answer, dict) else None
         if not isinstance(instance_id, str):
-            raise transport.BadResponse(f"LM Studio at {self.server.base_url} answered the load without an instance_id")
+            raise errors.BadResponse(f"LM Studio at {self.server.base_url} answered the load without an instance_id")
         return instance_id
 
     def unload(self, identifier: str, namespace: str) -> None:

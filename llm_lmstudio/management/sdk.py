@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors, rest
 from llm_lmstudio.core import settings
 from llm_lmstudio.management.models import (
     DownloadedModel,
@@ -138,11 +138,11 @@ class _Params(dict):
 # ---------------------------------------------------------------- SDK errors -> one line
 
 
-def auth_error(base_url: str, token: str | None, token_sent: bool) -> transport.AuthRequired:
-    return transport.auth_error(base_url, token_sent=bool(token and token_sent))
+def auth_error(base_url: str, token: str | None, token_sent: bool) -> errors.AuthRequired:
+    return errors.auth_error(base_url, token_sent=bool(token and token_sent))
 
 
-def server_error(exc: Any, base_url: str, token: str | None, token_sent: bool) -> transport.LMStudioError:
+def server_error(exc: Any, base_url: str, token: str | None, token_sent: bool) -> errors.LMStudioError:
     """An `lmstudio.LMStudioServerError` (LM Studio's SerializedLMSExtendedError) as one of our errors."""
     details = getattr(exc, "server_error", None)
     title = _first_line(getattr(details, "title", None) or str(exc))
@@ -164,37 +164,37 @@ def server_error(exc: Any, base_url: str, token: str | None, token_sent: bool) -
     return ManagementError(f"LM Studio at {base_url}: {title}")
 
 
-def sdk_error(exc: BaseException, base_url: str, token: str | None, token_sent: bool, waited: float) -> transport.LMStudioError:
+def sdk_error(exc: BaseException, base_url: str, token: str | None, token_sent: bool, waited: float) -> errors.LMStudioError:
     """Any exception from an SDK call as one of our errors: one line, no `ws://`, never the token."""
     lms = _lms()
-    if isinstance(exc, transport.LMStudioError):
+    if isinstance(exc, errors.LMStudioError):
         return exc
     if isinstance(exc, (lms.LMStudioTimeoutError, TimeoutError)):
-        return transport.timed_out(base_url, waited)
+        return errors.timed_out(base_url, waited)
     if isinstance(exc, lms.LMStudioServerError):
         return server_error(exc, base_url, token, token_sent)
     if isinstance(exc, lms.LMStudioWebsocketError):
         # The SDK says "ws://host:port/llm"; users know the http address they configured.
-        return transport.unreachable(base_url)
+        return errors.unreachable(base_url)
     if isinstance(exc, lms.LMStudioClientError):
         if "not reachable" in str(exc):
-            return transport.unreachable(base_url)
-        return ManagementError(f"LM Studio at {base_url}: {transport.redact(_first_line(exc), token)}")
+            return errors.unreachable(base_url)
+        return ManagementError(f"LM Studio at {base_url}: {errors.redact(_first_line(exc), token)}")
     if isinstance(exc, lms.LMStudioValueError) and token:
         # lmstudio 1.6 checks the token's shape before sending it.
-        return transport.AuthRequired(
+        return errors.AuthRequired(
             "The configured LM Studio API token is malformed (expected sk-lm-…): check `llm keys set lmstudio`"
         )
     import httpx
 
     if isinstance(exc, httpx.TimeoutException):
         # The SDK's own probe of /lmstudio-greeting (httpx, 1 s) raised instead of answering False.
-        return transport.TimedOut(f"LM Studio at {base_url} accepted the connection but did not answer")
+        return errors.TimedOut(f"LM Studio at {base_url} accepted the connection but did not answer")
     if isinstance(exc, httpx.HTTPError):
-        return transport.unreachable(base_url)
+        return errors.unreachable(base_url)
     if isinstance(exc, (ConnectionError, OSError)):
-        return transport.unreachable(base_url)
-    return ManagementError(f"LM Studio at {base_url}: {_first_line(transport.redact(repr(exc), token))}")
+        return errors.unreachable(base_url)
+    return ManagementError(f"LM Studio at {base_url}: {_first_line(errors.redact(repr(exc), token))}")
 
 
 # ---------------------------------------------------------------- the SDK session
@@ -221,9 +221,9 @@ class SdkSession:
             if not self._bounded(lambda: lms.Client.is_valid_api_host(host), "answer"):
                 # The SDK's probe says only "no": tell a server that is down from one that is not LM Studio.
                 quick = self.timeouts.connect
-                if transport.Client(self.server, connect_timeout=quick, read_timeout=quick + 3.0).greeting() is False:
-                    raise transport.not_lmstudio(self.base_url)
-                raise transport.unreachable(self.base_url)
+                if rest.Client(self.server, connect_timeout=quick, read_timeout=quick + 3.0).greeting() is False:
+                    raise errors.not_lmstudio(self.base_url)
+                raise errors.unreachable(self.base_url)
             if self.token and sdk_supports_token():
                 self._client = lms.Client(host, api_token=self.token)
                 self.token_sent = True
@@ -241,7 +241,7 @@ class SdkSession:
             except Exception:  # noqa: BLE001 - closing a half-dead connection must not mask the real error
                 pass
 
-    def _translate(self, exc: BaseException) -> transport.LMStudioError:
+    def _translate(self, exc: BaseException) -> errors.LMStudioError:
         return sdk_error(exc, self.base_url, self.token, self.token_sent, self._wait)
 
     def _bounded(self, func: Callable[[], Any], what: str) -> Any:
@@ -259,7 +259,7 @@ class SdkSession:
         limit = self.timeouts.connect + 10.0
         worker.join(limit)
         if worker.is_alive():
-            raise transport.TimedOut(
+            raise errors.TimedOut(
                 f"LM Studio at {self.base_url} accepted the connection but did not {what} within {limit:g} s"
             )
         if "error" in outcome:
@@ -284,7 +284,7 @@ class SdkSession:
         try:
             _lms().set_sync_api_timeout(self._wait)
             return method(self._session(namespace))
-        except transport.LMStudioError:
+        except errors.LMStudioError:
             raise
         except Exception as exc:
             raise self._translate(exc) from None

@@ -293,14 +293,15 @@ def _outermost(model, prompt: llm.Prompt, response) -> _Call | None:
 def cached(execute):
     """Decorate a model's execute() (sync or async generator) with the response cache and outcome recording.
     Only the outermost decorated model acts; models it delegates to run untouched. The steps live in _Call;
-    the two drivers below differ only in how they pull events, because llm drives async models with `async for`."""
+    the two drivers below differ only in how they pull events, because llm drives async models with `async for`.
+    A KeyModel's `key=` (what llm resolved from --key, `llm keys` or the environment) passes through untouched."""
     if inspect.isasyncgenfunction(execute):
 
         @functools.wraps(execute)
-        async def run_async(self, prompt, stream, response, conversation=None):
+        async def run_async(self, prompt, stream, response, conversation=None, **key):
             call = _outermost(self, prompt, response)
             if call is None:
-                async for event in execute(self, prompt, stream, response, conversation):
+                async for event in execute(self, prompt, stream, response, conversation, **key):
                     yield event
                 return
             hit = call.lookup()
@@ -308,7 +309,7 @@ def cached(execute):
                 for event in call.replay(hit):
                     yield event
                 return
-            events = execute(self, prompt, stream, response, conversation)
+            events = execute(self, prompt, stream, response, conversation, **key)
             async with contextlib.aclosing(events):
                 with call.outcome():
                     while (event := await call.apull(events)) is not _END:
@@ -317,16 +318,16 @@ def cached(execute):
         return run_async
 
     @functools.wraps(execute)
-    def run(self, prompt, stream, response, conversation=None):
+    def run(self, prompt, stream, response, conversation=None, **key):
         call = _outermost(self, prompt, response)
         if call is None:
-            yield from execute(self, prompt, stream, response, conversation)
+            yield from execute(self, prompt, stream, response, conversation, **key)
             return
         hit = call.lookup()
         if hit is not None:
             yield from call.replay(hit)
             return
-        events = execute(self, prompt, stream, response, conversation)
+        events = execute(self, prompt, stream, response, conversation, **key)
         with contextlib.closing(events), call.outcome():
             while (event := call.pull(events)) is not _END:
                 yield event

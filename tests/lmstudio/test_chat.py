@@ -16,7 +16,7 @@ import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio.lmstudio import chat
+from llm_lmstudio.lmstudio import answer, chat
 from llm_lmstudio.core.messages import build_messages
 
 LLAMA = "lmstudio/test-org/tiny-llama"
@@ -165,7 +165,7 @@ def test_reasoning_arrives_separately_from_the_answer(lmstudio, user_path):
 
 
 def test_inline_think_tags_are_split_too():
-    splitter = chat.ThinkSplitter()
+    splitter = answer.ThinkSplitter()
     pieces = []
     for chunk in ["<thi", "nk>plan", "ning</th", "ink>\nDone", "."]:
         pieces += splitter.feed(chunk)
@@ -177,18 +177,18 @@ def test_inline_think_tags_are_split_too():
 
 def test_gpt_oss_reasoning_field_is_reasoning_streamed_or_not():
     # LM Studio 0.3.23+ moves gpt-oss reasoning to `reasoning` (docs developer/api-changelog; no public recording).
-    accumulator = chat.Accumulator(time.monotonic())
+    accumulator = answer.Accumulator(time.monotonic())
     delta = lambda d: {"choices": [{"index": 0, "delta": d, "finish_reason": None}]}  # noqa: E731
     events = [e for d in ({"reasoning": "Add "}, {"reasoning": "them."}, {"content": "4"}) for e in accumulator.feed_chunk(delta(d))]
     assert [(e.type, e.chunk) for e in events] == [("reasoning", "Add "), ("reasoning", "them."), ("text", "4")]
     whole = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "reasoning": "Add them.", "content": "4"}}]}
-    assert [(e.type, e.chunk) for e in chat.Accumulator(time.monotonic()).feed_completion(whole)] == [
+    assert [(e.type, e.chunk) for e in answer.Accumulator(time.monotonic()).feed_completion(whole)] == [
         ("reasoning", "Add them."), ("text", "4")
     ]
 
 
 def test_text_that_merely_mentions_think_is_left_alone():
-    splitter = chat.ThinkSplitter()
+    splitter = answer.ThinkSplitter()
     pieces = splitter.feed("I <think> so") + splitter.flush()
     assert pieces == [("text", "I <think> so")]
 

@@ -8,8 +8,10 @@ import llm
 import pytest
 import sqlite_utils
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.core import settings
+from llm_lmstudio.lmstudio import errors, openai_client
 from tests.lmstudio.test_chat import LLAMA, TOOLS, VISION, _png, run
+from tests.recorded.replay import Reply, ReplayServer
 
 
 def turns(user_path):
@@ -113,16 +115,18 @@ def test_every_shape_of_unknown_response_falls_back(lmstudio, user_path, status,
 
 
 def test_an_unknown_id_inside_a_stream_is_recognised():
-    state = transport._ResponsesStreamState("http://h:1", None, "m")
-    state.feed_line('data: {"type": "response.created", "response": {"id": "resp_1"}}')
-    assert state.feed_line("") == [{"type": "response.created", "response": {"id": "resp_1"}}]
+    created = {"type": "response.created", "response": {"id": "resp_1"}}
     for event in (
         {"type": "error", "code": "previous_response_not_found", "message": "Previous response not found"},
         {"type": "response.failed", "response": {"error": {"code": "previous_response_not_found", "message": "gone"}}},
     ):
-        state.feed_line("data: " + json.dumps(event))
-        with pytest.raises(transport.ResponseNotFound):
-            state.feed_line("")
+        with ReplayServer() as server:
+            server.route("POST", "/v1/responses", Reply.stream(created, event))
+            client = openai_client.Client(settings.Server(base_url=server.url, prefix="lmstudio"))
+            stream = client.stream_responses({"model": "m", "input": "hi", "stream": True})
+            assert next(stream) == {"type": "response.created", "response": {"id": "resp_1"}}
+            with pytest.raises(errors.ResponseNotFound):
+                next(stream)
 
 
 def test_a_stateful_stream_cut_mid_answer_keeps_what_arrived_and_says_so(lmstudio, user_path):

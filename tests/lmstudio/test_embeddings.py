@@ -38,9 +38,9 @@ def test_vectors_are_put_back_in_input_order():
     ],
 )
 def test_inconsistent_answers_are_errors_not_wrong_vectors(body):
-    from llm_lmstudio.lmstudio import transport
+    from llm_lmstudio.lmstudio import errors
 
-    with pytest.raises(transport.BadResponse):
+    with pytest.raises(errors.BadResponse):
         embeddings.vectors_from(body, 2, "http://h:1")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from llm_lmstudio.management import manager as management
 from llm_lmstudio.management import models, sdk
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors
 
 LLAMA = "test-org/tiny-llama"
 QWEN = "test-org/tiny-qwen-tools"
@@ -164,7 +164,7 @@ def test_context_length_beyond_the_model_is_refused(manager):
 
 def test_not_running_names_the_http_address_not_the_websocket(refused_url, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
-    with pytest.raises(transport.Unreachable) as caught:
+    with pytest.raises(errors.Unreachable) as caught:
         with management.connect():
             pass
     message = str(caught.value)
@@ -174,7 +174,7 @@ def test_not_running_names_the_http_address_not_the_websocket(refused_url, monke
 def test_hung_server_fails_quickly_instead_of_hanging(hung_url, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
     started = time.monotonic()
-    with pytest.raises(transport.LMStudioError) as caught:
+    with pytest.raises(errors.LMStudioError) as caught:
         with management.connect():
             pass
     assert time.monotonic() - started < 15
@@ -190,7 +190,7 @@ def test_https_servers_are_refused_with_an_explanation(monkeypatch):
 
 def test_server_requiring_a_token_without_one_configured(lmstudio):
     lmstudio.configure(auth_token=TOKEN)
-    with pytest.raises(transport.AuthRequired) as caught:
+    with pytest.raises(errors.AuthRequired) as caught:
         with management.connect() as manager:
             manager.loaded()
     assert "requires an API token: run `llm keys set lmstudio`" in str(caught.value)
@@ -224,7 +224,7 @@ def test_a_wrong_token_is_rejected_in_one_line_without_quoting_it(lmstudio, monk
     lmstudio.configure(auth_token=TOKEN)
     wrong = "sk-lm-wrongone:" + "x" * 20
     monkeypatch.setenv("LM_API_TOKEN", wrong)
-    with pytest.raises(transport.AuthRequired) as caught:
+    with pytest.raises(errors.AuthRequired) as caught:
         with management.connect() as manager:
             manager.loaded()
     message = str(caught.value)

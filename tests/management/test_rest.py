@@ -5,7 +5,7 @@ import pytest
 
 from llm_lmstudio.management import manager
 from llm_lmstudio.management import rest as management_rest
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import errors
 
 LLAMA = "test-org/tiny-llama"
 EMBEDDING = "test-org/text-embedding-all-minilm-l6-v2"
@@ -52,10 +52,10 @@ def test_listing_comes_from_api_v1_models(rest, lmstudio):
 
 
 def test_unknown_model_and_rejected_token_are_one_line_errors(rest, lmstudio):
-    with pytest.raises(transport.ModelNotFound, match="Invalid model identifier"):
+    with pytest.raises(errors.ModelNotFound, match="Invalid model identifier"):
         rest.load("test-org/nothing-here", "llm", manager.LoadSettings(), None)
     wrong = management_rest.RestSession(manager.pick_server(), "sk-lm-wrongone:" + "x" * 20)
-    with pytest.raises(transport.AuthRequired, match="rejected the API token"):
+    with pytest.raises(errors.AuthRequired, match="rejected the API token"):
         wrong.loaded()
 
 

@@ -28,6 +28,12 @@ class Reply:
         return cls(recorded(name), content_type=kind)
 
     @classmethod
+    def stream(cls, *events) -> "Reply":
+        """A server-sent event stream: each event a JSON value (or text, sent as it is) on one `data:` line."""
+        body = "".join(f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n" for event in events)
+        return cls(body.encode(), content_type="text/event-stream")
+
+    @classmethod
     def error(cls, name: str) -> "Reply":
         entry = ERRORS[name]
         return cls(json.dumps(entry["body"]).encode(), status=entry["status"])
@@ -50,7 +56,8 @@ class ReplayServer:
                 except ValueError:
                     body = None
                 replay.requests.append({"method": self.command, "path": self.path, "body": body,
-                                        "authorization": self.headers.get("authorization")})
+                                        "authorization": self.headers.get("authorization"),
+                                        "headers": {name.lower(): value for name, value in self.headers.items()}})
                 reply = replay.routes.get((self.command, self.path)) or replay.unknown_route(self.command, self.path)
                 data = reply.body
                 if b"{token10}" in data:

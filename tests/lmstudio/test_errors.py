@@ -1,0 +1,37 @@
+"""LM Studio's error shapes, each as one line that says what to do; the token never shown, not even its start."""
+
+from llm_lmstudio.lmstudio import errors
+
+
+def test_an_echoed_start_of_the_token_is_redacted_too():
+    token = "sk-lm-J9Fa6fbC:jkFcl7oqhmx5GB1eM5fL"
+    echoed = f"Malformed LM Studio API token provided: {token[:10]}**************."
+    assert token[:6] not in errors.redact(echoed, token)
+    assert "J9Fa" not in errors.redact(f"full {token} here", token)
+    assert errors.redact("nothing of it", token) == "nothing of it"
+
+
+def test_a_malformed_token_error_says_so_without_quoting_the_server():
+    token = "sk-lm-J9Fa6fbC:jkFcl7oqhmx5GB1eM5fL"
+    body = {"error": {"code": "invalid_api_key", "message": f"Malformed LM Studio API token provided: {token[:10]}****"}}
+    error = errors.error_for_status(401, body, base_url="http://h:1", token=token)
+    assert isinstance(error, errors.AuthRequired) and "malformed" in str(error)
+    assert token[:6] not in str(error)
+
+
+def test_unknown_route_answered_with_200_is_an_endpoint_error():
+    body = {"error": "Unexpected endpoint or method. (POST /api/v0/chat/completions)"}
+    assert isinstance(errors.error_for_status(200, body, base_url="http://h:1", token=None), errors.EndpointMissing)
+    # A bare 404 (0.3.5-era LM Studio, or another OpenAI-compatible server) is the same thing...
+    assert isinstance(errors.error_for_status(404, "Not Found", base_url="http://h:1", token=None), errors.EndpointMissing)
+    # ...but 0.3.5's 404 for a model is about the model.
+    body = {"error": "No models loaded. Please load a model in the developer page or use the 'lms load' command."}
+    assert isinstance(errors.error_for_status(404, body, base_url="http://h:1", token=None), errors.ModelNotFound)
+
+
+def test_prompt_template_errors_keep_the_cause_and_one_instruction():
+    body = {"error": 'Error rendering prompt with jinja template: "Unknown test: sequence".\n\nThis is usually an '
+            "issue with the model's prompt template. If you are using a popular model, you can try..."}
+    for status in (400, None):  # a 400 answer, or an error event inside a 200 stream
+        message = str(errors.error_for_status(status, body, base_url="http://h:1", token=None, model="glm"))
+        assert "Unknown test: sequence" in message and "Prompt Template" in message and "\n" not in message
