@@ -51,9 +51,7 @@ def _request_options(token: str | None) -> dict:
 
 
 def _config(server: settings.Server, token: str | None, connect: float, read: float, http_client) -> dict:
-    import httpx2
-
-    timeout = httpx2.Timeout(read, connect=connect)
+    timeout = openai.Timeout(read, connect=connect)
     return {
         # The token goes in the Authorization header below; api_key only has to be something other than
         # $OPENAI_API_KEY, which the client would otherwise read (and send to LM Studio).
