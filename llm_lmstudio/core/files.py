@@ -11,10 +11,11 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 CORRUPT = ".corrupt-"  # <name>.corrupt-<UTC timestamp>: where a damaged file goes
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a database: they move with it
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -142,3 +143,29 @@ def sqlite_damaged(exc: BaseException) -> bool:
     import sqlite3
 
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
+def set_aside_damaged_db(path: Path, exc: BaseException, *, then: str, seen: os.stat_result | None = None) -> bool:
+    """When `exc` says the SQLite file `path` is damaged, set it aside (its -wal and -shm with it) and return True, so
+    that the caller opens a new one; False for any other error (locked, busy: the file is fine)."""
+    if not sqlite_damaged(exc):
+        return False
+    set_aside(path, str(exc).splitlines()[0], then=then, seen=seen, companions=SQLITE_COMPANIONS)
+    return True
+
+
+def open_db(path: Path, connect: Callable[[], T], *, then: str) -> T:
+    """connect() to the SQLite file `path`; when it fails because the file is damaged, the file is set aside with a
+    warning and connect() makes a new one (once). Other failures are raised as they come."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for last in (False, True):
+        try:
+            seen = path.stat()
+        except FileNotFoundError:
+            seen = None
+        try:
+            return connect()
+        except Exception as exc:
+            if last or not set_aside_damaged_db(path, exc, then=then, seen=seen):
+                raise
+    raise AssertionError("unreachable")

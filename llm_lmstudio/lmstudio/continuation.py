@@ -30,11 +30,11 @@ FALLBACK_ON = (transport.EndpointMissing, transport.ResponseNotFound, transport.
 
 
 def _verdicts() -> dict[str, float]:
-    try:
-        data = json.loads((settings.plugin_dir() / VERDICT_FILE).read_text())
-    except (OSError, ValueError):
+    try:  # a damaged file is moved aside with a warning: every server is asked again
+        data = files.read_json(settings.plugin_dir() / VERDICT_FILE, then="each server's /v1/responses is checked again")
+    except OSError:
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if isinstance(v, (int, float))} if data else {}
 
 
 def lacks_responses(base_url: str) -> bool:

@@ -130,22 +130,24 @@ def _request_key(base_url: str, body: dict) -> str:
     return f"{base_url} {body.get('model')} {body.get('quantization') or ''}"
 
 
+def _jobs() -> dict:
+    """The remembered jobs; a damaged file is moved aside with a warning (a download in progress is then asked
+    for again, and LM Studio answers with its job)."""
+    return files.read_json(_jobs_path(), then="downloads in progress are looked up again") or {}
+
+
 def remembered_job(base_url: str, body: dict) -> str | None:
     try:
-        jobs = json.loads(_jobs_path().read_text())
-    except (OSError, ValueError):
+        jobs = _jobs()
+    except OSError:
         return None
-    job = jobs.get(_request_key(base_url, body)) if isinstance(jobs, dict) else None
+    job = jobs.get(_request_key(base_url, body))
     return job if isinstance(job, str) else None
 
 
 def remember_job(base_url: str, body: dict, job_id: str | None) -> None:
     path = _jobs_path()
-    try:
-        jobs = json.loads(path.read_text())
-        jobs = jobs if isinstance(jobs, dict) else {}
-    except (OSError, ValueError):
-        jobs = {}
+    jobs = _jobs()
     if job_id:
         jobs[_request_key(base_url, body)] = job_id
     else:

@@ -360,7 +360,7 @@ def test_several_processes_write_at_once_and_lose_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "other-version"])
-def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
+def test_a_torn_or_foreign_file_is_moved_aside_and_rebuilt_not_trusted(tmp_path, damage, capsys):
     path = tmp_path / "c.db"
     store = cache_db.Store(path, max_bytes=10**7)
     for i in range(200):
@@ -377,6 +377,7 @@ def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
         sqlite_utils.Database(path)["entries"].insert({"key": "k1", "payload": "{}"})
     else:
         sqlite3.connect(path).execute("pragma user_version = 99").close()
+    damaged = path.read_bytes()
     lookups = [store.get(f"k{i}") for i in range(200)]
     assert all(hit is None for hit in lookups[1:]) or damage == "truncated"
     assert store.put("after", "m", payload("rebuilt"), ttl=600)
@@ -384,6 +385,11 @@ def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
     conn = sqlite3.connect(path)
     assert conn.execute("pragma application_id").fetchone()[0] == cache_db.APPLICATION_ID
     assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+    [aside] = [p for p in tmp_path.glob("c.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == damaged  # kept as it was, never deleted
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"llm-lmstudio: warning: {path} was damaged (") and warning.endswith(
+        f") and has been moved to {aside}; a new, empty cache is built in its place")
 
 
 def test_a_stored_row_that_is_not_a_payload_is_a_miss(tmp_path):
