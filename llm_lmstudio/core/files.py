@@ -59,10 +59,16 @@ def _aside_path(path: Path, now: float) -> Path:
 
 
 def warn(message: str) -> None:
-    """One line on stderr, `llm-lmstudio: warning: ...` (click's stderr, so llm's CLI and its tests capture it)."""
+    """One line on stderr, `llm-lmstudio: warning: ...`. Inside a command it comes once the command is done, so that
+    it never lands in the middle of a streamed answer on the terminal."""
     import click
 
-    click.echo(f"llm-lmstudio: warning: {message}", err=True)
+    line = f"llm-lmstudio: warning: {message}"
+    context = click.get_current_context(silent=True)
+    if context is None:
+        click.echo(line, err=True)
+    else:
+        context.find_root().call_on_close(lambda: click.echo(line, err=True))
 
 
 def set_aside(
