@@ -225,7 +225,12 @@ def test_a_failed_request_is_not_stored_and_is_recorded_by_kind(lmstudio, user_p
 
 def test_bad_cache_values_are_refused_before_any_request(lmstudio, monkeypatch):
     result = run("-m", LLAMA, "hi", "-o", "cache", "soon")
-    assert result.exit_code == 1 and "not a duration" in result.output
+    assert result.exit_code == 1 and result.output == (
+        "Error: -o cache soon: cache 'soon' is not a duration: use a number with s, m, h or d, like 30m or 7d\n")
+    for model in (LLAMA, "router"):  # every model's options are one line, LM Studio's and the router's alike
+        result = run("-m", model, "hi", "-o", "temperature", "abc", "-o", "cache", "1h")
+        assert result.exit_code == 1 and result.output == (
+            "Error: -o temperature abc: Input should be a valid number, unable to parse string as a number\n")
     monkeypatch.setenv("LMSTUDIO_RESPONSE_CACHE", "forever")
     result = CliRunner().invoke(cli, ["-m", LLAMA, "hi"])
     assert result.exit_code == 1
