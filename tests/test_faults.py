@@ -97,7 +97,7 @@ HUNG_BUDGET = transport.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
 SLOW_LOAD = {"delay": transport.PROBE_AFTER + 3.0}
 FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
 BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
-BAD_URL = "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https are allowed"
+BAD_URL = "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https are allowed"
 # What a plugin file holds after a disk, an editor or a half-finished copy got at it: neither JSON nor SQLite.
 DAMAGE = b"[not json"
 DAMAGED = r"llm-lmstudio: warning: \S+ was damaged \(.+\) and has been moved to \S+\.corrupt-\d{8}T\d{6}Z(-\d+)?; "

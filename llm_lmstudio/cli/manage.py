@@ -234,9 +234,13 @@ def ps_command(ctx, address, json_):
 
 
 def _native_models(kind: str | None) -> list:
+    from llm_lmstudio.core import settings
     from llm_lmstudio.mlx import discovery
 
-    return [m for m in discovery.discover() if kind is None or m.kind == kind]
+    try:
+        return [m for m in discovery.discover() if kind is None or m.kind == kind]
+    except settings.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _loaded_marker(model) -> str:

@@ -83,8 +83,11 @@ def available_memory() -> tuple[int, str] | None:
 
 def check_fits(local: LocalModel) -> None:
     """Refuse weights larger than the memory available: loading them would swap for minutes or be killed."""
-    if not settings.mlx_memory_check():
-        return
+    try:
+        if not settings.mlx_memory_check():
+            return
+    except settings.SettingsError as exc:
+        raise NativeModelError(f"{local.model_id} is not available: {exc}") from None
     available = available_memory()
     if available is None or local.size_bytes <= available[0]:
         return

@@ -69,7 +69,7 @@ def test_the_group_lists_its_commands_and_one_line_setting_errors(monkeypatch):
     assert {"load", "unload", "ps", "ls", "get", "status", "mlx", "route", "cache", "stats"} <= set(
         re.findall(r"^  ([a-z]+) ", listed.output.split("Commands:")[1], re.M))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "ftp://example")  # read by `ls` itself, outside any management session
-    assert_one_line_error(run("ls"), "LMSTUDIO_BASE_URL 'ftp://example'")
+    assert_one_line_error(run("ls"), "LMSTUDIO_BASE_URL='ftp://example'")
 
 
 # ---------------------------------------------------------------- load

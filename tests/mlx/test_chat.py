@@ -27,6 +27,7 @@ from tests.conftest import llm_command
 @pytest.fixture
 def models(user_path, tmp_path, monkeypatch, tiny_llama_path, tiny_qwen_tools_path):
     """mlx/tiny-llama (plain template) and mlx/tiny-qwen (tool-capable template), nothing else on disk."""
+    (tmp_path / "no-lmstudio").mkdir()  # an empty LM Studio models folder
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "no-lmstudio"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no server models
@@ -790,3 +791,28 @@ def test_a_prompt_too_long_is_one_stderr_line_without_the_tokenizers_warning(mod
     [line] = result.stderr.splitlines()  # transformers' "Token indices sequence length is longer..." came first
     assert re.fullmatch(r"Error: mlx/tiny-llama: the prompt is \d{5} tokens but the model's context window is 4096: "
                         r"shorten it \(or start a new conversation instead of -c\)", line), line
+
+
+# ---------------------------------------------------------------- settings: refused, never read as something else
+
+
+def test_a_memory_check_that_is_neither_on_nor_off_is_refused_before_loading(models, fresh_cache, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MLX_MEMORY_CHECK", "maybe")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
+        "Error: mlx/tiny-llama is not available: LMSTUDIO_MLX_MEMORY_CHECK='maybe' is neither on nor off: set it to on "
+        "or off (1 or 0), or unset it (default on)\n"
+    )
+    assert mlx_runtime.loaded(discovery.find("tiny-llama")) is None
+
+
+def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", "/nonexistent")
+    problem = ("LMSTUDIO_MODELS_DIR='/nonexistent' is not a folder: set it to the folder LM Studio downloads models "
+               "into, or unset it")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
+        f"Error: mlx/tiny-llama is not available: {problem}\n")
+    for command in (["lmstudio", "mlx", "list"], ["lmstudio", "mlx", "remove", "nope"]):
+        assert one_line_error(CliRunner().invoke(cli, command)) == f"Error: {problem}\n"
+    listed = CliRunner().invoke(cli, ["models"])
+    assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
+    assert listed.stderr.splitlines() == [f"llm-lmstudio: {problem} (native MLX models are off until then)"]

@@ -188,6 +188,7 @@ def test_discovery_is_memoised_and_notices_new_folders(roots):
 
 
 def test_plugin_import_and_registration_do_not_import_mlx(tmp_path, tiny_llama_path):
+    (tmp_path / "lms").mkdir(exist_ok=True)
     env = dict(os.environ, LMSTUDIO_MODELS_DIR=str(tmp_path / "lms"), LMSTUDIO_BASE_URL="http://127.0.0.1:9")
     target = tmp_path / "lms" / "pub" / "tiny"
     shutil.copytree(tiny_llama_path, target)

@@ -234,7 +234,7 @@ def test_bad_cache_values_are_refused_before_any_request(lmstudio, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_RESPONSE_CACHE", "forever")
     result = CliRunner().invoke(cli, ["-m", LLAMA, "hi"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith("Error: LMSTUDIO_RESPONSE_CACHE 'forever' is not a duration")
+    assert result.output.strip().splitlines()[-1].startswith("Error: LMSTUDIO_RESPONSE_CACHE='forever' is not a duration")
     assert chat_requests(lmstudio) == []
 
 
