@@ -234,13 +234,9 @@ def ps_command(ctx, address, json_):
 
 
 def _native_models(kind: str | None) -> list:
-    from llm_lmstudio.core import settings
     from llm_lmstudio.mlx import discovery
 
-    try:
-        return [m for m in discovery.discover() if kind is None or m.kind == kind]
-    except settings.SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return [m for m in discovery.discover() if kind is None or m.kind == kind]
 
 
 def _loaded_marker(model) -> str:

@@ -44,12 +44,11 @@ def mlx_add(path, name, json_):
 @click.option("json_", "--json", is_flag=True, help="Output what was forgotten as JSON")
 def mlx_remove(name, json_):
     "Forget a model added with `llm lmstudio mlx add` (its files stay where they are)"
-    from llm_lmstudio.core import settings
     from llm_lmstudio.mlx import discovery
 
     try:
         path = discovery.remove(name)
-    except (discovery.LocalModelError, settings.SettingsError) as exc:
+    except discovery.LocalModelError as exc:
         raise click.ClickException(str(exc))
     name = name.removeprefix("mlx/")
     if json_:
@@ -64,13 +63,9 @@ def mlx_remove(name, json_):
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 def mlx_list(json_):
     "List native MLX models found in LM Studio's folder, the Hugging Face cache and added paths"
-    from llm_lmstudio.core import settings
     from llm_lmstudio.mlx import discovery
 
-    try:
-        models = discovery.discover()
-    except settings.SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    models = discovery.discover()  # an unusable LMSTUDIO_MODELS_DIR is one line (cli/group.py)
     if json_:
         echo_json([m.to_json() | {"problem": m.problem} for m in models])
         return

@@ -52,6 +52,20 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in result.output and f"llm lmstudio {command}" in result.output
 
 
+def test_every_command_takes_json():
+    from llm_lmstudio.cli.group import lmstudio_group
+
+    def leaves(group, path):
+        for name in group.list_commands(None):
+            command = group.get_command(None, name)
+            yield from leaves(command, path + [name]) if hasattr(command, "list_commands") else [(path + [name], command)]
+
+    found = {" ".join(path): command for path, command in leaves(lmstudio_group, [])}
+    assert {"mlx add", "mlx remove", "mlx list", "cache stats", "cache clear", "load", "unload", "ps", "ls", "get",
+            "status", "stats", "route"} == set(found)
+    assert [name for name, command in found.items() if "--json" not in {o for p in command.params for o in p.opts}] == []
+
+
 def test_llm_registers_the_group_without_importing_its_commands():
     # Every `llm` command registers `llm lmstudio`; its commands (and what they import) load only when it runs.
     code = ("import sys; sys.argv = ['llm', '--help']\nfrom llm.cli import cli\ntry: cli()\nexcept SystemExit: pass\n"
