@@ -236,8 +236,7 @@ def _cache_path() -> Path:
 
 def read_cache() -> dict:
     try:  # a damaged file is moved aside with a warning; the next listing writes a new one
-        data = files.read_json(_cache_path(), lambda data: isinstance(data, dict) and "version" in data,
-                               then="the next model listing writes a new one")
+        data = files.read_json(_cache_path(), then="the next model listing writes a new one")
     except OSError:
         return {}
     # another version of the plugin wrote it: a cache of what the servers list, simply listed again
