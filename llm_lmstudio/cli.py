@@ -379,7 +379,7 @@ def status_command(ctx, json_):
     Example:
         llm lmstudio status && llm -m lmstudio/qwen3-4b "hello"
     """
-    from . import management, management_sdk, settings, status
+    from . import install_check, management, management_sdk, settings, status
 
     try:
         servers = settings.servers()
@@ -393,8 +393,10 @@ def status_command(ctx, json_):
         "version": version,
         "token_support": version is not None and management_sdk.sdk_supports_token(),
     }
+    conflicts = install_check.conflicting_distributions()
     if json_:
-        _echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk})
+        conflicts_json = [{"name": name, "version": version} for name, version in conflicts]
+        _echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk, "conflicts": conflicts_json})
     else:
         for state in statuses:
             if not state.reachable:
@@ -417,6 +419,8 @@ def status_command(ctx, json_):
                 f"instead (no --gpu, --ttl, --identifier or estimates); lmstudio {management.TOKEN_SDK_VERSION}+ "
                 "can do those"
             )
+        if conflicts:
+            click.echo(install_check.conflict_line(conflicts))
     if not all(s.reachable and not (s.requires_token and not s.token_accepted) for s in statuses):
         ctx.exit(1)
 
