@@ -160,7 +160,7 @@ def _eval_router():
 
 
 def test_default_exemplars_cover_every_task_and_come_only_from_the_vendored_sources():
-    # every vendored source's licence lets the package ship its prompts (THIRD_PARTY.md; tests/test_licences.py)
+    # every vendored source's licence lets the package ship its prompts (THIRD_PARTY.md; tests/test_release.py)
     exemplars = tasks.load_exemplars()
     assert set(exemplars) == set(tasks.DEFAULT_TASKS)
     assert all(len(prompts) >= 40 for prompts in exemplars.values())
