@@ -686,7 +686,7 @@ def test_a_schema_answer_cut_at_the_token_limit_warns_that_it_is_not_valid_json(
         with pytest.raises(ValueError):
             json.loads(result.stdout)
         assert [line for line in result.stderr.splitlines() if line.strip()] == [
-            "llm-lmstudio: warning: the answer stopped at the token limit (4 tokens) and is not valid JSON: "
+            "llm-lmstudio-mlx: warning: the answer stopped at the token limit (4 tokens) and is not valid JSON: "
             "raise it with -o max_tokens N"
         ]
     lmstudio.script('{"name": "Ada", "age": 36}')

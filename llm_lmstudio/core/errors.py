@@ -12,7 +12,7 @@ def warn_json_cut(response: llm.Response) -> None:
 
     limit = getattr(response.prompt.options, "max_tokens", None)
     at = f" ({limit} tokens)" if limit else ""
-    message = f"llm-lmstudio: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
+    message = f"llm-lmstudio-mlx: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
     context = click.get_current_context(silent=True)
     if context is None:
         click.echo(message, err=True)

@@ -30,7 +30,7 @@ _printed: set[str] = set()  # notices already shown outside any click command (p
 
 
 def notice(message: str) -> None:
-    """Print `llm-lmstudio: message` to stderr once per command (hooks run several times per command)."""
+    """Print `llm-lmstudio-mlx: message` to stderr once per command (hooks run several times per command)."""
     import click
 
     context = click.get_current_context(silent=True)
@@ -38,7 +38,7 @@ def notice(message: str) -> None:
     if message in shown:
         return
     shown.add(message)
-    click.echo(f"llm-lmstudio: {message}", err=True)
+    click.echo(f"llm-lmstudio-mlx: {message}", err=True)
 
 
 @contextmanager
