@@ -24,7 +24,8 @@ KEEP_AT_MOST = 2000
 # A continued turn may read this much more than its history costs (templates differ between the two ways of
 # building the prompt) before it counts as the #2074 re-read.
 MARGIN = 1.1
-SLACK_TOKENS = 32
+SLACK_TOKENS = 16
+ITEM_TOKENS = 16
 # An image's tokens are not told by its base64 text: the bound of a turn counts each image as this many.
 IMAGE_TOKENS = 4096
 # Failures after which chat completions with the full history cannot do better: the user's error stands.
@@ -91,20 +92,26 @@ def responses_tools(specs: list[dict]) -> list[dict]:
 
 
 def _size_bound(items: list[dict]) -> int:
-    """At most how many tokens these input items cost: no tokenizer makes more tokens than the UTF-8 bytes of the
-    text (JSON escapes count more than that), and each image counts IMAGE_TOKENS."""
-    images = 0
+    """At most how many tokens these input items cost: no tokenizer makes more tokens of a text than its UTF-8 bytes;
+    each item adds ITEM_TOKENS of template (role markers), and each image IMAGE_TOKENS."""
+    total = 0
 
-    def text_only(value: Any) -> Any:
-        nonlocal images
+    def count(value: Any) -> None:
+        nonlocal total
         if isinstance(value, dict):
             if value.get("type") == "input_image":
-                images += 1
-                return None
-            return {key: text_only(inner) for key, inner in value.items()}
-        return [text_only(inner) for inner in value] if isinstance(value, list) else value
+                total += IMAGE_TOKENS
+                return
+            for inner in value.values():
+                count(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                count(inner)
+        elif isinstance(value, str):
+            total += len(value.encode("utf-8"))
 
-    return len(json.dumps(text_only(items))) + images * IMAGE_TOKENS
+    count(items)
+    return total + ITEM_TOKENS * len(items)
 
 
 def stop(base_url: str, why: str) -> None:
