@@ -239,7 +239,8 @@ class Downloads:
                               f"{settings['disk_free']} free")
         with self.lock:
             for job in self.jobs.values():  # one job per model: asking again reports the running one
-                if job["item"] is item and job["status"] in ("downloading", "paused"):
+                # (a job from before a reset is gone, as jobs are when LM Studio restarts)
+                if job["item"] is item and job["status"] in ("downloading", "paused") and job["epoch"] == self.state.epoch:
                     return 200, self.view(job)
             job = {
                 "job_id": "job_" + uuid.uuid4().hex[:10],
