@@ -37,21 +37,31 @@ def _path():
     return settings.plugin_dir() / FILE
 
 
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(n, (int, float)) for n in value)
+
+
 def _load() -> dict:
+    """{"stopped": {server: {"at", "why"}}, "costs": {response id: [tokens, at]}, "broken": {response id: [at]}};
+    whatever a damaged file holds instead is left out."""
     try:
         data = json.loads(_path().read_text())
     except (OSError, ValueError):
         data = {}
     data = data if isinstance(data, dict) else {}
-    return {part: data[part] if isinstance(data.get(part), dict) else {} for part in ("stopped", "costs", "broken")}
+    part = {name: data[name] if isinstance(data.get(name), dict) else {} for name in ("stopped", "costs", "broken")}
+    return {
+        "stopped": {k: v for k, v in part["stopped"].items() if isinstance(v, dict) and isinstance(v.get("at"), (int, float))},
+        "costs": {k: v for k, v in part["costs"].items() if _numbers(v) and len(v) == 2},
+        "broken": {k: v for k, v in part["broken"].items() if _numbers(v)},
+    }
 
 
 def _save(data: dict) -> None:
     now = time.time()
-    data["stopped"] = {url: v for url, v in data["stopped"].items() if isinstance(v, dict) and now - v.get("at", 0) < STOP_FOR}
+    data["stopped"] = {url: v for url, v in data["stopped"].items() if now - v["at"] < STOP_FOR}
     for part in ("costs", "broken"):
-        fresh = sorted(((k, v) for k, v in data[part].items() if isinstance(v, list) and now - v[-1] < KEEP_FOR),
-                       key=lambda kv: kv[1][-1])
+        fresh = sorted(((k, v) for k, v in data[part].items() if now - v[-1] < KEEP_FOR), key=lambda kv: kv[1][-1])
         data[part] = dict(fresh[-KEEP_AT_MOST:])
     try:
         files.write_text(_path(), json.dumps(data))
@@ -62,7 +72,7 @@ def _save(data: dict) -> None:
 def stopped(base_url: str) -> bool:
     """Does this server resend histories for now (it failed a continued turn, or re-read too much)?"""
     verdict = _load()["stopped"].get(base_url)
-    return isinstance(verdict, dict) and time.time() - verdict.get("at", 0) < STOP_FOR
+    return verdict is not None and time.time() - verdict["at"] < STOP_FOR
 
 
 def broken(response_id: str) -> bool:
@@ -117,7 +127,7 @@ def _size_bound(items: list[dict]) -> int:
 def stop(base_url: str, why: str) -> None:
     """Resend histories to this server from now on (for STOP_FOR), and say so once, with the way back."""
     data = _load()
-    fresh = base_url not in data["stopped"] or time.time() - data["stopped"][base_url].get("at", 0) >= STOP_FOR
+    fresh = base_url not in data["stopped"] or time.time() - data["stopped"][base_url]["at"] >= STOP_FOR
     data["stopped"][base_url] = {"at": time.time(), "why": why}
     _save(data)
     if fresh:
@@ -137,7 +147,7 @@ class Watch:
         # The cost of the history the previous response ended (its honest input plus its output), plus the new
         # items at most; unknown for a turn that starts a chain (it sends the whole history: the reference).
         cost = _load()["costs"].get(previous) if previous else None
-        self.bound = cost[0] + _size_bound(new_items) if isinstance(cost, list) else None
+        self.bound = int(cost[0]) + _size_bound(new_items) if cost is not None else None
 
     def finished(self, response_id: str | None, usage: dict | None) -> None:
         """Check a completed turn's reported input against its bound, and remember its cost for the next turn."""
@@ -164,7 +174,7 @@ class Watch:
         if self.previous:
             self._broken(self.previous)
         if not isinstance(exc, (transport.ResponseNotFound, transport.EndpointMissing)):
-            stop(self.base_url, f"failed a server-side turn ({exc})")
+            stop(self.base_url, f"failed a server-side turn ({str(exc).removeprefix(f'LM Studio at {self.base_url}: ')})")
         return True
 
     def cut(self, response_id: str | None) -> None:

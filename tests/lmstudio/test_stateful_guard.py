@@ -185,11 +185,14 @@ def test_a_stopped_server_is_tried_again_after_a_day(lmstudio, user_path):
     assert [p for p, *_ in answers(lmstudio)] == [CHAT, RESPONSES]
 
 
-def test_a_damaged_guard_file_is_no_verdict(lmstudio, user_path):
+@pytest.mark.parametrize("damaged", ["{not json", '{"stopped": [1], "costs": {"resp_x": "many"}, "broken": {"resp_y": {}}}',
+                                     '{"stopped": {"%s": {"at": "yesterday"}}}'])
+def test_a_damaged_guard_file_is_no_verdict(lmstudio, user_path, damaged):
     path = settings.plugin_dir() / stateful_guard.FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("{not json")
-    lmstudio.script("a", "b")
+    path.write_text(damaged.replace("%s", lmstudio.base_url))
+    lmstudio.script("a", "b", "c")
     chat("-m", LLAMA, "one")
     chat("-c", "two")
-    assert [p for p, *_ in answers(lmstudio)] == [CHAT, RESPONSES]
+    chat("-c", "three")
+    assert [p for p, *_ in answers(lmstudio)] == [CHAT, RESPONSES, RESPONSES]
