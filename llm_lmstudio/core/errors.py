@@ -20,6 +20,16 @@ def warn_json_cut(response: llm.Response) -> None:
         context.find_root().call_on_close(lambda: click.echo(message, err=True))
 
 
+def note(message: str) -> None:
+    """One line on stderr that is not a failure (llm still exits 0): inside the llm CLI after the answer, elsewhere now."""
+    line = f"llm-lmstudio: {message}"
+    context = click.get_current_context(silent=True)
+    if context is None:
+        click.echo(line, err=True)
+    else:
+        context.find_root().call_on_close(lambda: click.echo(line, err=True))
+
+
 def fail_after_logging(message: str) -> None:
     """Inside the llm CLI, fail only after llm has logged what arrived (click runs close callbacks
     after the command, and turns a ClickException raised there into a one-line error); elsewhere, fail now."""
