@@ -27,18 +27,13 @@ VICUNA = {"coding": "coding", "math": "analysis", "fermi": "analysis", "writing"
           "knowledge": "research", "counterfactual": "research", "common-sense": "research", "generic": "general"}
 MT_BENCH = {"coding": "coding", "math": "analysis", "reasoning": "analysis", "extraction": "analysis",
             "writing": "creative", "roleplay": "creative", "stem": "research", "humanities": "research"}
-WIZARDLM = {"Code Generation": "coding", "Code Debug": "coding", "Math": "analysis", "Reasoning": "analysis",
-            "Writting": "creative", "Roleplay": "creative"} | {skill: "research" for skill in (
-    "Biology", "Chemistry", "Physics", "History", "Law", "Medicine", "Economy", "Ethics", "Philosophy", "Technology",
-    "Literature", "Art", "Music", "Sport", "Entertainment", "Counterfactual", "Common-Sense")}
-# name: (file, id field, label field, prompt getter, mapping, may ship in the package)
+# name: (file, id field, label field, prompt getter, mapping). Only sources whose licence lets the package ship
+# their prompts as exemplars are vendored (SOURCES.md; THIRD_PARTY.md): every prompt measured on may ship.
 SOURCES = {
-    "arena-hard": ("arena_hard_v2.0_question.jsonl", "uid", "subcategory", lambda r: r["prompt"], ARENA, True),
-    "vicuna": ("vicuna_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], VICUNA, True),
-    "mt-bench": ("mt_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], MT_BENCH, True),
-    # CC BY-NC 4.0: measured on, never shipped (not in the exemplars, vectors or head the package carries)
-    "wizardlm": ("wizardlm_testset.jsonl", "idx", "Skill", lambda r: r["Instruction"], WIZARDLM, False),
-    "project": ("extra.jsonl", "id", "task", lambda r: r["prompt"], {t: t for t in TASKS}, True),
+    "arena-hard": ("arena_hard_v2.0_question.jsonl", "uid", "subcategory", lambda r: r["prompt"], ARENA),
+    "vicuna": ("vicuna_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], VICUNA),
+    "mt-bench": ("mt_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], MT_BENCH),
+    "project": ("extra.jsonl", "id", "task", lambda r: r["prompt"], {t: t for t in TASKS}),
 }
 PUBLIC = [name for name in SOURCES if name != "project"]
 GRID = {"head": (1e-3, 1e-2), "centroid": (0.02, 0.05)}  # l2 of the head; temperature of the centroid similarities
@@ -47,16 +42,16 @@ TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)
 
 
 def load_labelled() -> list[dict]:
-    """Every labelled prompt as {id, source, task, prompt, ships}."""
+    """Every labelled prompt as {id, source, task, prompt}."""
     rows = []
-    for source, (file, id_field, label_field, prompt_of, mapping, ships) in SOURCES.items():
+    for source, (file, id_field, label_field, prompt_of, mapping) in SOURCES.items():
         with open(DATA / file, encoding="utf-8") as handle:
             for line in handle:
                 item = json.loads(line)
                 task = mapping.get(item[label_field])
                 if task is not None:
                     ident = item[id_field] if source == "project" else f"{source}-{item[id_field]}"
-                    rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item), "ships": ships})
+                    rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item)})
     return rows
 
 
@@ -106,8 +101,8 @@ def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
 
 
 def held_out(rows, source: str):
-    """Masks (fit, test) for leaving `source` out. MT-bench reuses two Vicuna prompts and WizardLM one:
-    a prompt of the left-out source is never trained on, whichever source also carries it."""
+    """Masks (fit, test) for leaving `source` out. MT-bench reuses two Vicuna prompts: a prompt of the
+    left-out source is never trained on, whichever source also carries it."""
     test = np.asarray([r["source"] == source for r in rows])
     seen = {" ".join(r["prompt"].split()).lower() for r, t in zip(rows, test) if t}
     fit = np.asarray([not t and " ".join(r["prompt"].split()).lower() not in seen for r, t in zip(rows, test)])
@@ -233,19 +228,18 @@ def small_model_log_probs(rows, model_id: str):
 
 
 def write_exemplars(rows, x, log_kw, method: str) -> dict:
-    """The package's exemplars (every prompt of a source that may ship), the settings chosen for them by
-    leave-one-source-out, and their MiniLM vectors, keyed by text digest."""
-    shipped = [i for i, r in enumerate(rows) if r["ships"]]
-    chosen = choose([rows[i] for i in shipped], x[shipped], log_kw[shipped], method)["combined"]
+    """The package's exemplars (every vendored prompt), the settings chosen for them by leave-one-source-out,
+    and their MiniLM vectors, keyed by text digest."""
+    chosen = choose(rows, x, log_kw, method)["combined"]
     views, groups, table = defaultdict(list), defaultdict(list), {}
-    for i in shipped:
+    for i in range(len(rows)):
         view = classification.prompt_view(rows[i]["prompt"])
         if view not in views[rows[i]["task"]]:
             views[rows[i]["task"]].append(view)
             groups[rows[i]["task"]].append(rows[i]["source"])
         table[exemplar_vectors.text_key(view)] = x[i]
     payload = {
-        "about": "The router's default exemplars: every prompt of the vendored sources that may ship "
+        "about": "The router's default exemplars: every prompt of the vendored sources "
         "(benchmarks/data/router/SOURCES.md), cut to the head and tail the classifier embeds. Settings chosen by "
         "leave-one-source-out in benchmarks/eval_router.py (all-MiniLM-L6-v2).",
         "settings": {"method": chosen["method"], ("l2" if method == "head" else "centroid_temperature"): chosen["param"],

@@ -100,7 +100,7 @@ BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of sec
 BAD_URL = "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https are allowed"
 # What a plugin file holds after a disk, an editor or a half-finished copy got at it: neither JSON nor SQLite.
 DAMAGE = b"[not json"
-DAMAGED = r"llm-lmstudio: warning: \S+ was damaged \(.+\) and has been moved to \S+\.corrupt-\d{8}T\d{6}Z(-\d+)?; "
+DAMAGED = r"llm-lmstudio-mlx: warning: \S+ was damaged \(.+\) and has been moved to \S+\.corrupt-\d{8}T\d{6}Z(-\d+)?; "
 
 
 # ---------------------------------------------------------------- outcomes
@@ -615,7 +615,7 @@ def recovered(interface: Interface, damaged: Path, outcome: Outcome) -> None:
     [aside] = [p for p in damaged.parent.glob(f"{damaged.name}.corrupt-*") if not p.name.endswith(files.SQLITE_COMPANIONS)]
     assert aside.read_bytes() == DAMAGE
     [warning] = _lines_matching("was damaged", outcome.stderr)
-    assert warning.startswith(f"llm-lmstudio: warning: {damaged} was damaged (") and f"moved to {aside};" in warning
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {damaged} was damaged (") and f"moved to {aside};" in warning
     interface.correct(Outcome(outcome.exit_code, outcome.stdout, "", None, outcome.seconds, outcome.stdout))
     interface.rebuilt(damaged)
 
@@ -826,7 +826,7 @@ def test_a_schema_answer_cut_at_the_token_limit_warns_that_it_is_not_valid_json(
         with pytest.raises(ValueError):
             json.loads(result.stdout)
         assert [line for line in result.stderr.splitlines() if line.strip()] == [
-            "llm-lmstudio: warning: the answer stopped at the token limit (4 tokens) and is not valid JSON: "
+            "llm-lmstudio-mlx: warning: the answer stopped at the token limit (4 tokens) and is not valid JSON: "
             "raise it with -o max_tokens N"
         ]
     lmstudio.script('{"name": "Ada", "age": 36}')

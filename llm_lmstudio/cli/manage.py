@@ -333,6 +333,7 @@ def status_command(ctx, json_):
     from llm_lmstudio.management import sdk as management_sdk
     from llm_lmstudio.core import settings
     from llm_lmstudio.lmstudio import health
+    from llm_lmstudio.core import installation
 
     try:
         servers = settings.servers()
@@ -346,8 +347,10 @@ def status_command(ctx, json_):
         "version": version,
         "token_support": version is not None and management_sdk.sdk_supports_token(),
     }
+    conflicts = installation.conflicting_distributions()
     if json_:
-        echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk})
+        conflicts_json = [{"name": name, "version": version} for name, version in conflicts]
+        echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk, "conflicts": conflicts_json})
     else:
         for state in statuses:
             if not state.reachable:
@@ -370,5 +373,7 @@ def status_command(ctx, json_):
                 f"instead (no --gpu, --ttl, --identifier or estimates); lmstudio {TOKEN_SDK_VERSION}+ "
                 "can do those"
             )
+        if conflicts:
+            click.echo(installation.conflict_line(conflicts))
     if not all(s.reachable and not (s.requires_token and not s.token_accepted) for s in statuses):
         ctx.exit(1)

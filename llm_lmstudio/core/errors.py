@@ -12,7 +12,7 @@ def warn_json_cut(response: llm.Response) -> None:
 
     limit = getattr(response.prompt.options, "max_tokens", None)
     at = f" ({limit} tokens)" if limit else ""
-    message = f"llm-lmstudio: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
+    message = f"llm-lmstudio-mlx: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
     context = click.get_current_context(silent=True)
     if context is None:
         click.echo(message, err=True)
@@ -33,6 +33,16 @@ def option_errors(exc) -> str:
         shown = f" {value}" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
         parts.append(f"-o {name}{shown}: {message}")
     return "; ".join(parts)
+
+
+def note(message: str) -> None:
+    """One line on stderr that is not a failure (llm still exits 0): inside the llm CLI after the answer, elsewhere now."""
+    line = f"llm-lmstudio: {message}"
+    context = click.get_current_context(silent=True)
+    if context is None:
+        click.echo(line, err=True)
+    else:
+        context.find_root().call_on_close(lambda: click.echo(line, err=True))
 
 
 def fail_after_logging(message: str) -> None:

@@ -59,11 +59,11 @@ def _aside_path(path: Path, now: float) -> Path:
 
 
 def warn(message: str) -> None:
-    """One line on stderr, `llm-lmstudio: warning: ...`. Inside a command it comes once the command is done, so that
+    """One line on stderr, `llm-lmstudio-mlx: warning: ...`. Inside a command it comes once the command is done, so that
     it never lands in the middle of a streamed answer on the terminal."""
     import click
 
-    line = f"llm-lmstudio: warning: {message}"
+    line = f"llm-lmstudio-mlx: warning: {message}"
     context = click.get_current_context(silent=True)
     if context is None:
         click.echo(line, err=True)

@@ -17,13 +17,13 @@ _printed: set[str] = set()  # notices already shown outside any click command (p
 
 
 def notice(message: str) -> None:
-    """Print `llm-lmstudio: message` to stderr once per command (hooks run several times per command)."""
+    """Print `llm-lmstudio-mlx: message` to stderr once per command (hooks run several times per command)."""
     context = click.get_current_context(silent=True)
     shown = context.find_root().meta.setdefault("llm_lmstudio.notices", set()) if context else _printed
     if message in shown:
         return
     shown.add(message)
-    click.echo(f"llm-lmstudio: {message}", err=True)
+    click.echo(f"llm-lmstudio-mlx: {message}", err=True)
 
 
 def _command_names(context) -> list[str]:

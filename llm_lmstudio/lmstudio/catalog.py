@@ -272,7 +272,7 @@ def _entry_models(entry: dict) -> list[CatalogModel]:
 
 def _debug(message: str) -> None:
     if settings.debug():
-        print(f"llm-lmstudio: {message}", file=sys.stderr)
+        print(f"llm-lmstudio-mlx: {message}", file=sys.stderr)
 
 
 def _status_of(exc: Exception) -> str:

@@ -37,7 +37,7 @@ _CLASSIFIERS: dict[tuple, Any] = {}
 
 def _debug(message: str) -> None:
     if settings.debug():
-        print(f"llm-lmstudio: {message}", file=sys.stderr)
+        print(f"llm-lmstudio-mlx: {message}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- which embedding model

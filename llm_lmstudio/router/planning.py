@@ -240,7 +240,7 @@ def _history(model_ids: list[str]):
         if settings.debug():
             import sys
 
-            print(f"llm-lmstudio: router history unavailable: {exc}", file=sys.stderr)
+            print(f"llm-lmstudio-mlx: router history unavailable: {exc}", file=sys.stderr)
         return {}
 
 

@@ -524,7 +524,7 @@ def test_status_json_is_the_documented_shape(lmstudio):
     result = run("status", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert set(data) == {"servers", "sdk"}
+    assert set(data) == {"servers", "sdk", "conflicts"}
     [server] = data["servers"]
     assert set(server) == {
         "base_url", "reachable", "latency_ms", "requires_token", "token_configured", "token_source", "token_accepted",

@@ -64,7 +64,7 @@ def test_a_damaged_json_file_is_moved_aside_with_one_warning_naming_both_paths(t
     assert aside.read_text() == "[not json" and not path.exists()
     assert re.fullmatch(r"jobs\.json\.corrupt-\d{8}T\d{6}Z", aside.name)
     [line] = capsys.readouterr().err.splitlines()
-    assert line == (f"llm-lmstudio: warning: {path} was damaged (not JSON: Expecting value: line 1 column 2 (char 1))"
+    assert line == (f"llm-lmstudio-mlx: warning: {path} was damaged (not JSON: Expecting value: line 1 column 2 (char 1))"
                     f" and has been moved to {aside}; a new one is built in its place")
     assert files.read_json(path) is None and capsys.readouterr().err == ""  # told once: the file is gone
 

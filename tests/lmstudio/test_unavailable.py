@@ -57,7 +57,7 @@ def test_a_bad_embed_batch_size_leaves_other_providers_embedding_models_working(
     assert result.returncode == 0, result.stderr
     assert "text-embedding-3-small" in result.stdout  # OpenAI's models are still there
     [line] = stderr_lines(result)
-    assert line.startswith(f"llm-lmstudio: LMSTUDIO_EMBED_BATCH_SIZE='{value}' is not usable")
+    assert line.startswith(f"llm-lmstudio-mlx: LMSTUDIO_EMBED_BATCH_SIZE='{value}' is not usable")
     assert "whole number of at least 1" in line and "LM Studio models are off" in line
 
 
@@ -78,8 +78,8 @@ def test_a_failure_inside_our_registration_turns_off_only_our_models(monkeypatch
     result = invoke("models")
     assert result.exit_code == 0 and "gpt-4o-mini" in result.output
     assert "LM Studio router" in result.output  # the other parts of the hook still ran
-    lines = [line for line in result.stderr.splitlines() if line.startswith("llm-lmstudio:")]
-    assert lines == ["llm-lmstudio: LM Studio chat models are off: RuntimeError: catalog exploded (LLM_LMSTUDIO_DEBUG=1 shows where)"]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("llm-lmstudio-mlx:")]
+    assert lines == ["llm-lmstudio-mlx: LM Studio chat models are off: RuntimeError: catalog exploded (LLM_LMSTUDIO_DEBUG=1 shows where)"]
 
 
 def test_a_timeout_setting_that_is_not_a_number_is_one_line_for_status():
@@ -158,7 +158,7 @@ def test_llm_chat_with_a_missing_model_says_why_without_a_traceback(refused_url)
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert stderr_lines(result) == [
-        f"llm-lmstudio: {LLAMA} is not available: LM Studio is not reachable at {refused_url} — is the server "
+        f"llm-lmstudio-mlx: {LLAMA} is not available: LM Studio is not reachable at {refused_url} — is the server "
         "running? Start it with `lms server start` or from the LM Studio app",
         f"Error: '{LLAMA}' is not a known model",
     ]
@@ -261,7 +261,7 @@ def test_debug_names_the_failed_listing_on_every_run_not_only_the_first(refused_
         result = llm_run("models", env=env)
         assert result.returncode == 0
         assert [line for line in stderr_lines(result) if "llm-lmstudio" in line] == [
-            f"llm-lmstudio: the last model listing of {refused_url} failed: LM Studio is not reachable at "
+            f"llm-lmstudio-mlx: the last model listing of {refused_url} failed: LM Studio is not reachable at "
             f"{refused_url} — is the server running? Start it with `lms server start` or from the LM Studio app"
         ]
 

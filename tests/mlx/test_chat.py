@@ -815,4 +815,4 @@ def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monk
         assert one_line_error(CliRunner().invoke(cli, command)) == f"Error: {problem}\n"
     listed = CliRunner().invoke(cli, ["models"])
     assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
-    assert listed.stderr.splitlines() == [f"llm-lmstudio: {problem} (native MLX models are off until then)"]
+    assert listed.stderr.splitlines() == [f"llm-lmstudio-mlx: {problem} (native MLX models are off until then)"]

@@ -298,7 +298,7 @@ def test_a_damaged_registry_is_moved_aside_and_the_version_before_restored(roots
     [aside] = registry_asides(user_path)
     assert aside.read_text() == "[not json"
     assert listed.stderr.splitlines() == [
-        f"llm-lmstudio: warning: {registry} was damaged (not JSON: Expecting value: line 1 column 2 (char 1)) and has "
+        f"llm-lmstudio-mlx: warning: {registry} was damaged (not JSON: Expecting value: line 1 column 2 (char 1)) and has "
         f"been moved to {aside}; restored the version before its last change from {registry}.bak"
     ]
     assert invoke("lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "second").exit_code == 0
@@ -315,7 +315,7 @@ def test_a_damaged_registry_without_a_version_before_is_kept_aside_never_overwri
     assert listed.exit_code == 0 and listed.stdout.startswith("No native MLX models found.")
     [warning] = listed.stderr.splitlines()
     [aside] = registry_asides(user_path)
-    assert warning.startswith(f"llm-lmstudio: warning: {registry} was damaged (not JSON: ")
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {registry} was damaged (not JSON: ")
     assert warning.endswith(f"moved to {aside}; no earlier version to restore: add its models again with "
                             "`llm lmstudio mlx add`")
     assert invoke("lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "new").exit_code == 0

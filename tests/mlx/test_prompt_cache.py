@@ -95,7 +95,7 @@ def test_torn_file_is_moved_aside_with_a_warning_and_rebuilt(models, user_path, 
     [aside] = path.parent.glob(f"{path.name}.corrupt-*")
     assert aside.read_bytes() == torn
     [warning] = second.stderr.splitlines()
-    assert warning.startswith(f"llm-lmstudio: warning: {path} was damaged (") and warning.endswith(
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
         f"moved to {aside}; this turn goes through the whole conversation and saves a new one")
     stats = logged_turns(user_path)[-1]["stats"]
     assert stats["prompt_cache"] is None and stats["prompt_tokens_processed"] == stats["prompt_tokens"]

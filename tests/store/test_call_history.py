@@ -339,7 +339,7 @@ def test_a_damaged_router_db_is_moved_aside_and_rebuilt_from_llms_log(lmstudio, 
     [aside] = [p for p in path.parent.glob("router.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
     assert aside.read_bytes() == damaged
     [warning] = stats.stderr.splitlines()
-    assert warning.startswith(f"llm-lmstudio: warning: {path} was damaged (") and warning.endswith(
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
         f"moved to {aside}; a new one is built in its place (answers are copied again from llm's log; "
         "failures start afresh)")
     [model] = json.loads(stats.stdout)["models"]

@@ -393,7 +393,7 @@ def test_a_torn_or_foreign_file_is_moved_aside_and_rebuilt_not_trusted(tmp_path,
     [aside] = [p for p in tmp_path.glob("c.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
     assert aside.read_bytes() == damaged  # kept as it was, never deleted
     [warning] = capsys.readouterr().err.splitlines()
-    assert warning.startswith(f"llm-lmstudio: warning: {path} was damaged (") and warning.endswith(
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
         f") and has been moved to {aside}; a new, empty cache is built in its place")
 
 
