@@ -383,8 +383,9 @@ INTERFACES = [
         rebuilt=lambda path: cache_db.Store(path).stats()["entries"] == 1 or pytest.fail("the answer was not kept"),
     ),
     Interface(
-        # LM Studio 0.3.15 has no /v1/responses: the continued turn learns it again and writes the verdict anew.
-        "chat, continued", "/v1/responses", lambda: ["-c", "Say more"], RECOVERS, 2 * READ_TIMEOUT, _chat_answer,
+        # LM Studio 0.3.15 has no /v1/responses: the stateful turn learns it again and writes the verdict anew.
+        "chat, continued", "/v1/responses", lambda: ["-c", "Say more", "-o", "stateful", "true"], RECOVERS,
+        2 * READ_TIMEOUT, _chat_answer,
         plugin_file="no-responses-api.json", rebuilt=lambda path: len(_json_file(path)) == 1 or pytest.fail("no verdict"),
         setup=lambda lmstudio: (lmstudio.configure(version="0.3.15"), _first_turn(lmstudio, "-m", LLAMA, "Say something")),
     ),
