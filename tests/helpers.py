@@ -90,3 +90,32 @@ def cache_list_for(url: str, *, like: str, fetched_at: float | None = None) -> s
     with model_list_cache() as servers:
         servers[key] = dict(servers[settings.normalize_base_url(like)], fetched_at=time.time() if fetched_at is None else fetched_at)
     return key
+
+
+def sdk_client(token_support: bool) -> type:
+    """The installed lmstudio SDK's Client as an SDK with (lmstudio >= 1.6: `Client(api_host, api_token=...)`) or
+    without (1.5: `Client(api_host)`) API-token support has it, whichever version is installed: how a test fixes
+    the SDK the plugin finds, and so the one outcome it must show. The token goes out in the installed SDK's own
+    authentication message."""
+    import inspect
+
+    import lmstudio as lms
+
+    accepts_token = "api_token" in inspect.signature(lms.Client).parameters
+    if token_support and accepts_token:
+        return lms.Client
+    if token_support:
+        class TokenClient(lms.Client):
+            def __init__(self, api_host=None, api_token=None):
+                super().__init__(api_host)
+                if api_token is not None:
+                    client_id, passkey = api_token.removeprefix("sk-lm-").split(":")
+                    self._auth_details = self._format_auth_message(client_id, passkey)
+
+        return TokenClient
+
+    class TokenlessClient(lms.Client):
+        def __init__(self, api_host=None):
+            super().__init__(api_host)
+
+    return TokenlessClient
