@@ -6,16 +6,10 @@ import json
 
 import llm
 import pytest
-import sqlite_utils
 
 from llm_lmstudio.lmstudio import transport
+from tests.helpers import log_rows as turns
 from tests.lmstudio.test_chat import LLAMA, TOOLS, VISION, _png, run
-
-
-def turns(user_path):
-    """The logged turns, oldest first."""
-    rows = sqlite_utils.Database(user_path / "logs.db")["turns"].rows
-    return sorted(rows, key=lambda t: t["datetime_utc"])
 
 
 def logs():
