@@ -43,11 +43,14 @@ def llm_process(*args: str, env: dict | None = None, input: str | None = None, t
     )
 
 
-def assert_one_line_error(result: Result | subprocess.CompletedProcess, *fragments: str, stdout: str | None = "") -> str:
+def assert_one_line_error(
+    result: Result | subprocess.CompletedProcess, *fragments: str, stdout: str | None = "", progress: bool = False
+) -> str:
     """What a user must see when a command fails: exit code 1, no traceback, and exactly one non-blank line on
-    stderr, starting with "Error: " and holding every fragment; stdout holds exactly `stdout`: nothing, unless the
+    stderr, starting with "Error: " and holding every fragment. stdout holds exactly `stdout`: nothing, unless the
     test says what arrived before the failure (None: the test checks stdout itself, e.g. a stream cut midway).
-    Works on an in-process result and on a real process; returns the line."""
+    `progress`: the command showed progress on stderr first (`llm lmstudio get`): the error is then its last line
+    and the only one starting with "Error:". Works on an in-process result and on a real process; returns the line."""
     if isinstance(result, subprocess.CompletedProcess):
         code, out, err = result.returncode, result.stdout, result.stderr
     else:
@@ -57,6 +60,9 @@ def assert_one_line_error(result: Result | subprocess.CompletedProcess, *fragmen
     assert code == 1, shown
     assert "Traceback" not in out + err, shown
     lines = [line for line in err.splitlines() if line.strip()]
+    if progress:
+        assert [line for line in lines if line.lstrip().startswith("Error:")] == lines[-1:], shown
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("Error: "), shown
     assert stdout is None or out == stdout, shown
     for fragment in fragments:
