@@ -92,6 +92,20 @@ class Spawned:
         return {pid: command for pid in sorted(new) if (command := _our_live_process(pid))}
 
     @staticmethod
+    def wait(pid: int, timeout: float) -> bool:
+        """Wait until process `pid` (any process: a detached one too) has ended; False if it still runs after `timeout`."""
+        import select
+
+        try:
+            handle = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        try:
+            return bool(select.select([handle], [], [], timeout)[0])
+        finally:
+            os.close(handle)
+
+    @staticmethod
     def end(pid: int) -> None:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -102,8 +116,8 @@ class Spawned:
 @pytest.fixture(autouse=True)
 def spawned():
     """Fails the test if a process it started (directly, through `llm`, or detached in a new session) is still
-    running when it ends, and ends that process. A test that means to leave one behind ends it itself:
-    `spawned.alive()` lists them, `spawned.end(pid)` ends one."""
+    running when it ends, and ends that process. A test that starts one on purpose waits for it or ends it:
+    `spawned.alive()` lists them, `spawned.wait(pid, timeout)` waits for one, `spawned.end(pid)` ends one."""
     tracker = Spawned()
     yield tracker
     survivors = tracker.alive()

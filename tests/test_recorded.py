@@ -5,7 +5,6 @@ import json
 
 import llm
 import pytest
-import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
