@@ -254,13 +254,10 @@ def test_image_attachments_go_to_vision_models_only(lmstudio, tmp_path):
 
 def test_jit_load_passes_ttl_so_the_model_is_not_pinned(lmstudio):
     assert not lmstudio.loaded()
-    assert run("-m", LLAMA, "hi", "-o", "ttl", "2", "-o", "max_tokens", "2").exit_code == 0
+    assert run("-m", LLAMA, "hi", "-o", "ttl", "600", "-o", "max_tokens", "2").exit_code == 0
     [instance] = lmstudio.loaded()
-    assert instance["jit"] and instance["ttl_seconds"] == 2
-    deadline = time.monotonic() + 10
-    while lmstudio.loaded() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not lmstudio.loaded()
+    assert instance["jit"] and instance["ttl_seconds"] == 600
+    assert lmstudio.age(600) == ["test-org/tiny-llama"] and not lmstudio.loaded()  # idle for its TTL: unloaded
 
 
 # ------------------------------------------------------------------ older and newer LM Studio
