@@ -4,6 +4,7 @@ skipped when it cannot be had), and the rule that no process a test starts outli
 
 import io
 import os
+import shutil
 import signal
 import sys
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import model_factory
+from tests.fast_logs import migrated_logs_db  # noqa: F401 - a fixture
 from tests.helpers import llm_command  # noqa: F401 - re-exported: test modules import it from here
 
 # The LM Studio stand-in's fixtures (`fake_lmstudio`, `lmstudio`, ...) live with the stand-in.
@@ -42,9 +44,12 @@ def stderr_terminal(monkeypatch) -> Terminal:
 
 
 @pytest.fixture
-def user_path(tmp_path, monkeypatch):
+def user_path(tmp_path, monkeypatch, migrated_logs_db):
+    """llm's user directory for this test, as a user who has used llm before has it: with a migrated logs.db
+    (copied: migrating one costs about half a second of fsyncs, in every test that prompts)."""
     path = tmp_path / "llm-user"
     path.mkdir()
+    shutil.copy(migrated_logs_db, path / "logs.db")
     monkeypatch.setenv("LLM_USER_PATH", str(path))
     return path
 

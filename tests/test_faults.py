@@ -636,7 +636,7 @@ def not_lmstudio_url():
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     worker.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
