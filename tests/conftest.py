@@ -65,6 +65,21 @@ def _isolated_environment(monkeypatch, user_path, tmp_path):
     (tmp_path / "home").mkdir(exist_ok=True)
 
 
+# LM Studio's hung-server probe (lmstudio/transport.py): a request still waiting for its first byte after PROBE_AFTER
+# (3 s) asks the server for its model list, allowing it as long again. Tests of that decision make it after this.
+QUICK_PROBE = 0.5
+
+
+@pytest.fixture
+def quick_hang_probe(monkeypatch):
+    """The hung-server probe after QUICK_PROBE seconds instead of 3, in this process: the same decision (the listing
+    answers: keep waiting; it does not either: the server is hung), six times sooner."""
+    from llm_lmstudio.lmstudio import transport
+
+    monkeypatch.setattr(transport, "PROBE_AFTER", QUICK_PROBE)
+    return QUICK_PROBE
+
+
 # ---------------------------------------------------------------- no process outlives its test
 
 
