@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from tests import model_factory
@@ -26,6 +27,13 @@ RUN_MARK = "LLM_LMSTUDIO_TEST_RUN"
 
 def pytest_configure(config):
     os.environ[RUN_MARK] = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+# Property tests run the same examples every time (derandomize), and keep no example database between runs: a run
+# passes or fails on the code alone. `--hypothesis-profile=explore` draws new examples (and FUZZ_EXAMPLES=N more).
+hypothesis.settings.register_profile("deterministic", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", database=None)
+hypothesis.settings.load_profile("deterministic")
 
 
 class Terminal(io.StringIO):
