@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import sqlite_utils
 from click.testing import CliRunner
 from llm.cli import cli
 
 from llm_lmstudio.core import files
-from llm_lmstudio.lmstudio import catalog
-from llm_lmstudio.router import classifier_setup
-from llm_lmstudio.lmstudio import transport
 from llm_lmstudio.core import settings
+from llm_lmstudio.lmstudio import catalog
+from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.router import classifier_setup
 from llm_lmstudio.store import cache_db
 from tests import model_factory
-from tests.conftest import llm_command
-from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
+from tests.conftest import QUICK_PROBE
+from tests.fast_logs import logs_db  # noqa: F401 - a fixture
+from tests.helpers import assert_one_line_error, cache_list_for, llm_command, llm_process, log_rows, model_list_cache
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA_KEY = "test-org/tiny-llama"
@@ -93,8 +93,10 @@ FAULTS = (
 )
 # The last two run at the default LMSTUDIO_TIMEOUT (300 s, for slow JIT loads): a server that answers nothing,
 # not even its model listing, must fail within seconds; one that is only slow to start answering is waited for.
-HUNG_BUDGET = transport.PROBE_AFTER + CONNECT_TIMEOUT + 3.0
-SLOW_LOAD = {"delay": transport.PROBE_AFTER + 3.0}
+# The hung-server probe comes after QUICK_PROBE s here (the `quick_hang_probe` fixture), not after 3 s: the same
+# decision, sooner. test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_timeout runs it as shipped.
+HUNG_BUDGET = QUICK_PROBE + CONNECT_TIMEOUT + QUICK_PROBE  # the probe's wait, then the listing's own grace
+SLOW_LOAD = {"delay": QUICK_PROBE + 1.5}  # well past the probe, which finds the listing answering: keep waiting
 FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
 BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
 BAD_URL = "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https are allowed"
@@ -460,7 +462,8 @@ def render_matrix(results: dict) -> str:
         "",
         f"Each cell: outcome and wall-clock seconds. `LMSTUDIO_TIMEOUT={READ_TIMEOUT:g}`, "
         f"`LMSTUDIO_CONNECT_TIMEOUT={CONNECT_TIMEOUT:g}`, `LMSTUDIO_DISCOVERY_BUDGET={DISCOVERY_BUDGET:g}`. "
-        "ok = correct answer; reported = exit 0 with the problem named; error = one line, exit 1; "
+        f"`hung, 300 s` and `slow load, 300 s`: the default LMSTUDIO_TIMEOUT, hung-server probe after {QUICK_PROBE:g} s "
+        "(3 s as shipped). ok = correct answer; reported = exit 0 with the problem named; error = one line, exit 1; "
         "n/a = the fault cannot reach that interface (SDK commands use the websocket, not the faulted HTTP paths).",
         "",
         "| interface | " + " | ".join(FAULTS) + " |",
@@ -503,11 +506,8 @@ def arm(fault: str, interface: Interface, lmstudio, refused_url, hung_url, monke
     options = dict(interface.fault_options)
     if fault == "refused":
         if interface.prime:
-            # The list was cached while the server was up (now stale, so listing must try it again).
-            cache = catalog.read_cache()
-            dead = settings.normalize_base_url(refused_url)
-            cache[dead] = dict(cache[lmstudio.base_url], fetched_at=0 if interface.name == "llm models" else time.time())
-            catalog._write_cache(cache)
+            # The list was cached while the server was up (stale for `llm models`, so listing must try it again).
+            cache_list_for(refused_url, like=lmstudio.base_url, fetched_at=0 if interface.name == "llm models" else None)
         monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     elif fault == "hung":
         if http_path:
@@ -545,14 +545,13 @@ def arm(fault: str, interface: Interface, lmstudio, refused_url, hung_url, monke
         lmstudio.set_fault("slow", http_path, **SLOW_LOAD)
     if interface.name == "llm models" and fault not in ("refused", "healthy", "bad setting", "bad URL", "damaged file"):
         # Expire the cached list so this run has to ask the (faulty) server again.
-        cache = catalog.read_cache()
-        cache[lmstudio.base_url]["fetched_at"] = 0
-        catalog._write_cache(cache)
+        with model_list_cache() as servers:
+            servers[lmstudio.base_url]["fetched_at"] = 0
 
 
 @pytest.mark.parametrize("interface_name, fault", CELLS, ids=[re.sub(r"\W+", "_", f"{i}-{f}") for i, f in CELLS])
 def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
-    interface_name, fault, matrix, lmstudio, refused_url, hung_url, monkeypatch, short_timeouts, logs_db
+    interface_name, fault, matrix, lmstudio, refused_url, hung_url, monkeypatch, short_timeouts, quick_hang_probe
 ):
     interface = BY_NAME[interface_name]
     expect = interface.expect[fault]
@@ -624,12 +623,9 @@ def recovered(interface: Interface, damaged: Path, outcome: Outcome) -> None:
 # ---------------------------------------------------------------- the real process: exit code, stderr, wall clock
 
 
-def llm_process(args: list[str], env_extra: dict, user_path: Path, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    env = dict(os.environ, LLM_USER_PATH=str(user_path), **env_extra)
+def timed_llm_process(args: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    result = subprocess.run(
-        [llm_command(), *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    result = llm_process(*args, env=env, timeout=timeout)
     return result, time.monotonic() - started
 
 
@@ -637,7 +633,7 @@ def llm_process(args: list[str], env_extra: dict, user_path: Path, timeout: floa
     "fault, needle",
     [("hung", "did not answer within 1 s"), ("cut", "cut off mid-stream"), ("token required", "requires an API token")],
 )
-def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, logs_db, short_timeouts, fault, needle):
+def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, short_timeouts, fault, needle):
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     lmstudio.script(ANSWER)
     if fault == "hung":
@@ -647,43 +643,35 @@ def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, lo
     else:
         lmstudio.configure(auth_token=SECRET)
     env = {"LMSTUDIO_BASE_URL": lmstudio.base_url, "LMSTUDIO_TIMEOUT": "1", "LMSTUDIO_CONNECT_TIMEOUT": "1"}
-    result, seconds = llm_process(["-m", LLAMA, "Say something"], env, user_path, timeout=60)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith("Error: ") and needle in line
+    result, seconds = timed_llm_process(["-m", LLAMA, "Say something"], env, timeout=60)
+    # A stream cut after two chunks has printed them (the test of the matrix's "cut" column checks what).
+    assert_one_line_error(result, needle, stdout=None if fault == "cut" else "")
     # Process start-up (imports, plugins) is part of the wall clock on a shared machine.
     assert seconds < READ_TIMEOUT + SLACK + 10
 
 
-def test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_timeout(lmstudio, user_path, logs_db):
+@pytest.mark.slow  # the probe as shipped: 3 s, then 5 s for the listing
+def test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_timeout(lmstudio, user_path):
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     lmstudio.set_fault("hang", "/")  # accepts connections and answers nothing, not even its model listing
-    result, seconds = llm_process(["-m", LLAMA, "Say something"], {"LMSTUDIO_BASE_URL": lmstudio.base_url}, user_path, 90)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    result, seconds = timed_llm_process(["-m", LLAMA, "Say something"], {"LMSTUDIO_BASE_URL": lmstudio.base_url}, 90)
+    line = assert_one_line_error(result)
     assert re.fullmatch(
         rf"Error: LM Studio at {re.escape(lmstudio.base_url)} accepted the connection but did not answer within \d+ s, "
         r"nor did its model listing: it looks hung \(restart it: `lms server stop`, then `lms server start`\)",
         line,
     ), line
     # Default timeouts (300 s read, 2 s connect): the probe decides within seconds; start-up is extra.
-    assert seconds < transport.PROBE_AFTER + 2.0 + 3.0 + SLACK + 10
+    assert seconds < transport.PROBE_AFTER + 2.0 + transport.PROBE_AFTER + SLACK + 10
 
 
 def test_real_lmstudio_command_against_a_hung_server_exits_one_in_bounded_time(hung_url, user_path, short_timeouts):
-    result, seconds = llm_process(["lmstudio", "ps"], {"LMSTUDIO_BASE_URL": hung_url}, user_path, timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith("Error: ") and hung_url in line
+    result, seconds = timed_llm_process(["lmstudio", "ps"], {"LMSTUDIO_BASE_URL": hung_url}, timeout=60)
+    assert_one_line_error(result, hung_url)
     assert seconds < CONNECT_TIMEOUT + 10 + SLACK + 10
 
 
 # ---------------------------------------------------------------- nothing lost
-
-
-def logged_turns(logs_db: Path) -> list[dict]:
-    return sorted(sqlite_utils.Database(logs_db)["turns"].rows, key=lambda r: r["datetime_utc"])
 
 
 @pytest.mark.parametrize("mode", [[], ["--async"]], ids=["sync", "async"])
@@ -695,7 +683,7 @@ def test_a_stream_cut_midway_keeps_what_arrived_marked_as_cut_in_the_log(lmstudi
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stdout.startswith("one")
     assert "[response cut off:" in result.stdout
-    [turn] = logged_turns(logs_db)
+    [turn] = log_rows(logs_db.parent)
     data = json.loads(turn["response_json"])
     assert data["cut"] is True and "cut off mid-stream" in data["error"]
     logged = last_logged_response()
@@ -732,7 +720,7 @@ def test_a_router_turn_that_fell_back_logs_the_failed_attempt_with_the_answer(lm
     lmstudio.set_fault("hang", "/api/v0/chat", times=1)
     result = CliRunner().invoke(cli, ["-m", "router", "Write a haiku about autumn"])
     assert result.exit_code == 0, result.output
-    [turn] = logged_turns(logs_db)
+    [turn] = log_rows(logs_db.parent)
     assert last_logged_response() == ANSWER
     first, second = json.loads(turn["response_json"])["attempts"]
     assert (first["ok"], first["error_kind"]) == (False, "TimedOut") and "did not answer within 1 s" in first["error"]
@@ -746,7 +734,7 @@ def test_a_router_answer_cut_midway_is_logged_with_the_attempt_marked_cut(lmstud
     lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=3)
     result = CliRunner().invoke(cli, ["-m", "router", "Write a haiku about autumn"])
     assert result.exit_code == 1 and "cut off mid-stream" in result.output and "Traceback" not in result.output
-    [turn] = logged_turns(logs_db)
+    [turn] = log_rows(logs_db.parent)
     logged = last_logged_response()
     assert logged.startswith("one") and "[response cut off:" in logged
     [attempt] = json.loads(turn["response_json"])["attempts"]
@@ -777,7 +765,7 @@ def not_lmstudio_url():
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     worker.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -801,6 +789,7 @@ def test_a_server_that_is_not_lmstudio_gets_one_verdict_from_ps_status_and_chat(
 # ---------------------------------------------------------------- bad input: one line, never the prompt back
 
 
+@pytest.mark.slow  # three real llm processes
 def test_binary_bytes_on_stdin_are_one_line_that_never_echoes_the_prompt(lmstudio, user_path, logs_db, tmp_path):
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     data = bytes(range(256)) * 800  # 200 KB, most of it not UTF-8
@@ -817,12 +806,13 @@ def test_binary_bytes_on_stdin_are_one_line_that_never_echoes_the_prompt(lmstudi
     assert not [r for r in lmstudio.requests() if "chat" in r["path"]]  # nothing reached the server
 
 
+@pytest.mark.slow  # four real llm processes
 def test_a_schema_answer_cut_at_the_token_limit_warns_that_it_is_not_valid_json(lmstudio, user_path, logs_db):
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     env = {"LMSTUDIO_BASE_URL": lmstudio.base_url}
     for mode in ([], ["--async"], ["--no-stream"]):
         args = ["-m", LLAMA, "a person", "--schema", "name str, age int", "-o", "max_tokens", "4", *mode]
-        result, _ = llm_process(args, env, user_path, timeout=90)
+        result = llm_process(*args, env=env, timeout=90)
         assert result.returncode == 0
         with pytest.raises(ValueError):
             json.loads(result.stdout)
@@ -831,6 +821,6 @@ def test_a_schema_answer_cut_at_the_token_limit_warns_that_it_is_not_valid_json(
             "raise it with -o max_tokens N"
         ]
     lmstudio.script('{"name": "Ada", "age": 36}')
-    result, _ = llm_process(["-m", LLAMA, "a person", "--schema", "name str, age int"], env, user_path, timeout=90)
+    result = llm_process("-m", LLAMA, "a person", "--schema", "name str, age int", env=env, timeout=90)
     assert result.returncode == 0 and json.loads(result.stdout) == {"name": "Ada", "age": 36}
     assert result.stderr.strip() == ""

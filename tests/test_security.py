@@ -16,6 +16,7 @@ from llm.plugins import pm
 
 from llm_lmstudio.core import settings
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
+from tests.helpers import llm_cli
 
 LLAMA_KEY = "test-org/tiny-llama"
 LLAMA = f"lmstudio/{LLAMA_KEY}"
@@ -33,7 +34,7 @@ class Transcript:
         self.outputs: list[str] = []
 
     def run(self, *args, input=None) -> "object":
-        result = CliRunner().invoke(cli, list(args), input=input)
+        result = llm_cli(*args, input=input, catch_exceptions=True)
         self.outputs.append(f"$ llm {' '.join(args)}\n{result.output}\n{result.stderr}\n{result.exception!r}")
         return result
 

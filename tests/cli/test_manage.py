@@ -1,7 +1,7 @@
 """`llm lmstudio load|unload|ps|ls|status` run through click against the stand-in with the real SDK:
 output for people, the documented --json shapes, JIT + TTL in ps, several instances, --all, and each error."""
 
-import inspect
+import functools
 import json
 import re
 import subprocess
@@ -14,7 +14,9 @@ from click.testing import CliRunner
 from llm.cli import cli
 
 from llm_lmstudio.lmstudio import catalog
+from tests import helpers
 from tests.conftest import stderr_terminal
+from tests.helpers import llm_cli
 
 LLAMA = "test-org/tiny-llama"
 QWEN = "test-org/tiny-qwen-tools"
@@ -22,18 +24,11 @@ EMBEDDING = "test-org/text-embedding-all-minilm-l6-v2"
 TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
 
 
-def run(*args):
-    return CliRunner().invoke(cli, ["lmstudio", *args])
+run = functools.partial(llm_cli, "lmstudio")  # `llm lmstudio ARGS`
 
 
 def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output and "ws://" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
+    assert "ws://" not in helpers.assert_one_line_error(result, *fragments)  # the SDK's transport stays out of sight
 
 
 def chat_with_ttl(base_url, model, ttl):
@@ -520,7 +515,9 @@ def test_status_reachable_server_exits_zero(lmstudio):
     )
 
 
-def test_status_json_is_the_documented_shape(lmstudio):
+@pytest.mark.parametrize("token_support", [False, True], ids=["sdk-without-tokens", "sdk-with-tokens"])
+def test_status_json_is_the_documented_shape(lmstudio, monkeypatch, token_support):
+    monkeypatch.setattr(lms, "Client", helpers.sdk_client(token_support))
     result = run("status", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
@@ -531,9 +528,7 @@ def test_status_json_is_the_documented_shape(lmstudio):
         "downloaded", "loaded", "error",
     }
     assert (server["base_url"], server["reachable"], server["downloaded"], server["loaded"]) == (lmstudio.base_url, True, 5, 0)
-    assert data["sdk"] == {
-        "installed": True, "version": lms.__version__, "token_support": "api_token" in inspect.signature(lms.Client).parameters,
-    }
+    assert data["sdk"] == {"installed": True, "version": lms.__version__, "token_support": token_support}
 
 
 def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_url, monkeypatch):
@@ -546,7 +541,9 @@ def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_
     assert text.exit_code == 1 and f"{refused_url}  unreachable: LM Studio is not reachable" in text.stdout
 
 
-def test_status_explains_a_token_requirement(lmstudio, monkeypatch):
+@pytest.mark.parametrize("token_support", [False, True], ids=["sdk-without-tokens", "sdk-with-tokens"])
+def test_status_explains_a_token_requirement(lmstudio, monkeypatch, token_support):
+    monkeypatch.setattr(lms, "Client", helpers.sdk_client(token_support))
     lmstudio.configure(auth_token=TOKEN)
     result = run("status")
     assert result.exit_code == 1  # a health check: this server cannot be used as configured
@@ -556,8 +553,11 @@ def test_status_explains_a_token_requirement(lmstudio, monkeypatch):
     assert "API token: from $LM_API_TOKEN" in result.stdout and TOKEN not in result.stdout
     assert "token: required, ours accepted  models: 5 downloaded" in result.stdout
     # Only an SDK without token support falls back to the REST API, and says what that costs.
-    fallback = "cannot send API tokens: load/unload/ps/ls use LM Studio's REST API" in result.stdout
-    assert fallback == ("api_token" not in inspect.signature(lms.Client).parameters)
+    fallback = [line for line in result.stdout.splitlines() if "cannot send API tokens" in line]
+    assert fallback == ([] if token_support else [
+        f"SDK: lmstudio {lms.__version__} cannot send API tokens: load/unload/ps/ls use LM Studio's REST API instead "
+        "(no --gpu, --ttl, --identifier or estimates); lmstudio 1.6+ can do those"
+    ])
 
 
 @pytest.mark.parametrize("how", ["keys", "LM_API_TOKEN", "LMSTUDIO_API_TOKEN"])

@@ -156,6 +156,11 @@ class FakeLMStudio:
         body = {"model": model, "identifier": identifier, "ttl": ttl, "context_length": context_length, "jit": jit}
         return self._control("POST", "load", body)["identifier"]
 
+    def age(self, seconds: float) -> list[str]:
+        """As if `seconds` passed with no request: idle times grow, and instances whose TTL ran out are unloaded
+        now (their identifiers returned). How a test checks a TTL without sleeping through it."""
+        return self._control("POST", "age", {"seconds": seconds})["unloaded"]
+
     def set_variants(self, model: str, variants: list[str], selected: str | None = None) -> list[str]:
         """Give a downloaded model variants (`model@name` each, sharing its files) until the next reset."""
         return self._control("POST", "variants", {"model": model, "variants": variants, "selected": selected})["variants"]

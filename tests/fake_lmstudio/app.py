@@ -921,6 +921,12 @@ async def control_state(request: Request) -> Response:
     )
 
 
+async def control_age(request: Request) -> Response:
+    state: LMStudioState = request.app.state.lmstudio
+    data = await request.json()
+    return JSONResponse({"unloaded": state.age(float(data["seconds"]))})
+
+
 async def control_load(request: Request) -> Response:
     """Load with the options only the SDK offers (identifier, ttl), for tests that need such an instance."""
     state: LMStudioState = request.app.state.lmstudio
@@ -969,6 +975,7 @@ def create_app(state: LMStudioState) -> FakeMiddleware:
         Route("/__fake__/state", control_state),
         Route("/__fake__/generations", control_generations),
         Route("/__fake__/load", control_load, methods=["POST"]),
+        Route("/__fake__/age", control_age, methods=["POST"]),
     ]
     try:
         from .sdk_ws import websocket_routes

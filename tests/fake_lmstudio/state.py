@@ -510,11 +510,24 @@ class LMStudioState:
 
     def _ttl_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            with self._lock:
-                expired = [
-                    i.identifier
-                    for i in self._instances.values()
-                    if i.ttl_seconds is not None and i.active == 0 and self.ttl_remaining(i) == 0.0
-                ]
-                for identifier in expired:
-                    self._instances.pop(identifier, None)
+            self.unload_idle()
+
+    def unload_idle(self) -> list[str]:
+        """Unload every idle instance whose TTL has run out; their identifiers."""
+        with self._lock:
+            expired = [
+                i.identifier
+                for i in self._instances.values()
+                if i.ttl_seconds is not None and i.active == 0 and self.ttl_remaining(i) == 0.0
+            ]
+            for identifier in expired:
+                self._instances.pop(identifier, None)
+        return expired
+
+    def age(self, seconds: float) -> list[str]:
+        """As if `seconds` had passed with no request: every instance's idle time grows by that much, and the idle
+        ones whose TTL runs out are unloaded at once (tests age instances instead of sleeping through a TTL)."""
+        with self._lock:
+            for instance in self._instances.values():
+                instance.last_used -= seconds
+        return self.unload_idle()

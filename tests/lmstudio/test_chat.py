@@ -18,19 +18,12 @@ from llm.cli import cli
 
 from llm_lmstudio.lmstudio import chat
 from llm_lmstudio.core.messages import build_messages
+from tests.helpers import assert_one_line_error, cache_list_for, llm_cli as run, log_rows as turns
 
 LLAMA = "lmstudio/test-org/tiny-llama"
 TOOLS = "lmstudio/test-org/tiny-qwen-tools"
 REASONER = "lmstudio/test-org/tiny-reasoner"
 VISION = "lmstudio/test-org/tiny-vision"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
-
-
-def turns(user_path):
-    return list(sqlite_utils.Database(user_path / "logs.db")["turns"].rows)
 
 
 def test_streamed_prompt_is_logged_with_usage_client_timing_and_resolved_model(lmstudio, user_path):
@@ -263,13 +256,10 @@ def test_image_attachments_go_to_vision_models_only(lmstudio, tmp_path):
 
 def test_jit_load_passes_ttl_so_the_model_is_not_pinned(lmstudio):
     assert not lmstudio.loaded()
-    assert run("-m", LLAMA, "hi", "-o", "ttl", "2", "-o", "max_tokens", "2").exit_code == 0
+    assert run("-m", LLAMA, "hi", "-o", "ttl", "600", "-o", "max_tokens", "2").exit_code == 0
     [instance] = lmstudio.loaded()
-    assert instance["jit"] and instance["ttl_seconds"] == 2
-    deadline = time.monotonic() + 10
-    while lmstudio.loaded() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not lmstudio.loaded()
+    assert instance["jit"] and instance["ttl_seconds"] == 600
+    assert lmstudio.age(600) == ["test-org/tiny-llama"] and not lmstudio.loaded()  # idle for its TTL: unloaded
 
 
 # ------------------------------------------------------------------ older and newer LM Studio
@@ -317,25 +307,9 @@ def test_a_broken_prompt_template_is_one_line_streamed_or_not(lmstudio):
 # ------------------------------------------------------------------ errors: one line, non-zero exit
 
 
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.output
-    for needle in needles:
-        assert needle in error_lines[0], error_lines[0]
-    return error_lines[0]
-
-
 def test_server_down(lmstudio, refused_url, monkeypatch):
     run("models")  # cache the list while the server is up
-    from llm_lmstudio.lmstudio import catalog
-    from llm_lmstudio.core import settings
-
-    cache = catalog.read_cache()
-    dead = settings.normalize_base_url(refused_url)
-    cache[dead] = dict(cache[lmstudio.base_url], fetched_at=time.time())
-    catalog._write_cache(cache)
+    cache_list_for(refused_url, like=lmstudio.base_url)
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     assert_one_line_error(run("-m", LLAMA, "hi"), "not reachable at", "lms server start")
 
@@ -394,7 +368,7 @@ def test_malformed_json_is_reported(lmstudio):
     assert_one_line_error(run("-m", LLAMA, "hi", "--no-stream"), "malformed")
     lmstudio.set_fault("malformed", "/api/v0/chat", after_chunks=2)
     streamed = run("-m", LLAMA, "hi")
-    assert_one_line_error(streamed, "malformed", "kept in the log")
+    assert_one_line_error(streamed, "malformed", "kept in the log", stdout=None)
     assert "[response cut off" in streamed.output
 
 
@@ -403,7 +377,7 @@ def test_stream_cut_keeps_what_arrived_and_says_so(lmstudio, user_path):
     lmstudio.script("one two three four five six seven eight nine ten")
     lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=4)
     result = run("-m", LLAMA, "count")
-    assert_one_line_error(result, "cut off mid-stream", "kept in the log")
+    assert_one_line_error(result, "cut off mid-stream", "kept in the log", stdout=None)
     assert result.output.startswith("one")
     [turn] = turns(user_path)
     data = json.loads(turn["response_json"])

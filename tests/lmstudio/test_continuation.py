@@ -8,9 +8,9 @@ import json
 
 import llm
 import pytest
-import sqlite_utils
 
 from llm_lmstudio.lmstudio import transport
+from tests.helpers import log_rows as turns
 from tests.lmstudio.test_chat import LLAMA, REASONER, TOOLS, VISION, _png, run
 
 
@@ -19,12 +19,6 @@ def stateful_on(user_path):
     """`-o stateful true` as these models' default, as `llm models options set MODEL stateful true` writes it (written
     directly: the command would list the models before a test picks the LM Studio version to act as)."""
     (user_path / "model_options.json").write_text(json.dumps({m: {"stateful": "true"} for m in (LLAMA, TOOLS, VISION, REASONER)}))
-
-
-def turns(user_path):
-    """The logged turns, oldest first."""
-    rows = sqlite_utils.Database(user_path / "logs.db")["turns"].rows
-    return sorted(rows, key=lambda t: t["datetime_utc"])
 
 
 def logs():

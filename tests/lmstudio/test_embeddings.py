@@ -4,17 +4,12 @@ import math
 import llm
 import pytest
 import sqlite_utils
-from click.testing import CliRunner
-from llm.cli import cli
 
 from llm_lmstudio.lmstudio import embeddings
+from tests.helpers import llm_cli as run
 
 MINILM = "lmstudio/test-org/text-embedding-all-minilm-l6-v2"
 CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
 def cosine(a, b):

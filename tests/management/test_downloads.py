@@ -1,6 +1,7 @@
 """`llm lmstudio get` (downloads.py) against the stand-in's catalog and LM Studio-style download jobs, through the real
 SDK (search) and real HTTP (jobs): candidates, progress, already-downloaded, resume after Ctrl-C, and each error."""
 
+import functools
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 from llm.cli import cli
 
 from tests.conftest import llm_command, stderr_terminal
+from tests.helpers import llm_cli
+from tests.helpers import assert_one_line_error as one_line_error
 
 MLX_REPO = "test-org/Tiny-Download-MLX"
 MLX_KEY = "test-org/tiny-download-mlx"
@@ -19,8 +22,8 @@ GGUF_KEY = "test-org/tiny-download-gguf"
 TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
 
 
-def get(*args):
-    return CliRunner().invoke(cli, ["lmstudio", "get", *args])
+get = functools.partial(llm_cli, "lmstudio", "get")  # `llm lmstudio get ARGS`
+assert_one_line_error = functools.partial(one_line_error, progress=True)  # after the candidates and progress
 
 
 def events(result) -> list[dict]:
@@ -29,14 +32,6 @@ def events(result) -> list[dict]:
 
 def download_requests(lmstudio) -> list[dict]:
     return [r for r in lmstudio.requests() if r["path"] == "/api/v1/models/download"]
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip().startswith("Error: ")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_candidates_show_size_format_and_fit_then_the_download_ends_with_the_model_id(lmstudio):

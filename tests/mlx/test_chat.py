@@ -22,6 +22,7 @@ from llm_lmstudio.mlx import turn as mlx_turn
 from llm_lmstudio.mlx.prompt_cache import common_prefix
 from tests import model_factory
 from tests.conftest import llm_command
+from tests.helpers import assert_one_line_error as one_line_error, log_rows as turns
 
 
 @pytest.fixture
@@ -44,16 +45,12 @@ def fresh_cache():
     mlx_runtime.unload_all()
 
 
-def turns(user_path):
-    return list(sqlite_utils.Database(str(user_path / "logs.db"))["turns"].rows)
-
-
 def render(name, messages, tools=None):
     runtime = mlx_runtime.load_chat(discovery.find(name))
     return runtime.render(messages, tools)
 
 
-def script_output(monkeypatch, *scripts):
+def script_output(monkeypatch, *scripts, model="tiny-qwen"):
     """Make the next generations emit exactly these texts (then end-of-turn) by forcing logits.
 
     The model, tokenizer, detokenizer, mlx-lm's text state machine and tool parser all still run;
@@ -68,7 +65,7 @@ def script_output(monkeypatch, *scripts):
         processors = original(*args, **kwargs)
         if not pending:
             return processors
-        tokenizer = mlx_runtime.load_chat(discovery.find("tiny-qwen")).tokenizer
+        tokenizer = mlx_runtime.load_chat(discovery.find(model)).tokenizer
         script = tokenizer.encode(pending.pop(0), add_special_tokens=False) + [tokenizer.eos_token_id]
         step = {"n": 0}
 
@@ -219,38 +216,38 @@ def test_llm_chat_reuses_the_cache_between_turns(models, user_path, fresh_cache)
     assert turn_two["prompt_tokens_processed"] == turn_two["prompt_tokens"] - turn_two["prompt_tokens_cached"]
 
 
-def test_turn_two_processes_only_the_new_tokens_and_matches_an_uncached_run(models, fresh_cache):
+def test_turn_two_processes_only_the_new_tokens_and_matches_an_uncached_run(models, fresh_cache, monkeypatch):
     from mlx_lm import stream_generate
 
-    model = llm.get_model("mlx/tiny-qwen")
+    reply = "A list is mutable, a tuple is not."
+    script_output(monkeypatch, reply, model="tiny-llama")  # turn 1's answer, then its end-of-turn token; turn 2 is generated freely
+    model = llm.get_model("mlx/tiny-llama")
     conversation = model.conversation()
     long_question = "Explain the difference between a list and a tuple in Python. " * 12
-    one = conversation.prompt(long_question, temperature=0, max_tokens=8)
-    one.text()
+    one = conversation.prompt(long_question, temperature=0, max_tokens=32)
+    assert one.text() == reply
     two = conversation.prompt("And a set?", temperature=0, max_tokens=8)
     text_two = two.text()
 
-    runtime = mlx_runtime.load_chat(discovery.find("tiny-qwen"))
+    runtime = mlx_runtime.load_chat(discovery.find("tiny-llama"))
     prompt_one = runtime.render([{"role": "user", "content": long_question}], None)
     prompt_two = runtime.render(
         [
             {"role": "user", "content": long_question},
-            {"role": "assistant", "content": one.text()},
+            {"role": "assistant", "content": reply},
             {"role": "user", "content": "And a set?"},
         ],
         None,
     )
-    generated_one = runtime.tokenizer.encode(one.text(), add_special_tokens=False)
+    reply_tokens = runtime.tokenizer.encode(reply, add_special_tokens=False)
+    turn_one = prompt_one + reply_tokens + [runtime.tokenizer.eos_token_id]  # what went through the model in turn 1
+    assert prompt_two[: len(turn_one)] == turn_one and len(prompt_one) > 100  # the template renders turn 1 back as it ran
     stats = two.response_json
     assert stats["prompt_tokens"] == len(prompt_two) == two.usage().input
     assert two.usage().details == {"cached_tokens": stats["prompt_tokens_cached"]}
-    assert stats["prompt_tokens_cached"] >= len(prompt_one) > 100
-    # Everything the cache held (turn 1's prompt and reply) is skipped; only what differs is processed.
-    assert stats["prompt_tokens_cached"] == common_prefix(prompt_two, prompt_one + generated_one) or (
-        stats["prompt_tokens_cached"] >= common_prefix(prompt_two, prompt_one)
-    )
-    assert stats["prompt_tokens_processed"] == len(prompt_two) - stats["prompt_tokens_cached"]
-    assert stats["prompt_tokens_processed"] < len(prompt_two) - len(prompt_one) + 2
+    # All of turn 1 (prompt, reply, end of turn) comes from the cache; only turn 2's own tokens are processed.
+    assert stats["prompt_tokens_cached"] == len(turn_one)
+    assert stats["prompt_tokens_processed"] == len(prompt_two) - len(turn_one)
 
     direct = "".join(r.text for r in stream_generate(runtime.model, runtime.tokenizer, prompt_two, max_tokens=8))
     assert text_two == direct
@@ -686,12 +683,6 @@ def test_resolved_model_is_the_full_model_id(models, user_path):
 
 
 # ---------------------------------------------------------------- errors
-
-
-def one_line_error(result):
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
-    return result.output
 
 
 def test_missing_folder_is_one_clear_line(models, tmp_path, tiny_llama_path):

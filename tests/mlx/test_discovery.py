@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from llm.cli import cli
 
 from llm_lmstudio.mlx import discovery
+from tests.helpers import llm_cli as invoke
 
 
 def fake_model(folder: Path, model_type="llama", architectures=("LlamaForCausalLM",), weights=1000, extra_files=()):
@@ -205,10 +206,6 @@ def test_plugin_import_and_registration_do_not_import_mlx(tmp_path, tiny_llama_p
 
 
 # ---------------------------------------------------------------- commands
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_add_list_remove_round_trip(roots, tiny_llama_path):
