@@ -37,7 +37,7 @@ def option_errors(exc) -> str:
 
 def note(message: str) -> None:
     """One line on stderr that is not a failure (llm still exits 0): inside the llm CLI after the answer, elsewhere now."""
-    line = f"llm-lmstudio: {message}"
+    line = f"llm-lmstudio-mlx: {message}"
     context = click.get_current_context(silent=True)
     if context is None:
         click.echo(line, err=True)

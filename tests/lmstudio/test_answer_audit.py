@@ -17,7 +17,7 @@ def test_a_substituted_model_is_logged_as_the_one_that_answered_with_one_note(lm
     [turn] = turns(user_path)
     assert (turn["model"], turn["resolved_model"]) == (LLAMA, f"lmstudio/{TOOLS_KEY}")
     assert result.stderr.splitlines() == [
-        f"llm-lmstudio: LM Studio answered with {TOOLS_KEY}, not test-org/tiny-llama: it substitutes the one model it "
+        f"llm-lmstudio-mlx: LM Studio answered with {TOOLS_KEY}, not test-org/tiny-llama: it substitutes the one model it "
         "has loaded for one it cannot serve (lmstudio-bug-tracker#619); logged as the model that answered"
     ]
 

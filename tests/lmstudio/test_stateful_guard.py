@@ -24,7 +24,7 @@ def chat(*args):
 
 
 def notes(*results) -> list[str]:
-    return [line for result in results for line in result.stderr.splitlines() if line.startswith("llm-lmstudio:")]
+    return [line for result in results for line in result.stderr.splitlines() if line.startswith("llm-lmstudio-mlx:")]
 
 
 def test_stateful_is_off_unless_asked_for(lmstudio, user_path):
