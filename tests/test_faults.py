@@ -197,7 +197,8 @@ CHAT_EXPECT = {
 }
 EMBED_EXPECT = {
     **CHAT_EXPECT,
-    "vanished": Expect("error", "Invalid model identifier .* is .* an embedding model"),
+    # the model is an embedding model: the hint points at the list, it never asks whether it is one
+    "vanished": Expect("error", "Invalid model identifier .* `llm embed-models -q lmstudio` lists the embedding models"),
     "load fails": Expect("error", LOAD_FAILURE),
     **{fault: Expect("error", f"{EMBED} is not available: {e.needle}") for fault, e in SETTINGS_ERRORS.items()},
 }

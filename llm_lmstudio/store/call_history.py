@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import statistics
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from llm_lmstudio.store import reliability
 
 STORE_FILE = "router.db"  # inside settings.plugin_dir(); ours alone, so llm never sees our tables
 DEFAULT_WINDOW = 200
@@ -74,6 +77,15 @@ class ModelStats:
     failures: int
     attempts: int
     failure_rate: float | None  # failures / attempts; None until something was attempted
+    # what the router ranks on: failures the model caused, weighed by age against its successes (reliability.py)
+    record: reliability.Reliability = field(default_factory=reliability.Reliability)
+
+
+clock = time.time  # what outcomes are stamped with and aged against; tests set it instead of waiting
+
+
+def _now_iso() -> str:
+    return datetime.fromtimestamp(clock(), timezone.utc).isoformat()
 
 
 def default_store_path() -> Path:
@@ -246,6 +258,7 @@ def history(
         store = None  # an unwritable plugin dir means no history, not a failed prompt
     turns: dict[str, list[tuple]] = {}
     attempts: dict[str, list[tuple]] = {}
+    outcomes: dict[str, list[tuple]] = {}
     if store is not None:
         try:
             log_known = _refresh(store, log_path, timeout)
@@ -269,12 +282,31 @@ def history(
                 ).fetchall()
                 if found:
                     attempts[model] = found
+                outcomes[model] = _outcomes(store, model, window)
         except sqlite3.Error:
             pass
         finally:
             store.close()
     names = ids if ids is not None else sorted(set(turns) | set(attempts))
-    return {model: _summarise(model, turns.get(model, []), attempts.get(model, [])) for model in names}
+    return {model: _summarise(model, turns.get(model, []), attempts.get(model, []), outcomes.get(model, [])) for model in names}
+
+
+def _outcomes(store: sqlite3.Connection, model: str, window: int) -> list[tuple]:
+    """(ok, kind, age in seconds, source) of the model's last `window` router attempts and direct prompts each."""
+    return [row for table, source in (("attempts", "router"), ("calls", "direct")) for row in store.execute(
+        f"select ok, error_kind, (julianday(?) - julianday(datetime_utc)) * 86400.0, '{source}' from lmstudio_{table}"
+        " where model = ? order by id desc limit ?", (_now_iso(), model, window))]
+
+
+def reset(model: str | None = None, *, store_path: str | Path | None = None, timeout: float = 2.0) -> dict:
+    """Forget the recorded outcomes of `model` (every model's when None): {"attempts": n, "calls": n}. llm's log is untouched."""
+    conn = _open_store(Path(store_path) if store_path else default_store_path(), timeout)
+    where, params = ("where model = ?", (model,)) if model else ("", ())
+    try:
+        with conn:
+            return {name: conn.execute(f"delete from lmstudio_{name} {where}", params).rowcount for name in ("attempts", "calls")}
+    finally:
+        conn.close()
 
 
 def _refresh(store: sqlite3.Connection, log_path: Path, timeout: float, horizon: int | None = None) -> bool:
@@ -299,7 +331,7 @@ def _refresh(store: sqlite3.Connection, log_path: Path, timeout: float, horizon:
     return bool(state and state[0] == source)
 
 
-def _summarise(model: str, turns: list[tuple], attempts: list[tuple]) -> ModelStats:
+def _summarise(model: str, turns: list[tuple], attempts: list[tuple], outcomes: list[tuple] = ()) -> ModelStats:
     # a zero or negative duration is a cached answer or llm's re-iteration quirk: no latency or rate from it
     durations = [float(d) for d, _ in turns if d is not None and d > 0]
     rates = [o / (d / 1000.0) for d, o in turns if d is not None and d > 0 and o is not None and o > 0]
@@ -314,13 +346,18 @@ def _summarise(model: str, turns: list[tuple], attempts: list[tuple]) -> ModelSt
         failures=failures,
         attempts=len(attempts),
         failure_rate=(failures / len(attempts)) if attempts else None,
+        record=reliability.weigh(outcomes),
     )
 
 
 def error_kind(exc: BaseException) -> str:
-    """The failure's kind as the plugin's errors name it (Unreachable, TimedOut...), else its class name."""
+    """The failure's kind as the plugin's errors name it (Unreachable, TimedOut, ServerError...), else its class name."""
     kind = getattr(exc, "kind", None)
-    return str(kind) if kind else type(exc).__name__
+    kind = str(kind) if kind else type(exc).__name__
+    status = getattr(exc, "status", None)
+    if kind == "RequestFailed" and isinstance(status, int) and status >= 500:
+        return "ServerError"  # a 5xx said by an error class that does not name it
+    return kind
 
 
 def _outcome(model: str, ok: bool, error_kind: str | None = None, ttft_ms: float | None = None,
@@ -346,7 +383,7 @@ def _append(table: str, row: dict, store_path: str | Path | None, timeout: float
         conn = _open_store(Path(store_path) if store_path else default_store_path(), timeout)
     except (OSError, sqlite3.Error):
         return False
-    row = {"datetime_utc": datetime.now(timezone.utc).isoformat()} | row
+    row = {"datetime_utc": _now_iso()} | row
     try:
         with conn:
             conn.execute("begin immediate")
