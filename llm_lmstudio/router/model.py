@@ -50,7 +50,7 @@ _SKIPPED = {"AuthRequired": "its server refused the token"}
 
 _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
           "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused", "NotLoaded": "not loaded",
-          "LoadRefused": "too big to load", "UnknownModel": "not downloaded"}
+          "LoadRefused": "load refused", "UnknownModel": "not downloaded"}
 
 
 def brief(attempt: dict) -> str:

@@ -284,6 +284,7 @@ def server_problems() -> list[str]:
     from llm_lmstudio.lmstudio import catalog
 
     try:
+        settings.check()
         servers = settings.servers()
     except settings.SettingsError as exc:
         return [str(exc)]
