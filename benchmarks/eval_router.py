@@ -13,6 +13,7 @@ import numpy as np
 from _common import OUT, ROOT, arguments, write_json
 
 from llm_lmstudio.router import classification
+from llm_lmstudio.router import embedding_classifier
 from llm_lmstudio.router import exemplar_vectors  # importable because _common puts the repository on sys.path
 
 DATA = ROOT / "benchmarks" / "data" / "router"
@@ -97,12 +98,12 @@ def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x):
     targets = np.asarray([TASKS.index(t) for t in labels])
     if method == "head":
         w, b = exemplar_vectors.fit_softmax(fit_x, targets, len(TASKS), weights, l2=param)
-        return classification.log_softmax(test_x @ w + b)
-    return classification.log_softmax((classification.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
+        return embedding_classifier.log_softmax(test_x @ w + b)
+    return embedding_classifier.log_softmax((embedding_classifier.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
 
 
 def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
-    return classification.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
+    return embedding_classifier.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
 
 
 def held_out(rows, source: str):
@@ -143,7 +144,7 @@ def choose(rows, x, log_kw, method: str) -> dict:
                     best = (score, param, weight)
         _, param, weight = best
         combined = predict(held[param], log_kw, weight)
-        temperature = min(TEMPERATURES, key=lambda t: -classification.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
+        temperature = min(TEMPERATURES, key=lambda t: -embedding_classifier.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
         chosen[variant] = {"method": method, "param": param, "keyword_weight": weight, "temperature": temperature}
     return chosen
 
@@ -253,15 +254,15 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
         "tasks": {task: views[task] for task in TASKS},
         "sources": {task: groups[task] for task in TASKS},  # training balances sources within each task
     }
-    classification.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-    classification._exemplar_file.cache_clear()
+    embedding_classifier.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    embedding_classifier._exemplar_file.cache_clear()
     exemplar_vectors.write_store(exemplar_vectors.PACKAGED["all-minilm-l6-v2"], table, dtype=np.float16)
     exemplar_vectors.PACKAGED_HEADS["all-minilm-l6-v2"].unlink(missing_ok=True)
     if method == "head":
         # fitted exactly as the router fits it, from the packaged vectors alone (no embedding call)
-        classifier = classification.EmbeddingClassifier(None, classification.load_exemplars(), model_id="all-minilm-l6-v2")
+        classifier = embedding_classifier.EmbeddingClassifier(None, embedding_classifier.load_exemplars(), model_id="all-minilm-l6-v2")
         exemplar_vectors.write_head(exemplar_vectors.PACKAGED_HEADS["all-minilm-l6-v2"], classifier.head_digest, *classifier._weights)
-    print(f"wrote {classification.EXEMPLARS_FILE.name} and {exemplar_vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
+    print(f"wrote {embedding_classifier.EXEMPLARS_FILE.name} and {exemplar_vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
     return payload
 
 
@@ -294,7 +295,7 @@ def main() -> None:
                 name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
                 loso[name], split[name] = summary(rows, out[variant]), summary(test_rows, log_probs)
                 # undone with the split's temperature, not each left-out source's own
-                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, classification.log_softmax(out[variant] * settings["temperature"]))
+                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, embedding_classifier.log_softmax(out[variant] * settings["temperature"]))
                 print(f"{name}: leave-one-source-out {loso[name]['public_mean']:.1%} (public mean), in-distribution {split[name]['mean']:.1%}", flush=True)
         if args.write_exemplars:  # the package ships whichever method did better on sources it never saw
             write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]))

@@ -328,12 +328,12 @@ def seed_exemplar_vectors() -> None:
     is the request these cells fault. The seeded vectors are stand-ins, so the task chosen is not checked."""
     import hashlib
 
-    from llm_lmstudio.router import classification
+    from llm_lmstudio.router import embedding_classifier
 
     def pseudo_vectors(texts):
         return [[b / 255 for b in hashlib.shake_128(text.encode()).digest(384)] for text in texts]
 
-    classification.EmbeddingClassifier(pseudo_vectors, classification.load_exemplars({}), model_id=EMBED, cache_dir=settings.plugin_dir())
+    embedding_classifier.EmbeddingClassifier(pseudo_vectors, embedding_classifier.load_exemplars({}), model_id=EMBED, cache_dir=settings.plugin_dir())
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,7 @@ def embedding_model_for(config: router_config.RouterConfig) -> tuple[str | None,
 def embedding_classifier(model_id: str, config: router_config.RouterConfig):
     """The embedding classifier for this model and config (exemplar vectors possibly still missing)."""
     from llm_lmstudio.router import classification
+    from llm_lmstudio.router import embedding_classifier as embedding
 
     key = (model_id, str(settings.plugin_dir()), repr(sorted(config.tasks.items())), repr(sorted(config.keywords.items())))
     if key not in _CLASSIFIERS:
@@ -115,9 +116,9 @@ def embedding_classifier(model_id: str, config: router_config.RouterConfig):
         def embed(texts: list[str]) -> list[list[float]]:
             return [list(v) for v in model.embed_multi(texts)]
 
-        _CLASSIFIERS[key] = classification.EmbeddingClassifier(
+        _CLASSIFIERS[key] = embedding.EmbeddingClassifier(
             embed,
-            classification.load_exemplars(config.tasks),
+            embedding.load_exemplars(config.tasks),
             model_id=model_id,
             cache_dir=settings.plugin_dir(),
             keyword=classification.KeywordClassifier(extra_keywords=config.keywords or None),
