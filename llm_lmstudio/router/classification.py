@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from llm_lmstudio.router import prompt_shape
+
 DEFAULT_TASKS = ("coding", "analysis", "creative", "research", "general")
 FALLBACK_TASK = "general"
 
@@ -156,17 +158,26 @@ class KeywordClassifier:
                 fired.append(rule)
         return fired
 
+    def _view(self, text: str) -> str:
+        return text[: self.head] + "\n" + text[-self.tail :] if len(text) > self.head + self.tail else text
+
     def raw_scores(self, text: str, system: str | None = None, attachments: Sequence = ()) -> dict[str, float]:
         text = text or ""
         scores = dict.fromkeys(self.tasks, 0.0)
         scores[FALLBACK_TASK] = 0.5  # a prompt without any signal is everyday chat
-        if len(text) > self.head + self.tail:
-            view = text[: self.head] + "\n" + text[-self.tail :]
+        shape = prompt_shape.split(text)
+        if shape.material:
+            # a passage with a question about it: the question says what is asked, the passage only what it is about
+            view = shape.instruction.lower()
+            for rule in self._fired(self._view(shape.material).lower()):
+                scores[rule.task] += rule.weight * prompt_shape.MATERIAL_WEIGHT
         else:
-            view = text
-        view = view.lower()
+            view = self._view(text).lower()
         for rule in self._fired(view):
             scores[rule.task] += rule.weight
+        for task, points in prompt_shape.evidence(shape).items():
+            if task in scores:
+                scores[task] += points
         # "hi!" is chit-chat; "hi, I am learning C++ and ..." is a request that opens politely
         if _GREETING.match(view):
             scores[FALLBACK_TASK] += 3.0 if len(text) < 80 else 0.5
