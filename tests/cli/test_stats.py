@@ -50,3 +50,20 @@ def test_route_help_prints_each_example_on_its_own_line():
     assert 'llm lmstudio route "Write a Python function that parses ISO dates"' in lines
     assert "cat error.log | llm lmstudio route --json" in lines
     assert "llm lmstudio route --warm" in lines
+
+
+def test_an_answer_the_user_interrupts_counts_nowhere(lmstudio, user_path):
+    # docs/router.md: cut off by the server is a failure, stopped at max_tokens an answer, interrupted (Ctrl-C) neither
+    import gc
+
+    import llm
+
+    run("models")
+    for model_id in (LLAMA, "lmstudio-router"):
+        lmstudio.script("one two three four five six seven eight nine ten")
+        chunks = iter(llm.get_model(model_id).prompt("Write a haiku about rain", stream=True))
+        next(chunks)
+        chunks.close()  # what Ctrl-C does: the model's generator is abandoned mid-answer, llm logs nothing
+        gc.collect()
+    assert run("lmstudio", "stats").output.startswith("No answers or failures recorded")
+    assert json.loads(run("lmstudio", "stats", "--json").output)["models"] == []
