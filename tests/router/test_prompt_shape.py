@@ -61,3 +61,26 @@ def test_list_requests_are_ideas_or_facts():
     assert task("Give me a list of ideas for a ten-year-old's birthday party") == "creative"
     assert task("List some names for a golden retriever puppy") == "creative"
     assert task("List the planets of the solar system in order from the sun") == "research"
+
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from llm.cli import cli  # noqa: E402
+
+
+@pytest.mark.minilm
+def test_the_embedding_classifier_reads_prompt_structure_too(lmstudio, user_path):
+    # the stand-in lists all-MiniLM-L6-v2, whose exemplar vectors ship: the router classifies by embeddings + keywords
+    cases = [
+        (PASSAGE + "\n\nIn which year did Constantinople fall?", "analysis"),
+        ("summarize this in two sentences:\n\n" + PASSAGE, "general"),
+        ("write a function that computes the volume of a cone", "coding"),
+        ("give me a list of ideas for a ten-year-old's birthday party", "creative"),
+    ]
+    for text, expected in cases:
+        result = CliRunner().invoke(cli, ["lmstudio", "route", "--json"], input=text, catch_exceptions=False)
+        plan = json.loads(result.output)
+        assert plan["classifier"] == "embedding", plan["classifier_note"]
+        assert plan["task"] == expected, (text[-60:], plan["scores"])
