@@ -185,9 +185,9 @@ def error_for_status(
     if overflow:
         return PromptTooLong(overflow, status=status, code=code)
     if "no models loaded" in lowered:
-        return NotLoaded(
-            f"LM Studio at {base_url} has {'no model loaded' if not model else repr(model) + ' not loaded'} and will not load it "
-            f"itself (JIT loading is off): load it with `llm lmstudio load {model or 'MODEL'}`", status=status, code=code)
+        what = f"{model!r} is not loaded" if model else "nothing is loaded"
+        return NotLoaded(f"LM Studio at {base_url}: No models loaded ({what} and JIT loading is off): load it with "
+                         f"`llm lmstudio load {model or 'MODEL'}`", status=status, code=code)
     if code == "model_not_found" or "invalid model identifier" in lowered:
         detail = message or f"model {model!r} not found"
         return ModelNotFound(f"LM Studio at {base_url}: {detail}", status=status, code=code)

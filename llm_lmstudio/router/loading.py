@@ -31,9 +31,9 @@ class _Progress:
         click.echo(f"{prefix} {outcome}", err=True)
 
 
-def ensure_loaded(model, ttl: int) -> bool:
+def ensure_loaded(model, ttl: int) -> str | None:
     """Load `model` (an LM Studio chat model: .entry.key, .server) unless its server already has an instance of it.
-    True when this call loaded it. Raises transport.LMStudioError kinds (AuthRequired, Unreachable, ModelLoadFailed,
+    The identifier of the instance this call loaded, else None. Raises transport.LMStudioError kinds (AuthRequired, Unreachable, ModelLoadFailed,
     LoadRefused, ManagementError...) and ImportError when the SDK is missing."""
     from llm_lmstudio.management import manager as management
 
@@ -49,16 +49,29 @@ def ensure_loaded(model, ttl: int) -> bool:
         raise
     with manager:
         if any(instance.model == key or instance.identifier == key for instance in loaded):
-            return False
+            return None
         progress = _Progress(key, model.server.base_url, ttl)
         try:
-            manager.load(key, management.LoadSettings(ttl=ttl), on_progress=progress.update)
+            result = manager.load(key, management.LoadSettings(ttl=ttl), on_progress=progress.update)
         except BaseException:
             progress.finish("failed")
             raise
         progress.finish(f"done in {time.monotonic() - progress.started:.1f} s")
     _refresh_listing(model.server)
-    return True
+    return result.identifier
+
+
+def unload(model, identifier: str) -> None:
+    """Unload an instance the router loaded for an attempt that then failed: a model that did not answer must not
+    hold its memory while the router loads the next one. Best effort: its TTL unloads it anyway."""
+    from llm_lmstudio.management import manager as management
+
+    try:
+        with management.Manager(model.server, token=settings.api_token()) as manager:
+            manager.unload(identifier)
+    except Exception:  # noqa: BLE001 - the prompt's outcome does not depend on this
+        return
+    _refresh_listing(model.server)
 
 
 def _refresh_listing(server) -> None:

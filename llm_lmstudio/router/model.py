@@ -58,6 +58,8 @@ def brief(attempt: dict) -> str:
     if attempt.get("skipped"):
         return f"skipped: {attempt.get('skip_reason') or 'its server did not answer'}"
     words = _BRIEF.get(attempt.get("error_kind") or "")
+    if attempt.get("error_kind") == "ServerError":
+        words = f"server error (HTTP {attempt['status']})" if attempt.get("status") else "server error"
     if words is None:
         status = attempt.get("status")
         text = (attempt.get("error") or "failed").split(" — ")[0]
@@ -72,12 +74,15 @@ def _load(inner, ttl: int, state: dict) -> bool:
     from llm_lmstudio.router import loading
 
     try:
-        return loading.ensure_loaded(inner, ttl)
+        identifier = loading.ensure_loaded(inner, ttl)
     except (LoadRefused, UnknownModel):
         raise
     except (ManagementError, ImportError) as exc:
         state["load_problem"] = str(exc)
         return False
+    if identifier:
+        state["loaded_id"] = identifier
+    return bool(identifier)
 
 
 class RouterOptions(CacheOptions):
@@ -142,6 +147,10 @@ class Router(llm.Model):
                 if server and server != "local" and (server_is_down(kind, exc) or kind in _SKIPPED):
                     skipped[server] = _SKIPPED.get(kind, "its server did not answer")
                 call_history.record_attempt(model_id, False, error_kind=kind, router_turn_id=response.id)
+                if state.get("loaded_id") and state["first_event_at"] is None:
+                    from llm_lmstudio.router import loading
+
+                    loading.unload(llm.get_model(model_id), state["loaded_id"])
                 if state["first_event_at"] is not None:
                     # Text has reached the user: retrying elsewhere would splice two answers together.
                     fail_after_logging(f"{model_id} failed after it had started answering: {exc}")

@@ -82,3 +82,14 @@ def test_a_load_the_guardrails_refuse_counts_against_the_model_and_the_next_one_
     assert first["model"] == "lmstudio/test-org/tiny-llama" and first["error_kind"] in ("ModelLoadFailed", "LoadRefused")
     assert "llm-lmstudio: loading test-org/tiny-llama" in result.stderr and "failed" in result.stderr
     assert second["ok"]
+
+
+def test_a_model_the_router_loaded_for_an_attempt_that_failed_is_unloaded_again(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text(PREFS)
+    lmstudio.set_fault("status", "/api/v0/chat", status=503, times=1, body={"error": {"message": "overloaded"}})
+    result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(last_turn(user_path)["response_json"])["attempts"][:2]
+    assert first["error_kind"] == "ServerError" and second["ok"]
+    # only the model that answered holds memory; the one that failed was loaded for nothing and let go
+    assert [i["model"] for i in lmstudio.loaded()] == [second["model"].removeprefix("lmstudio/")]

@@ -124,7 +124,7 @@ def test_a_model_that_cannot_be_loaded_with_jit_off_ends_the_plan_in_one_line(lm
     result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
     assert result.exit_code == 1
     line = error_line(result)
-    assert "'test-org/tiny-llama' not loaded and will not load it itself (JIT loading is off)" in line
+    assert "No models loaded ('test-org/tiny-llama' is not loaded and JIT loading is off)" in line
     assert "load it with `llm lmstudio load test-org/tiny-llama`" in line and "could not load it: No module named 'lmstudio'" in line
 
 
