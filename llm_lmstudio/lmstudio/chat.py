@@ -316,12 +316,18 @@ class Accumulator:
 
 
 
-def _suggest(key: str) -> str:
+def _suggest(key: str, exc: transport.LMStudioError | None = None) -> str:
+    """A hint for a model the server would not serve: how to load it when it is listed, else names close to it
+    (never the very key asked for)."""
     import difflib
 
     from llm_lmstudio.lmstudio import catalog
 
+    if isinstance(exc, transport.NotLoaded):
+        return ""  # its message already says how to load it
     keys = [m.key for m in catalog.models_for_registration() if not m.is_embedding]
+    if key in keys:
+        return f" — LM Studio lists {key} but did not serve it: load it with `llm lmstudio load {key}`"
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.4)
     if not close:
         close = [k for k in keys if key.split("/")[-1].lower() in k.lower()][:3]
@@ -382,7 +388,7 @@ class _ChatBase(ServedModel):
         return transport.chat_paths(self.entry.source)
 
     def _failed(self, exc: transport.LMStudioError) -> LMStudioModelError:
-        return user_error(exc, _suggest(self.entry.key) if isinstance(exc, transport.ModelNotFound) else "")
+        return user_error(exc, _suggest(self.entry.key, exc) if isinstance(exc, transport.ModelNotFound) else "")
 
     def _falls_back(self, turn: stateful.Turn, accumulator: "Accumulator", exc: transport.LMStudioError) -> bool:
         """A stateful turn refused before any output: True to send the full history to chat completions

@@ -340,7 +340,7 @@ def test_token_missing_then_wrong_then_right(lmstudio, user_path, monkeypatch):
     assert "SENTINEL123" not in dump
 
 
-def test_model_that_vanished_suggests_close_keys(lmstudio):
+def test_model_that_vanished_is_never_offered_as_its_own_suggestion(lmstudio):
     run("models")
     lmstudio.set_fault(
         "status",
@@ -348,7 +348,17 @@ def test_model_that_vanished_suggests_close_keys(lmstudio):
         status=404,
         body={"error": {"message": 'Model "test-org/tiny-llama" not found', "code": "model_not_found"}},
     )
-    assert_one_line_error(run("-m", LLAMA, "hi"), "not found", "did you mean lmstudio/test-org/tiny-llama")
+    result = run("-m", LLAMA, "hi")
+    assert_one_line_error(result, "not found", "LM Studio lists test-org/tiny-llama but did not serve it: "
+                                               "load it with `llm lmstudio load test-org/tiny-llama`")
+    assert "did you mean" not in result.output
+
+
+def test_a_model_lm_studio_does_not_list_gets_close_keys_suggested(lmstudio):
+    from llm_lmstudio.lmstudio import chat
+
+    assert chat._suggest("test-org/tiny-lama").startswith(" — did you mean lmstudio/test-org/tiny-llama")
+    assert "did you mean" not in chat._suggest("test-org/tiny-llama")
 
 
 def test_model_that_fails_to_load(lmstudio):

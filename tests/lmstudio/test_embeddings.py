@@ -98,8 +98,10 @@ def test_no_models_loaded_string_error_is_clear(lmstudio):
 
     entry = catalog.CatalogModel(key="test-org/text-embedding-all-minilm-l6-v2", type="embeddings")
     model = LMStudioEmbedding(entry, settings.servers()[0])
-    with pytest.raises(llm.ModelError, match="No models loaded"):
-        model.embed("hello")
+    with pytest.raises(llm.ModelError, match=r"No models loaded \('test-org/text-embedding-all-minilm-l6-v2' is not loaded and JIT "
+                                             r"loading is off\): load it with "
+                                             r"`llm lmstudio load test-org/text-embedding-all-minilm-l6-v2`$"):
+        model.embed("hello")  # an embedding model: no hint asks whether it is one
 
 
 def test_over_long_input_reports_lmstudio_message(lmstudio):
