@@ -21,6 +21,7 @@ OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"  # docs
 # Quick mode: sizes small enough for a few minutes on 2 cores; a script not listed here that defines --quick gets it.
 QUICK_FLAGS: dict[str, list[str]] = {
     "bench_lmstudio.py": ["--runs", "3", "--request-runs", "10"],
+    "bench_llm_models.py": ["--runs", "7"],
     "bench_embed.py": ["--docs", "128", "--runs", "2"],
     "bench_mlx_chat.py": ["--reps", "2", "--tokens", "24", "--cli-reps", "1", "--cache-reps", "1"],
     "bench_mlx_embed.py": ["--docs", "32", "--reps", "2"],

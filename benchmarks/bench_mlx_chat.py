@@ -214,7 +214,6 @@ def speculative_and_schema_section(args, plugin, runtime, path):
 
     from llm_lmstudio.mlx import discovery
     from llm_lmstudio.mlx import runtime as mlx_runtime
-    from llm_lmstudio.mlx import chat
 
     discovery.add(truncated_draft(path, args.draft_layers), "bench-draft")
     draft = mlx_runtime.load_chat(discovery.find("bench-draft"))
@@ -278,7 +277,7 @@ def main():
     import mlx.core as mx
 
     from llm_lmstudio.mlx import discovery
-    from llm_lmstudio.mlx import chat
+    from llm_lmstudio.mlx import runtime as mlx_runtime
 
     discovery.add(path, "bench-chat")
     model_id = "mlx/bench-chat"

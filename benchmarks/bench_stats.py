@@ -15,7 +15,7 @@ from pathlib import Path
 from _common import OUT, arguments, machine, median, ms, ratio, samples, seconds, write_json
 
 from llm_lmstudio.store import performance
-from llm_lmstudio.store import call_history
+from llm_lmstudio.store import call_history, log_mirror
 
 SEED = 7
 
@@ -163,8 +163,8 @@ def main() -> None:
     for _ in range(3):
         shutil.copyfile(template, store)
         first.append((seconds(lambda: call_history.history(log, LOCAL, args.window, store_path=store)), seconds(lambda: performance.report(log, store_path=store))))
-    record(f"router's first prompt: copies the newest {call_history.ROUTER_HORIZON} turns", [r for r, _ in first])
-    record(f"first stats after it: copies back to {call_history.HORIZON} turns", [s for _, s in first], median(scan_all))
+    record(f"router's first prompt: copies the newest {log_mirror.ROUTER_HORIZON} turns", [r for r, _ in first])
+    record(f"first stats after it: copies back to {log_mirror.HORIZON} turns", [s for _, s in first], median(scan_all))
 
     cases = {
         "llm lmstudio stats (everything)": (lambda: performance.report(log, store_path=store), median(scan_all)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 import sys
 from collections import Counter, defaultdict
 
@@ -13,6 +14,7 @@ import numpy as np
 from _common import OUT, ROOT, arguments, write_json
 
 from llm_lmstudio.router import classification
+from llm_lmstudio.router import embedding_classifier
 from llm_lmstudio.router import exemplar_vectors  # importable because _common puts the repository on sys.path
 
 DATA = ROOT / "benchmarks" / "data" / "router"
@@ -22,23 +24,22 @@ TEST_FRACTION = 0.30
 TASKS = list(classification.DEFAULT_TASKS)
 
 # Each source's own labels mapped onto the router's tasks (SOURCES.md); a label missing here is left out.
+# mmrouter's "reasoning" holds why-questions, comparisons and trade-offs: explaining, the router's `research`.
+MMROUTER = {"code": "coding", "creative": "creative", "factual": "research", "reasoning": "research"}
 ARENA = {"coding": "coding", "math": "analysis", "creative_writing": "creative"}
 VICUNA = {"coding": "coding", "math": "analysis", "fermi": "analysis", "writing": "creative", "roleplay": "creative",
           "knowledge": "research", "counterfactual": "research", "common-sense": "research", "generic": "general"}
 MT_BENCH = {"coding": "coding", "math": "analysis", "reasoning": "analysis", "extraction": "analysis",
             "writing": "creative", "roleplay": "creative", "stem": "research", "humanities": "research"}
-WIZARDLM = {"Code Generation": "coding", "Code Debug": "coding", "Math": "analysis", "Reasoning": "analysis",
-            "Writting": "creative", "Roleplay": "creative"} | {skill: "research" for skill in (
-    "Biology", "Chemistry", "Physics", "History", "Law", "Medicine", "Economy", "Ethics", "Philosophy", "Technology",
-    "Literature", "Art", "Music", "Sport", "Entertainment", "Counterfactual", "Common-Sense")}
-# name: (file, id field, label field, prompt getter, mapping, may ship in the package)
+# name: (file, id field, label field, prompt getter, mapping). Only sources whose licence lets the package ship
+# their prompts as exemplars are vendored (SOURCES.md; THIRD_PARTY.md): every prompt measured on may ship.
 SOURCES = {
-    "arena-hard": ("arena_hard_v2.0_question.jsonl", "uid", "subcategory", lambda r: r["prompt"], ARENA, True),
-    "vicuna": ("vicuna_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], VICUNA, True),
-    "mt-bench": ("mt_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], MT_BENCH, True),
-    # CC BY-NC 4.0: measured on, never shipped (not in the exemplars, vectors or head the package carries)
-    "wizardlm": ("wizardlm_testset.jsonl", "idx", "Skill", lambda r: r["Instruction"], WIZARDLM, False),
-    "project": ("extra.jsonl", "id", "task", lambda r: r["prompt"], {t: t for t in TASKS}, True),
+    "arena-hard": ("arena_hard_v2.0_question.jsonl", "uid", "subcategory", lambda r: r["prompt"], ARENA),
+    "vicuna": ("vicuna_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], VICUNA),
+    "mt-bench": ("mt_bench_question.jsonl", "question_id", "category", lambda r: r["turns"][0], MT_BENCH),
+    "project": ("extra.jsonl", "id", "task", lambda r: r["prompt"], {t: t for t in TASKS}),
+    # two YAML lists from the mmrouter 0.1.0 sdist (MIT): rows are numbered by file and position
+    "mmrouter": (("mmrouter_test_set.yaml", "mmrouter_embedding_examples.yaml"), None, "category", lambda r: r["prompt"], MMROUTER),
 }
 PUBLIC = [name for name in SOURCES if name != "project"]
 GRID = {"head": (1e-3, 1e-2), "centroid": (0.02, 0.05)}  # l2 of the head; temperature of the centroid similarities
@@ -46,17 +47,32 @@ WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65)  # of the keyword classifier's log-probabi
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)
 
 
-def load_labelled() -> list[dict]:
-    """Every labelled prompt as {id, source, task, prompt, ships}."""
+def _items(file: str) -> list[dict]:
+    """The labelled items of one vendored file: JSON lines, or a YAML list."""
+    with open(DATA / file, encoding="utf-8") as handle:
+        if file.endswith(".yaml"):
+            import yaml
+
+            return yaml.safe_load(handle)
+        return [json.loads(line) for line in handle]
+
+
+def load_labelled(without: tuple = ()) -> list[dict]:
+    """Every labelled prompt as {id, source, task, prompt}, the sources named in `without` left out."""
     rows = []
-    for source, (file, id_field, label_field, prompt_of, mapping, ships) in SOURCES.items():
-        with open(DATA / file, encoding="utf-8") as handle:
-            for line in handle:
-                item = json.loads(line)
+    for source, (files, id_field, label_field, prompt_of, mapping) in SOURCES.items():
+        if source in without:
+            continue
+        for file in (files,) if isinstance(files, str) else files:
+            for position, item in enumerate(_items(file)):
                 task = mapping.get(item[label_field])
-                if task is not None:
+                if task is None:
+                    continue
+                if id_field is None:
+                    ident = f"{source}-{Path(file).stem}-{position}"
+                else:
                     ident = item[id_field] if source == "project" else f"{source}-{item[id_field]}"
-                    rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item), "ships": ships})
+                rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item)})
     return rows
 
 
@@ -97,17 +113,17 @@ def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x):
     targets = np.asarray([TASKS.index(t) for t in labels])
     if method == "head":
         w, b = exemplar_vectors.fit_softmax(fit_x, targets, len(TASKS), weights, l2=param)
-        return classification.log_softmax(test_x @ w + b)
-    return classification.log_softmax((classification.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
+        return embedding_classifier.log_softmax(test_x @ w + b)
+    return embedding_classifier.log_softmax((embedding_classifier.centroids(fit_x, targets, len(TASKS), weights) @ test_x.T).T / param)
 
 
 def predict(log_emb, log_kw, weight: float, temperature: float = 1.0):
-    return classification.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
+    return embedding_classifier.log_softmax(((1 - weight) * log_emb + weight * log_kw) / temperature)
 
 
 def held_out(rows, source: str):
-    """Masks (fit, test) for leaving `source` out. MT-bench reuses two Vicuna prompts and WizardLM one:
-    a prompt of the left-out source is never trained on, whichever source also carries it."""
+    """Masks (fit, test) for leaving `source` out. MT-bench reuses two Vicuna prompts: a prompt of the
+    left-out source is never trained on, whichever source also carries it."""
     test = np.asarray([r["source"] == source for r in rows])
     seen = {" ".join(r["prompt"].split()).lower() for r, t in zip(rows, test) if t}
     fit = np.asarray([not t and " ".join(r["prompt"].split()).lower() not in seen for r, t in zip(rows, test)])
@@ -143,7 +159,7 @@ def choose(rows, x, log_kw, method: str) -> dict:
                     best = (score, param, weight)
         _, param, weight = best
         combined = predict(held[param], log_kw, weight)
-        temperature = min(TEMPERATURES, key=lambda t: -classification.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
+        temperature = min(TEMPERATURES, key=lambda t: -embedding_classifier.log_softmax(combined / t)[np.arange(len(rows)), gold].mean())
         chosen[variant] = {"method": method, "param": param, "keyword_weight": weight, "temperature": temperature}
     return chosen
 
@@ -212,10 +228,22 @@ def split_ids(rows: list[dict], resplit: bool) -> set:
         split = {"seed": SEED, "test_fraction": TEST_FRACTION, "stratified_by": ["source", "task"], "test_ids": sorted(test)}
         SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
     test_ids = set(json.loads(SPLIT_FILE.read_text())["test_ids"])
-    missing = test_ids - {row["id"] for row in rows}
+    present = {row["id"] for row in rows}
+    sources = {row["source"] for row in rows}
+    missing = {i for i in test_ids - present if not any(i.startswith(f"{s}-") for s in SOURCES if s not in sources)}
     if missing:
         raise SystemExit(f"{len(missing)} test ids in {SPLIT_FILE.name} are not in the data; rerun with --resplit")
-    return test_ids
+    # a source added after the file was drawn gets its own seeded, stratified draw, leaving the file as it is
+    covered = {row["source"] for row in rows if row["id"] in test_ids}
+    rng, strata = random.Random(SEED), defaultdict(list)
+    for row in rows:
+        if row["source"] not in covered:
+            strata[(row["source"], row["task"])].append(row["id"])
+    for key in sorted(strata):
+        ids = sorted(strata[key])
+        rng.shuffle(ids)
+        test_ids.update(ids[: round(len(ids) * TEST_FRACTION)])
+    return test_ids & present
 
 
 def small_model_log_probs(rows, model_id: str):
@@ -233,19 +261,18 @@ def small_model_log_probs(rows, model_id: str):
 
 
 def write_exemplars(rows, x, log_kw, method: str) -> dict:
-    """The package's exemplars (every prompt of a source that may ship), the settings chosen for them by
-    leave-one-source-out, and their MiniLM vectors, keyed by text digest."""
-    shipped = [i for i, r in enumerate(rows) if r["ships"]]
-    chosen = choose([rows[i] for i in shipped], x[shipped], log_kw[shipped], method)["combined"]
+    """The package's exemplars (every vendored prompt), the settings chosen for them by leave-one-source-out,
+    and their MiniLM vectors, keyed by text digest."""
+    chosen = choose(rows, x, log_kw, method)["combined"]
     views, groups, table = defaultdict(list), defaultdict(list), {}
-    for i in shipped:
+    for i in range(len(rows)):
         view = classification.prompt_view(rows[i]["prompt"])
         if view not in views[rows[i]["task"]]:
             views[rows[i]["task"]].append(view)
             groups[rows[i]["task"]].append(rows[i]["source"])
         table[exemplar_vectors.text_key(view)] = x[i]
     payload = {
-        "about": "The router's default exemplars: every prompt of the vendored sources that may ship "
+        "about": "The router's default exemplars: every prompt of the vendored sources "
         "(benchmarks/data/router/SOURCES.md), cut to the head and tail the classifier embeds. Settings chosen by "
         "leave-one-source-out in benchmarks/eval_router.py (all-MiniLM-L6-v2).",
         "settings": {"method": chosen["method"], ("l2" if method == "head" else "centroid_temperature"): chosen["param"],
@@ -253,15 +280,15 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
         "tasks": {task: views[task] for task in TASKS},
         "sources": {task: groups[task] for task in TASKS},  # training balances sources within each task
     }
-    classification.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-    classification._exemplar_file.cache_clear()
+    embedding_classifier.EXEMPLARS_FILE.write_text(json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    embedding_classifier._exemplar_file.cache_clear()
     exemplar_vectors.write_store(exemplar_vectors.PACKAGED["all-minilm-l6-v2"], table, dtype=np.float16)
     exemplar_vectors.PACKAGED_HEADS["all-minilm-l6-v2"].unlink(missing_ok=True)
     if method == "head":
         # fitted exactly as the router fits it, from the packaged vectors alone (no embedding call)
-        classifier = classification.EmbeddingClassifier(None, classification.load_exemplars(), model_id="all-minilm-l6-v2")
+        classifier = embedding_classifier.EmbeddingClassifier(None, embedding_classifier.load_exemplars(), model_id="all-minilm-l6-v2")
         exemplar_vectors.write_head(exemplar_vectors.PACKAGED_HEADS["all-minilm-l6-v2"], classifier.head_digest, *classifier._weights)
-    print(f"wrote {classification.EXEMPLARS_FILE.name} and {exemplar_vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
+    print(f"wrote {embedding_classifier.EXEMPLARS_FILE.name} and {exemplar_vectors.PACKAGED['all-minilm-l6-v2'].name}: {len(table)} exemplars, {payload['settings']}")
     return payload
 
 
@@ -269,10 +296,11 @@ def main() -> None:
     args = arguments(
         __doc__, no_embedding=(False, "keywords only (no MiniLM)"), resplit=(False, "draw the in-distribution split again"),
         write_exemplars=(False, "write the package's exemplars, settings and MiniLM vectors"),
+        without=(None, "leave out these sources, comma-separated (e.g. a source whose licence bars it)"),
         classifier_model=(None, "also measure the small-model tier with this local chat model (e.g. lmstudio/qwen/qwen3-1.7b; "
                           "needs the server running; answers cached in llm's user dir)"))
 
-    rows = load_labelled()
+    rows = load_labelled(tuple(name.strip() for name in (args.without or "").split(",") if name.strip()))
     print("prompts per source:", dict(Counter(r["source"] for r in rows)), "per task:", dict(Counter(r["task"] for r in rows)))
     log_kw = keyword_log_probs(rows)
     test_ids = split_ids(rows, args.resplit)
@@ -285,7 +313,7 @@ def main() -> None:
         x = embed_all([classification.prompt_view(r["prompt"]) for r in rows])
         for method in ("centroid", "head"):
             out = {v: np.zeros((len(rows), len(TASKS))) for v in ("alone", "combined")}
-            for source in SOURCES:  # each source classified by settings and training that never saw it
+            for source in [s for s in SOURCES if any(r["source"] == s for r in rows)]:  # each classified by settings and training that never saw it
                 fit, test = held_out(rows, source)
                 for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, fit, test).items():
                     chosen_log[f"{method} {variant}, {source} left out"] = settings
@@ -294,7 +322,7 @@ def main() -> None:
                 name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
                 loso[name], split[name] = summary(rows, out[variant]), summary(test_rows, log_probs)
                 # undone with the split's temperature, not each left-out source's own
-                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, classification.log_softmax(out[variant] * settings["temperature"]))
+                loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, embedding_classifier.log_softmax(out[variant] * settings["temperature"]))
                 print(f"{name}: leave-one-source-out {loso[name]['public_mean']:.1%} (public mean), in-distribution {split[name]['mean']:.1%}", flush=True)
         if args.write_exemplars:  # the package ships whichever method did better on sources it never saw
             write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]))

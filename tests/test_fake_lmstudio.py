@@ -151,27 +151,26 @@ def test_rest_load_creates_new_instances_and_unload_removes_them(lmstudio, http)
 
 
 def test_inference_jit_loads_with_request_ttl_and_unloads_when_idle(lmstudio, http):
-    body = {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ttl": 1}
+    body = {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ttl": 600}
     assert http.post("/v1/chat/completions", json=body).status_code == 200
     (instance,) = lmstudio.loaded()
-    assert instance["jit"] and instance["ttl_seconds"] == 1
-    deadline = time.monotonic() + 5
-    while lmstudio.loaded() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert lmstudio.loaded() == []
+    assert instance["jit"] and instance["ttl_seconds"] == 600
+    assert lmstudio.age(599) == [] and [i["identifier"] for i in lmstudio.loaded()] == [LLAMA]
+    assert lmstudio.age(1) == [LLAMA] and lmstudio.loaded() == []
     # Without a ttl in the request, a JIT load gets the server's default (60 min).
     assert http.post("/v1/chat/completions", json=body | {"ttl": None}).status_code == 200
     assert lmstudio.loaded()[0]["ttl_seconds"] == 3600
 
 
 def test_idle_timer_resets_on_each_request(lmstudio, http):
-    body = {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ttl": 1.5}
+    body = {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ttl": 600}
     http.post("/v1/chat/completions", json=body).raise_for_status()
-    for _ in range(3):
-        time.sleep(0.7)
+    for _ in range(3):  # 1200 s idle in all, never 600 in a row
+        assert lmstudio.age(400) == []
         http.post("/v1/chat/completions", json=body).raise_for_status()
-    assert [i["identifier"] for i in lmstudio.loaded()] == [LLAMA]
-    assert lmstudio.loaded()[0]["ttl_remaining"] > 0.5
+    [instance] = lmstudio.loaded()
+    assert instance["identifier"] == LLAMA and instance["ttl_remaining"] > 590
+    assert lmstudio.age(600) == [LLAMA]
 
 
 def test_auto_evict_keeps_only_the_last_jit_model_and_spares_manual_loads(lmstudio, http):

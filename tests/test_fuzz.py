@@ -1,5 +1,6 @@
-"""Property tests: whatever a server or a config file sends, the parsers answer or raise the plugin's own
-one-line error — never an unhandled exception. Each property runs a bounded number of examples (seconds)."""
+"""Property tests: whatever a server or a config file sends, the plugin makes of it exactly what was sent, or the
+plugin's own one-line error: through the parsers, and through `llm` itself (exit code, one line, nothing cached from a
+failed answer). Each property runs a bounded, fixed set of examples (seconds; FUZZ_EXAMPLES=N searches further)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from llm_lmstudio.lmstudio import answer, catalog, embeddings, errors, openai_cl
 from llm_lmstudio.core import settings
 from llm_lmstudio.router import config as router_config
 from llm_lmstudio.lmstudio import health as status
+from llm_lmstudio.store import cache_db
+from tests.helpers import assert_one_line_error, llm_cli
 from tests.recorded.replay import Reply, ReplayServer
 
-FAST = hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = hsettings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "80")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Any JSON value: what a misbehaving server or a hand-edited file can put anywhere.
 json_values = st.recursive(
@@ -61,12 +64,13 @@ def test_sse_lines_of_any_shape_become_data_strings_without_raising(lines):
 
 @pytest.fixture(scope="module")
 def sse_server():
+    """A loopback server whose chat completion stream each example sets."""
     with ReplayServer() as server:
         yield server
 
 
-def streamed(server, body: bytes, token: str | None = None):
-    """The chunks the plugin's client takes from a chat completion stream with this body (ended by [DONE])."""
+def _client_stream(server, body: bytes, token: str | None = None):
+    """The chunks the plugin's client takes from a chat completion stream with this body (then [DONE])."""
     server.route("POST", "/v1/chat/completions", Reply(body + b"data: [DONE]\n\n", content_type="text/event-stream"))
     client = openai_client.Client(settings.Server(base_url=server.url, prefix="lmstudio"), token=token, read_timeout=5)
     return client.stream("/v1/chat/completions", {"model": "m", "stream": True})
@@ -77,7 +81,7 @@ def streamed(server, body: bytes, token: str | None = None):
 def test_any_sse_data_is_a_chunk_or_the_plugins_error(sse_server, value):
     token = "sk-lm-tok:secret"
     try:
-        chunks = list(streamed(sse_server, b"data: " + json.dumps(value).encode() + b"\n\n", token))
+        chunks = list(_client_stream(sse_server, b"data: " + json.dumps(value).encode() + b"\n\n", token))
     except errors.LMStudioError as exc:
         assert "\n" not in str(exc) and token not in str(exc)
         return
@@ -88,28 +92,79 @@ def test_any_sse_data_is_a_chunk_or_the_plugins_error(sse_server, value):
 @given(st.text(max_size=60))
 def test_any_sse_text_is_a_chunk_or_the_plugins_error(sse_server, text):
     try:
-        list(streamed(sse_server, b"data: " + text.encode() + b"\n\n"))
+        list(_client_stream(sse_server, b"data: " + text.encode() + b"\n\n"))
     except errors.LMStudioError as exc:
         assert "\n" not in str(exc)
+
+
+# What a chat answer of any shape must become: the content, reasoning and tool-call arguments the server sent, in
+# order and nothing else (unless its text opens with "<", where a <think> block may begin), or, only where a chunk is
+# not a chat completion chunk (an error object, choices that are not a list), one line of the plugin's own error.
+
+
+def _streamed(server, chunks: list):
+    """The events the chat model makes of these streamed chunks (through the openai client, over loopback HTTP), or
+    the error it raises."""
+    body = b"".join(b"data: " + json.dumps(value).encode() + b"\n\n" for value in chunks)
+    accumulator = answer.Accumulator(0.0)
+    events = []
+    try:
+        for chunk in _client_stream(server, body):
+            events += accumulator.feed_chunk(chunk)
+        events += accumulator.flush()
+    except errors.LMStudioError as exc:
+        return events, exc
+    return events, None
+
+
+def _strings(items, *keys: str) -> str:
+    """The text the dict items carry at the first of `keys` each sets (a value that is not text carries none)."""
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            value = next((item[k] for k in keys if item.get(k)), None)
+            out.append(value if isinstance(value, str) else "")
+    return "".join(out)
+
+
+def _dicts(value) -> list:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _assert_sent_text_arrives(events: list, messages: list[dict]) -> None:
+    kinds = {event.type for event in events}
+    assert kinds <= {"text", "reasoning", "tool_call_name", "tool_call_args"} and all(isinstance(e.chunk, str) for e in events)
+    arguments = "".join(e.chunk for e in events if e.type == "tool_call_args")
+    calls = [c for m in messages for c in _dicts(m.get("tool_calls"))]
+    assert arguments == "".join(a for c in calls if isinstance(a := (c.get("function") or {}).get("arguments") if isinstance(c.get("function"), dict) else None, str))
+    content = _strings(messages, "content")
+    if not content.lstrip().startswith("<"):
+        assert "".join(e.chunk for e in events if e.type == "text") == content
+        assert "".join(e.chunk for e in events if e.type == "reasoning") == _strings(messages, "reasoning_content", "reasoning")
+
+
+def _deltas(chunks: list) -> list[dict]:
+    return [c.get("delta") if isinstance(c.get("delta"), dict) else {} for chunk in chunks for c in _dicts(chunk.get("choices"))]
+
+
+def _well_formed(chunk: dict) -> bool:
+    # An error report (an `error` and no `choices`, as LM Studio sends one inside a 200 stream) or choices that are
+    # not a list make a chunk that is not a chat completion chunk.
+    error_report = "error" in chunk and "choices" not in chunk
+    return not error_report and (chunk.get("choices") is None or isinstance(chunk["choices"], list))
 
 
 @FAST
 @given(st.lists(fields_of(["id", "model", "choices", "usage", "stats", "error", "delta"]), max_size=4))
 @example([{"choices": True}])
-def test_streamed_chunks_of_any_shape_become_events_or_the_plugins_error(sse_server, chunks):
-    _stream_through_chat(sse_server, chunks)
-
-
-def _stream_through_chat(server, chunks: list) -> None:
-    # The chat model consumes what the client lets through: together they must not raise anything else.
-    body = b"".join(b"data: " + json.dumps(value).encode() + b"\n\n" for value in chunks)
-    accumulator = answer.Accumulator(0.0)
-    try:
-        for chunk in streamed(server, body):
-            list(accumulator.feed_chunk(chunk))
-        list(accumulator.flush())
-    except errors.LMStudioError:
-        pass
+@example([{"choices": [{"delta": {"content": "Hel"}}]}, {"choices": [{"delta": {"content": "lo"}, "finish_reason": "stop"}]}])
+def test_streamed_chunks_of_any_shape_become_what_was_sent_or_one_line(sse_server, chunks):
+    events, error = _streamed(sse_server, chunks)
+    if all(_well_formed(c) for c in chunks):
+        assert error is None
+        _assert_sent_text_arrives(events, _deltas(chunks))
+    else:
+        assert isinstance(error, errors.LMStudioError) and "\n" not in str(error)
 
 
 choice_shapes = fields_of(["index", "delta", "message", "finish_reason"])
@@ -127,19 +182,70 @@ call_shapes = fields_of(["index", "id", "type", "function"])
     )
 )
 @example([{"choices": [{"delta": {"tool_calls": [{"index": [1], "function": "get_weather", "id": 7}]}}]}])
-def test_tool_call_deltas_of_any_shape_are_events_or_the_plugins_error(sse_server, chunks):
-    _stream_through_chat(sse_server, chunks)
+@example([{"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": '{"a":'}}]}}]},
+          {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]}}]}])
+def test_tool_call_deltas_of_any_shape_become_the_arguments_sent(sse_server, chunks):
+    events, error = _streamed(sse_server, chunks)
+    assert error is None  # every chunk here is a chat completion chunk, however odd its deltas
+    _assert_sent_text_arrives(events, _deltas(chunks))
+    calls = [c for delta in _deltas(chunks) for c in _dicts(delta.get("tool_calls"))]
+    assert (not calls) == (not [e for e in events if e.type == "tool_call_name"])  # a call sent is a call announced
 
 
 @FAST
 @given(fields_of(["id", "model", "choices", "usage", "stats", "error"]) | st.fixed_dictionaries({"choices": st.lists(choice_shapes | json_values, max_size=2)}))
 @example({"choices": [{"message": True}]})
-def test_a_completion_of_any_shape_is_events_or_the_plugins_error(body):
+@example({"choices": [{"message": {"content": "Hi", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}}]})
+def test_a_completion_of_any_shape_is_what_was_sent_or_one_line(body):
     accumulator = answer.Accumulator(0.0)
+    choices = body.get("choices")
     try:
-        list(accumulator.feed_completion(body))
-    except errors.LMStudioError:
-        pass
+        events = list(accumulator.feed_completion(body)) + list(accumulator.flush())
+    except errors.LMStudioError as exc:
+        assert "\n" not in str(exc)
+        assert not (isinstance(choices, list) and choices and isinstance(choices[0], dict))  # only without a choice
+        return
+    message = choices[0].get("message") if isinstance(choices[0].get("message"), dict) else {}
+    calls = _dicts(message.get("tool_calls"))
+    assert [e.type for e in events if e.type == "tool_call_name"] == ["tool_call_name"] * len(calls)
+    sent = [c["function"].get("arguments") if isinstance(c.get("function"), dict) else None for c in calls]
+    # arguments arrive as sent: text as it is, a JSON object or list serialised
+    expected = "".join(a if isinstance(a, str) else json.dumps(a) if isinstance(a, (dict, list)) else "" for a in sent)
+    assert "".join(e.chunk for e in events if e.type == "tool_call_args") == expected
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    if not content.lstrip().startswith("<"):
+        assert "".join(e.chunk for e in events if e.type == "text") == content
+
+
+@pytest.fixture(scope="module")
+def replayed_lmstudio():
+    """A loopback server with a recorded LM Studio model list (tests/recorded), whose chat answer each example sets."""
+    with ReplayServer() as server:
+        server.route("GET", "/api/v0/models", Reply.file("v0_models.json"))
+        yield server
+
+
+@hsettings(FAST, max_examples=max(FAST.max_examples // 2, 1),
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(fields_of(["id", "model", "choices", "usage", "error"]) | st.fixed_dictionaries({"choices": st.lists(st.fixed_dictionaries({"delta": delta_shapes}), max_size=2)}), max_size=4))
+@example([{"choices": [{"delta": {"content": "Hello"}, "finish_reason": "stop"}]}])
+@example([{"choices": [{"delta": {"content": "Hel"}}]}, {"error": {"message": "Model unloaded."}}])
+def test_any_stream_through_llm_prints_what_was_sent_or_one_line_and_caches_no_failure(replayed_lmstudio, user_path, monkeypatch, chunks):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", replayed_lmstudio.url)
+    stream = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+    replayed_lmstudio.route("POST", "/api/v0/chat/completions", Reply(stream, content_type="text/event-stream"))
+    cache = cache_db.Store()
+    before = cache.stats()["entries"]
+    prompt = f"prompt {len(replayed_lmstudio.requests)}"  # a new prompt each time: never answered from the cache
+    result = llm_cli("-m", "lmstudio/qwen3-4b", prompt, "-o", "cache", "1h", catch_exceptions=True)
+    if all(_well_formed(chunk) for chunk in chunks):
+        assert result.exit_code == 0, result.output
+        content = _strings(_deltas(chunks), "content")
+        if not content.lstrip().startswith("<"):
+            assert result.stdout == content + "\n"
+    else:
+        assert_one_line_error(result, stdout=None)  # what streamed before the bad chunk stays on stdout
+        assert cache.stats()["entries"] == before  # nothing of a failed answer is kept to replay
 
 
 # ---------------------------------------------------------------- error bodies

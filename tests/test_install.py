@@ -8,6 +8,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 HEAVY = {"pandas", "pyarrow", "datasets"}
+DISTRIBUTION = "llm-lmstudio-mlx"  # pyproject.toml's name: the metadata of the install under test
 
 
 def closure(name: str, extras: frozenset = frozenset()) -> dict[str, str]:
@@ -43,7 +44,7 @@ def chain(found: dict[str, str], name: str) -> str:
 
 
 def test_the_default_install_brings_no_pandas_pyarrow_or_datasets():
-    found = closure("llm-lmstudio")
+    found = closure(DISTRIBUTION)
     assert {"llm", "mlx-lm", "lmstudio"} <= set(found)  # the walk really followed the runtime requirements
     heavy = sorted(HEAVY & set(found))
     assert not heavy, "; ".join(chain(found, name) for name in heavy)
@@ -51,5 +52,5 @@ def test_the_default_install_brings_no_pandas_pyarrow_or_datasets():
 
 def test_the_mlx_embeddings_extra_is_where_they_come_from():
     # The same walk with the extra taken finds them, so the check above can fail.
-    found = closure("llm-lmstudio", frozenset({"mlx-embeddings"}))
+    found = closure(DISTRIBUTION, frozenset({"mlx-embeddings"}))
     assert HEAVY <= set(found), chain(found, "mlx-embeddings")

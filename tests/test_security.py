@@ -16,6 +16,7 @@ from llm.plugins import pm
 
 from llm_lmstudio.core import settings
 from tests.fast_logs import logs_db, migrated_logs_db  # noqa: F401 - fixtures
+from tests.helpers import llm_cli
 
 LLAMA_KEY = "test-org/tiny-llama"
 LLAMA = f"lmstudio/{LLAMA_KEY}"
@@ -33,7 +34,7 @@ class Transcript:
         self.outputs: list[str] = []
 
     def run(self, *args, input=None) -> "object":
-        result = CliRunner().invoke(cli, list(args), input=input)
+        result = llm_cli(*args, input=input, catch_exceptions=True)
         self.outputs.append(f"$ llm {' '.join(args)}\n{result.output}\n{result.stderr}\n{result.exception!r}")
         return result
 
@@ -284,7 +285,7 @@ def test_router_config_cannot_make_the_router_fall_back_to_itself(lmstudio, user
     lmstudio.set_fault("status", "/api/v0/chat", status=503, body={"error": {"message": "overloaded"}})
     result = CliRunner().invoke(cli, ["-m", "router", "Write a poem about rain", "--no-stream"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    [line] = [line for line in result.output.splitlines() if line.strip()]
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]  # stderr also says what it loaded
     assert "every model the router tried failed" in line and "itself" in line
     chats = [r for r in lmstudio.requests() if "chat" in r["path"]]
     assert len(chats) == len({r["model"] for r in chats})  # each local model tried once, not once per level

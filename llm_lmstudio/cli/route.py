@@ -16,18 +16,20 @@ from llm_lmstudio.cli.common import echo_json
 @click.option("--schema", "needs_schema", is_flag=True, help="Route as if the prompt had a --schema")
 @click.option("--task", help="Skip classification: route as this task")
 @click.option("json_", "--json", is_flag=True, help="Output the decision as JSON")
+@click.option("--explain", is_flag=True, help="Also show each candidate's record: which failures count against it, which do not, and why")
 @click.option("--warm", is_flag=True, help="Embed the classifier's exemplars now, showing progress on stderr")
-def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, warm):
+def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, explain, warm):
     """Show how the router would handle PROMPT, without running it.
 
     Prints the task and confidence, the classifier used, every candidate with its score and
     reasons, excluded models and why, and the fallback chain. Reads the prompt from standard
-    input when it is not given.
+    input when it is not given. Exits 1 when no model could take the prompt.
 
-    Example:
-
+    \b
+    Examples:
         llm lmstudio route "Write a Python function that parses ISO dates"
         cat error.log | llm lmstudio route --json
+        llm lmstudio route --explain "Summarise this file"
         llm lmstudio route --warm
     """
     import llm
@@ -78,22 +80,50 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, w
         plan = planning.make_plan(fake_prompt, config, task)
     except llm.ModelError as exc:
         raise click.ClickException(str(exc))
-    data = plan.to_json()
+    data = plan.to_json(explain=explain)
     if json_:
         echo_json(data)
-        return
+    else:
+        _print_plan(data, explain)
+    if not data["chain"]:
+        raise click.ClickException(plan.why_empty())
+
+
+def _print_plan(data: dict, explain: bool) -> None:
     click.echo(f"Task: {data['task']} (confidence {data['confidence']:.2f}, {data['classifier']} classifier)")
     if data["classifier_note"]:
         click.echo(f"  note: {data['classifier_note']}")
+    for problem in data["problems"]:
+        click.echo(f"  server: {problem}")
     click.echo("Candidates:")
-    for candidate in data["candidates"] or []:
+    several = len({c["server"] for c in data["candidates"]}) > 1
+    for candidate in data["candidates"]:
         marker = "*" if candidate["model"] == data["chosen"] else " "
-        where = f"  on {candidate['server']}" if candidate["kind"] == "lmstudio" and len({c["server"] for c in data["candidates"]}) > 1 else ""
+        where = f"  on {candidate['server']}" if candidate["kind"] == "lmstudio" and several else ""
         click.echo(f" {marker} {candidate['score']:7.1f}  {candidate['model']}" + ("  [loaded]" if candidate["loaded"] else "") + where)
         for reason in candidate["reasons"]:
             click.echo(f"              {reason}")
+        if explain:
+            _print_history(candidate["history"])
     if not data["candidates"]:
         click.echo("   (none)")
     for item in data["excluded"]:
         click.echo(f"   excluded: {item['model']}: {item['reason']}")
     click.echo("Chain: " + (" -> ".join(data["chain"]) if data["chain"] else "(empty: nothing can answer this prompt)"))
+
+
+def _print_history(history: dict) -> None:
+    from llm_lmstudio.store.reliability import age_text
+
+    pad = " " * 14
+    if not history["counted"] and not history["not_counted"] and not history["successes_weight"]:
+        click.echo(f"{pad}history: nothing recorded yet")
+        return
+    click.echo(f"{pad}history: failures weigh {history['failures_weight']:.2f} against {history['successes_weight']:.2f} successes "
+               f"(each halves every {history['half_life_hours']:g} h) -> penalty {history['penalty']:.1f}")
+    if history["counted"]:
+        shown = ", ".join(f"{c['kind']} {age_text(c['age_seconds'])} ago ({c['source']})" for c in history["counted"][:5])
+        more = f", and {len(history['counted']) - 5} more" if len(history["counted"]) > 5 else ""
+        click.echo(f"{pad}  counted: {shown}{more}")
+    for kind, item in history["not_counted"].items():
+        click.echo(f"{pad}  not counted: {item['count']} {kind} ({item['why']})")

@@ -80,6 +80,33 @@ def sparkline(values: list) -> str:
     return "".join(" " if v is None else SPARKS[round((v - low) * scale)] for v in values)
 
 
+def failures_cell(failures: dict) -> str:
+    """The FAILURES column, one short cell however many kinds: "0", "2 StreamCut", "7 (4 TimedOut, 3 other)"."""
+    total = sum(failures.values())
+    if len(failures) <= 1:
+        return f"{total} {next(iter(failures))}" if failures else "0"
+    kind, most = max(failures.items(), key=lambda item: (item[1], item[0]))
+    return f"{total} ({most} {kind}, {total - most} other)"
+
+
+def _reset(model: str | None, json_: bool) -> None:
+    import sqlite3
+
+    from llm_lmstudio.store import call_history
+
+    try:
+        removed = call_history.reset(model)
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(f"cannot clear the plugin's statistics store: {exc}") from None
+    if json_:
+        echo_json({"model": model, "removed": removed})
+        return
+    total = sum(removed.values())
+    who = model or "every model"
+    click.echo(f"Forgot {total} recorded outcome{'' if total == 1 else 's'} of {who} ({removed['attempts']} routed, "
+               f"{removed['calls']} direct): the router ranks {'it' if model else 'them'} afresh. Answers in llm's own log stay.")
+
+
 def _ms(value) -> str:
     if value is None:
         return "-"
@@ -91,13 +118,26 @@ def _ms(value) -> str:
 @click.option("-m", "--model", help="Only this model (the one that answered, e.g. lmstudio/qwen2.5-7b-instruct)")
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 @click.option("--prometheus", is_flag=True, help="Output in the Prometheus text format (node_exporter textfile collector)")
-def stats_command(since, model, json_, prometheus):
-    "Per model: answers, failures, time to first token, tokens/s, tokens, latency over the period"
+@click.option("--reset", is_flag=True, help="Forget the recorded failures and successes of -m MODEL (of every model without -m): "
+              "the router ranks it afresh")
+def stats_command(since, model, json_, prometheus, reset):
+    """Per model: answers, failures, time to first token, tokens/s, tokens, latency over the period
+
+    \b
+    Examples:
+        llm lmstudio stats --since 7d
+        llm lmstudio stats -m lmstudio/qwen/qwen3-4b --json
+        llm lmstudio stats --reset -m lmstudio/qwen/qwen3-4b
+    """
     import sqlite3
 
     import llm
 
     from llm_lmstudio.store import performance
+
+    if reset:
+        _reset(model, json_)
+        return
 
     try:
         data = performance.report(llm.user_dir() / "logs.db", since_seconds=since or None, model=model)
@@ -115,7 +155,7 @@ def stats_command(since, model, json_, prometheus):
     rows = []
     for m in data.models:
         extra = ", ".join(part for part in (f"{m.cached} cached" if m.cached else "", f"{m.routed} routed" if m.routed else "") if part)
-        failures = ", ".join(f"{n} {kind}" for kind, n in m.failures.items()) or "0"
+        failures = failures_cell(m.failures)
         rows.append(
             [
                 m.model,

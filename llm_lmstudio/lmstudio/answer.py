@@ -12,7 +12,7 @@ from llm.parts import StreamEvent
 from llm.utils import simplify_usage_dict
 
 from llm_lmstudio.core.errors import warn_json_cut
-from llm_lmstudio.lmstudio import errors
+from llm_lmstudio.lmstudio import answer_audit, errors
 
 
 class ThinkSplitter:
@@ -224,7 +224,8 @@ class Accumulator:
                 {k: v for k, v in self.usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens")}
             )
             response.set_usage(
-                input=self.usage.get("prompt_tokens"), output=self.usage.get("completion_tokens"), details=details or None
+                input=answer_audit.measured_input(self.usage), output=self.usage.get("completion_tokens"),
+                details=details or None,
             )
         if self.finish_reason == "length" and response.prompt.schema and not cut:
             warn_json_cut(response)
@@ -242,3 +243,4 @@ class Accumulator:
             # One convention on every path (direct, router, mlx/): the llm model id of what answered,
             # here the instance LM Studio names (e.g. lmstudio/qwen/qwen3-4b:2 when several are loaded).
             response.set_resolved_model(response.model.server.model_id(answered_by))
+            answer_audit.check_model(response, response.model.entry.key, answered_by)

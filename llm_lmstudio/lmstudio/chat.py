@@ -45,8 +45,8 @@ class LMStudioOptions(CacheOptions):
     draft_model: Optional[str] = Field(default=None, description="Draft model key for speculative decoding")
     stateful: Optional[bool] = Field(
         default=None,
-        description="Continue conversations on the server (LM Studio 0.3.29+ /v1/responses) instead of resending"
-        " the history (default true; false always resends it)",
+        description="true: continue conversations on the server (LM Studio 0.3.29+ /v1/responses) instead of"
+        " resending the history, where it never costs more (default false: docs/compatibility.md)",
     )
 
     @field_validator("stop", mode="before")
@@ -80,12 +80,18 @@ def build_payload(key: str, prompt: llm.Prompt, stream: bool) -> dict:
     return payload
 
 
-def _suggest(key: str) -> str:
+def _suggest(key: str, exc: errors.LMStudioError | None = None) -> str:
+    """A hint for a model the server would not serve: how to load it when it is listed, else names close to it
+    (never the very key asked for)."""
     import difflib
 
     from llm_lmstudio.lmstudio import catalog
 
+    if isinstance(exc, errors.NotLoaded):
+        return ""  # its message already says how to load it
     keys = [m.key for m in catalog.models_for_registration() if not m.is_embedding]
+    if key in keys:
+        return f" — LM Studio lists {key} but did not serve it: load it with `llm lmstudio load {key}`"
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.4)
     if not close:
         close = [k for k in keys if key.split("/")[-1].lower() in k.lower()][:3]
@@ -165,13 +171,14 @@ class _ChatBase(ServedModel):
         return build_payload(self.entry.key, prompt, stream), paths, Accumulator(time.monotonic(), paths[0])
 
     def _failed(self, exc: errors.LMStudioError) -> LMStudioModelError:
-        return user_error(exc, _suggest(self.entry.key) if isinstance(exc, errors.ModelNotFound) else "")
+        return user_error(exc, _suggest(self.entry.key, exc) if isinstance(exc, errors.ModelNotFound) else "")
 
     def _falls_back(self, turn: stateful.Turn, accumulator: Accumulator, exc: errors.LMStudioError) -> bool:
         """A stateful turn refused before any output: True to send the full history to chat completions
         instead (silently: same answer); raises the user's error when that would not help; False once text has
         arrived (the caller keeps it and says the answer was cut)."""
         if accumulator.first_token_at is not None:
+            turn.cut_off()
             return False
         if not turn.falls_back(exc):
             raise self._failed(exc) from None

@@ -52,7 +52,12 @@ class LMStudioEmbedding(ServedModel, llm.EmbeddingModel):
             body = client.embeddings({"model": self.entry.key, "input": texts})
             vectors = vectors_from(body, len(texts), self.server.base_url)
         except errors.ModelNotFound as exc:
-            raise user_error(exc, f" — is {self.entry.key} an embedding model? See `llm embed-models`") from None
+            # LM Studio's "Model is not embedding" means its own listing disagrees with ours: only then ask
+            if "not embedding" in str(exc).lower():
+                hint = f" — is {self.entry.key} an embedding model? See `llm embed-models`"
+            else:
+                hint = "" if isinstance(exc, errors.NotLoaded) else " — `llm embed-models -q lmstudio` lists the embedding models"
+            raise user_error(exc, hint) from None
         except errors.LMStudioError as exc:
             raise user_error(exc) from None
         return iter(vectors)

@@ -34,12 +34,25 @@ class ModelNotFound(LMStudioError):
     """The server does not know the model, or cannot load it for this kind of request."""
 
 
+class NotLoaded(ModelNotFound):
+    """The server knows the model but has nothing loaded to answer with, and will not load it itself: LM Studio's
+    "No models loaded" answer when JIT loading is off (lmstudio-bug-tracker#1730)."""
+
+
 class ModelLoadFailed(LMStudioError):
     """The server knows the model but failed to load it."""
 
 
 class RequestFailed(LMStudioError):
     """Any other 4xx/5xx answer; the message carries LM Studio's own words."""
+
+
+class ServerError(RequestFailed):
+    """A 5xx answer: the server (or the model running in it) failed on a request it accepted."""
+
+
+class PromptTooLong(RequestFailed):
+    """The prompt does not fit the context the model is loaded with (lmstudio-bug-tracker#237, #546, #1251)."""
 
 
 class BadResponse(LMStudioError):
@@ -92,7 +105,9 @@ def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
             return error, None
         if isinstance(error, dict):
             message = error.get("message")
-            code = error.get("code")
+            # LM Studio's /api/v1 errors name their kind in `type` and have no `code` ({"type": "model_not_found"},
+            # "not_implemented": lmstudio-bug-tracker#1462, #1438); OpenAI-shaped ones carry `code`, null or not.
+            code = error.get("code") if "code" in error else error.get("type")
             return (str(message) if message is not None else None), (str(code) if code is not None else None)
         return None, None
     if isinstance(body, str) and body.strip():
@@ -161,7 +176,14 @@ def error_for_status(
         if "not embedding" in lowered or "not an llm" in lowered:
             return ModelNotFound(f"LM Studio at {base_url}: {message}", status=status, code=code)
         return ModelLoadFailed(f"LM Studio could not load {model or 'the model'}: {message}", status=status, code=code)
-    if code == "model_not_found" or "no models loaded" in lowered or "invalid model identifier" in lowered:
+    overflow = _context_overflow(message, model)
+    if overflow:
+        return PromptTooLong(overflow, status=status, code=code)
+    if "no models loaded" in lowered:
+        what = f"{model!r} is not loaded" if model else "nothing is loaded"
+        return NotLoaded(f"LM Studio at {base_url}: No models loaded ({what} and JIT loading is off): load it with "
+                         f"`llm lmstudio load {model or 'MODEL'}`", status=status, code=code)
+    if code == "model_not_found" or "invalid model identifier" in lowered:
         detail = message or f"model {model!r} not found"
         return ModelNotFound(f"LM Studio at {base_url}: {detail}", status=status, code=code)
     if status in (404, 405):
@@ -171,7 +193,36 @@ def error_for_status(
         return RequestFailed(f"LM Studio at {base_url} stopped the answer: {message or 'unknown error'}", code=code)
     kind = "server error" if status >= 500 else "request rejected"
     detail = message or f"HTTP {status}"
-    return RequestFailed(f"LM Studio at {base_url}: {kind} (HTTP {status}): {detail}", status=status, code=code)
+    return (ServerError if status >= 500 else RequestFailed)(f"LM Studio at {base_url}: {kind} (HTTP {status}): {detail}", status=status, code=code)
+
+
+# LM Studio's words for a prompt longer than the loaded context: llama.cpp's "Trying to keep the first 15857 tokens
+# when context the overflows. However, the model is loaded with context length of only 4096 tokens, which is not
+# enough..." (lmstudio-bug-tracker#237, #546), MLX's "Reached context length of 4096 tokens with model ... that does
+# not currently support mid-generation context overflow" (#1251), "Cannot truncate prompt with n_keep (15028) >= n_ctx
+# (7424)" (anomalyco/opencode#11141), and mlx-engine's "The number of tokens to keep from the initial prompt (N) is
+# greater than the context length (M)".
+_OVERFLOW = (
+    (r"keep the first (\d+) tokens when context the overflows.*context length of only (\d+)", True),
+    (r"number of tokens to keep from the initial prompt \((\d+)\) is greater than the context length \((\d+)\)", True),
+    (r"n_keep \((\d+)\) >= n_ctx \((\d+)\)", True),
+    (r"reached context length of (\d+) tokens", False),
+)
+
+
+def _context_overflow(message: str, model: str | None) -> str | None:
+    """The one line for a prompt that does not fit the loaded context, or None when `message` is not that."""
+    import re
+
+    for pattern, both in _OVERFLOW:
+        found = re.search(pattern, message, re.IGNORECASE | re.DOTALL)
+        if found:
+            size = f"~{found.group(1)} tokens, " if both else ""
+            context = found.group(2) if both else found.group(1)
+            name = model or "the model"
+            return (f"the prompt ({size}history included) does not fit the context {name} is loaded with ({context} tokens): "
+                    f"shorten it, or load the model with a larger context (`llm lmstudio load {name} --context-length N`)")
+    return None
 
 
 def unreachable(base_url: str) -> Unreachable:

@@ -121,8 +121,6 @@ class _Calls:
             if chunks is not None and isinstance(error, errors.StreamCut):
                 return chunks.cut("the connection dropped")
             return error
-        if isinstance(exc, openai.APIError):  # an {"error": …} event inside a stream
-            return errors.error_for_status(None, {"error": exc.body}, base_url=self.base_url, token=self.token, model=model)
         if isinstance(exc, json.JSONDecodeError):
             if chunks is not None:
                 return chunks.malformed(exc.doc)

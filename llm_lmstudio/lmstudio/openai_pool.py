@@ -45,9 +45,14 @@ def _headers(token: str | None) -> dict[str, Any]:
 
 
 def _request_options(token: str | None) -> dict:
+    # Each event of a stream comes as it was sent and the plugin decides what is an error (openai_client.Chunks):
+    # in its "legacy" mode the client would also fail a chunk that carries `choices` beside an `error`.
     # Without a token no Authorization header goes out at all (LM Studio's default needs none); the openai client
     # accepts that only when each request says so.
-    return {} if token else {"headers": {"Authorization": openai.Omit()}}
+    options: dict = {"stream_mode": "events"}
+    if not token:
+        options["headers"] = {"Authorization": openai.Omit()}
+    return options
 
 
 def _config(server: settings.Server, token: str | None, connect: float, read: float, http_client) -> dict:

@@ -32,7 +32,7 @@ class Watch:
     def alive(self) -> bool:
         """Does the server answer a model listing (any HTTP answer counts) on another connection, quickly?"""
         try:
-            quick_get_json(self.server, "/v1/models", token=self.token, deadline=self.connect_timeout + 3.0)
+            quick_get_json(self.server, "/v1/models", token=self.token, deadline=self.connect_timeout + PROBE_AFTER)
         except (errors.TimedOut, errors.Unreachable, errors.StreamCut):
             return False
         except errors.LMStudioError:

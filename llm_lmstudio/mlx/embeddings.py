@@ -14,7 +14,7 @@ from llm_lmstudio.mlx.loading import NativeModelError, load_once, model_error
 _EMBED: dict[str, "EmbeddingRuntime"] = {}
 # mlx-embeddings is an extra because it pulls in mlx-vlm -> datasets -> pandas + pyarrow, and sqlite-utils
 # imports pandas whenever it is installed: about 0.4 s on every `llm` command (benchmarks/bench_startup.py).
-INSTALL_COMMAND = "llm install 'llm-lmstudio[mlx-embeddings]'"
+INSTALL_COMMAND = "llm install 'llm-lmstudio-mlx[mlx-embeddings]'"
 
 
 def missing_engine(model_id: str) -> str | None:

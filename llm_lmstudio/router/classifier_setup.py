@@ -37,7 +37,7 @@ _CLASSIFIERS: dict[tuple, Any] = {}
 
 def _debug(message: str) -> None:
     if settings.debug():
-        print(f"llm-lmstudio: {message}", file=sys.stderr)
+        print(f"llm-lmstudio-mlx: {message}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- which embedding model
@@ -72,6 +72,29 @@ def default_embedding_model() -> tuple[str | None, str]:
     return None, "no local embedding model found (LM Studio lists none): keywords only"
 
 
+def check_model_kinds(config: router_config.RouterConfig) -> None:
+    """A model named for the wrong job (a chat model as `embedding_model`, an embedding model as `classifier_model`)
+    is refused up front, in one line naming the file and the key. A model that is not available right now is not
+    refused: routing goes on by keywords and says why."""
+    where = config.path or router_config.ROUTER_CONFIG_NAMES[0]
+    checks = (("embedding_model", llm.get_embedding_model, llm.get_model, "a chat model", "an embedding model (`llm embed-models`)"),
+              ("classifier_model", llm.get_model, llm.get_embedding_model, "an embedding model", "a small local chat model"))
+    for key, right, wrong, is_, wanted in checks:
+        model_id = getattr(config, key)
+        if not model_id:
+            continue
+        try:
+            right(model_id)
+            continue
+        except llm.UnknownModelError:
+            pass
+        try:
+            wrong(model_id)
+        except llm.UnknownModelError:
+            continue
+        raise llm.ModelError(f"{where}: '{key}' names {model_id}, which is {is_}: name {wanted}")
+
+
 def embedding_model_for(config: router_config.RouterConfig) -> tuple[str | None, str | None]:
     """(model id or None, note): the configured embedding model, else the default choice."""
     if config.classifier == "keyword":
@@ -84,6 +107,7 @@ def embedding_model_for(config: router_config.RouterConfig) -> tuple[str | None,
 def embedding_classifier(model_id: str, config: router_config.RouterConfig):
     """The embedding classifier for this model and config (exemplar vectors possibly still missing)."""
     from llm_lmstudio.router import classification
+    from llm_lmstudio.router import embedding_classifier as embedding
 
     key = (model_id, str(settings.plugin_dir()), repr(sorted(config.tasks.items())), repr(sorted(config.keywords.items())))
     if key not in _CLASSIFIERS:
@@ -92,9 +116,9 @@ def embedding_classifier(model_id: str, config: router_config.RouterConfig):
         def embed(texts: list[str]) -> list[list[float]]:
             return [list(v) for v in model.embed_multi(texts)]
 
-        _CLASSIFIERS[key] = classification.EmbeddingClassifier(
+        _CLASSIFIERS[key] = embedding.EmbeddingClassifier(
             embed,
-            classification.load_exemplars(config.tasks),
+            embedding.load_exemplars(config.tasks),
             model_id=model_id,
             cache_dir=settings.plugin_dir(),
             keyword=classification.KeywordClassifier(extra_keywords=config.keywords or None),
@@ -172,6 +196,8 @@ def ready_classifier(config: router_config.RouterConfig):
                 return None, (f"embedding the exemplars with {model_id} in the background ({done}/{len(classifier.pairs)} done"
                               f"{'' if started else ', already under way'}); keywords meanwhile — `llm lmstudio route --warm` shows progress")
             classifier.build()
+    except llm.UnknownModelError:
+        return None, f"embedding model {model_id} is not available now (`llm embed-models` lists those that are): keywords meanwhile"
     except Exception as exc:  # noqa: BLE001 - a broken embedding model must not stop routing
         return None, f"embedding model {model_id} failed: {exc}"
     return classifier, note
@@ -185,10 +211,9 @@ def _cache_path():
 
 
 def _read_answers() -> dict:
-    try:
-        data = json.loads(_cache_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    try:  # a damaged file is moved aside with a warning; answers are asked for again
+        return files.read_json(_cache_path(), then="the small model is asked again") or {}
+    except OSError:
         return {}
 
 

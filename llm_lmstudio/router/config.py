@@ -22,11 +22,13 @@ ROUTER_CONFIG_NAMES = ("lmstudio-router.yaml", "lmstudio-router.yml", "lmstudio-
 
 
 def router_config_path() -> Path | None:
-    for name in ROUTER_CONFIG_NAMES:
-        path = llm.user_dir() / name
-        if path.is_file():
-            return path
-    return None
+    """The router's settings file, or None; two of them (say .yaml and .json) is an error, never a silent pick."""
+    found = [llm.user_dir() / name for name in ROUTER_CONFIG_NAMES if (llm.user_dir() / name).is_file()]
+    if len(found) > 1:
+        names = " and ".join(path.name for path in found)
+        raise SettingsError(f"{found[0].parent}: both {names} exist and the router reads only one: merge them into one file, "
+                            "delete the other")
+    return found[0] if found else None
 
 
 class _Problem(ValueError):

@@ -43,20 +43,46 @@ def server_is_down(kind: str, exc: BaseException) -> bool:
     return kind == "Unreachable" or (kind == "TimedOut" and "looks hung" in str(exc))
 
 
+# Failures that say the prompt or the set-up is wrong, not the model: another model would fail the same way (a prompt
+# too long for the loaded context; a model the router could not load with JIT loading off), so the plan ends there.
+END_PLAN = ("PromptTooLong", "NotLoaded")
+_SKIPPED = {"AuthRequired": "its server refused the token"}
+
 _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
-          "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused"}
+          "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused", "NotLoaded": "not loaded",
+          "LoadRefused": "load refused", "UnknownModel": "not downloaded"}
 
 
 def brief(attempt: dict) -> str:
     """A few words for one failed attempt, for the one-line summary when every model failed."""
     if attempt.get("skipped"):
-        return "skipped: its server did not answer"
+        return f"skipped: {attempt.get('skip_reason') or 'its server did not answer'}"
     words = _BRIEF.get(attempt.get("error_kind") or "")
+    if attempt.get("error_kind") == "ServerError":
+        words = f"server error (HTTP {attempt['status']})" if attempt.get("status") else "server error"
     if words is None:
         status = attempt.get("status")
         text = (attempt.get("error") or "failed").split(" — ")[0]
         words = (f"HTTP {status}: " if status else "") + (text if len(text) <= 60 else text[:57] + "...")
     return words
+
+
+def _load(inner, ttl: int, state: dict) -> bool:
+    """Load an LM Studio model through the management layer before prompting it. False when management cannot
+    (an https server, no SDK): the request then goes out as it is, and LM Studio's JIT loading may still load it."""
+    from llm_lmstudio.management.models import LoadRefused, ManagementError, UnknownModel
+    from llm_lmstudio.router import loading
+
+    try:
+        identifier = loading.ensure_loaded(inner, ttl)
+    except (LoadRefused, UnknownModel):
+        raise
+    except (ManagementError, ImportError) as exc:
+        state["load_problem"] = str(exc)
+        return False
+    if identifier:
+        state["loaded_id"] = identifier
+    return bool(identifier)
 
 
 class RouterOptions(CacheOptions):
@@ -76,13 +102,14 @@ class Router(llm.Model):
     Options = RouterOptions
 
     def __str__(self):
-        return "LM Studio router: picks the best local model for each prompt"
+        # the id in the line, so `llm models -q lmstudio-router` finds it (llm matches the query against this text)
+        return f"LM Studio router: {ROUTER_ID} (picks the best local model for each prompt)"
 
     @cached  # the router owns the entry: the model it delegates to neither caches nor records on its own
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
-        from llm_lmstudio.store import call_history
         from llm_lmstudio.core.errors import fail_after_logging
         from llm_lmstudio.router.planning import make_plan
+        from llm_lmstudio.store import call_history
 
         try:
             config = router_config.load()
@@ -90,57 +117,57 @@ class Router(llm.Model):
             raise llm.ModelError(str(exc)) from None
         plan = make_plan(prompt, config, prompt.options.task)
         if not plan.chain:
-            reasons = "; ".join(f"{e['model']}: {e['reason']}" for e in plan.excluded) or "no local models found"
-            raise llm.ModelError(f"the router has no model for this prompt ({reasons})")
+            raise llm.ModelError(plan.why_empty())
         options = {k: getattr(prompt.options, k) for k in ("temperature", "top_p", "max_tokens", "seed")}
         attempts: list[dict] = []
         log = {"router": plan.to_json(), "attempts": attempts}
         response.response_json = log
-        servers = {c.model_id: c.server for c in plan.candidates}
-        down: set[str] = set()
+        candidates = {c.model_id: c for c in plan.candidates}
+        skipped: dict[str, str] = {}  # server -> why its remaining models are not tried
         for model_id in plan.chain:
+            candidate = candidates.get(model_id)
+            server = candidate.server if candidate else None
             started = time.monotonic()
-            first_event_at = None
+            state: dict = {"first_event_at": None}
             attempt = {"model": model_id, "ok": False}
-            if model_id in servers:
-                attempt["server"] = servers[model_id]
+            if server:
+                attempt["server"] = server
             attempts.append(attempt)
-            if servers.get(model_id) in down:
+            if server in skipped:
                 # a hung server would cost a full timeout per model (issue 17: four models, twenty minutes)
-                attempt["skipped"] = True
+                attempt.update(skipped=True, skip_reason=skipped[server])
                 continue
             try:
-                inner = llm.get_model(model_id)
-                if isinstance(inner, Router):
-                    # `fallback: [router]` (or an alias of it) would nest the whole chain once per level.
-                    raise llm.ModelError("the router cannot fall back to itself")
-                attempt_options = dict(options)
-                if model_id.startswith(("lmstudio/", "lmstudio@")):
-                    attempt_options["ttl"] = config.ttl  # a model the router JIT-loads must not stay pinned
-                inner_response = llm.Response(_inner_prompt(prompt, inner, attempt_options), inner, stream)
-                for event in inner_response.stream_events():
-                    if first_event_at is None:
-                        first_event_at = time.monotonic()
-                    yield event
+                inner_response = yield from self._attempt(prompt, stream, model_id, candidate, options, config, state)
             except Exception as exc:  # noqa: BLE001 - each failure is recorded, then the next model is tried
-                attempt.update(error=str(exc), error_kind=call_history.error_kind(exc))
+                kind = call_history.error_kind(exc)
+                attempt.update(error=str(exc), error_kind=kind, duration_ms=round((time.monotonic() - started) * 1000, 1))
                 if getattr(exc, "status", None):
                     attempt["status"] = exc.status
-                if server_is_down(attempt["error_kind"], exc) and servers.get(model_id, "local") != "local":
-                    down.add(servers[model_id])
-                attempt["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-                call_history.record_attempt(model_id, False, error_kind=attempt["error_kind"], router_turn_id=response.id)
-                if first_event_at is not None:
+                if server and server != "local" and (server_is_down(kind, exc) or kind in _SKIPPED):
+                    skipped[server] = _SKIPPED.get(kind, "its server did not answer")
+                call_history.record_attempt(model_id, False, error_kind=kind, router_turn_id=response.id)
+                if state.get("loaded_id") and state["first_event_at"] is None:
+                    from llm_lmstudio.router import loading
+
+                    loading.unload(llm.get_model(model_id), state["loaded_id"])
+                if state["first_event_at"] is not None:
                     # Text has reached the user: retrying elsewhere would splice two answers together.
                     fail_after_logging(f"{model_id} failed after it had started answering: {exc}")
                     yield StreamEvent(type="text", chunk=f"\n[{model_id} stopped: {exc}]\n")
                     return
+                if kind in END_PLAN:
+                    problem = state.get("load_problem")
+                    raise llm.ModelError(f"{exc}" + (f" (the router could not load it: {problem})" if problem else "")) from None
                 continue
+            first_event_at = state["first_event_at"]
             duration = (time.monotonic() - started) * 1000
             ttft = (first_event_at - started) * 1000 if first_event_at is not None else None
             inner_json = inner_response.response_json or {}
             cut = isinstance(inner_json, dict) and inner_json.get("cut")
             attempt.update(ok=not cut, duration_ms=round(duration, 1), ttft_ms=round(ttft, 1) if ttft else None)
+            if state.get("loaded"):
+                attempt["loaded_by_router"] = True
             if cut:
                 attempt["error"] = inner_json.get("error")
                 attempt["error_kind"] = "StreamCut"
@@ -164,3 +191,36 @@ class Router(llm.Model):
         summary = ", ".join(f"{a['model']} ({brief(a)})" for a in attempts)
         last = next((a["error"] for a in reversed(attempts) if a.get("error")), "")
         raise llm.ModelError(f"every model the router tried failed: {summary}. Last error: {last}")
+
+    def _attempt(self, prompt, stream, model_id: str, candidate, options: dict, config, state: dict):
+        """One model's try: load it first if it is an LM Studio model not loaded, then stream its answer; yields its
+        events and returns its response. A "not loaded" answer (unloaded since the listing, JIT loading off) loads it
+        and asks once more."""
+        from llm_lmstudio.store import call_history
+
+        inner = llm.get_model(model_id)
+        if isinstance(inner, Router):
+            # `fallback: [router]` (or an alias of it) would nest the whole chain once per level.
+            raise llm.ModelError("the router cannot fall back to itself")
+        attempt_options = dict(options)
+        served = model_id.startswith(("lmstudio/", "lmstudio@")) and getattr(inner, "entry", None) is not None
+        if served:
+            attempt_options["ttl"] = config.ttl  # should LM Studio JIT-load it after all, it must not stay pinned
+            if candidate is not None and not candidate.loaded:
+                state["loaded"] = _load(inner, config.ttl, state)
+        while True:
+            inner_response = llm.Response(_inner_prompt(prompt, inner, attempt_options), inner, stream)
+            try:
+                for event in inner_response.stream_events():
+                    if state["first_event_at"] is None:
+                        state["first_event_at"] = time.monotonic()
+                    yield event
+                return inner_response
+            except Exception as exc:
+                retry = (served and state["first_event_at"] is None and "loaded" not in state
+                         and call_history.error_kind(exc) == "NotLoaded")
+                if not retry:
+                    raise
+                state["loaded"] = _load(inner, config.ttl, state)
+                if not state["loaded"]:
+                    raise

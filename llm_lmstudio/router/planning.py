@@ -55,6 +55,7 @@ class Candidate:
     kind: str = "lmstudio"  # "lmstudio" | "mlx" | "cloud"
     server: str = "local"  # the LM Studio server's base URL; "local" for native MLX
     key: str = ""  # the model's key: the same key on several servers makes them replicas
+    record: object = None  # its recent record (store.reliability.Reliability), for `route --explain`
 
 
 @dataclass
@@ -68,8 +69,20 @@ class Plan:
     candidates: list  # usable local candidates, best first
     excluded: list  # [{"model", "reason"}]
     chain: list  # model ids in the order they will be tried (local, then configured cloud fallbacks)
+    problems: list = field(default_factory=list)  # why a configured server offers nothing right now, one line each
 
-    def to_json(self) -> dict:
+    def why_empty(self) -> str:
+        """One line for a plan with nothing to try."""
+        reasons = "; ".join([*self.problems, *(f"{e['model']}: {e['reason']}" for e in self.excluded)])
+        return f"the router has no model for this prompt: {reasons or 'no local models found (`llm models -q lmstudio`)'}"
+
+    def to_json(self, explain: bool = False) -> dict:
+        candidates = []
+        for c in self.candidates:
+            item = {"model": c.model_id, "server": c.server, "score": round(c.score, 2), "loaded": c.loaded, "kind": c.kind, "reasons": c.reasons}
+            if explain:
+                item["history"] = history_json(c.record)
+            candidates.append(item)
         return {
             "task": self.task,
             "confidence": round(self.confidence, 4),
@@ -77,14 +90,28 @@ class Plan:
             "classifier_note": self.classifier_note,
             "scores": {k: round(v, 4) for k, v in self.scores.items()},
             "needs": asdict(self.needs) | {"images": list(self.needs.images)},
-            "candidates": [
-                {"model": c.model_id, "server": c.server, "score": round(c.score, 2), "loaded": c.loaded, "kind": c.kind, "reasons": c.reasons}
-                for c in self.candidates
-            ],
+            "candidates": candidates,
             "excluded": self.excluded,
             "chosen": self.chain[0] if self.chain else None,
             "chain": self.chain,
+            "problems": self.problems,
         }
+
+
+def history_json(record) -> dict:
+    """A candidate's record as `route --explain --json` shows it: what counted against it, what did not, and why."""
+    from llm_lmstudio.store import reliability
+
+    record = record or reliability.Reliability()
+    return {
+        "penalty": round(record.penalty, 2),
+        "failures_weight": round(record.failures, 3),
+        "successes_weight": round(record.successes, 3),
+        "half_life_hours": reliability.HALF_LIFE_S / 3600,
+        "counted": [{"kind": kind, "age_seconds": round(age), "source": source} for kind, age, source in record.counted],
+        "not_counted": {kind: {"count": n, "why": reliability.WHY_NOT_COUNTED.get(kind, "not a fault of the model")}
+                        for kind, n in record.ignored.items()},
+    }
 
 
 # ---------------------------------------------------------------- what the prompt needs
@@ -202,6 +229,7 @@ def score(model, task: str, config: router_config.RouterConfig, history) -> Cand
     candidate = Candidate(model.model_id, kind="mlx" if model.model_id.startswith("mlx/") else "lmstudio", server=server_of(model), key=key)
 
     def add(points: float, reason: str):
+        points = round(points, 1) + 0.0  # + 0.0: never "-0.0"
         candidate.score += points
         candidate.reasons.append(f"{reason} ({points:+.1f})")
 
@@ -224,8 +252,9 @@ def score(model, task: str, config: router_config.RouterConfig, history) -> Cand
         add(LOADED_BONUS, "already loaded")
     stats = history.get(model.model_id) if history else None
     if stats is not None:
-        if stats.failure_rate is not None and stats.attempts >= 3:
-            add(-50.0 * stats.failure_rate, f"{stats.failure_rate:.0%} failures in {stats.attempts} attempts")
+        candidate.record = stats.record
+        if stats.record.penalty >= 0.05:
+            add(-stats.record.penalty, stats.record.summary())
         if stats.output_tokens_per_second:
             add(min(stats.output_tokens_per_second, 100.0) / 10.0, f"{stats.output_tokens_per_second:.0f} tokens/s")
     return candidate
@@ -240,7 +269,7 @@ def _history(model_ids: list[str]):
         if settings.debug():
             import sys
 
-            print(f"llm-lmstudio: router history unavailable: {exc}", file=sys.stderr)
+            print(f"llm-lmstudio-mlx: router history unavailable: {exc}", file=sys.stderr)
         return {}
 
 
@@ -250,8 +279,28 @@ def local_chat_models() -> list:
     ]
 
 
+def server_problems() -> list[str]:
+    """One line per configured LM Studio server whose last model listing failed (unreachable, token refused...)."""
+    from llm_lmstudio.lmstudio import catalog
+
+    try:
+        settings.check()
+        servers = settings.servers()
+    except settings.SettingsError as exc:
+        return [str(exc)]
+    found = []
+    for server in servers:
+        status = catalog.server_status(server.base_url) or {}
+        if status.get("status") not in (None, "ok") and status.get("error"):
+            found.append(str(status["error"]))
+    return found
+
+
 def make_plan(prompt: llm.Prompt, config: router_config.RouterConfig, forced_task: str | None = None) -> Plan:
+    from llm_lmstudio.router import classifier_setup
+
     check_fallbacks(config)
+    classifier_setup.check_model_kinds(config)
     decision, note = classify(prompt, config, forced_task)
     needs = needs_of(prompt)
     models = local_chat_models()
@@ -291,6 +340,7 @@ def make_plan(prompt: llm.Prompt, config: router_config.RouterConfig, forced_tas
         candidates=candidates,
         excluded=excluded,
         chain=chain,
+        problems=server_problems(),
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from llm_lmstudio.store import call_history
+from llm_lmstudio.store import call_history, log_mirror
 
 TIMELINE_BUCKETS = 24
 
@@ -80,12 +80,12 @@ def report(
     the last `since_seconds` (everything the copy holds when None). Brings the copy of llm's log up to date first."""
     now = now or datetime.now(timezone.utc)
     since = datetime.fromtimestamp(now.timestamp() - since_seconds, timezone.utc) if since_seconds else None
-    store = call_history._open_store(Path(store_path) if store_path else call_history.default_store_path(), timeout)
+    store = call_history._open_store(Path(store_path) if store_path else call_history.default_store_path(), timeout, check=True)
     try:
-        log_known = call_history._refresh(store, Path(db_path), timeout, call_history.HORIZON)
+        log_known = log_mirror.refresh(store, Path(db_path), timeout, log_mirror.HORIZON)
         where, params = _where(store, since, model)
-        local = " or ".join(f"model like '{pattern}'" for pattern in call_history.LOCAL_PATTERNS)
-        ours = f"{where} and ({local} or flags & {call_history.ROUTED})"
+        local = " or ".join(f"model like '{pattern}'" for pattern in log_mirror.LOCAL_PATTERNS)
+        ours = f"{where} and ({local} or flags & {log_mirror.ROUTED})"
         start = since
         if start is None and log_known:
             first = store.execute(f"select min(datetime_utc) from lmstudio_turns where {ours}", params).fetchone()[0]
@@ -108,11 +108,11 @@ def report(
         metrics = found.get(name)
         if metrics is None:
             metrics = found[name] = ModelMetrics(name)
-        if flags & call_history.CUT:
+        if flags & log_mirror.CUT:
             continue  # not an answer; its failure was recorded as an attempt (StreamCut), counted below
         metrics.answers += 1
-        metrics.routed += bool(flags & call_history.ROUTED)
-        if flags & call_history.CACHED:
+        metrics.routed += bool(flags & log_mirror.ROUTED)
+        if flags & log_mirror.CACHED:
             metrics.cached += 1
         else:  # only answers a model actually produced say how fast it is
             produced.setdefault(name, []).append(row[2:])

@@ -119,7 +119,9 @@ class FakeLMStudio:
 
     def configure(self, **settings) -> dict:
         """Set jit, auto_evict, default_jit_ttl, auth_token, load_fail, load_seconds, default_max_tokens, version ("0.3.5",
-        "0.3.15" or "0.4": the LM Studio generation to act as, until the next reset); returns them all."""
+        "0.3.15" or "0.4": the LM Studio generation to act as), or a quirk of a release or bug (state.QUIRKS:
+        responses_growth, responses_system, reasoning_whole, single_model_fallback, zero_input_on_repeat), until the
+        next reset; returns them all."""
         return self._control("POST", "config", settings)
 
     def set_fault(self, kind: str, path: str = "/", *, method: str | None = None, times: int | None = None, **params) -> dict:
@@ -140,6 +142,10 @@ class FakeLMStudio:
     def clear_requests(self) -> None:
         self._control("DELETE", "requests")
 
+    def generations(self) -> list[dict]:
+        """What the model was given on each /v1/responses prediction since the last reset: {"messages": [...]}."""
+        return self._control("GET", "generations")["generations"]
+
     def loaded(self) -> list[dict]:
         """Loaded instances: identifier, model, type, jit, ttl_seconds, ttl_remaining, context_length, status."""
         return self._control("GET", "state")["loaded"]
@@ -149,6 +155,11 @@ class FakeLMStudio:
         """Load an instance directly (like `lms load`), bypassing faults and auth; returns its identifier."""
         body = {"model": model, "identifier": identifier, "ttl": ttl, "context_length": context_length, "jit": jit}
         return self._control("POST", "load", body)["identifier"]
+
+    def age(self, seconds: float) -> list[str]:
+        """As if `seconds` passed with no request: idle times grow, and instances whose TTL ran out are unloaded
+        now (their identifiers returned). How a test checks a TTL without sleeping through it."""
+        return self._control("POST", "age", {"seconds": seconds})["unloaded"]
 
     def set_variants(self, model: str, variants: list[str], selected: str | None = None) -> list[str]:
         """Give a downloaded model variants (`model@name` each, sharing its files) until the next reset."""

@@ -1,14 +1,11 @@
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import llm
 import pytest
 
 from llm_lmstudio.lmstudio import catalog
 from llm_lmstudio.core import settings
+from tests.helpers import cache_list_for, llm_process, model_list_cache
 
 V0_BODY = {
     "object": "list",
@@ -95,47 +92,42 @@ def test_fresh_cache_means_no_network(lmstudio):
     assert len(lmstudio.requests()) == before
 
 
-def test_stale_cache_is_refreshed(lmstudio, monkeypatch):
-    monkeypatch.setenv("LMSTUDIO_CACHE_TTL", "0.01")
+def test_stale_cache_is_refreshed(lmstudio):
     catalog.models_for_registration()
-    time.sleep(0.05)
+    with model_list_cache() as servers:  # as old as the TTL: stale
+        servers[lmstudio.base_url]["fetched_at"] -= settings.cache_ttl()
     before = len(lmstudio.requests())
     catalog.models_for_registration()
     assert len(lmstudio.requests()) > before
 
 
-def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch):
+def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch, spawned):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
     started = time.monotonic()
     assert catalog.models_for_registration() == []
     first = time.monotonic() - started
     assert first < settings.timeouts().discovery_budget + 0.5
-    assert catalog.server_status(settings.servers()[0].base_url)["status"] == "timeout"
-    # The next stale lookup goes to the background instead of waiting again.
-    monkeypatch.setenv("LMSTUDIO_CACHE_TTL", "0.001")
-    time.sleep(0.01)
-    started = time.monotonic()
-    catalog.models_for_registration()
-    assert time.monotonic() - started < 0.1
+    [server] = settings.servers()
+    assert catalog.server_status(server.base_url)["status"] == "timeout"
+    # Once stale, the list is refreshed in a detached process instead of waiting again.
+    with model_list_cache() as servers:
+        servers[server.base_url]["fetched_at"] -= settings.cache_ttl()
+    assert catalog.models_for_registration() == []
+    assert catalog.server_status(server.base_url)["status"] == "timeout"  # nothing waited for in this process
+    [(pid, command)] = spawned.alive().items()
+    assert command.endswith(f"-m {catalog.REFRESH_WORKER}")
     assert (settings.plugin_dir() / catalog.REFRESH_LOCK).exists()
+    spawned.end(pid)  # it would wait out the hung server for seconds more
 
 
 def test_last_known_models_survive_a_server_going_down(lmstudio, refused_url, monkeypatch):
     catalog.models_for_registration()
-    cache = catalog.read_cache()
-    entry = cache[lmstudio.base_url]
-    # Same server, now unreachable: simulate by pointing the cached entry's server at a dead port.
-    dead = settings.normalize_base_url(refused_url)
-    cache[dead] = dict(entry, fetched_at=0)
-    catalog._write_cache(cache)
+    listed = {m["key"] for m in catalog.read_cache()[lmstudio.base_url]["models"]}
+    dead = cache_list_for(refused_url, like=lmstudio.base_url, fetched_at=0)  # stale: asked again, and down
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     models = catalog.models_for_registration()
-    assert {m.key for m in models} == {m["key"] for m in entry["models"]}
+    assert {m.key for m in models} == listed
     assert catalog.server_status(dead)["status"] == "unreachable"
-
-
-def _llm_bin() -> str:
-    return str(Path(sys.executable).parent / "llm")
 
 
 @pytest.mark.parametrize("state", ["refused", "hung"])
@@ -144,10 +136,10 @@ def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_
     import sqlite_utils
 
     migrate(sqlite_utils.Database(user_path / "logs.db"))
-    env = dict(os.environ, LMSTUDIO_BASE_URL=refused_url if state == "refused" else hung_url)
+    env = {"LMSTUDIO_BASE_URL": refused_url if state == "refused" else hung_url}
     for args in (["models"], ["logs", "-n", "1"], ["--help"]):
         started = time.monotonic()
-        proc = subprocess.run([_llm_bin(), *args], env=env, capture_output=True, text=True, timeout=60)
+        proc = llm_process(*args, env=env, timeout=60)
         elapsed = time.monotonic() - started
         assert proc.returncode == 0, proc.stderr
         assert "lmstudio" not in proc.stderr.lower() and "lm studio" not in proc.stderr.lower()

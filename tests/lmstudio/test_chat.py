@@ -18,19 +18,12 @@ from llm.cli import cli
 
 from llm_lmstudio.lmstudio import answer, chat
 from llm_lmstudio.core.messages import build_messages
+from tests.helpers import assert_one_line_error, cache_list_for, llm_cli as run, log_rows as turns
 
 LLAMA = "lmstudio/test-org/tiny-llama"
 TOOLS = "lmstudio/test-org/tiny-qwen-tools"
 REASONER = "lmstudio/test-org/tiny-reasoner"
 VISION = "lmstudio/test-org/tiny-vision"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
-
-
-def turns(user_path):
-    return list(sqlite_utils.Database(user_path / "logs.db")["turns"].rows)
 
 
 def test_streamed_prompt_is_logged_with_usage_client_timing_and_resolved_model(lmstudio, user_path):
@@ -74,13 +67,15 @@ def test_seeded_sampling_is_reproducible_and_options_reach_the_server(lmstudio):
         ("top_p", "0", "greater than 0"),
         ("ttl", "0", "greater than or equal to 1"),
         ("stop", "[1, 2]", "JSON list of strings"),
-        ("nope", "1", "Extra inputs are not permitted"),
-        ("reasoning_effort", "high", "Extra inputs are not permitted"),  # LM Studio ignores it on chat completions
+        ("nope", "1", "this model has no such option (`llm models --options -q MODEL` lists them)"),
+        # LM Studio ignores it on chat completions
+        ("reasoning_effort", "high", "this model has no such option (`llm models --options -q MODEL` lists them)"),
     ],
 )
 def test_bad_options_are_refused_before_any_request(lmstudio, option, value, message):
     result = run("-m", LLAMA, "hi", "-o", option, value)
     assert result.exit_code == 1
+    assert result.output.startswith(f"Error: -o {option} {value}: ") and result.output.count("\n") == 1
     assert message in result.output
     assert not [r for r in lmstudio.requests() if "chat" in r["path"]]
 
@@ -261,13 +256,10 @@ def test_image_attachments_go_to_vision_models_only(lmstudio, tmp_path):
 
 def test_jit_load_passes_ttl_so_the_model_is_not_pinned(lmstudio):
     assert not lmstudio.loaded()
-    assert run("-m", LLAMA, "hi", "-o", "ttl", "2", "-o", "max_tokens", "2").exit_code == 0
+    assert run("-m", LLAMA, "hi", "-o", "ttl", "600", "-o", "max_tokens", "2").exit_code == 0
     [instance] = lmstudio.loaded()
-    assert instance["jit"] and instance["ttl_seconds"] == 2
-    deadline = time.monotonic() + 10
-    while lmstudio.loaded() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not lmstudio.loaded()
+    assert instance["jit"] and instance["ttl_seconds"] == 600
+    assert lmstudio.age(600) == ["test-org/tiny-llama"] and not lmstudio.loaded()  # idle for its TTL: unloaded
 
 
 # ------------------------------------------------------------------ older and newer LM Studio
@@ -315,25 +307,9 @@ def test_a_broken_prompt_template_is_one_line_streamed_or_not(lmstudio):
 # ------------------------------------------------------------------ errors: one line, non-zero exit
 
 
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.output
-    for needle in needles:
-        assert needle in error_lines[0], error_lines[0]
-    return error_lines[0]
-
-
 def test_server_down(lmstudio, refused_url, monkeypatch):
     run("models")  # cache the list while the server is up
-    from llm_lmstudio.lmstudio import catalog
-    from llm_lmstudio.core import settings
-
-    cache = catalog.read_cache()
-    dead = settings.normalize_base_url(refused_url)
-    cache[dead] = dict(cache[lmstudio.base_url], fetched_at=time.time())
-    catalog._write_cache(cache)
+    cache_list_for(refused_url, like=lmstudio.base_url)
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     assert_one_line_error(run("-m", LLAMA, "hi"), "not reachable at", "lms server start")
 
@@ -364,7 +340,7 @@ def test_token_missing_then_wrong_then_right(lmstudio, user_path, monkeypatch):
     assert "SENTINEL123" not in dump
 
 
-def test_model_that_vanished_suggests_close_keys(lmstudio):
+def test_model_that_vanished_is_never_offered_as_its_own_suggestion(lmstudio):
     run("models")
     lmstudio.set_fault(
         "status",
@@ -372,7 +348,17 @@ def test_model_that_vanished_suggests_close_keys(lmstudio):
         status=404,
         body={"error": {"message": 'Model "test-org/tiny-llama" not found', "code": "model_not_found"}},
     )
-    assert_one_line_error(run("-m", LLAMA, "hi"), "not found", "did you mean lmstudio/test-org/tiny-llama")
+    result = run("-m", LLAMA, "hi")
+    assert_one_line_error(result, "not found", "LM Studio lists test-org/tiny-llama but did not serve it: "
+                                               "load it with `llm lmstudio load test-org/tiny-llama`")
+    assert "did you mean" not in result.output
+
+
+def test_a_model_lm_studio_does_not_list_gets_close_keys_suggested(lmstudio):
+    from llm_lmstudio.lmstudio import chat
+
+    assert chat._suggest("test-org/tiny-lama").startswith(" — did you mean lmstudio/test-org/tiny-llama")
+    assert "did you mean" not in chat._suggest("test-org/tiny-llama")
 
 
 def test_model_that_fails_to_load(lmstudio):
@@ -392,7 +378,7 @@ def test_malformed_json_is_reported(lmstudio):
     assert_one_line_error(run("-m", LLAMA, "hi", "--no-stream"), "malformed")
     lmstudio.set_fault("malformed", "/api/v0/chat", after_chunks=2)
     streamed = run("-m", LLAMA, "hi")
-    assert_one_line_error(streamed, "malformed", "kept in the log")
+    assert_one_line_error(streamed, "malformed", "kept in the log", stdout=None)
     assert "[response cut off" in streamed.output
 
 
@@ -401,7 +387,7 @@ def test_stream_cut_keeps_what_arrived_and_says_so(lmstudio, user_path):
     lmstudio.script("one two three four five six seven eight nine ten")
     lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=4)
     result = run("-m", LLAMA, "count")
-    assert_one_line_error(result, "cut off mid-stream", "kept in the log")
+    assert_one_line_error(result, "cut off mid-stream", "kept in the log", stdout=None)
     assert result.output.startswith("one")
     [turn] = turns(user_path)
     data = json.loads(turn["response_json"])

@@ -4,17 +4,12 @@ import math
 import llm
 import pytest
 import sqlite_utils
-from click.testing import CliRunner
-from llm.cli import cli
 
 from llm_lmstudio.lmstudio import embeddings
+from tests.helpers import llm_cli as run
 
 MINILM = "lmstudio/test-org/text-embedding-all-minilm-l6-v2"
 CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
 def cosine(a, b):
@@ -103,8 +98,10 @@ def test_no_models_loaded_string_error_is_clear(lmstudio):
 
     entry = catalog.CatalogModel(key="test-org/text-embedding-all-minilm-l6-v2", type="embeddings")
     model = LMStudioEmbedding(entry, settings.servers()[0])
-    with pytest.raises(llm.ModelError, match="No models loaded"):
-        model.embed("hello")
+    with pytest.raises(llm.ModelError, match=r"No models loaded \('test-org/text-embedding-all-minilm-l6-v2' is not loaded and JIT "
+                                             r"loading is off\): load it with "
+                                             r"`llm lmstudio load test-org/text-embedding-all-minilm-l6-v2`$"):
+        model.embed("hello")  # an embedding model: no hint asks whether it is one
 
 
 def test_over_long_input_reports_lmstudio_message(lmstudio):

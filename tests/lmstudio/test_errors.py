@@ -35,3 +35,17 @@ def test_prompt_template_errors_keep_the_cause_and_one_instruction():
     for status in (400, None):  # a 400 answer, or an error event inside a 200 stream
         message = str(errors.error_for_status(status, body, base_url="http://h:1", token=None, model="glm"))
         assert "Unknown test: sequence" in message and "Prompt Template" in message and "\n" not in message
+
+
+def test_api_v1_errors_are_classified_by_their_type():
+    # LM Studio's /api/v1 errors carry the kind in `type` and no `code` (lmstudio-bug-tracker#1462, #1438).
+    body = {"error": {"type": "model_not_found", "message": "Model pub/m@q4_k_m not found in downloaded models"}}
+    error = errors.error_for_status(404, body, base_url="http://h:1", token=None)
+    assert isinstance(error, errors.ModelNotFound) and error.code == "model_not_found"
+    assert "not found in downloaded models" in str(error) and "does not serve this endpoint" not in str(error)
+    body = {"error": {"type": "not_implemented", "message": "Specifying quantizations ... is coming soon"}}
+    error = errors.error_for_status(400, body, base_url="http://h:1", token=None)
+    assert isinstance(error, errors.RequestFailed) and error.code == "not_implemented" and "coming soon" in str(error)
+    # An OpenAI-shaped error keeps its `code`, null included (lmstudio-bug-tracker#1730): its type is no kind.
+    body = {"error": {"message": "Bad thing", "type": "invalid_request_error", "param": "model", "code": None}}
+    assert errors.error_for_status(400, body, base_url="http://h:1", token=None).code is None

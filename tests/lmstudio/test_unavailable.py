@@ -6,18 +6,14 @@ the real `llm` in a subprocess."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 
 import pytest
-from click.testing import CliRunner
-from llm.cli import cli
 
 from llm_lmstudio.lmstudio import unavailable
 from llm_lmstudio.lmstudio import catalog
 from llm_lmstudio.core import settings
-from tests.conftest import llm_command
+from tests.helpers import assert_one_line_error as one_error_line, llm_cli as invoke, llm_process as llm_run
+from tests.helpers import model_list_cache
 
 LLAMA = "lmstudio/test-org/tiny-llama"
 EMBED = "lmstudio/test-org/text-embedding-all-minilm-l6-v2"
@@ -25,27 +21,8 @@ TOKEN = "sk-lm-AVAIL001:availabilityPass01"
 WRONG = "sk-lm-WRONG999:notTheRightOne0"
 
 
-def llm_run(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    """The real `llm` process, with this test's environment (user folder, stand-in address) plus `env`."""
-    return subprocess.run(
-        [llm_command(), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
-
-
 def stderr_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
-    [line] = [line for line in result.output.splitlines() if line.strip()]
-    assert line.startswith("Error: ")
-    return line
 
 
 # ---------------------------------------------------------------- a bad setting of ours breaks nothing else
@@ -57,7 +34,7 @@ def test_a_bad_embed_batch_size_leaves_other_providers_embedding_models_working(
     assert result.returncode == 0, result.stderr
     assert "text-embedding-3-small" in result.stdout  # OpenAI's models are still there
     [line] = stderr_lines(result)
-    assert line.startswith(f"llm-lmstudio: LMSTUDIO_EMBED_BATCH_SIZE='{value}' is not usable")
+    assert line.startswith(f"llm-lmstudio-mlx: LMSTUDIO_EMBED_BATCH_SIZE='{value}' is not usable")
     assert "whole number of at least 1" in line and "LM Studio models are off" in line
 
 
@@ -78,8 +55,8 @@ def test_a_failure_inside_our_registration_turns_off_only_our_models(monkeypatch
     result = invoke("models")
     assert result.exit_code == 0 and "gpt-4o-mini" in result.output
     assert "LM Studio router" in result.output  # the other parts of the hook still ran
-    lines = [line for line in result.stderr.splitlines() if line.startswith("llm-lmstudio:")]
-    assert lines == ["llm-lmstudio: LM Studio chat models are off: RuntimeError: catalog exploded (LLM_LMSTUDIO_DEBUG=1 shows where)"]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("llm-lmstudio-mlx:")]
+    assert lines == ["llm-lmstudio-mlx: LM Studio chat models are off: RuntimeError: catalog exploded (LLM_LMSTUDIO_DEBUG=1 shows where)"]
 
 
 def test_a_timeout_setting_that_is_not_a_number_is_one_line_for_status():
@@ -124,9 +101,9 @@ def test_a_bad_server_option_is_reported_as_the_option_not_the_variable():
         ({"LMSTUDIO_CACHE_TTL": "0"}, "LMSTUDIO_CACHE_TTL='0' is not usable: set it to a number of seconds greater than 0"),
         ({"LMSTUDIO_TIMEOUT": "abc"}, "LMSTUDIO_TIMEOUT='abc' is not a number"),
         ({"LMSTUDIO_CONNECT_TIMEOUT": "-1"}, "LMSTUDIO_CONNECT_TIMEOUT='-1' is not usable"),
-        ({"LMSTUDIO_BASE_URL": "ftp://x"}, "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https"),
-        ({"LMSTUDIO_BASE_URL": "http://[::1"}, "LMSTUDIO_BASE_URL 'http://[::1' is not a valid address: use host:port"),
-        ({"LMSTUDIO_BASE_URL": "localhost:99999"}, "LMSTUDIO_BASE_URL 'localhost:99999' has an invalid port: use a port from 1"),
+        ({"LMSTUDIO_BASE_URL": "ftp://x"}, "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https"),
+        ({"LMSTUDIO_BASE_URL": "http://[::1"}, "LMSTUDIO_BASE_URL='http://[::1' is not a valid address: use host:port"),
+        ({"LMSTUDIO_BASE_URL": "localhost:99999"}, "LMSTUDIO_BASE_URL='localhost:99999' has an invalid port: use a port from 1"),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
 )
@@ -148,17 +125,10 @@ def test_a_server_that_is_down_on_a_fresh_user_folder_is_named_with_what_to_do(r
 
 
 def test_llm_chat_with_a_missing_model_says_why_without_a_traceback(refused_url):
-    result = subprocess.run(
-        [llm_command(), "chat", "-m", LLAMA],
-        input="hello\nquit\n",
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**os.environ, "LMSTUDIO_BASE_URL": refused_url},
-    )
+    result = llm_run("chat", "-m", LLAMA, input="hello\nquit\n", env={"LMSTUDIO_BASE_URL": refused_url})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert stderr_lines(result) == [
-        f"llm-lmstudio: {LLAMA} is not available: LM Studio is not reachable at {refused_url} — is the server "
+        f"llm-lmstudio-mlx: {LLAMA} is not available: LM Studio is not reachable at {refused_url} — is the server "
         "running? Start it with `lms server start` or from the LM Studio app",
         f"Error: '{LLAMA}' is not a known model",
     ]
@@ -194,12 +164,11 @@ def test_a_changed_base_url_never_serves_the_old_servers_list(lmstudio, refused_
 def test_a_model_missing_from_a_cached_list_is_asked_for_again_before_giving_up(lmstudio, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_CACHE_TTL", "600")
     assert invoke("models").exit_code == 0
-    # As if the list had been cached before the model was downloaded.
-    cache = catalog.read_cache()
-    entry = cache[lmstudio.base_url]
-    entry["models"] = [m for m in entry["models"] if m["key"] != "test-org/tiny-llama"]
-    entry["fetched_at"] = time.time() - 10
-    catalog._write_cache(cache)
+    # As if the list had been cached (still fresh) before the model was downloaded.
+    with model_list_cache() as servers:
+        entry = servers[lmstudio.base_url]
+        entry["models"] = [m for m in entry["models"] if m["key"] != "test-org/tiny-llama"]
+        entry["fetched_at"] -= 10
     lmstudio.script("found it")
     result = invoke("-m", LLAMA, "hello")
     assert result.exit_code == 0 and result.output.strip() == "found it", result.output
@@ -261,13 +230,52 @@ def test_debug_names_the_failed_listing_on_every_run_not_only_the_first(refused_
         result = llm_run("models", env=env)
         assert result.returncode == 0
         assert [line for line in stderr_lines(result) if "llm-lmstudio" in line] == [
-            f"llm-lmstudio: the last model listing of {refused_url} failed: LM Studio is not reachable at "
+            f"llm-lmstudio-mlx: the last model listing of {refused_url} failed: LM Studio is not reachable at "
             f"{refused_url} — is the server running? Start it with `lms server start` or from the LM Studio app"
         ]
 
 
-def test_requested_ids_follow_the_command_not_every_model():
-    assert unavailable.requested_ids("chat") == []  # no click command running: nothing asked for
+def test_requested_ids_outside_any_command_are_none():
+    assert unavailable.requested_ids("chat") == unavailable.requested_ids("embedding") == []
+
+
+@pytest.mark.parametrize(
+    "args, chat, embedding",
+    [
+        (["-m", LLAMA, "hi"], [LLAMA], []),
+        (["prompt", "--model", LLAMA, "hi"], [LLAMA], []),
+        (["chat", "-m", LLAMA], [LLAMA], []),
+        (["embed", "-m", EMBED, "-c", "hi"], [], [EMBED]),
+        (["-m", "lmstudio@gpu-box:1234/test-org/tiny-llama", "hi"], ["lmstudio@gpu-box:1234/test-org/tiny-llama"], []),
+        (["-m", "tiny", "hi"], [LLAMA], []),  # an alias of ours, through llm's aliases.json
+        (["hi"], [LLAMA], []),  # no -m: the default model the prompt falls back to
+        (["embed", "-c", "hi"], [], [EMBED]),  # no -m: the default embedding model
+        (["-m", "gpt-4o-mini", "hi"], [], []),  # another provider's model
+        (["-c", "and then?"], [], []),  # continuing: the model is the conversation's, not a name asked for
+        (["models"], [], []),  # listing asks for no model
+    ],
+    ids=["prompt", "prompt-named", "chat", "embed", "other-server", "alias", "default", "default-embedding",
+         "other-provider", "continue", "models"],
+)
+def test_requested_ids_are_the_lmstudio_models_the_command_asks_for(refused_url, user_path, monkeypatch, args, chat, embedding):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)  # nothing registers: every asked-for id is looked up
+    (user_path / "aliases.json").write_text(json.dumps({"tiny": LLAMA}))
+    (user_path / "default_model.txt").write_text(LLAMA)
+    (user_path / "default_embedding_model.txt").write_text(EMBED)
+    seen = {"chat": [], "embedding": []}  # every answer, for the hooks llm calls (it registers embedding models lazily)
+    asked = []
+    requested = unavailable.requested_ids
+
+    def spy(kind):
+        ids = requested(kind)
+        asked.append(kind)
+        seen[kind].extend(ids)
+        return ids
+
+    monkeypatch.setattr(unavailable, "requested_ids", spy)
+    invoke(*args, catch_exceptions=True)  # the command itself fails (nothing is reachable): what it asked for counts
+    assert ("embedding" if args[0] == "embed" else "chat") in asked
+    assert {kind: set(ids) for kind, ids in seen.items()} == {"chat": set(chat), "embedding": set(embedding)}
 
 
 # ---------------------------------------------------------------- the right words

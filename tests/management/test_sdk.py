@@ -7,10 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_lmstudio.management import manager as management
+from llm_lmstudio.lmstudio import errors
 from llm_lmstudio.management import sdk
+from tests.helpers import sdk_client
 
 LLAMA = "test-org/tiny-llama"
 TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
+WRONG = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J1"  # one character off
 
 
 def test_instance_from_wire_computes_remaining_ttl_and_type():
@@ -50,26 +53,20 @@ def test_models_of_unknown_formats_and_types_are_listed_not_fatal():
         management.LoadSettings().check_for(models[1])
 
 
-class _TokenAwareClient(lms.Client):
-    """lmstudio 1.6's Client signature and auth message, built from the installed SDK's own formatter."""
-
-    def __init__(self, api_host=None, api_token=None):
-        super().__init__(api_host)
-        if api_token is not None:
-            client_id, passkey = api_token.removeprefix("sk-lm-").split(":")
-            self._auth_details = self._format_auth_message(client_id, passkey)
-
-
 def test_token_is_passed_to_an_sdk_that_accepts_one(lmstudio, monkeypatch):
+    # The stand-in refuses an SDK connection that does not present exactly this token (sdk_ws.authenticate).
     lmstudio.configure(auth_token=TOKEN)
+    monkeypatch.setattr(lms, "Client", sdk_client(token_support=True))
     monkeypatch.setenv("LM_API_TOKEN", TOKEN)
-    if not sdk.sdk_supports_token():  # lmstudio < 1.6: give it 1.6's constructor
-        monkeypatch.setattr(lms, "Client", _TokenAwareClient)
-    assert sdk.sdk_supports_token()
     with management.connect() as manager:
         assert manager.via == "sdk"
         assert manager.load(LLAMA).identifier == LLAMA
         assert [i.identifier for i in manager.loaded()] == [LLAMA]
+    # The same SDK with another token is turned away: what got in above was the configured token.
+    monkeypatch.setenv("LM_API_TOKEN", WRONG)
+    with pytest.raises(errors.AuthRequired, match="rejected the API token"):
+        with management.connect() as manager:
+            manager.loaded()
 
 
 def test_unknown_formats_and_types_from_a_server_are_listed_where_the_sdk_parser_fails(lmstudio):

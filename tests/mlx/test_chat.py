@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from llm_lmstudio.mlx import turn as mlx_turn
 from llm_lmstudio.mlx.prompt_cache import common_prefix
 from tests import model_factory
 from tests.conftest import llm_command
+from tests.helpers import assert_one_line_error as one_line_error, log_rows as turns
 
 
 @pytest.fixture
 def models(user_path, tmp_path, monkeypatch, tiny_llama_path, tiny_qwen_tools_path):
     """mlx/tiny-llama (plain template) and mlx/tiny-qwen (tool-capable template), nothing else on disk."""
+    (tmp_path / "no-lmstudio").mkdir()  # an empty LM Studio models folder
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "no-lmstudio"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no server models
@@ -42,16 +45,12 @@ def fresh_cache():
     mlx_runtime.unload_all()
 
 
-def turns(user_path):
-    return list(sqlite_utils.Database(str(user_path / "logs.db"))["turns"].rows)
-
-
 def render(name, messages, tools=None):
     runtime = mlx_runtime.load_chat(discovery.find(name))
     return runtime.render(messages, tools)
 
 
-def script_output(monkeypatch, *scripts):
+def script_output(monkeypatch, *scripts, model="tiny-qwen"):
     """Make the next generations emit exactly these texts (then end-of-turn) by forcing logits.
 
     The model, tokenizer, detokenizer, mlx-lm's text state machine and tool parser all still run;
@@ -66,7 +65,7 @@ def script_output(monkeypatch, *scripts):
         processors = original(*args, **kwargs)
         if not pending:
             return processors
-        tokenizer = mlx_runtime.load_chat(discovery.find("tiny-qwen")).tokenizer
+        tokenizer = mlx_runtime.load_chat(discovery.find(model)).tokenizer
         script = tokenizer.encode(pending.pop(0), add_special_tokens=False) + [tokenizer.eos_token_id]
         step = {"n": 0}
 
@@ -165,7 +164,7 @@ def test_invalid_options_are_rejected_with_a_reason(option, value, message):
 def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "temperature", "5"])
     assert result.exit_code == 1
-    assert result.output == "Error: temperature\n  Input should be less than or equal to 2\n"
+    assert result.output == "Error: -o temperature 5: Input should be less than or equal to 2\n"
     assert not (user_path / "logs.db").exists() or turns(user_path) == []
 
 
@@ -217,38 +216,38 @@ def test_llm_chat_reuses_the_cache_between_turns(models, user_path, fresh_cache)
     assert turn_two["prompt_tokens_processed"] == turn_two["prompt_tokens"] - turn_two["prompt_tokens_cached"]
 
 
-def test_turn_two_processes_only_the_new_tokens_and_matches_an_uncached_run(models, fresh_cache):
+def test_turn_two_processes_only_the_new_tokens_and_matches_an_uncached_run(models, fresh_cache, monkeypatch):
     from mlx_lm import stream_generate
 
-    model = llm.get_model("mlx/tiny-qwen")
+    reply = "A list is mutable, a tuple is not."
+    script_output(monkeypatch, reply, model="tiny-llama")  # turn 1's answer, then its end-of-turn token; turn 2 is generated freely
+    model = llm.get_model("mlx/tiny-llama")
     conversation = model.conversation()
     long_question = "Explain the difference between a list and a tuple in Python. " * 12
-    one = conversation.prompt(long_question, temperature=0, max_tokens=8)
-    one.text()
+    one = conversation.prompt(long_question, temperature=0, max_tokens=32)
+    assert one.text() == reply
     two = conversation.prompt("And a set?", temperature=0, max_tokens=8)
     text_two = two.text()
 
-    runtime = mlx_runtime.load_chat(discovery.find("tiny-qwen"))
+    runtime = mlx_runtime.load_chat(discovery.find("tiny-llama"))
     prompt_one = runtime.render([{"role": "user", "content": long_question}], None)
     prompt_two = runtime.render(
         [
             {"role": "user", "content": long_question},
-            {"role": "assistant", "content": one.text()},
+            {"role": "assistant", "content": reply},
             {"role": "user", "content": "And a set?"},
         ],
         None,
     )
-    generated_one = runtime.tokenizer.encode(one.text(), add_special_tokens=False)
+    reply_tokens = runtime.tokenizer.encode(reply, add_special_tokens=False)
+    turn_one = prompt_one + reply_tokens + [runtime.tokenizer.eos_token_id]  # what went through the model in turn 1
+    assert prompt_two[: len(turn_one)] == turn_one and len(prompt_one) > 100  # the template renders turn 1 back as it ran
     stats = two.response_json
     assert stats["prompt_tokens"] == len(prompt_two) == two.usage().input
     assert two.usage().details == {"cached_tokens": stats["prompt_tokens_cached"]}
-    assert stats["prompt_tokens_cached"] >= len(prompt_one) > 100
-    # Everything the cache held (turn 1's prompt and reply) is skipped; only what differs is processed.
-    assert stats["prompt_tokens_cached"] == common_prefix(prompt_two, prompt_one + generated_one) or (
-        stats["prompt_tokens_cached"] >= common_prefix(prompt_two, prompt_one)
-    )
-    assert stats["prompt_tokens_processed"] == len(prompt_two) - stats["prompt_tokens_cached"]
-    assert stats["prompt_tokens_processed"] < len(prompt_two) - len(prompt_one) + 2
+    # All of turn 1 (prompt, reply, end of turn) comes from the cache; only turn 2's own tokens are processed.
+    assert stats["prompt_tokens_cached"] == len(turn_one)
+    assert stats["prompt_tokens_processed"] == len(prompt_two) - len(turn_one)
 
     direct = "".join(r.text for r in stream_generate(runtime.model, runtime.tokenizer, prompt_two, max_tokens=8))
     assert text_two == direct
@@ -686,12 +685,6 @@ def test_resolved_model_is_the_full_model_id(models, user_path):
 # ---------------------------------------------------------------- errors
 
 
-def one_line_error(result):
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
-    return result.output
-
-
 def test_missing_folder_is_one_clear_line(models, tmp_path, tiny_llama_path):
     copy = shutil.copytree(tiny_llama_path, tmp_path / "gone")
     discovery.add(copy, "gone")
@@ -735,3 +728,82 @@ def test_unsupported_embedding_architecture_is_one_clear_line(models, tmp_path):
     discovery.add(folder, "odd-embedder")
     output = one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/odd-embedder", "-c", "hello"]))
     assert "'bert9000' architecture" in output and "llm install -U mlx-embeddings" in output
+
+
+# ---------------------------------------------------------------- the same one-line words as LM Studio models
+
+
+def test_a_native_model_of_the_wrong_kind_or_unknown_is_one_line_in_lm_studios_words(models, tmp_path):
+    folder = tmp_path / "embedder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (folder / "model.safetensors").write_bytes(b"")  # discovered, never loaded
+    discovery.add(folder, "embedder")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/embedder", "hi"])) == (
+        "Error: mlx/embedder is an embedding model: use it with `llm embed -m mlx/embedder`"
+    )
+    assert one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/tiny-llama", "-c", "hi"])) == (
+        "Error: mlx/tiny-llama is a chat model, not an embedding model: `llm embed-models` lists the embedding models"
+    )
+    for args in (["-m", "mlx/nope", "hi"], ["embed", "-m", "mlx/nope", "-c", "hi"]):
+        assert one_line_error(CliRunner().invoke(cli, args)) == (
+            "Error: mlx/nope is not available: no native MLX model is called nope (`llm lmstudio mlx list` shows the "
+            "models found on disk; `llm lmstudio mlx add PATH` adds a folder)"
+        )
+    assert "mlx/nope" not in CliRunner().invoke(cli, ["models"]).output  # a stand-in only for the command asking
+
+
+def test_kv_bits_on_heads_narrower_than_mlxs_groups_is_one_line(models):
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "kv_bits", "4"]))
+    assert output == ("Error: mlx/tiny-llama cannot quantize its KV cache: mlx-lm quantizes in groups of 64 values and "
+                      "this model's attention heads hold 16: run it without -o kv_bits")
+
+
+def test_an_lm_studio_draft_model_is_named_as_given(models):
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "draft_model", "lmstudio/x/y"]))
+    assert output == ("Error: -o draft_model lmstudio/x/y: lmstudio/x/y is not a native MLX model: the draft model runs "
+                      "in this process too, so name one from `llm lmstudio mlx list` (mlx/<name>)")
+
+
+def test_option_errors_are_one_line_in_the_cli_and_a_validation_error_in_python(models):
+    import pydantic
+
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "temperature", "7", "-o", "top_p", "0"])
+    assert one_line_error(result) == ("Error: -o temperature 7: Input should be less than or equal to 2; "
+                                      "-o top_p 0: Input should be greater than 0")
+    with pytest.raises(pydantic.ValidationError):
+        llm.get_model("mlx/tiny-llama").prompt("hi", temperature=7)
+
+
+def test_a_prompt_too_long_is_one_stderr_line_without_the_tokenizers_warning(models, user_path):
+    result = subprocess.run([llm_command(), "-m", "mlx/tiny-llama", "-o", "max_tokens", "2"], input="word " * 5000,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()  # transformers' "Token indices sequence length is longer..." came first
+    assert re.fullmatch(r"Error: mlx/tiny-llama: the prompt is \d{5} tokens but the model's context window is 4096: "
+                        r"shorten it \(or start a new conversation instead of -c\)", line), line
+
+
+# ---------------------------------------------------------------- settings: refused, never read as something else
+
+
+def test_a_memory_check_that_is_neither_on_nor_off_is_refused_before_loading(models, fresh_cache, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MLX_MEMORY_CHECK", "maybe")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
+        "Error: mlx/tiny-llama is not available: LMSTUDIO_MLX_MEMORY_CHECK='maybe' is neither on nor off: set it to on "
+        "or off (1 or 0), or unset it (default on)"
+    )
+    assert mlx_runtime.loaded(discovery.find("tiny-llama")) is None
+
+
+def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", "/nonexistent")
+    problem = ("LMSTUDIO_MODELS_DIR='/nonexistent' is not a folder: set it to the folder LM Studio downloads models "
+               "into, or unset it")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
+        f"Error: mlx/tiny-llama is not available: {problem}")
+    for command in (["lmstudio", "mlx", "list"], ["lmstudio", "mlx", "remove", "nope"]):
+        assert one_line_error(CliRunner().invoke(cli, command)) == f"Error: {problem}"
+    listed = CliRunner().invoke(cli, ["models"])
+    assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
+    assert listed.stderr.splitlines() == [f"llm-lmstudio-mlx: {problem} (native MLX models are off until then)"]

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.minilm
 
 @pytest.fixture
 def minilm(user_path, tmp_path, monkeypatch, minilm_path):
+    (tmp_path / "no-lmstudio").mkdir()  # an empty LM Studio models folder
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "no-lmstudio"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")
@@ -150,12 +151,12 @@ def test_embed_multi_into_a_collection_and_search_it(minilm, user_path, tmp_path
 
 def test_without_the_extra_embedding_says_what_to_install(minilm, monkeypatch):
     embeddings.unload_all()
-    monkeypatch.setitem(sys.modules, "mlx_embeddings", None)  # as if `pip install llm-lmstudio` without the extra
+    monkeypatch.setitem(sys.modules, "mlx_embeddings", None)  # as if `pip install llm-lmstudio-mlx` without the extra
     result = CliRunner().invoke(cli, ["embed", "-m", "mlx/minilm", "-c", "hello"])
     assert result.exit_code == 1
     assert result.output == (
         "Error: mlx/minilm is an embedding model and needs mlx-embeddings, which is not installed: "
-        "run `llm install 'llm-lmstudio[mlx-embeddings]'`\n"
+        "run `llm install 'llm-lmstudio-mlx[mlx-embeddings]'`\n"
     )
 
 
@@ -166,6 +167,6 @@ def test_adding_an_embedding_model_without_the_extra_says_what_to_install(user_p
     assert result.stdout.startswith("Added mlx/mini: embedding model, bert")
     assert result.stderr == (
         "Note: mlx/mini is an embedding model and needs mlx-embeddings, which is not installed: "
-        "run `llm install 'llm-lmstudio[mlx-embeddings]'`\n"
+        "run `llm install 'llm-lmstudio-mlx[mlx-embeddings]'`\n"
     )
     assert "mlx/mini" in [m.model_id for m in llm.get_embedding_models()]

@@ -77,7 +77,10 @@ class ReplayServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lmstudio-replay", daemon=True)
+        # serve_forever checks for shutdown() once per poll interval: 0.5 s by default, paid by every test at teardown.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name="lmstudio-replay", daemon=True
+        )
 
     @staticmethod
     def unknown_route(method: str, path: str) -> Reply:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llm_lmstudio.router import classification
+from llm_lmstudio.router import embedding_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,28 +160,25 @@ def _eval_router():
     return eval_router
 
 
-def test_default_exemplars_cover_every_task_and_come_only_from_sources_that_may_ship():
-    exemplars = classification.load_exemplars()
+def test_default_exemplars_cover_every_task_and_come_only_from_the_vendored_sources():
+    # every vendored source's licence lets the package ship its prompts (THIRD_PARTY.md; tests/test_release.py)
+    exemplars = embedding_classifier.load_exemplars()
     assert set(exemplars) == set(classification.DEFAULT_TASKS)
     assert all(len(prompts) >= 40 for prompts in exemplars.values())
-    rows = _eval_router().load_labelled()
-    may_ship = {classification.prompt_view(r["prompt"]) for r in rows if r["ships"]}
-    # WizardLM's test set is CC BY-NC (one of its prompts is also a vicuna prompt, which may ship)
-    never = {classification.prompt_view(r["prompt"]) for r in rows if not r["ships"]} - may_ship
+    vendored = {classification.prompt_view(r["prompt"]) for r in _eval_router().load_labelled()}
     shipped = {p for prompts in exemplars.values() for p in prompts}
-    assert never and not (shipped & never)
-    assert shipped <= may_ship
-    sources = json.loads(classification.EXEMPLARS_FILE.read_text())["sources"]
+    assert shipped <= vendored
+    sources = json.loads(embedding_classifier.EXEMPLARS_FILE.read_text())["sources"]
     assert {t: len(v) for t, v in sources.items()} == {t: len(v) for t, v in exemplars.items()}
 
 
 def test_user_exemplars_extend_tasks_and_add_new_ones():
-    merged = classification.load_exemplars({"legal": ["review this NDA clause", "is my lease agreement fair"], "coding": ["write a bash loop"]}, base=SMALL_EXEMPLARS)
+    merged = embedding_classifier.load_exemplars({"legal": ["review this NDA clause", "is my lease agreement fair"], "coding": ["write a bash loop"]}, base=SMALL_EXEMPLARS)
     assert merged["legal"] == ["review this NDA clause", "is my lease agreement fair"]
     assert merged["coding"][-1] == "write a bash loop"
     assert len(merged["coding"]) == len(SMALL_EXEMPLARS["coding"]) + 1
     # merging the same prompt twice does not duplicate it
-    again = classification.load_exemplars({"coding": ["write a bash loop"]}, base=merged)
+    again = embedding_classifier.load_exemplars({"coding": ["write a bash loop"]}, base=merged)
     assert again["coding"].count("write a bash loop") == 1
 
 
@@ -189,7 +187,7 @@ def test_user_exemplars_extend_tasks_and_add_new_ones():
 
 def test_embedding_classifier_picks_the_nearest_task():
     embed = HashedBagOfWords()
-    clf = classification.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", method="head", keyword_weight=0, temperature=1.0)
+    clf = embedding_classifier.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", method="head", keyword_weight=0, temperature=1.0)
     cases = {
         "write a python function to reverse a list": "coding",
         "solve the equation 5x - 2 = 8": "analysis",
@@ -205,15 +203,15 @@ def test_embedding_classifier_picks_the_nearest_task():
 
 
 def test_centroid_method_also_classifies():
-    clf = classification.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", keyword_weight=0, temperature=1.0)
+    clf = embedding_classifier.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", keyword_weight=0, temperature=1.0)
     assert clf.classify("tell me a story about a brave dragon").task == "creative"
 
 
 def test_keyword_evidence_is_combined_with_the_exemplars():
     prompt = "```\nstory = poem + song_lyrics\nprint(story)\n```"
     # bag-of-words similarities spread far wider than a sentence model's, hence the higher temperature
-    alone = classification.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", centroid_temperature=0.5, keyword_weight=0)
-    combined = classification.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", centroid_temperature=0.5, keyword_weight=0.7)
+    alone = embedding_classifier.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", centroid_temperature=0.5, keyword_weight=0)
+    combined = embedding_classifier.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", method="centroid", centroid_temperature=0.5, keyword_weight=0.7)
     # the words match the creative exemplars; the code fence and syntax say coding
     assert alone.classify(prompt).task == "creative"
     decision = combined.classify(prompt)
@@ -223,12 +221,12 @@ def test_keyword_evidence_is_combined_with_the_exemplars():
 
 
 def test_user_task_from_extra_exemplars_is_recognised():
-    exemplars = classification.load_exemplars(
+    exemplars = embedding_classifier.load_exemplars(
         {"legal": ["is this contract clause enforceable", "review my tenancy agreement", "can my landlord keep the deposit under the lease"]},
         base=SMALL_EXEMPLARS,
     )
     for weight in (0.0, 0.7):  # keywords know nothing of "legal" and must not hold it back
-        clf = classification.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", method="head", keyword_weight=weight)
+        clf = embedding_classifier.EmbeddingClassifier(HashedBagOfWords(), exemplars, model_id="hashed-bow", method="head", keyword_weight=weight)
         assert "legal" in clf.tasks
         assert clf.classify("is this clause in my lease enforceable").task == "legal"
         assert clf.classify("write a poem about winter").task == "creative"
@@ -236,13 +234,13 @@ def test_user_task_from_extra_exemplars_is_recognised():
 
 def test_exemplar_vectors_are_stored_per_model_and_text(tmp_path):
     first = HashedBagOfWords()
-    clf = classification.EmbeddingClassifier(first, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=4)
+    clf = embedding_classifier.EmbeddingClassifier(first, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=4)
     exemplar_count = sum(len(v) for v in SMALL_EXEMPLARS.values())
     assert first.texts == exemplar_count and first.calls == math.ceil(exemplar_count / 4)
     assert clf.store.path is not None and clf.store.path.exists()
 
     second = HashedBagOfWords()
-    cached = classification.EmbeddingClassifier(second, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
+    cached = embedding_classifier.EmbeddingClassifier(second, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
     assert second.calls == 0  # nothing re-embedded
     decision = cached.classify("write a poem about the moon")
     assert (second.calls, second.texts) == (1, 1)  # one call, the prompt only
@@ -250,27 +248,27 @@ def test_exemplar_vectors_are_stored_per_model_and_text(tmp_path):
 
     # another model must not reuse those vectors
     other_model = HashedBagOfWords()
-    classification.EmbeddingClassifier(other_model, SMALL_EXEMPLARS, model_id="another-model", cache_dir=tmp_path)
+    embedding_classifier.EmbeddingClassifier(other_model, SMALL_EXEMPLARS, model_id="another-model", cache_dir=tmp_path)
     assert other_model.texts == exemplar_count
     # changing the exemplars (a user's `tasks:`) embeds only what changed
     changed = HashedBagOfWords()
-    extended = classification.load_exemplars({"general": ["good night"], "legal": ["is this clause enforceable"]}, base=SMALL_EXEMPLARS)
-    classification.EmbeddingClassifier(changed, extended, model_id="hashed-bow", cache_dir=tmp_path)
+    extended = embedding_classifier.load_exemplars({"general": ["good night"], "legal": ["is this clause enforceable"]}, base=SMALL_EXEMPLARS)
+    embedding_classifier.EmbeddingClassifier(changed, extended, model_id="hashed-bow", cache_dir=tmp_path)
     assert changed.texts == 2
 
 
 def test_a_damaged_store_is_rebuilt(tmp_path):
-    clf = classification.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
+    clf = embedding_classifier.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
     clf.store.path.write_bytes(b"not a numpy file")
     embed = HashedBagOfWords()
-    rebuilt = classification.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
+    rebuilt = embedding_classifier.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path)
     assert embed.texts == sum(len(v) for v in SMALL_EXEMPLARS.values())
     assert rebuilt.classify("write a poem about the sea").task == "creative"
 
 
 def test_an_unbuilt_classifier_says_what_is_missing_and_builds_with_progress(tmp_path):
     embed = HashedBagOfWords()
-    clf = classification.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=5, build=False)
+    clf = embedding_classifier.EmbeddingClassifier(embed, SMALL_EXEMPLARS, model_id="hashed-bow", cache_dir=tmp_path, batch_size=5, build=False)
     assert embed.calls == 0 and not clf.ready
     assert len(clf.pending()) == 15
     seen = []
@@ -285,12 +283,12 @@ def test_packaged_minilm_vectors_and_head_need_no_embedding_call():
         raise AssertionError(f"embedded {len(texts)} texts")
 
     for model_id in ("mlx/minilm", "lmstudio/test-org/text-embedding-all-minilm-l6-v2"):
-        clf = classification.EmbeddingClassifier(no_calls, classification.load_exemplars(), model_id=model_id)
+        clf = embedding_classifier.EmbeddingClassifier(no_calls, embedding_classifier.load_exemplars(), model_id=model_id)
         assert clf.ready and clf.pending() == []
         if clf.method == "head":
             assert clf.store.head(clf.head_digest) is not None  # the shipped head, not one fitted here
     # another model gets nothing from the package
-    assert classification.EmbeddingClassifier(no_calls, classification.load_exemplars(), model_id="lmstudio/nomic-embed-text-v1.5", build=False).pending()
+    assert embedding_classifier.EmbeddingClassifier(no_calls, embedding_classifier.load_exemplars(), model_id="lmstudio/nomic-embed-text-v1.5", build=False).pending()
     assert vectors.family("lmstudio/nomic-embed-text-v1.5") is None
 
 
@@ -318,7 +316,7 @@ def test_long_prompts_are_embedded_as_head_and_tail():
         seen.extend(texts)
         return embed(texts)
 
-    clf = classification.EmbeddingClassifier(recording, SMALL_EXEMPLARS, model_id="hashed-bow")
+    clf = embedding_classifier.EmbeddingClassifier(recording, SMALL_EXEMPLARS, model_id="hashed-bow")
     seen.clear()
     clf.classify("START " + "filler " * 5000 + " END")
     [view] = seen
@@ -327,7 +325,7 @@ def test_long_prompts_are_embedded_as_head_and_tail():
 
 
 def test_classify_prefers_embeddings_and_falls_back_to_keywords_with_a_reason():
-    clf = classification.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow")
+    clf = embedding_classifier.EmbeddingClassifier(HashedBagOfWords(), SMALL_EXEMPLARS, model_id="hashed-bow")
     assert classification.classify("write a poem about winter", embedding=clf).classifier == "embedding"
 
     def broken(texts):
@@ -342,7 +340,7 @@ def test_classify_prefers_embeddings_and_falls_back_to_keywords_with_a_reason():
 
 def test_wrong_number_of_vectors_is_an_error_not_a_guess():
     with pytest.raises(ValueError):
-        classification.EmbeddingClassifier(lambda texts: [[1.0, 0.0]], SMALL_EXEMPLARS, model_id="bad")
+        embedding_classifier.EmbeddingClassifier(lambda texts: [[1.0, 0.0]], SMALL_EXEMPLARS, model_id="bad")
 
 
 # ----------------------------------------------------------------------------- the real MiniLM
@@ -380,10 +378,10 @@ def test_minilm_classifier_gets_held_out_prompts_right():
         calls.append(len(texts))
         return minilm.embed(texts)
 
-    clf = classification.EmbeddingClassifier(embed, classification.load_exemplars(), model_id=minilm.local.model_id)
+    clf = embedding_classifier.EmbeddingClassifier(embed, embedding_classifier.load_exemplars(), model_id=minilm.local.model_id)
     assert calls == []  # every exemplar vector ships with the package
     # ...and they are this model's vectors: spot-check two against mlx_embeddings itself
-    for text in (classification.load_exemplars()["creative"][0], classification.load_exemplars()["coding"][-1]):
+    for text in (embedding_classifier.load_exemplars()["creative"][0], embedding_classifier.load_exemplars()["coding"][-1]):
         assert float(np.dot(clf.store.get(text), minilm.embed([text])[0])) > 0.999
     calls.clear()
     results = {prompt: clf.classify(prompt).task for prompt in MINILM_CASES}

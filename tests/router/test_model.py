@@ -34,3 +34,115 @@ def test_deferred_options_still_refuse_bad_values_with_the_field_named():
     with pytest.raises(ValidationError, match="cache"):
         model.Router().Options(cache="soon")
     assert {"task", "cache", "temperature"} <= set(model.Router().Options.model_json_schema()["properties"])
+
+
+# ---------------------------------------------------------------- running a plan against the stand-in
+
+import json  # noqa: E402
+
+import sqlite_utils  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from llm.cli import cli  # noqa: E402
+
+from llm_lmstudio.lmstudio import catalog  # noqa: E402
+
+LLAMA = "lmstudio/test-org/tiny-llama"
+TOKEN = "sk-lm-router:secretpasskey"
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    return line
+
+
+def test_the_router_is_listed_by_llm_models(lmstudio):
+    result = run("models", "-q", "lmstudio-router")
+    assert result.exit_code == 0
+    assert result.output.splitlines() == ["LM Studio router: lmstudio-router (picks the best local model for each prompt) (aliases: router)"]
+
+
+def test_an_unreachable_server_is_named_and_route_exits_non_zero(refused_url, user_path, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\n")
+    prompt = run("-m", "router", "hi")
+    assert prompt.exit_code == 1
+    assert error_line(prompt).startswith(f"Error: the router has no model for this prompt: LM Studio is not reachable at {refused_url} — ")
+    route = run("lmstudio", "route", "hi")
+    assert route.exit_code == 1
+    assert f"  server: LM Studio is not reachable at {refused_url}" in route.output
+    assert error_line(route) == error_line(prompt)
+    assert json.loads(run("lmstudio", "route", "--json", "hi").stdout)["chain"] == []
+
+
+def test_an_auth_failure_skips_that_servers_other_models_and_counts_against_none(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    assert run("models").exit_code == 0  # listed while no token was needed
+    lmstudio.configure(version="0.4", auth_token=TOKEN)
+    result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "requires an API token: run `llm keys set lmstudio`" in line and TOKEN not in result.output
+    assert line.count("(token refused)") == 1 and line.count("(skipped: its server refused the token)") >= 3
+    assert not [r for r in lmstudio.requests() if "chat" in r["path"]]  # no model was prompted after the refusal
+    lmstudio.configure(version="0.4", auth_token=None)
+    plan = json.loads(run("lmstudio", "route", "--json", "--explain", "--task", "creative", "x").output)
+    history = {c["model"]: c["history"] for c in plan["candidates"]}[LLAMA]
+    assert history["penalty"] == 0 and history["counted"] == []
+    assert history["not_counted"] == {"AuthRequired": {"count": 1, "why": "the API token"}}
+
+
+def test_a_prompt_too_long_for_the_loaded_context_ends_the_plan_and_counts_against_none(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    run("models")  # listed with its full context, not loaded
+    lmstudio.load("test-org/tiny-llama", context_length=32)  # then loaded with a small one (e.g. in the app)
+    result = run("-m", "router", "Write a poem about " + "the quiet sea and the loud gulls, " * 6, "--no-stream")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "does not fit the context test-org/tiny-llama is loaded with (32 tokens)" in line
+    assert "--context-length" in line and "every model" not in line
+    assert len([r for r in lmstudio.requests() if "chat" in r["path"]]) == 1  # no other model tried: it would not help
+    plan = json.loads(run("lmstudio", "route", "--json", "--explain", "--task", "creative", "x").output)
+    history = {c["model"]: c["history"] for c in plan["candidates"]}[LLAMA]
+    assert history["penalty"] == 0 and list(history["not_counted"]) == ["PromptTooLong"]
+
+
+def test_a_model_that_cannot_be_loaded_with_jit_off_ends_the_plan_in_one_line(lmstudio, user_path, monkeypatch):
+    from llm_lmstudio.router import loading
+
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    lmstudio.configure(jit=False)
+    run("models")
+
+    def no_sdk(model, ttl):
+        raise ImportError("No module named 'lmstudio'")
+
+    monkeypatch.setattr(loading, "ensure_loaded", no_sdk)  # as without the SDK installed
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "No models loaded ('test-org/tiny-llama' is not loaded and JIT loading is off)" in line
+    assert "load it with `llm lmstudio load test-org/tiny-llama`" in line and "could not load it: No module named 'lmstudio'" in line
+
+
+def test_two_router_config_files_and_wrong_kind_models_are_refused_up_front(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\n")
+    (user_path / "lmstudio-router.json").write_text('{"classifier": "embedding"}')
+    for args in (["-m", "router", "hi"], ["lmstudio", "route", "hi"]):
+        result = run(*args)
+        assert result.exit_code == 1
+        assert error_line(result) == (f"Error: {user_path}: both lmstudio-router.yaml and lmstudio-router.json exist and the router "
+                                      "reads only one: merge them into one file, delete the other")
+    (user_path / "lmstudio-router.json").unlink()
+    run("models")
+    for key, model_id, wrong in (("embedding_model", LLAMA, "a chat model"),
+                                 ("classifier_model", "lmstudio/test-org/text-embedding-all-minilm-l6-v2", "an embedding model")):
+        (user_path / "lmstudio-router.yaml").write_text(f"{key}: {model_id}\n")
+        for args in (["-m", "router", "hi"], ["lmstudio", "route", "hi"]):
+            result = run(*args)
+            assert result.exit_code == 1
+            assert f"lmstudio-router.yaml: '{key}' names {model_id}, which is {wrong}: name " in error_line(result)
+    assert not [r for r in lmstudio.requests() if "chat" in r["path"] or "embeddings" in r["path"]]

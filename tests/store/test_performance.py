@@ -13,7 +13,7 @@ from llm.cli import cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_lmstudio.store import performance
-from llm_lmstudio.store import call_history
+from llm_lmstudio.store import call_history, log_mirror
 from llm_lmstudio.cli.stats import sparkline
 from tests.store.test_call_history import make_log
 
@@ -214,8 +214,8 @@ def test_stats_command_with_nothing_logged_and_bad_input(user_path):
 
 
 def test_the_router_copies_only_recent_turns_and_stats_copies_back_further(tmp_path, store, monkeypatch):
-    monkeypatch.setattr(call_history, "ROUTER_HORIZON", 3)
-    monkeypatch.setattr(call_history, "HORIZON", 6)
+    monkeypatch.setattr(log_mirror, "ROUTER_HORIZON", 3)
+    monkeypatch.setattr(log_mirror, "HORIZON", 6)
     log = tmp_path / "logs.db"
     make_log(log)["turns"].insert_all([turn("lmstudio/a", 1000 * (i + 1), 10, ago_hours=10 - i) for i in range(10)])
     # a prompt's history lookup pays for the few turns the router needs, not for the whole log

@@ -19,20 +19,12 @@ from llm.cli import cli
 
 from llm_lmstudio.store import response_cache
 from llm_lmstudio.store import cache_db
+from tests.helpers import llm_cli as run, log_rows as turns
 from tests.mlx.test_chat import models, script_output  # noqa: F401 - the native-model fixture and scripted output
 
 LLAMA = "lmstudio/test-org/tiny-llama"
 TOOLS = "lmstudio/test-org/tiny-qwen-tools"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
-
-
-def turns(user_path):
-    rows = sqlite_utils.Database(user_path / "logs.db")["turns"].rows
-    return sorted(rows, key=lambda t: t["id"])
 
 
 def chat_requests(lmstudio):
@@ -56,7 +48,7 @@ def test_a_repeat_is_answered_from_the_cache_without_any_server_call(lmstudio, u
 
     second = run("-m", LLAMA, "Capital of France?", "-s", "Be brief.", "-o", "cache", "1h")
     assert second.exit_code == 0, second.output
-    assert second.output == first.output
+    assert second.stdout == first.stdout  # (the first run's stderr also says it loaded the model)
     assert lmstudio.requests() == []  # not even a model listing: the catalog is fresh from the first run
 
     original, replayed = turns(user_path)
@@ -218,18 +210,23 @@ def test_a_failed_request_is_not_stored_and_is_recorded_by_kind(lmstudio, user_p
     assert failed.exit_code == 1
     assert cache_db.Store(cache_file(user_path)).stats()["entries"] == 0
     conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
-    assert conn.execute("select model, ok, error_kind from lmstudio_calls").fetchall() == [(LLAMA, 0, "RequestFailed")]
+    assert conn.execute("select model, ok, error_kind from lmstudio_calls").fetchall() == [(LLAMA, 0, "ServerError")]
     # a prompt sent straight to a model is not one of the router's attempts (those rank its candidates)
     assert conn.execute("select count(*) from lmstudio_attempts").fetchone() == (0,)
 
 
 def test_bad_cache_values_are_refused_before_any_request(lmstudio, monkeypatch):
     result = run("-m", LLAMA, "hi", "-o", "cache", "soon")
-    assert result.exit_code == 1 and "not a duration" in result.output
+    assert result.exit_code == 1 and result.output == (
+        "Error: -o cache soon: cache 'soon' is not a duration: use a number with s, m, h or d, like 30m or 7d\n")
+    for model in (LLAMA, "router"):  # every model's options are one line, LM Studio's and the router's alike
+        result = run("-m", model, "hi", "-o", "temperature", "abc", "-o", "cache", "1h")
+        assert result.exit_code == 1 and result.output == (
+            "Error: -o temperature abc: Input should be a valid number, unable to parse string as a number\n")
     monkeypatch.setenv("LMSTUDIO_RESPONSE_CACHE", "forever")
     result = CliRunner().invoke(cli, ["-m", LLAMA, "hi"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith("Error: LMSTUDIO_RESPONSE_CACHE 'forever' is not a duration")
+    assert result.output.strip().splitlines()[-1].startswith("Error: LMSTUDIO_RESPONSE_CACHE='forever' is not a duration")
     assert chat_requests(lmstudio) == []
 
 
@@ -264,7 +261,7 @@ def test_the_router_answers_a_repeat_from_the_cache_with_the_model_that_answered
     assert first.exit_code == 0, first.output
     lmstudio.clear_requests()
     second = run(*args)
-    assert second.output == first.output
+    assert second.stdout == first.stdout  # (the first run's stderr also says it loaded the model)
     assert chat_requests(lmstudio) == []
     original, replayed = turns(user_path)
     assert replayed["model"] == "lmstudio-router" and replayed["resolved_model"] == LLAMA == original["resolved_model"]
@@ -288,7 +285,7 @@ def test_native_mlx_answers_a_repeat_from_the_cache_without_generating(models, u
     first = run("-m", "mlx/tiny-qwen", "greet me", "-o", "cache", "1h")
     assert first.exit_code == 0 and "Hello from MLX." in first.output
     second = run("-m", "mlx/tiny-qwen", "greet me", "-o", "cache", "1h")
-    assert second.output == first.output
+    assert second.stdout == first.stdout  # (the first run's stderr also says it loaded the model)
     assert len(turns_run) == 1
     original_turn, replayed = turns(user_path)
     served = json.loads(replayed["response_json"])
@@ -360,7 +357,7 @@ def test_several_processes_write_at_once_and_lose_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "other-version"])
-def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
+def test_a_torn_or_foreign_file_is_moved_aside_and_rebuilt_not_trusted(tmp_path, damage, capsys):
     path = tmp_path / "c.db"
     store = cache_db.Store(path, max_bytes=10**7)
     for i in range(200):
@@ -377,13 +374,19 @@ def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
         sqlite_utils.Database(path)["entries"].insert({"key": "k1", "payload": "{}"})
     else:
         sqlite3.connect(path).execute("pragma user_version = 99").close()
-    lookups = [store.get(f"k{i}") for i in range(200)]
-    assert all(hit is None for hit in lookups[1:]) or damage == "truncated"
+    damaged = path.read_bytes()
+    # Not one answer comes out of a file the store cannot vouch for, not even rows a torn file still holds whole.
+    assert [store.get(f"k{i}") for i in range(200)] == [None] * 200
     assert store.put("after", "m", payload("rebuilt"), ttl=600)
     assert store.get("after").payload["events"] == [["text", "rebuilt"]]
     conn = sqlite3.connect(path)
     assert conn.execute("pragma application_id").fetchone()[0] == cache_db.APPLICATION_ID
     assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+    [aside] = [p for p in tmp_path.glob("c.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == damaged  # kept as it was, never deleted
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
+        f") and has been moved to {aside}; a new, empty cache is built in its place")
 
 
 def test_a_stored_row_that_is_not_a_payload_is_a_miss(tmp_path):
