@@ -6,9 +6,14 @@ timeout (llm's bug: reproduction in docs/testing.md). Tests of several processes
 that what they check is the plugin. Nothing else of llm is changed."""
 
 import sys
+from pathlib import Path
 
-from llm import logs
-from llm.cli import cli
+# Run as a script, Python puts tests/ first on sys.path, where tests/lmstudio and tests/mlx (the tests mirroring the
+# package) would shadow the lmstudio SDK and mlx: take it off before anything is imported.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from llm import logs  # noqa: E402
+from llm.cli import cli  # noqa: E402
 
 
 def _log(self, response, thread_id=None):

@@ -247,7 +247,7 @@ STATUS_EXPECT = {
     "slow": Expect("ok"),
     "refused": Expect("error", "unreachable: LM Studio is not reachable"),
     "hung": Expect("reported", "(?m)did not answer within 4 s$"),  # no LMSTUDIO_TIMEOUT advice: status does not use it
-    "4xx": Expect("reported", "HTTP 400"),
+    "4xx": Expect("reported", HTTP_ERRORS["4xx"].needle),  # what LM Studio said, in the words the plugin uses for it
     "5xx": Expect("reported", "HTTP 500"),
     "malformed": Expect("reported", "malformed JSON"),
     "cut": Expect("reported", "closed the connection"),
