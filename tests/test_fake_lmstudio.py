@@ -442,6 +442,7 @@ def test_images_go_to_vision_models_and_malformed_images_are_rejected(lmstudio, 
 
 
 # -- embeddings --------------------------------------------------------------------------------
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_embeddings_input_validation_and_error_bodies(lmstudio, http):
     tokens = http.post("/v1/embeddings", json={"model": MINILM, "input": [[1, 2, 3]]})
     assert tokens.status_code == 400
