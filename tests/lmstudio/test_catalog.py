@@ -130,6 +130,7 @@ def test_last_known_models_survive_a_server_going_down(lmstudio, refused_url, mo
     assert catalog.server_status(dead)["status"] == "unreachable"
 
 
+@pytest.mark.slow  # three real llm processes
 @pytest.mark.parametrize("state", ["refused", "hung"])
 def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_url, hung_url, user_path):
     from llm.migrations import migrate

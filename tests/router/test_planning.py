@@ -447,6 +447,7 @@ def second_lmstudio(lmstudio_models_dir):
     server.stop()
 
 
+@pytest.mark.slow  # starts a second stand-in
 def test_replicas_prefer_the_loaded_server_and_survive_one_server_dying(lmstudio, second_lmstudio, user_path, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{second_lmstudio.base_url}")
     write_config(user_path, "classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
