@@ -333,17 +333,14 @@ def seed_exemplar_vectors() -> None:
 
 
 @pytest.fixture(scope="module")
-def matrix(request):
-    """Collects each cell's result; after the module, writes the Markdown table and prints it."""
+def matrix():
+    """Collects each cell's result; after the module, writes the Markdown table (tests/conftest.py prints it at the
+    end of the run, also when the module ran in a pytest-xdist worker)."""
     results: dict[tuple[str, str], str] = {}
     yield results
-    table = render_matrix(results)
     out = REPO / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fault_matrix.md").write_text(table)
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\n\nFault matrix (also in benchmarks/out/fault_matrix.md):\n\n" + table)
+    (out / "fault_matrix.md").write_text(render_matrix(results))
 
 
 def render_matrix(results: dict) -> str:
