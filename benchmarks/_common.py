@@ -40,6 +40,7 @@ def sandbox(prefix: str) -> Path:
     """A fresh llm user dir with no LM Studio server, no LM Studio models folder and no hub cache, set in
     os.environ; call it before llm is imported (the plugin reads these on every lookup)."""
     path = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
+    (path / "no-lmstudio").mkdir()  # empty: a folder that does not exist is refused as a setting
     os.environ.update(
         LLM_USER_PATH=str(path / "llm"),
         LMSTUDIO_MODELS_DIR=str(path / "no-lmstudio"),

@@ -126,6 +126,7 @@ def main():
         venvs["llm + plugin[mlx-embeddings]"] = build("plugin-embed", [f"{ROOT}[mlx-embeddings]"], args.reuse)
 
     sandbox = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    (sandbox / "no-lmstudio").mkdir()  # empty: a folder that does not exist is refused as a setting
     # A user's shell: no LD_PRELOAD from run_all, no LM Studio server (a closed port), no models on disk.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox), "LANG": "C.UTF-8",
            "LMSTUDIO_BASE_URL": "http://127.0.0.1:9", "LMSTUDIO_MODELS_DIR": str(sandbox / "no-lmstudio"),

@@ -4,6 +4,11 @@ and client time to first token (streamed, Python API, warm process). Both conver
 The stand-in rebuilds the whole conversation and prefills it either way (no KV-cache reuse), so the time saved here
 is the client's and the wire's: encoding, sending and parsing the history, not the model's.
 
+Then the same ten turns against a server that re-reads a chain doubling every continued turn (the stand-in's
+`responses_growth` quirk, lmstudio-bug-tracker#2074): the input tokens the server reports at each turn, both ways. With
+the plugin's guard the stateful conversation stops continuing server-side once the re-read shows, so its turn 10 costs
+what resending the history costs (target: <= 1.1x).
+
 Run: .venv/bin/python benchmarks/bench_stateful.py [--turns 10] [--chars 300] [--runs 7]   (writes benchmarks/out/stateful.json)
 """
 
@@ -48,6 +53,24 @@ def last_turn(server, conversation, options, text: str) -> tuple[float, int, str
     return ttft, request["body_size"], request["path"]
 
 
+def growth(server, model, turns: int, chars: int) -> dict:
+    """Each path's server-reported input tokens and endpoint, turn by turn, under the #2074 re-read."""
+    server.configure(responses_growth=True)
+    found = {}
+    for mode, stateful in MODES.items():
+        server.clear_requests()
+        conversation, reads = model.conversation(), []
+        for turn in range(1, turns + 1):
+            server.script(sentence(turn, chars, "answer"))
+            response = conversation.prompt(sentence(turn, chars, "user"), max_tokens=8, temperature=0.0, stateful=stateful)
+            response.text()
+            reads.append(response.usage().input)
+        paths = [r["path"] for r in server.requests() if r["path"] in ("/v1/responses", "/api/v0/chat/completions")]
+        found[mode] = {"input_tokens": reads, "endpoints": paths}
+    server.configure(responses_growth=False)
+    return found
+
+
 def main() -> None:
     args = arguments(__doc__, turns=(10, "measure this turn"), chars=(300, "characters per user turn and per answer"),
                      runs=(7, "timed repeats of the last turn, the two paths in turn"))
@@ -61,6 +84,7 @@ def main() -> None:
             conversation, options = conversation_at(model, server, args.turns, args.chars, stateful)
             paths[mode] = lambda c=conversation, o=options: last_turn(server, c, o, text)
         found = interleave(paths, args.runs)
+        grown = growth(server, model, args.turns, args.chars)
     rows = {}
     for mode, runs in found.items():
         rows[mode] = {"endpoint": runs[0][2], "request_bytes": runs[0][1],
@@ -72,8 +96,18 @@ def main() -> None:
         "ttft": ratio(rows["stateful"]["ttft_ms"], rows["full_history"]["ttft_ms"]),
     }
     print(f"  stateful / full history: request bytes {ratios['request_bytes']}x, client TTFT {ratios['ttft']}x")
+    stateful, full = grown["stateful"], grown["full_history"]
+    server_side = [n + 1 for n, path in enumerate(stateful["endpoints"]) if path == "/v1/responses"]
+    for mode, run in grown.items():
+        print(f"  #2074 re-read, {mode:12s} input tokens by turn: {run['input_tokens']}")
+    turn_ratio = ratio(stateful["input_tokens"][-1], full["input_tokens"][-1])
+    total_ratio = ratio(sum(stateful["input_tokens"]), sum(full["input_tokens"]))
+    print(f"  #2074 re-read: server-side on turns {server_side}, then resent; turn {args.turns} input tokens stateful / "
+          f"full history {turn_ratio}x (target <= 1.1), all {args.turns} turns {total_ratio}x")
     write_json("stateful", {"machine": machine(), "turn": args.turns, "chars_per_message": args.chars,
-                            "runs": args.runs, "modes": rows, "stateful_over_full_history": ratios})
+                            "runs": args.runs, "modes": rows, "stateful_over_full_history": ratios,
+                            "growth_2074": {"modes": grown, "server_side_turns": server_side,
+                                            "last_turn_input_ratio": turn_ratio, "all_turns_input_ratio": total_ratio}})
 
 
 if __name__ == "__main__":

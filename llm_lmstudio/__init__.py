@@ -49,21 +49,9 @@ def _server(entry):
 
 def _register_native(register, kind):
     """Native MLX models found on disk, registered as mlx/<name>; discovery reads small files only."""
-    from llm_lmstudio.mlx import discovery
+    from llm_lmstudio.mlx import registration
 
-    found = [local for local in discovery.discover() if local.kind == kind]
-    if not found:
-        return
-    # the model classes only once there is a native model to register
-    for local in found:
-        if kind == "chat":
-            from llm_lmstudio.mlx.chat import MLXAsyncChatModel, MLXChatModel
-
-            register(MLXChatModel(local), MLXAsyncChatModel(local))
-        else:
-            from llm_lmstudio.mlx.embeddings import MLXEmbeddingModel
-
-            register(MLXEmbeddingModel(local))
+    registration.register(register, kind)
 
 
 @llm.hookimpl

@@ -86,6 +86,7 @@ def installed_wheel_works(venv: Path, wheel: Path, work: Path, version: str) -> 
     env.update(LLM_USER_PATH=str(work / "llm-user"), HOME=str(work / "home"), HF_HUB_OFFLINE="1",
                LMSTUDIO_MODELS_DIR=str(work / "no-models"), PIP_DISABLE_PIP_VERSION_CHECK="1")
     (work / "home").mkdir(exist_ok=True)
+    (work / "no-models").mkdir(exist_ok=True)  # an empty LM Studio models folder: no native MLX models from this machine
     run([llm, "install", wheel], env, cwd=work)
     # the plugin must come from the wheel, with its data files, not from this checkout
     where = run([venv / "bin" / "python", "-c", "import llm_lmstudio, pathlib; p = pathlib.Path(llm_lmstudio.__file__).parent; "

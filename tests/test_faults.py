@@ -1,7 +1,9 @@
 """The fault matrix: every interface of the plugin × every fault the stand-in can inject ends in a correct
 answer, or in one clear line and a non-zero exit, within the configured timeout — never a traceback, never an
 unbounded wait. The matrix is written to benchmarks/out/fault_matrix.md and printed after the module runs.
-Then: nothing is lost when something fails (cut streams, failed router attempts)."""
+Damaged plugin files are rows of their own: each file the plugin keeps, damaged, is moved aside with one warning
+naming both paths and rebuilt, and the command still does its work. Then: nothing is lost when something fails (cut
+streams, failed router attempts)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ import pytest
 from click.testing import CliRunner
 from llm.cli import cli
 
-from llm_lmstudio.router import classifier_setup
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.core import files
 from llm_lmstudio.core import settings
+from llm_lmstudio.lmstudio import catalog
+from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.router import classifier_setup
+from llm_lmstudio.store import cache_db
+from tests import model_factory
 from tests.conftest import QUICK_PROBE
 from tests.fast_logs import logs_db  # noqa: F401 - a fixture
 from tests.helpers import assert_one_line_error, cache_list_for, llm_command, llm_process, log_rows, model_list_cache
@@ -83,6 +89,7 @@ FAULTS = (
     "bad URL",
     "hung, 300 s",
     "slow load, 300 s",
+    "damaged file",
 )
 # The last two run at the default LMSTUDIO_TIMEOUT (300 s, for slow JIT loads): a server that answers nothing,
 # not even its model listing, must fail within seconds; one that is only slow to start answering is waited for.
@@ -92,7 +99,10 @@ HUNG_BUDGET = QUICK_PROBE + CONNECT_TIMEOUT + QUICK_PROBE  # the probe's wait, t
 SLOW_LOAD = {"delay": QUICK_PROBE + 1.5}  # well past the probe, which finds the listing answering: keep waiting
 FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
 BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
-BAD_URL = "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https are allowed"
+BAD_URL = "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https are allowed"
+# What a plugin file holds after a disk, an editor or a half-finished copy got at it: neither JSON nor SQLite.
+DAMAGE = b"[not json"
+DAMAGED = r"llm-lmstudio-mlx: warning: \S+ was damaged \(.+\) and has been moved to \S+\.corrupt-\d{8}T\d{6}Z(-\d+)?; "
 
 
 # ---------------------------------------------------------------- outcomes
@@ -105,6 +115,7 @@ class Outcome:
     stderr: str
     exception: BaseException | None
     seconds: float
+    stdout: str = ""
 
 
 @dataclass
@@ -125,6 +136,9 @@ class Interface:
     prime: bool = True  # cache the model list first, as a user who ran `llm models` before would have
     fault_options: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)  # settings this interface needs on top of the short timeouts
+    plugin_file: str | None = None  # the file (a glob, under the plugin's folder) the "damaged file" fault damages
+    setup: Callable | None = None  # setup(lmstudio): what a user did before (a first turn, a registered model)
+    rebuilt: Callable[[Path], None] = lambda path: None  # what the damaged file holds once the command has run
 
 
 def _lines_matching(pattern: str, text: str) -> list[str]:
@@ -189,6 +203,7 @@ HTTP_ERRORS = {
 SETTINGS_ERRORS = {"bad setting": Expect("error", BAD_SETTING), "bad URL": Expect("error", BAD_URL)}
 SETTINGS_REPORTED = {"bad setting": Expect("reported", BAD_SETTING), "bad URL": Expect("reported", BAD_URL)}
 CHAT_EXPECT = {
+    "damaged file": Expect("reported", DAMAGED),
     "healthy": Expect("ok"),
     "slow": Expect("ok"),
     **HTTP_ERRORS,
@@ -197,13 +212,14 @@ CHAT_EXPECT = {
     "slow load, 300 s": Expect("ok"),
 }
 EMBED_EXPECT = {
-    **CHAT_EXPECT,
+    **{fault: expect for fault, expect in CHAT_EXPECT.items() if fault != "damaged file"},
     "vanished": Expect("error", "Invalid model identifier .* is .* an embedding model"),
     "load fails": Expect("error", LOAD_FAILURE),
     **{fault: Expect("error", f"{EMBED} is not available: {e.needle}") for fault, e in SETTINGS_ERRORS.items()},
 }
 ROUTER_FAILED = "every model the router tried failed: "
 ROUTER_EXPECT = {
+    "damaged file": Expect("reported", DAMAGED),
     "healthy": Expect("ok"),
     "slow": Expect("ok"),
     **{fault: Expect("error", ROUTER_FAILED + ".*" + e.needle) for fault, e in HTTP_ERRORS.items()},
@@ -218,7 +234,7 @@ ROUTER_EXPECT = {
 LISTING_EXPECT = {
     fault: Expect("ok")
     for fault in ("healthy", "refused", "hung", "slow", "4xx", "5xx", "malformed", "cut", "token required", "token wrong")
-} | SETTINGS_REPORTED
+} | SETTINGS_REPORTED | {"damaged file": Expect("reported", DAMAGED)}
 STATUS_EXPECT = {
     "healthy": Expect("ok"),
     "slow": Expect("ok"),
@@ -243,6 +259,66 @@ ROUTE_EXPECT = {
     },
     **SETTINGS_REPORTED,
 }
+RECOVERS = {"healthy": Expect("ok"), "damaged file": Expect("reported", DAMAGED)}
+
+
+def _rows(path: Path, table: str, where: str = "1") -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"select count(*) from {table} where {where}").fetchone()[0]
+
+
+def _json_file(path: Path):
+    return json.loads(path.read_text())
+
+
+def _first_turn(lmstudio, *args: str) -> None:
+    lmstudio.script("First answer")
+    result = CliRunner().invoke(cli, list(args) + ["-o", "max_tokens", "4"])
+    assert result.exit_code == 0, result.output
+
+
+def _two_native_models(lmstudio) -> None:
+    """Two registered native models: the registry then keeps the version before its last change."""
+    from llm_lmstudio.mlx import discovery
+
+    discovery.add(model_factory.cached_tiny_model("tiny-llama", model_factory.TinyModelSpec(arch="llama")), "tiny-a")
+    discovery.add(model_factory.cached_tiny_model("tiny-llama", model_factory.TinyModelSpec(arch="llama")), "tiny-b")
+
+
+def _native_first_turn(lmstudio) -> None:
+    """A native MLX conversation whose prompt cache is on disk, as a finished `llm` process leaves it."""
+    from llm_lmstudio.mlx import discovery
+    from llm_lmstudio.mlx import runtime
+
+    discovery.add(model_factory.cached_tiny_model("tiny-llama", model_factory.TinyModelSpec(arch="llama")), "tiny-llama")
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "Say something", "-o", "max_tokens", "4"])
+    assert result.exit_code == 0, result.output
+    runtime.unload_all()
+
+
+def _download_completed(outcome: Outcome) -> None:
+    assert json.loads(outcome.stdout.splitlines()[-1])["event"] == "completed"
+
+
+def _native_models_listed(outcome: Outcome) -> None:
+    assert "mlx/tiny-a" in [m["model_id"] for m in json.loads(outcome.stdout)]
+
+
+def _stats_kept_the_answer(outcome: Outcome) -> None:
+    assert [(m["model"], m["answers"]) for m in json.loads(outcome.stdout)["models"]] == [(LLAMA, 1)]
+
+
+def _answered(outcome: Outcome) -> None:
+    assert outcome.stdout.strip()
+
+
+# A prompt sent straight to a model records its outcome in router.db, damaged or not.
+CALL_RECORDED = {
+    "plugin_file": "router.db",
+    "rebuilt": lambda path: _rows(path, "lmstudio_calls", "ok = 1") == 1 or pytest.fail("the call was not recorded"),
+}
+
+
 SDK_ERRORS = {
     "refused": Expect("error", "LM Studio is not reachable at"),
     "hung": Expect("error", "accepted the connection but did not answer"),
@@ -253,23 +329,27 @@ SDK_ERRORS = {
 }
 
 INTERFACES = [
-    Interface("llm models", "/", lambda: ["models"], LISTING_EXPECT, DISCOVERY_BUDGET, _listing_has_the_models),
+    Interface(
+        "llm models", "/", lambda: ["models"], LISTING_EXPECT, DISCOVERY_BUDGET, _listing_has_the_models,
+        plugin_file=catalog.CACHE_FILE, rebuilt=lambda path: _json_file(path)["servers"],
+    ),
     Interface(
         "chat, streamed", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something"], CHAT_EXPECT, READ_TIMEOUT, _chat_answer,
-        fault_options={"after_chunks": 2},
+        fault_options={"after_chunks": 2}, **CALL_RECORDED,
     ),
     Interface(
         "chat, not streamed", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something", "--no-stream"], CHAT_EXPECT,
-        READ_TIMEOUT, _chat_answer,
+        READ_TIMEOUT, _chat_answer, **CALL_RECORDED,
     ),
     Interface(
         "chat, async", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something", "--async"], CHAT_EXPECT, READ_TIMEOUT,
-        _chat_answer, fault_options={"after_chunks": 2},
+        _chat_answer, fault_options={"after_chunks": 2}, **CALL_RECORDED,
     ),
     Interface("embeddings", "/v1/embeddings", lambda: ["embed", "-m", EMBED, "-c", "hello"], EMBED_EXPECT, READ_TIMEOUT, _embedding_vector),
     Interface(
         "router", "/api/v0/chat", lambda: ["-m", "router", "Write a haiku about autumn"], ROUTER_EXPECT,
         4 * READ_TIMEOUT, _chat_answer, fault_options={"after_chunks": 2},
+        plugin_file="router.db", rebuilt=lambda path: _rows(path, "lmstudio_attempts", "ok = 1") or pytest.fail("not recorded"),
     ),
     Interface(
         "lmstudio route", "/v1/embeddings", lambda: ["lmstudio", "route", "--json", "Write a Python function that sorts a list"],
@@ -297,6 +377,39 @@ INTERFACES = [
     Interface(
         "lmstudio ls", "", lambda: ["lmstudio", "ls", "--json"], {"healthy": Expect("ok"), **SDK_ERRORS},
         CONNECT_TIMEOUT + 10.0, _json_output, prime=False,
+    ),
+    # The plugin's other files, each read by the command below it.
+    Interface(
+        "chat, cached", "/api/v0/chat", lambda: ["-m", LLAMA, "Say something", "-o", "cache", "1h"], RECOVERS,
+        READ_TIMEOUT, _chat_answer, plugin_file=cache_db.CACHE_FILE,
+        rebuilt=lambda path: cache_db.Store(path).stats()["entries"] == 1 or pytest.fail("the answer was not kept"),
+    ),
+    Interface(
+        # LM Studio 0.3.15 has no /v1/responses: the stateful turn learns it again and writes the verdict anew.
+        "chat, continued", "/v1/responses", lambda: ["-c", "Say more", "-o", "stateful", "true"], RECOVERS,
+        2 * READ_TIMEOUT, _chat_answer,
+        plugin_file="no-responses-api.json", rebuilt=lambda path: len(_json_file(path)) == 1 or pytest.fail("no verdict"),
+        setup=lambda lmstudio: (lmstudio.configure(version="0.3.15"), _first_turn(lmstudio, "-m", LLAMA, "Say something")),
+    ),
+    Interface(
+        "lmstudio stats", "", lambda: ["lmstudio", "stats", "--json"], RECOVERS, 2.0, _stats_kept_the_answer,
+        plugin_file="router.db", setup=lambda lmstudio: _first_turn(lmstudio, "-m", LLAMA, "Say something"),
+        rebuilt=lambda path: _rows(path, "lmstudio_turns") == 1 or pytest.fail("llm's log was not copied again"),
+    ),
+    Interface(
+        "lmstudio get", "", lambda: ["lmstudio", "get", "test-org/Tiny-Download-MLX", "--yes", "--json"], RECOVERS,
+        CONNECT_TIMEOUT + 10.0, _download_completed, plugin_file="downloads.json", prime=False,
+        setup=lambda lmstudio: lmstudio.downloads(bytes_per_second=4_000_000), rebuilt=lambda path: _json_file(path) == {},
+    ),
+    Interface(
+        "mlx list", "", lambda: ["lmstudio", "mlx", "list", "--json"], RECOVERS, 2.0, _native_models_listed,
+        plugin_file="mlx-models.json", prime=False, setup=_two_native_models,
+        rebuilt=lambda path: list(_json_file(path)["models"]) == ["tiny-a"] or pytest.fail("not restored"),
+    ),
+    Interface(
+        "mlx chat, continued", "", lambda: ["-c", "Say more", "-o", "max_tokens", "4"], RECOVERS, 10.0, _answered,
+        plugin_file="mlx-prompt-cache/*.safetensors", prime=False, setup=_native_first_turn,
+        rebuilt=lambda path: path.read_bytes()[:8] != DAMAGE[:8] or pytest.fail("no new prompt cache"),
     ),
 ]
 BY_NAME = {interface.name: interface for interface in INTERFACES}
@@ -372,7 +485,9 @@ def invoke_bounded(args: list[str], limit: float, release: Callable[[], None]) -
     def target():
         started = time.monotonic()
         result = CliRunner().invoke(cli, args)
-        box["outcome"] = Outcome(result.exit_code, result.output, result.stderr, result.exception, time.monotonic() - started)
+        box["outcome"] = Outcome(
+            result.exit_code, result.output, result.stderr, result.exception, time.monotonic() - started, result.stdout
+        )
 
     worker = threading.Thread(target=target, daemon=True)
     started = time.monotonic()
@@ -428,7 +543,7 @@ def arm(fault: str, interface: Interface, lmstudio, refused_url, hung_url, monke
     elif fault == "slow load, 300 s":
         monkeypatch.delenv("LMSTUDIO_TIMEOUT")
         lmstudio.set_fault("slow", http_path, **SLOW_LOAD)
-    if interface.name == "llm models" and fault not in ("refused", "healthy", "bad setting", "bad URL"):
+    if interface.name == "llm models" and fault not in ("refused", "healthy", "bad setting", "bad URL", "damaged file"):
         # Expire the cached list so this run has to ask the (faulty) server again.
         with model_list_cache() as servers:
             servers[lmstudio.base_url]["fetched_at"] = 0
@@ -456,11 +571,14 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
         lmstudio.load(EMBED_KEY)
     if interface.name == "lmstudio unload":
         lmstudio.load(LLAMA_KEY)
+    if interface.setup is not None:
+        interface.setup(lmstudio)
     if interface.prime:
         assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     monkeypatch.setattr(classifier_setup, "_CLASSIFIERS", {})  # no classifier object survives from before
     lmstudio.script(ANSWER)
     arm(fault, interface, lmstudio, refused_url, hung_url, monkeypatch)
+    damaged = damage(interface) if fault == "damaged file" else None
 
     limit = max(interface.budget, FAULT_BUDGET.get(fault, 0.0)) + SLACK
     outcome = invoke_bounded(interface.args(), limit + 20.0, lambda: lmstudio.reset(unload=False))
@@ -480,6 +598,30 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
     else:
         assert got == "ok", outcome.output
         interface.correct(outcome)
+    if damaged is not None:
+        recovered(interface, damaged, outcome)
+
+
+def damage(interface: Interface) -> Path:
+    """Overwrite the interface's plugin file with DAMAGE (creating it if the command has not yet)."""
+    folder = settings.plugin_dir()
+    path = next(iter(sorted(folder.glob(interface.plugin_file))), folder / interface.plugin_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(DAMAGE)
+    for suffix in files.SQLITE_COMPANIONS:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def recovered(interface: Interface, damaged: Path, outcome: Outcome) -> None:
+    """The damaged file was moved aside as it was, the one warning names both paths, the command did its work and
+    the file was rebuilt."""
+    [aside] = [p for p in damaged.parent.glob(f"{damaged.name}.corrupt-*") if not p.name.endswith(files.SQLITE_COMPANIONS)]
+    assert aside.read_bytes() == DAMAGE
+    [warning] = _lines_matching("was damaged", outcome.stderr)
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {damaged} was damaged (") and f"moved to {aside};" in warning
+    interface.correct(Outcome(outcome.exit_code, outcome.stdout, "", None, outcome.seconds, outcome.stdout))
+    interface.rebuilt(damaged)
 
 
 # ---------------------------------------------------------------- the real process: exit code, stderr, wall clock

@@ -111,6 +111,7 @@ def get_command(query, quantization, yes, address, json_):
             if chosen.fits is False:
                 click.echo(f"Warning: {progress.what} will not fit this machine's memory, LM Studio estimates", err=True)
         else:
+            downloads.refuse_catalog_quantization(query, quantization)
             body = {"model": query, **({"quantization": quantization} if quantization else {})}
             question = f"Download {query}?"
         if not yes:

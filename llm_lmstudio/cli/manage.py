@@ -71,16 +71,20 @@ def _echo_estimate(estimate) -> None:
 )
 @click.option("--identifier", help="Instance identifier to use in API calls (default: chosen by LM Studio)")
 @click.option("--estimate-only", is_flag=True, help="Print LM Studio's memory estimate for this load and exit")
+# `lms load` has no such flag (it always loads another copy); the name is the SDK's load_new_instance.
+@click.option("--new-instance", is_flag=True, help="Load another copy even when the model is loaded already")
 @SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output the loaded instance (or the estimate) as JSON")
 def load_command(
     model, context_length, gpu, flash_attention, eval_batch_size, num_experts, offload_kv_cache, ttl, identifier,
-    estimate_only, address, json_,
+    estimate_only, new_instance, address, json_,
 ):
     """Load a model into LM Studio
 
     MODEL is a model key from `llm lmstudio ls`, or a unique part of one; `KEY@VARIANT` picks a variant.
-    A load LM Studio estimates will not fit is refused before anything is loaded.
+    A model already loaded (by `load`, or by a request that loaded it just in time) is left as it is
+    unless --new-instance asks for another copy. A load LM Studio estimates will not fit, or with a
+    context longer than the model takes, is refused before anything is loaded.
 
     \b
     Examples:
@@ -111,13 +115,18 @@ def load_command(
     progress = _LoadProgress(f"Loading {model}", enabled=not json_ and sys.stderr.isatty())
     with managing(address) as manager:
         try:
-            result = manager.load(model, settings_, on_progress=progress.update)
+            result = manager.load(model, settings_, on_progress=progress.update, new_instance=new_instance)
         finally:
             progress.finish()
         model_id = manager.server.model_id(result.model)
-    management.refresh_catalog()
+    if not result.already_loaded:
+        management.refresh_catalog()
     if json_:
         echo_json({**result.to_json(), "model_id": model_id, "server": manager.server.base_url})
+        return
+    if result.already_loaded:
+        click.echo(f'{result.model} is already loaded as "{result.identifier}" (context {result.context_length}): '
+                   "nothing was loaded; --new-instance loads another copy")
         return
     details = [size(result.size_bytes), f"context {result.context_length}"]
     if result.ttl is not None:
@@ -136,11 +145,14 @@ def load_command(
 def unload_command(identifier, all_, address, json_):
     """Unload a model from LM Studio
 
-    IDENTIFIER is an identifier from `llm lmstudio ps`; it may be left out when only one model is loaded.
+    IDENTIFIER is an identifier from `llm lmstudio ps`, or any name `llm lmstudio load` takes (a model
+    key or a unique part of one); it may be left out when only one model is loaded. A model loaded
+    several times is named by the identifier of the copy to unload.
 
     \b
     Examples:
         llm lmstudio unload qwen3-4b
+        llm lmstudio unload qwen/qwen3-4b:2
         llm lmstudio unload --all
     """
     from llm_lmstudio.management import manager as management
@@ -170,31 +182,55 @@ def unload_command(identifier, all_, address, json_):
 
 
 @click.command(name="ps")
-@SERVER_OPTION
+@click.option(
+    "--server", "address", metavar="URL", help="Only this LM Studio server, as host:port or URL (default: every server in "
+    "LMSTUDIO_BASE_URL)",
+)
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
-def ps_command(address, json_):
-    """List the models LM Studio has loaded
+@click.pass_context
+def ps_command(ctx, address, json_):
+    """List the models LM Studio has loaded, on every configured server
 
-    TTL shows the idle time left before LM Studio unloads a model, over its total.
+    TTL shows the idle time left before LM Studio unloads a model, over its total. With several
+    servers in LMSTUDIO_BASE_URL a SERVER column says which one holds each; a server that cannot be
+    asked is named on stderr, and the command then exits 1 after listing the others.
 
     \b
     Example:
         llm lmstudio ps --json
     """
-    with managing(address) as manager:
-        loaded = manager.loaded()
+    from llm_lmstudio.core import settings
+
+    try:
+        targets = [address] if address else [server.base_url for server in settings.servers()]
+    except settings.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    loaded, failures = [], []
+    for target in targets:
+        try:
+            with managing(target) as manager:
+                loaded += [(manager.server, instance) for instance in manager.loaded()]
+        except click.ClickException as exc:
+            if len(targets) == 1:
+                raise
+            failures.append(exc.message)
+    if failures and len(failures) == len(targets):
+        raise click.ClickException(failures[0])
     if json_:
-        echo_json([i.to_json() for i in loaded])
-        return
-    if not loaded:
+        echo_json([i.to_json() | {"server": server.base_url} for server, i in loaded])
+    elif not loaded:
         click.echo("No models are currently loaded.")
-        return
-    headers = ("IDENTIFIER", "MODEL", "TYPE", "SIZE", "CONTEXT", "TTL", "STATUS")
-    rows = [
-        (i.identifier, i.model, i.type, size(i.size_bytes), i.context_length, format_ttl(i), i.status)
-        for i in loaded
-    ]
-    echo_table(headers, rows)
+    else:
+        headers = ("IDENTIFIER", "MODEL", "TYPE", "SIZE", "CONTEXT", "TTL", "STATUS") + (("SERVER",) if len(targets) > 1 else ())
+        rows = [
+            (i.identifier, i.model, i.type, size(i.size_bytes), i.context_length, format_ttl(i), i.status, server.host_port)
+            for server, i in loaded
+        ]
+        echo_table(headers, [row[: len(headers)] for row in rows])
+    for message in failures:
+        click.echo(f"Error: {message}", err=True)
+    if failures:
+        ctx.exit(1)
 
 
 def _native_models(kind: str | None) -> list:

@@ -1,5 +1,5 @@
-"""`llm lmstudio mlx add|remove|list`: the native MLX models llm can run, as local_models.py finds and records them.
-Only talks; finding, adding and forgetting models happens in local_models.py."""
+"""`llm lmstudio mlx add|remove|list`: the native MLX models llm can run, as mlx/discovery.py finds and records them.
+Only talks; finding, adding and forgetting models happens in mlx/discovery.py."""
 
 import click
 
@@ -18,7 +18,8 @@ def mlx_group():
 @mlx_group.command(name="add")
 @click.argument("path")
 @click.option("--name", help="Register as mlx/NAME (default: the folder name, lower-cased)")
-def mlx_add(path, name):
+@click.option("json_", "--json", is_flag=True, help="Output the added model as JSON (the shape of `mlx list --json`)")
+def mlx_add(path, name, json_):
     "Add an MLX model folder (config.json + .safetensors) by path"
     from llm_lmstudio.mlx import discovery
 
@@ -26,7 +27,10 @@ def mlx_add(path, name):
         model = discovery.add(path, name)
     except discovery.LocalModelError as exc:
         raise click.ClickException(str(exc))
-    click.echo(f"Added {model.model_id}: {model.kind} model, {model.arch}, {size(model.size_bytes)}, {model.path}")
+    if json_:
+        echo_json(model.to_json() | {"problem": model.problem})
+    else:
+        click.echo(f"Added {model.model_id}: {model.kind} model, {model.arch}, {size(model.size_bytes)}, {model.path}")
     if model.kind == "embedding":
         from llm_lmstudio.mlx.embeddings import missing_engine
 
@@ -37,7 +41,8 @@ def mlx_add(path, name):
 
 @mlx_group.command(name="remove")
 @click.argument("name")
-def mlx_remove(name):
+@click.option("json_", "--json", is_flag=True, help="Output what was forgotten as JSON")
+def mlx_remove(name, json_):
     "Forget a model added with `llm lmstudio mlx add` (its files stay where they are)"
     from llm_lmstudio.mlx import discovery
 
@@ -45,7 +50,13 @@ def mlx_remove(name):
         path = discovery.remove(name)
     except discovery.LocalModelError as exc:
         raise click.ClickException(str(exc))
-    click.echo(f"Removed mlx/{name.removeprefix('mlx/')} (files left in {path})")
+    name = name.removeprefix("mlx/")
+    if json_:
+        echo_json({"removed": {"model_id": f"mlx/{name}", "name": name, "path": str(path), "folder_exists": path.is_dir()}})
+    elif path.is_dir():
+        click.echo(f"Removed mlx/{name} (its files stay in {path})")
+    else:
+        click.echo(f"Removed mlx/{name} (its folder had already been deleted)")
 
 
 @mlx_group.command(name="list")
@@ -54,7 +65,7 @@ def mlx_list(json_):
     "List native MLX models found in LM Studio's folder, the Hugging Face cache and added paths"
     from llm_lmstudio.mlx import discovery
 
-    models = discovery.discover()
+    models = discovery.discover()  # an unusable LMSTUDIO_MODELS_DIR is one line (cli/group.py)
     if json_:
         echo_json([m.to_json() | {"problem": m.problem} for m in models])
         return

@@ -20,7 +20,14 @@ TOKEN_ENVS = (TOKEN_ENV, "LMSTUDIO_API_TOKEN")
 
 
 class SettingsError(ValueError):
-    """A setting is present but unusable; the message names it and says how to fix it."""
+    """A setting is present but unusable; the message names it and says how to fix it, in one shape for every
+    variable: `NAME='value' is not ...: set it to ..., or unset it` (see shown())."""
+
+
+def shown(name: str, value: str) -> str:
+    """How an unusable value is quoted: `NAME='value'` for an environment variable, `--option 'value'` or
+    `option 'value'` for a command's option or an -o option."""
+    return f"{name}={value!r}" if name.isupper() else f"{name} {value!r}"
 
 
 @dataclass(frozen=True)
@@ -46,25 +53,25 @@ def normalize_base_url(value: str, source: str = "LMSTUDIO_BASE_URL") -> str:
     """Accept `host:port`, `host`, or an http(s) URL (with or without /v1); return scheme://host:port.
     `source` names where the value came from (the variable, or a command's --server), for the error."""
     raw = value.strip()
-    shown = f"{source} {raw!r}"
+    quoted = shown(source, raw)
     if not raw:
-        raise SettingsError(f"{source} is empty: set it to {URL_FORMS}")
+        raise SettingsError(f"{quoted} is empty: set it to {URL_FORMS}")
     if "://" not in raw:
         raw = "http://" + raw
     try:
         parts = urlsplit(raw)
     except ValueError:  # e.g. an unclosed IPv6 bracket
-        raise SettingsError(f"{shown} is not a valid address: use {URL_FORMS}") from None
+        raise SettingsError(f"{quoted} is not a valid address: use {URL_FORMS}") from None
     if parts.scheme not in ("http", "https"):
-        raise SettingsError(f"{shown} uses the scheme {parts.scheme!r}: only http and https are allowed ({URL_FORMS})")
+        raise SettingsError(f"{quoted} uses the scheme {parts.scheme!r}: only http and https are allowed ({URL_FORMS})")
     if not parts.hostname:
-        raise SettingsError(f"{shown} has no host name: use {URL_FORMS}")
+        raise SettingsError(f"{quoted} has no host name: use {URL_FORMS}")
     try:
         port = parts.port
     except ValueError:
-        raise SettingsError(f"{shown} has an invalid port: use a port from 1 to 65535 ({URL_FORMS})") from None
+        raise SettingsError(f"{quoted} has an invalid port: use a port from 1 to 65535 ({URL_FORMS})") from None
     if port == 0:
-        raise SettingsError(f"{shown} has an invalid port: use a port from 1 to 65535 ({URL_FORMS})")
+        raise SettingsError(f"{quoted} has an invalid port: use a port from 1 to 65535 ({URL_FORMS})")
     if port is None:
         port = 1234 if parts.scheme == "http" else 443
     host = parts.hostname
@@ -166,6 +173,7 @@ def check() -> None:
     timeouts()
     cache_ttl()
     embed_batch_size()
+    _switch("LLM_LMSTUDIO_DEBUG", False)
 
 
 def listing_digest(server: Server) -> str:
@@ -189,9 +197,9 @@ def parse_duration(text: str, what: str = "duration") -> float:
     try:
         seconds = float(number) * _DURATION_UNITS[unit]
     except ValueError:
-        raise SettingsError(f"{what} {text!r} is not a duration: use a number with s, m, h or d, like 30m or 7d") from None
+        raise SettingsError(f"{shown(what, text)} is not a duration: use a number with s, m, h or d, like 30m or 7d") from None
     if not math.isfinite(seconds) or seconds < 0:
-        raise SettingsError(f"{what} {text!r} is not usable: use a positive number with s, m, h or d, like 30m or 7d")
+        raise SettingsError(f"{shown(what, text)} is not usable: use a positive number with s, m, h or d, like 30m or 7d")
     return seconds
 
 
@@ -209,9 +217,9 @@ def parse_size(text: str, name: str) -> int:
     try:
         size = int(float(digits) * _SIZE_UNITS[value[len(digits):]])
     except (ValueError, KeyError, OverflowError):
-        raise SettingsError(f"{name}={value!r} is not a size: use a number with KB, MB or GB, like 200MB") from None
+        raise SettingsError(f"{shown(name, text)} is not a size: use a number with KB, MB or GB, like 200MB") from None
     if size < 0:
-        raise SettingsError(f"{name}={value!r} is not usable: use a size of 0 or more with KB, MB or GB, like 200MB")
+        raise SettingsError(f"{shown(name, text)} is not usable: use a size of 0 or more with KB, MB or GB, like 200MB")
     return size
 
 
@@ -221,7 +229,7 @@ def response_cache_max_bytes() -> int:
     size = parse_size(value, "LMSTUDIO_RESPONSE_CACHE_SIZE")
     if size < 1:
         raise SettingsError(
-            f"LMSTUDIO_RESPONSE_CACHE_SIZE={value.strip().lower()!r} is not usable: use a size greater than 0 "
+            f"{shown('LMSTUDIO_RESPONSE_CACHE_SIZE', value)} is not usable: use a size greater than 0 "
             "with KB, MB or GB, like 200MB (default 100MB)"
         )
     return size
@@ -234,15 +242,47 @@ def plugin_dir() -> Path:
     return path
 
 
+_ON = ("1", "on", "true", "yes")
+_OFF = ("0", "off", "false", "no")
+
+
+def _switch(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if value.lower() in _ON + _OFF:
+        return value.lower() in _ON
+    raise SettingsError(
+        f"{shown(name, value)} is neither on nor off: set it to on or off (1 or 0), or unset it "
+        f"(default {'on' if default else 'off'})"
+    )
+
+
 def debug() -> bool:
-    return bool(os.environ.get("LLM_LMSTUDIO_DEBUG"))
+    """LLM_LMSTUDIO_DEBUG: say more about failures. An unusable value counts as on here (it is asked for where
+    failures are reported, which must not fail in turn); check() refuses it, naming it."""
+    try:
+        return _switch("LLM_LMSTUDIO_DEBUG", False)
+    except SettingsError:
+        return True
+
+
+def _folder_env(name: str, what: str) -> Path | None:
+    """A folder named by the variable `name`; refused when it names none (a typo would silently find nothing)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise SettingsError(f"{shown(name, value)} is not a folder: set it to {what}, or unset it")
+    return path
 
 
 def lmstudio_home() -> Path:
     """LM Studio's own home folder (`~/.lmstudio` unless $LMSTUDIO_HOME says otherwise)."""
-    override = os.environ.get("LMSTUDIO_HOME")
+    override = _folder_env("LMSTUDIO_HOME", "LM Studio's home folder (default ~/.lmstudio)")
     if override:
-        return Path(override).expanduser()
+        return override
     pointer = Path.home() / ".lmstudio-home-pointer"
     if pointer.is_file():
         try:
@@ -256,9 +296,9 @@ def lmstudio_home() -> Path:
 
 def lmstudio_models_dir() -> Path:
     """The folder LM Studio downloads models into, honouring its configured location."""
-    override = os.environ.get("LMSTUDIO_MODELS_DIR")
+    override = _folder_env("LMSTUDIO_MODELS_DIR", "the folder LM Studio downloads models into")
     if override:
-        return Path(override).expanduser()
+        return override
     home = lmstudio_home()
     settings_file = home / "settings.json"
     if settings_file.is_file():
@@ -275,7 +315,6 @@ def lmstudio_models_dir() -> Path:
 # ---------------------------------------------------------------- native MLX
 
 MLX_PROMPT_CACHE_DEFAULT = "2GB"  # a few long conversations of a 7B model (~60 KB of fp16 KV per token)
-_OFF = ("0", "off", "false", "no")
 
 
 def mlx_prompt_cache_bytes() -> int:
@@ -286,7 +325,7 @@ def mlx_prompt_cache_bytes() -> int:
 
 def mlx_memory_check() -> bool:
     """Whether native MLX models too large for the memory available are refused before loading."""
-    return os.environ.get("LMSTUDIO_MLX_MEMORY_CHECK", "").strip().lower() not in _OFF
+    return _switch("LMSTUDIO_MLX_MEMORY_CHECK", True)
 
 
 # ---------------------------------------------------------------- local models

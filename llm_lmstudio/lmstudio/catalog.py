@@ -235,11 +235,12 @@ def _cache_path() -> Path:
 
 
 def read_cache() -> dict:
-    try:
-        data = json.loads(_cache_path().read_text())
-    except (OSError, ValueError):
+    try:  # a damaged file is moved aside with a warning; the next listing writes a new one
+        data = files.read_json(_cache_path(), then="the next model listing writes a new one")
+    except OSError:
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("servers"), dict):
+    # another version of the plugin wrote it: a cache of what the servers list, simply listed again
+    if not data or data.get("version") != CACHE_VERSION or not isinstance(data.get("servers"), dict):
         return {}
     # A hand-edited or foreign file may hold anything: keep only entries of the shape we write.
     return {url: entry for url, entry in data["servers"].items() if isinstance(entry, dict)}

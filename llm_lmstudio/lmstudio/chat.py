@@ -15,7 +15,7 @@ from llm.parts import StreamEvent
 from llm.utils import simplify_usage_dict
 from pydantic import Field, field_validator
 
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import answer_audit, transport
 from llm_lmstudio.core import settings
 from llm_lmstudio.lmstudio import continuation as stateful
 from llm_lmstudio.store.response_cache import CacheOptions, cached
@@ -48,8 +48,8 @@ class LMStudioOptions(CacheOptions):
     draft_model: Optional[str] = Field(default=None, description="Draft model key for speculative decoding")
     stateful: Optional[bool] = Field(
         default=None,
-        description="Continue conversations on the server (LM Studio 0.3.29+ /v1/responses) instead of resending"
-        " the history (default true; false always resends it)",
+        description="true: continue conversations on the server (LM Studio 0.3.29+ /v1/responses) instead of"
+        " resending the history, where it never costs more (default false: docs/compatibility.md)",
     )
 
     @field_validator("stop", mode="before")
@@ -292,7 +292,8 @@ class Accumulator:
                 {k: v for k, v in self.usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens")}
             )
             response.set_usage(
-                input=self.usage.get("prompt_tokens"), output=self.usage.get("completion_tokens"), details=details or None
+                input=answer_audit.measured_input(self.usage), output=self.usage.get("completion_tokens"),
+                details=details or None,
             )
         if self.finish_reason == "length" and response.prompt.schema and not cut:
             warn_json_cut(response)
@@ -310,6 +311,7 @@ class Accumulator:
             # One convention on every path (direct, router, mlx/): the llm model id of what answered,
             # here the instance LM Studio names (e.g. lmstudio/qwen/qwen3-4b:2 when several are loaded).
             response.set_resolved_model(response.model.server.model_id(answered_by))
+            answer_audit.check_model(response, response.model.entry.key, answered_by)
 
 
 
@@ -388,6 +390,7 @@ class _ChatBase(ServedModel):
         arrived (the caller keeps it and says the answer was cut)."""
         if accumulator.first_token_at is not None:
             self._endpoint = transport.RESPONSES
+            turn.cut_off()
             return False
         if not turn.falls_back(exc):
             raise self._failed(exc) from None

@@ -11,7 +11,7 @@ import llm
 from llm.parts import StreamEvent
 
 from llm_lmstudio.core import files
-from llm_lmstudio.lmstudio import transport
+from llm_lmstudio.lmstudio import stateful_guard, transport
 from llm_lmstudio.core import settings
 from llm_lmstudio.core.messages import PROVIDER_METADATA_KEY, build_messages, tool_specs
 
@@ -25,16 +25,14 @@ PLUGIN_OPTIONS = {"cache", "stateful"}
 # about once a day; an upgrade is noticed the day after.
 MISSING_FOR = 24 * 3600.0
 VERDICT_FILE = "no-responses-api.json"
-# Refusals after which the same turn still has a good chance on chat completions with the full history.
-FALLBACK_ON = (transport.EndpointMissing, transport.ResponseNotFound, transport.RequestFailed, transport.BadResponse)
 
 
 def _verdicts() -> dict[str, float]:
-    try:
-        data = json.loads((settings.plugin_dir() / VERDICT_FILE).read_text())
-    except (OSError, ValueError):
+    try:  # a damaged file is moved aside with a warning: every server is asked again
+        data = files.read_json(settings.plugin_dir() / VERDICT_FILE, then="each server's /v1/responses is checked again")
+    except OSError:
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if isinstance(v, (int, float))} if data else {}
 
 
 def lacks_responses(base_url: str) -> bool:
@@ -53,10 +51,11 @@ def remember_missing(base_url: str) -> None:
         pass  # then the next turn asks again
 
 
-def _continuation(prompt: llm.Prompt, base_url: str, key: str) -> tuple[str | None, int] | None:
+def _continuation(prompt: llm.Prompt, base_url: str, key: str) -> tuple[str | None, int, str | None] | None:
     """None for a first prompt (it stays on chat completions, which add LM Studio's stats); else the id of the
     previous response of this server and model (None when the last answer has none: the whole history goes
-    once, and the server keeps it from then on) and the index of the first message the server has not seen."""
+    once, and the server keeps it from then on), the index of the first message the server has not seen, and the
+    mark of the system prompt its chain carries."""
     messages = prompt.messages
     for index in range(len(messages) - 1, -1, -1):
         if messages[index].role != "assistant":
@@ -65,8 +64,8 @@ def _continuation(prompt: llm.Prompt, base_url: str, key: str) -> tuple[str | No
             meta = (getattr(part, "provider_metadata", None) or {}).get(PROVIDER_METADATA_KEY)
             if isinstance(meta, dict) and meta.get("server") == base_url and meta.get("model") == key:
                 if isinstance(meta.get("response_id"), str):
-                    return meta["response_id"], index + 1
-        return None, 0
+                    return meta["response_id"], index + 1, meta.get("system")
+        return None, 0, None
     return None
 
 
@@ -82,13 +81,18 @@ def _content(content: Any) -> list[dict]:
     return items
 
 
-def input_items(messages: list[dict]) -> list[dict]:
-    """Chat-completion messages (messages.build_messages) as Responses input items; the system prompt is left out
-    (it goes in `instructions`)."""
+def input_items(messages: list[dict], *, system: bool = False) -> list[dict]:
+    """Chat-completion messages (messages.build_messages) as Responses input items. The system prompt goes only
+    in the turn that starts a chain (`system`), as an input message the chain keeps: LM Studio 0.3.30 ignored
+    `instructions` (lmstudio-bug-tracker#1154) and 0.4.20 failed a later stored turn that carried a system prompt
+    again (#2219), so it is never `instructions` and never sent twice."""
     items: list[dict] = []
     for message in messages:
         role = message["role"]
-        if role == "tool":
+        if role == "system":
+            if system and message.get("content"):
+                items.append({"type": "message", "role": "system", "content": _content(message["content"])})
+        elif role == "tool":
             items.append({"type": "function_call_output", "call_id": message["tool_call_id"], "output": message["content"]})
         elif role == "assistant":
             if message.get("content"):
@@ -107,14 +111,17 @@ def input_items(messages: list[dict]) -> list[dict]:
 class Turn:
     """One prompt sent to /v1/responses: its payload, and the translation of the answer for chat.Accumulator."""
 
-    def __init__(self, model, payload: dict, previous: str | None):
+    def __init__(self, model, payload: dict, previous: str | None, system: str | None = None):
         self.base_url = model.server.base_url
         self.key = model.entry.key
         self.payload = payload
         self.previous = previous
+        self.system = system  # stateful_guard.system_mark of the system prompt the chain carries
+        self.watch = stateful_guard.Watch(self.base_url, previous, payload["input"])
         self.response_id: str | None = None
         self.answered_by: str | None = None
         self.calls: dict[int, bool] = {}  # output index of each function call -> its arguments arrived as deltas
+        self.reasoned: set[int] = set()  # output indexes whose reasoning has been passed on
 
     # -- the answer, as chat-completion chunks ----------------------------------------------
     def _meta(self, response: Any) -> dict:
@@ -151,7 +158,11 @@ class Turn:
         if kind == "response.output_text.delta" and delta:
             return [self._delta({"content": delta})]
         if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta") and delta:
+            self.reasoned.add(index)
             return [self._delta({"reasoning_content": delta})]
+        whole = self._whole_reasoning(kind, index, event, item)
+        if whole:
+            return [self._delta({"reasoning_content": whole})]
         if kind == "response.output_item.added" and item.get("type") == "function_call":
             self.calls[index] = False
             return [self._call(index, item, arguments=False)]
@@ -164,12 +175,31 @@ class Turn:
             return [self._call(index, item, arguments=True)]
         if kind in ("response.completed", "response.incomplete"):
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
+            output = [i if isinstance(i, dict) else {} for i in _list(response.get("output"))]
+            chunks = [self._delta({"reasoning_content": text}) for index, item in enumerate(output)
+                      if (text := self._whole_reasoning("response.output_item.done", index, {}, item))]
             end = self._meta(response)
             end["choices"] = [{"index": 0, "delta": {}, "finish_reason": self._finish_reason(response)}]
             if isinstance(response.get("usage"), dict):
                 end["usage"] = _usage(response["usage"])
-            return [end]
+            return chunks + [end]
         return []
+
+    def _whole_reasoning(self, kind: str, index: int, event: dict, item: dict) -> str:
+        """Reasoning a server sends whole (`response.reasoning_text.done`, a reasoning item in `output_item.done`
+        or `response.completed`) rather than as deltas: passed on once per output item, never twice."""
+        if index in self.reasoned:
+            return ""
+        if kind == "response.reasoning_text.done" and isinstance(event.get("text"), str):
+            text = event["text"]
+        elif kind == "response.output_item.done" and item.get("type") == "reasoning":
+            parts = [p for p in _list(item.get("content")) + _list(item.get("summary")) if isinstance(p, dict)]
+            text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
+        else:
+            return ""
+        if text:
+            self.reasoned.add(index)
+        return text
 
     def _finish_reason(self, response: dict) -> str:
         if response.get("status") == "incomplete":
@@ -210,12 +240,14 @@ class Turn:
     def tag(self, event: StreamEvent) -> StreamEvent:
         """Carry the response id on every part of the answer (llm keeps the last one per part)."""
         if self.response_id:
-            event.provider_metadata = {PROVIDER_METADATA_KEY: {"response_id": self.response_id, "server": self.base_url, "model": self.key}}
+            event.provider_metadata = {PROVIDER_METADATA_KEY: {"response_id": self.response_id, "server": self.base_url,
+                                                               "model": self.key, "system": self.system}}
         return event
 
     def finish(self, accumulator, response: llm.Response) -> None:
         """Usage, tool calls and the log as on chat completions, plus which response this was and what it continued."""
         accumulator.finish(response, transport.RESPONSES)
+        self.watch.finished(self.response_id, accumulator.usage)
         if isinstance(response.response_json, dict):
             response.response_json["stateful"] = {
                 "response_id": self.response_id,
@@ -225,12 +257,15 @@ class Turn:
             }
 
     def falls_back(self, exc: transport.LMStudioError) -> bool:
-        """Should this turn go to chat completions with the full history instead (and nothing be shown)?"""
+        """Should this turn, refused or failed before any output, go to chat completions with the full history
+        instead (and nothing be shown)? See stateful_guard.Watch.falls_back."""
         if isinstance(exc, transport.EndpointMissing):
             remember_missing(self.base_url)
-        if isinstance(exc, transport.RequestFailed) and exc.status is not None and exc.status >= 500:
-            return False  # the server itself failed: chat completions would fail too
-        return isinstance(exc, FALLBACK_ON)
+        return self.watch.falls_back(exc)
+
+    def cut_off(self) -> None:
+        """The answer stopped mid-stream: the next turn does not continue it server-side."""
+        self.watch.cut(self.response_id)
 
 
 def _list(value: Any) -> list:
@@ -252,37 +287,38 @@ def _usage(usage: dict) -> dict:
 
 def plan(model, prompt: llm.Prompt, stream: bool) -> Turn | None:
     """The /v1/responses turn for this continued conversation, or None when it goes to chat completions with the
-    full history: a first prompt, stateful off, not LM Studio, a server without /v1/responses, a schema, or an
+    full history: a first prompt, stateful not asked for (`-o stateful true`: off by default, see
+    docs/compatibility.md), not LM Studio, a server without /v1/responses or that the guard stopped, a schema, or an
     option Responses lacks."""
     options = prompt.options.model_dump(exclude_none=True)
-    if options.get("stateful") is False or model.entry.source not in ("v0", "v1") or prompt.schema:
+    if options.get("stateful") is not True or model.entry.source not in ("v0", "v1") or prompt.schema:
         return None
     if set(options) - PLUGIN_OPTIONS - set(RESPONSES_OPTIONS):
         return None
     found = _continuation(prompt, model.server.base_url, model.entry.key)
-    if found is None or lacks_responses(model.server.base_url):
+    if found is None or lacks_responses(model.server.base_url) or stateful_guard.stopped(model.server.base_url):
         return None
-    previous, start = found
+    previous, start, chain_system = found
+    system_messages = build_messages(prompt, [m for m in prompt.messages if m.role == "system"])
+    system = stateful_guard.system_mark(next((m["content"] for m in system_messages if m["role"] == "system"), None))
+    if previous and (system != chain_system or stateful_guard.broken(previous)):
+        # A new system prompt (`llm -c -s ...`) cannot join a stored chain, and a failed id is not tried again:
+        # the whole history starts a new chain.
+        previous, start = None, 0
 
     # Only the part the server has not seen is translated (attachments earlier in the chain are not encoded again).
-    items = input_items(build_messages(prompt, prompt.messages[start:] if previous else None))
+    items = input_items(build_messages(prompt, prompt.messages[start:] if previous else None), system=not previous)
     if not items:
         return None
     payload: dict[str, Any] = {"model": model.entry.key, "input": items, "stream": stream, "store": True}
     if previous:
         payload["previous_response_id"] = previous
-    # Responses does not carry `instructions` over from the previous response: send the system prompt every turn.
-    system_messages = build_messages(prompt, [m for m in prompt.messages if m.role == "system"])
-    system = next((m["content"] for m in system_messages if m["role"] == "system"), None)
-    if system:
-        payload["instructions"] = system
     for name, field in RESPONSES_OPTIONS.items():
         if name in options:
             payload[field] = options[name]
     if prompt.tools:
-        # Responses function tools are flat: {"type": "function", "name", "description", "parameters"}.
-        payload["tools"] = [{"type": "function", **spec["function"]} for spec in tool_specs(prompt.tools)]
-    return Turn(model, payload, previous)
+        payload["tools"] = stateful_guard.responses_tools(tool_specs(prompt.tools))
+    return Turn(model, payload, previous, system)
 
 
 def run(turn: Turn, client: "transport.Client", stream: bool, accumulator) -> Iterator[StreamEvent]:

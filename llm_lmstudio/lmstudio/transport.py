@@ -100,7 +100,9 @@ def error_message_from_body(body: Any) -> tuple[str | None, str | None]:
             return error, None
         if isinstance(error, dict):
             message = error.get("message")
-            code = error.get("code")
+            # LM Studio's /api/v1 errors name their kind in `type` and have no `code` ({"type": "model_not_found"},
+            # "not_implemented": lmstudio-bug-tracker#1462, #1438); OpenAI-shaped ones carry `code`, null or not.
+            code = error.get("code") if "code" in error else error.get("type")
             return (str(message) if message is not None else None), (str(code) if code is not None else None)
         return None, None
     if isinstance(body, str) and body.strip():

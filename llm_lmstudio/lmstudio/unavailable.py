@@ -3,42 +3,22 @@ wrong kind of model), told through a stand-in registered only for the id the run
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
 from contextlib import contextmanager
 from typing import Iterator
 
-import llm
-from pydantic import ConfigDict
-
-from llm_lmstudio.lmstudio import catalog
 from llm_lmstudio.core import settings
+from llm_lmstudio.core import unavailable as standins
+from llm_lmstudio.core.unavailable import notice
+from llm_lmstudio.lmstudio import catalog
 from llm_lmstudio.lmstudio.catalog import CatalogModel
 
 PREFIXES = ("lmstudio/", "lmstudio@")
-# Commands whose model is an embedding model (llm resolves it with get_embedding_model).
-EMBEDDING_COMMANDS = {"embed", "embed-multi", "embed-models", "similar"}
 # A cached list older than this is asked again (within the discovery budget) when it lacks a requested id:
 # a model downloaded a moment ago should not be "unknown" until the cache expires.
 RECHECK_AFTER = 2.0
-_printed: set[str] = set()  # notices already shown outside any click command (plain Python use of llm)
-
-
-# ---------------------------------------------------------------- one line on stderr, once per command
-
-
-def notice(message: str) -> None:
-    """Print `llm-lmstudio-mlx: message` to stderr once per command (hooks run several times per command)."""
-    import click
-
-    context = click.get_current_context(silent=True)
-    shown = context.find_root().meta.setdefault("llm_lmstudio.notices", set()) if context else _printed
-    if message in shown:
-        return
-    shown.add(message)
-    click.echo(f"llm-lmstudio-mlx: {message}", err=True)
 
 
 @contextmanager
@@ -53,53 +33,9 @@ def guard(what: str) -> Iterator[None]:
         notice(f"{what} are off: {type(exc).__name__}: {exc}{hint}")
 
 
-# ---------------------------------------------------------------- what the running command asks for
-
-
-def _command_names(context) -> list[str]:
-    names = []
-    while context is not None:
-        names.append(context.info_name or "")
-        context = context.parent
-    return names
-
-
-def _running_command() -> str | None:
-    import click
-
-    context = click.get_current_context(silent=True)
-    return context.info_name if context else None
-
-
-def _aliases() -> dict:
-    try:
-        data = json.loads((llm.user_dir() / "aliases.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def requested_ids(kind: str) -> list[str]:
-    """The lmstudio ids the running llm command will resolve as a `kind` ("chat" or "embedding") model:
-    its -m value (through llm's aliases), else the default model the command falls back to."""
-    import click
-
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return []
-    names = _command_names(context)
-    if ("embedding" if EMBEDDING_COMMANDS & set(names) else "chat") != kind:
-        return []
-    params = context.params
-    wanted = [params[key] for key in ("model_id", "model") if isinstance(params.get(key), str)]
-    if not wanted and names[0] in ("prompt", "chat") and not (params.get("_continue") or params.get("conversation_id")):
-        wanted.append(llm.get_default_model())
-    elif not wanted and names[0] == "embed":
-        wanted.append(llm.get_default_embedding_model())
-    if any(name and not name.startswith(PREFIXES) for name in wanted):
-        aliases = _aliases()
-        wanted = [aliases.get(name, name) for name in wanted]
-    return [name for name in wanted if isinstance(name, str) and name.startswith(PREFIXES)]
+    """The lmstudio ids the running llm command will resolve as a `kind` ("chat" or "embedding") model."""
+    return standins.requested_ids(kind, PREFIXES)
 
 
 # ---------------------------------------------------------------- the catalog, with reasons
@@ -182,73 +118,8 @@ def why_missing(model_id: str, kind: str, models: list[CatalogModel]) -> str:
 # ---------------------------------------------------------------- the stand-ins
 
 
-class _EveryType(frozenset):
-    """Accepts every attachment type, so that llm lets the prompt reach execute(), which says why."""
-
-    def __contains__(self, item) -> bool:
-        return True
-
-
-class _AnyOptions(llm.Options):
-    # -o settings are checked by the real model, not this stand-in; built on first use, as CacheOptions
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-
-class _Unavailable:
-    label = "LM Studio"
-
-    def __init__(self, model_id: str, reason: str):
-        self.model_id = model_id
-        self.reason = reason
-
-    def __str__(self):
-        return f"{self.label}: {self.model_id} (not available)"
-
-
-class _UnavailableChat(_Unavailable):
-    can_stream = True
-    supports_schema = True
-    supports_tools = True
-    attachment_types = _EveryType({"*"})
-    Options = _AnyOptions
-
-
-class UnavailableChat(_UnavailableChat, llm.Model):
-    def execute(self, prompt, stream, response, conversation=None):
-        raise llm.ModelError(self.reason)
-
-
-class UnavailableAsyncChat(_UnavailableChat, llm.AsyncModel):
-    async def execute(self, prompt, stream, response, conversation=None):
-        raise llm.ModelError(self.reason)
-        yield  # an async generator, as llm expects of execute()
-
-
-class UnavailableEmbedding(_Unavailable, llm.EmbeddingModel):
-    label = "LM Studio embeddings"
-    supports_text = True
-    supports_binary = True
-
-    def embed_batch(self, items):
-        from llm_lmstudio.lmstudio.chat import LMStudioModelError
-
-        raise LMStudioModelError(self.reason, "ModelNotFound")
-
-
 def register_unavailable(register, kind: str, models: list[CatalogModel]) -> None:
     """A stand-in for each lmstudio id the command asks for that is not registered as a `kind` model, saying why."""
     present = {model.model_id for model in models if model.is_embedding == (kind == "embedding")}
-    for model_id in requested_ids(kind):
-        if model_id in present:
-            continue
-        reason = why_missing(model_id, kind, models)
-        if settings.debug() or _running_command() == "chat":
-            notice(reason)
-        if _running_command() == "chat":
-            # `llm chat` shows a model's error as a traceback: it gets the reason above, then llm's own
-            # one line ("'lmstudio/...' is not a known model"), and no stand-in.
-            continue
-        if kind == "chat":
-            register(UnavailableChat(model_id, reason), UnavailableAsyncChat(model_id, reason))
-        else:
-            register(UnavailableEmbedding(model_id, reason))
+    reasons = {model_id: why_missing(model_id, kind, models) for model_id in requested_ids(kind) if model_id not in present}
+    standins.register_standins(register, kind, reasons, "LM Studio", debug=settings.debug())

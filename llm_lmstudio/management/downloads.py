@@ -12,7 +12,7 @@ from llm_lmstudio.core import files
 from llm_lmstudio.lmstudio import transport
 from llm_lmstudio.core import settings
 from llm_lmstudio.management.manager import Manager
-from llm_lmstudio.management.models import UnknownModel, match_model
+from llm_lmstudio.management.models import UnknownModel, display_format, match_model
 
 HF_PREFIX = "https://huggingface.co/"
 POLL_SECONDS = 0.5
@@ -61,9 +61,24 @@ class Option:
         return asdict(self) | {"fits": self.fits}
 
 
-def _format(name: str) -> str:
-    # Search results say GGUF only through the file name; LM Studio's other downloadable format is MLX.
-    return "GGUF" if name.lower().endswith(".gguf") or "gguf" in name.lower() else "MLX"
+def _format(raw: dict, name: str) -> str:
+    """GGUF or MLX: a download option's required `compatibilityType` says (lmstudio-js ModelSearch.ts); only an
+    older server's option without it is told by its file and repository name."""
+    kind = raw.get("compatibilityType")
+    if isinstance(kind, str) and kind:
+        return display_format(kind).upper()
+    return "GGUF" if "gguf" in name.lower() else "MLX"
+
+
+def refuse_catalog_quantization(model: str, quantization: str | None) -> None:
+    """LM Studio takes a quantization for Hugging Face links only (docs: developer/rest/download); for a catalog id
+    0.4.0 and 0.4.1 answer `not_implemented` (lmstudio-bug-tracker#1438) or, through the SDK, it would be dropped."""
+    if quantization and not model.startswith(HF_PREFIX):
+        raise DownloadError(
+            f"LM Studio downloads the catalog model {model} in the quantization it picks: -q {quantization} works "
+            "only with a Hugging Face link (lmstudio-bug-tracker#1438); drop -q, or give "
+            f"https://huggingface.co/<publisher>/<repository> with -q"
+        )
 
 
 def search(manager: Manager, query: str, limit: int = 10) -> tuple[list[Option], list[str]]:
@@ -83,7 +98,7 @@ def search(manager: Manager, query: str, limit: int = 10) -> tuple[list[Option],
                 name=name,
                 quantization=raw.get("quantization") if isinstance(raw.get("quantization"), str) else None,
                 size_bytes=int(raw.get("sizeBytes") or 0),
-                format=_format(name + " " + str(best.get("name"))),
+                format=_format(raw, name + " " + str(best.get("name"))),
                 fit=str(raw.get("fitEstimation") or "unknown"),
                 recommended=raw.get("recommended") is True,
             )
@@ -95,6 +110,8 @@ def search(manager: Manager, query: str, limit: int = 10) -> tuple[list[Option],
 
 
 def pick(options: list[Option], quantization: str | None) -> Option:
+    if options[0].source.get("type") == "catalog":
+        refuse_catalog_quantization(str(options[0].source.get("identifier")), quantization)
     if quantization:
         for option in options:
             if (option.quantization or "").lower() == quantization.lower():
@@ -130,22 +147,24 @@ def _request_key(base_url: str, body: dict) -> str:
     return f"{base_url} {body.get('model')} {body.get('quantization') or ''}"
 
 
+def _jobs() -> dict:
+    """The remembered jobs; a damaged file is moved aside with a warning (a download in progress is then asked
+    for again, and LM Studio answers with its job)."""
+    return files.read_json(_jobs_path(), then="downloads in progress are looked up again") or {}
+
+
 def remembered_job(base_url: str, body: dict) -> str | None:
     try:
-        jobs = json.loads(_jobs_path().read_text())
-    except (OSError, ValueError):
+        jobs = _jobs()
+    except OSError:
         return None
-    job = jobs.get(_request_key(base_url, body)) if isinstance(jobs, dict) else None
+    job = jobs.get(_request_key(base_url, body))
     return job if isinstance(job, str) else None
 
 
 def remember_job(base_url: str, body: dict, job_id: str | None) -> None:
     path = _jobs_path()
-    try:
-        jobs = json.loads(path.read_text())
-        jobs = jobs if isinstance(jobs, dict) else {}
-    except (OSError, ValueError):
-        jobs = {}
+    jobs = _jobs()
     if job_id:
         jobs[_request_key(base_url, body)] = job_id
     else:
@@ -194,8 +213,10 @@ class Jobs:
     def status(self, job_id: str) -> dict | None:
         try:
             body = self.client.get_json(f"/api/v1/models/download/status/{job_id}")
-        except transport.ModelNotFound:
-            return None  # LM Studio no longer knows the job (restarted, or another server)
+        except transport.LMStudioError as exc:
+            if exc.status == 404:  # whatever its `type`: LM Studio no longer knows the job (restarted, another server)
+                return None
+            raise
         return body if isinstance(body, dict) else None
 
     def start(self, body: dict) -> tuple[dict, bool]:

@@ -21,7 +21,9 @@ from llm_lmstudio.management.models import (
     ManagementError,
     UnknownModel,
     Unsupported,
+    AmbiguousModel,
     format_size,
+    instances_of,
     match_model,
     split_variant,
 )
@@ -124,13 +126,21 @@ class Manager:
         return self.backend.estimate(key, model.namespace, load)
 
     def load(
-        self, name: str, load: LoadSettings | None = None, on_progress: Callable[[float], Any] | None = None
+        self, name: str, load: LoadSettings | None = None, on_progress: Callable[[float], Any] | None = None,
+        new_instance: bool = False,
     ) -> LoadResult:
-        """Load a new instance of the model `name` matches, refusing first what LM Studio estimates will not fit.
-        Without a TTL it stays until unloaded, as with `lms load`."""
+        """Load the model `name` matches, refusing first what LM Studio estimates will not fit. A model already
+        loaded is left as it is (already_loaded) unless `new_instance` asks for another copy, as the SDK's
+        load_new_instance does. Without a TTL it stays until unloaded, as with `lms load`."""
         load = load or LoadSettings()
         model, key = self.resolve(name)
         load.check_for(model)
+        present = [] if new_instance else [i for i in self.loaded() if i.model == key]
+        if present:
+            return LoadResult(
+                identifier=present[0].identifier, model=key, type=model.type, context_length=present[0].context_length,
+                gpu=None, ttl=present[0].ttl, load_seconds=0.0, size_bytes=model.size_bytes, already_loaded=True,
+            )
         try:
             estimate = self.backend.estimate(key, model.namespace, load)
         except (Unsupported, ManagementError):
@@ -153,15 +163,37 @@ class Manager:
             config={k: v for k, v in asdict(load).items() if v is not None},
         )
 
-    def unload(self, identifier: str) -> LoadedInstance:
+    def find_loaded(self, name: str) -> list[LoadedInstance]:
+        """The loaded instances `name` means: the instance with that identifier, else every instance of the model
+        `load` takes `name` for (the same names: key, `lmstudio/` id, base name, unique part, `key@variant`)."""
         loaded = self.loaded()
-        instance = next((i for i in loaded if i.identifier == identifier), None)
-        if instance is None:
+        exact = [i for i in loaded if i.identifier == name]
+        if exact:
+            return exact
+        names = ", ".join(i.identifier for i in loaded)
+        try:
+            model, key = self.resolve(name)
+        except UnknownModel:
             if not loaded:
-                raise UnknownModel(f"No model with identifier {identifier!r} is loaded: nothing is loaded")
-            names = ", ".join(i.identifier for i in loaded)
-            raise UnknownModel(f"No model with identifier {identifier!r} is loaded; loaded: {names}")
-        self.backend.unload(identifier, instance.namespace)
+                raise UnknownModel(f"No loaded model matches {name!r}: nothing is loaded") from None
+            raise UnknownModel(f"No loaded model matches {name!r}; loaded: {names}") from None
+        found = instances_of(key, loaded, any_variant=key == model.key)
+        if not found:
+            raise UnknownModel(f"{key} is not loaded; " + (f"loaded: {names}" if loaded else "nothing is loaded"))
+        return found
+
+    def unload(self, name: str) -> LoadedInstance:
+        """Unload what `name` means (see find_loaded); a model loaded several times must be named by identifier."""
+        found = self.find_loaded(name)
+        if len(found) > 1:
+            identifiers = [i.identifier for i in found]
+            raise AmbiguousModel(
+                f"{found[0].model} is loaded {len(found)} times ({', '.join(identifiers)}): name one by its identifier, "
+                "or use --all",
+                identifiers,
+            )
+        [instance] = found
+        self.backend.unload(instance.identifier, instance.namespace)
         return instance
 
     def unload_all(self) -> list[LoadedInstance]:

@@ -112,6 +112,13 @@ class LoadSettings:
     def check_for(self, model: "DownloadedModel") -> None:
         if model.namespace is None:
             raise Unsupported(f"{model.key} is a {model.type!r} model, which llm cannot load into LM Studio")
+        limit = model.max_context_length
+        if self.context_length and limit and self.context_length > limit:
+            # LM Studio refuses such a load only once it has started (after the estimate said it fits)
+            raise LoadRefused(
+                f"--context-length {self.context_length:,} is more than {model.key} takes ({limit:,} tokens, as LM "
+                "Studio lists it): nothing was loaded; lower --context-length"
+            )
         if model.namespace == "embedding":
             given = [name for name in self.LLM_ONLY if getattr(self, name) is not None]
             if given:
@@ -191,6 +198,7 @@ class LoadResult:
     load_seconds: float
     size_bytes: int
     config: dict = field(default_factory=dict)  # the settings sent, as `llm lmstudio load` flags name them
+    already_loaded: bool = False  # the model was loaded already and nothing was done (no --new-instance)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -246,6 +254,11 @@ def split_variant(name: str) -> tuple[str, str | None]:
     """`publisher/model@q4_k_m` -> (`publisher/model`, `q4_k_m`), as LM Studio spells variant keys."""
     base, sep, variant = name.partition("@")
     return (base, variant) if sep and variant else (name, None)
+
+
+def instances_of(key: str, loaded: list[LoadedInstance], any_variant: bool) -> list[LoadedInstance]:
+    """The loaded instances of the model `key`; of any of its variants when the name given did not pick one."""
+    return [i for i in loaded if i.model == key or (any_variant and split_variant(i.model)[0] == key)]
 
 
 def match_model(name: str, keys: list[str]) -> str:

@@ -128,7 +128,18 @@ class RestSession:
             )
         body = {"model": key, "echo_load_config": True, **load.rest_fields()}
         # The REST load answers once the model is loaded (docs: developer/rest/load): no progress to follow.
-        answer = self.client.post_json("/api/v1/models/load", body)
+        try:
+            answer = self.client.post_json("/api/v1/models/load", body)
+        except transport.ModelNotFound:
+            if "@" not in key:
+                raise
+            # LM Studio 0.4.1 lists variants but its REST load takes base keys only (lmstudio-bug-tracker#1462);
+            # asked anyway, so that a release that fixes it just works.
+            raise Unsupported(
+                f"LM Studio at {self.server.base_url} cannot load the variant {key} over its REST API "
+                "(lmstudio-bug-tracker#1462), and the installed lmstudio SDK, which can, cannot send the API token: "
+                "install lmstudio 1.6 or later (`llm install -U --pre lmstudio`), or pick the variant in LM Studio"
+            ) from None
         if on_progress is not None:
             on_progress(1.0)
         instance_id = answer.get("instance_id") if isinstance(answer, dict) else None

@@ -60,6 +60,9 @@ class MLXOptions(CacheOptions):
     def _check_draft_model(cls, value):
         if value is not None and not value.removeprefix("mlx/"):
             raise ValueError("draft_model must name a native model: mlx/<name>")
+        if value is not None and "/" in value.removeprefix("mlx/"):  # native names have no "/"; lmstudio/... ids do
+            raise ValueError(f"{value} is not a native MLX model: the draft model runs in this process too, so name "
+                             "one from `llm lmstudio mlx list` (mlx/<name>)")
         return value
 
     @field_validator("kv_bits")

@@ -220,22 +220,26 @@ def _user_file() -> Path:
     return settings.plugin_dir() / USER_FILE
 
 
-def _read_user_entries() -> dict[str, dict]:
-    path = _user_file()
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+def _backup_file() -> Path:
+    return settings.plugin_dir() / (USER_FILE + ".bak")  # the registry before its last change
+
+
+def _registry_shape(data) -> bool:
     models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
-        return {}
-    return {str(k): v for k, v in models.items() if isinstance(v, dict) and isinstance(v.get("path"), str)}
+    return isinstance(models, dict) and all(isinstance(v, dict) and isinstance(v.get("path"), str) for v in models.values())
+
+
+def _read_user_entries() -> dict[str, dict]:
+    """The registered models. A damaged registry is moved aside (warned) and the version before restored, so that
+    the next `mlx add` never writes over models it could not read."""
+    data = files.read_json(_user_file(), _registry_shape, backup=_backup_file(),
+                           then="no earlier version to restore: add its models again with `llm lmstudio mlx add`")
+    return {str(k): v for k, v in data["models"].items()} if data else {}
 
 
 def _write_user_entries(entries: dict[str, dict]) -> None:
-    files.write_text(_user_file(), json.dumps({"models": entries}, indent=2, sort_keys=True) + "\n")
+    text = json.dumps({"models": entries}, indent=2, sort_keys=True) + "\n"
+    files.write_text(_user_file(), text, backup=_backup_file())
 
 
 def _user_models(entries: dict[str, dict]) -> list[LocalModel]:

@@ -3,6 +3,7 @@ memory, every failure as one line. Imports mlx* only inside functions; never tou
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from pathlib import Path
@@ -35,6 +36,13 @@ def model_error(local: LocalModel, exc: BaseException, doing: str, engine: str =
         return NativeModelError(
             f"Out of memory {doing} {local.model_id} ({gigabytes(local.size_bytes)} of weights): "
             "close other models or use a smaller quantization"
+        )
+    quantize = re.search(r"group size (\d+)\. However the provided +matrix has shape \(([\d, ]+)\)", text)
+    if quantize and doing == "running":  # the only quantizing a turn does is -o kv_bits
+        group, width = quantize.group(1), quantize.group(2).split(",")[-1].strip()
+        return NativeModelError(
+            f"{local.model_id} cannot quantize its KV cache: mlx-lm quantizes in groups of {group} values and this "
+            f"model's attention heads hold {width}: run it without -o kv_bits"
         )
     if "not supported" in lowered and "model type" in lowered:
         from importlib.metadata import version
@@ -75,8 +83,11 @@ def available_memory() -> tuple[int, str] | None:
 
 def check_fits(local: LocalModel) -> None:
     """Refuse weights larger than the memory available: loading them would swap for minutes or be killed."""
-    if not settings.mlx_memory_check():
-        return
+    try:
+        if not settings.mlx_memory_check():
+            return
+    except settings.SettingsError as exc:
+        raise NativeModelError(f"{local.model_id} is not available: {exc}") from None
     available = available_memory()
     if available is None or local.size_bytes <= available[0]:
         return

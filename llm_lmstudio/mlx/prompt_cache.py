@@ -15,6 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_lmstudio.core import files
+
 # Conversations whose caches a loaded model keeps; the least recently used goes first. Two or three
 # alternating conversations (llm chat sessions, the Python API) each find their own.
 MEMORY_CONVERSATIONS = 4
@@ -113,7 +115,7 @@ class DiskCaches:
 
     A file is written whole under a temporary name and renamed into place, so a reader sees an old file
     or a new one, never half of one. A file that fails to load, or names another model, tokenizer,
-    layout or conversation than its name says, is deleted and rebuilt by the next turn."""
+    layout or conversation than its name says, is moved aside (files.set_aside) and rebuilt by the next turn."""
 
     def __init__(self, folder: Path, budget: int):
         self.folder = folder
@@ -130,8 +132,11 @@ class DiskCaches:
         from mlx_lm.models.cache import load_prompt_cache
 
         path = self._path(fingerprint, conversation)
-        if not path.is_file():
+        try:
+            seen = path.stat()
+        except FileNotFoundError:
             return None
+        problem = "not the prompt cache its name says"
         try:
             cache, meta = load_prompt_cache(str(path), return_metadata=True)
             tokens = json.loads(meta["tokens"])
@@ -144,10 +149,11 @@ class DiskCaches:
                 and all(isinstance(t, int) for t in tokens)
                 and all(getattr(layer, "offset", None) == len(tokens) for layer in cache)
             )
-        except Exception:  # torn, foreign or from an mlx-lm that wrote another format
-            sound = False
+        except Exception as exc:  # torn, foreign or from an mlx-lm that wrote another format
+            sound, problem = False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not sound:
-            path.unlink(missing_ok=True)
+            files.set_aside(path, problem, then="this turn goes through the whole conversation and saves a new one",
+                            seen=seen)
             return None
         os.utime(path)  # recently used: evicted last
         return Entry(cache, tokens, meta.get("layout", ""))
@@ -178,7 +184,7 @@ class DiskCaches:
         self._evict(keep=path)
 
     def _evict(self, keep: Path) -> None:
-        files = []
+        found = []
         for file in self.folder.glob("*.safetensors"):
             try:
                 stat = file.stat()
@@ -186,9 +192,9 @@ class DiskCaches:
                 continue
             if file.name.startswith(".") and time.time() - stat.st_mtime < ABANDONED_AFTER_S:
                 continue  # another process is writing it
-            files.append((stat.st_mtime, stat.st_size, file))
-        total = sum(size for _, size, _ in files)
-        for _, size, file in sorted(files, key=lambda item: item[0]):
+            found.append((stat.st_mtime, stat.st_size, file))
+        total = sum(size for _, size, _ in found)
+        for _, size, file in sorted(found, key=lambda item: item[0]):
             if total <= self.budget:
                 break
             if file != keep:

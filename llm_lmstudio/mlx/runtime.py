@@ -4,6 +4,7 @@ and the prompt caches of its conversations; loaded once per process. Imports mlx
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -82,6 +83,21 @@ def _generation_config(path: Path) -> dict:
 _CHAT: dict[str, ChatRuntime] = {}
 
 
+class _PromptLengthWarning(logging.Filter):
+    """transformers warns on stderr when a prompt is longer than the tokenizer's limit ("Token indices sequence
+    length is longer than..."); a turn checks the length itself and refuses in one line, so the library's line
+    would only be a stray one before it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length")
+
+
+def _quiet_prompt_length_warning() -> None:
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, _PromptLengthWarning) for f in logger.filters):
+        logger.addFilter(_PromptLengthWarning())
+
+
 def load_chat(local: LocalModel) -> ChatRuntime:
     """The loaded chat model for `local`, loading it on first use."""
 
@@ -89,6 +105,7 @@ def load_chat(local: LocalModel) -> ChatRuntime:
         started = time.perf_counter()
         from mlx_lm import load
 
+        _quiet_prompt_length_warning()
         model, tokenizer = load(str(local.path))
         return ChatRuntime(local, model, tokenizer, time.perf_counter() - started)
 

@@ -185,10 +185,9 @@ def _cache_path():
 
 
 def _read_answers() -> dict:
-    try:
-        data = json.loads(_cache_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    try:  # a damaged file is moved aside with a warning; answers are asked for again
+        return files.read_json(_cache_path(), then="the small model is asked again") or {}
+    except OSError:
         return {}
 
 

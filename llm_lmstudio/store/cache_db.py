@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from llm_lmstudio.core import files
 from llm_lmstudio.core import settings
 
 CACHE_FILE = "responses.db"
@@ -41,14 +42,12 @@ class _NotOurs(sqlite3.DatabaseError):
     """A readable SQLite file at our path that this module did not create."""
 
 
-def _discard(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+REBUILT = "a new, empty cache is built in its place"
 
 
 def _prepare(conn: sqlite3.Connection) -> None:
+    # Nothing is written to a file before it is known to be ours (a foreign one is set aside exactly as it was).
     if conn.execute("pragma application_id").fetchone()[0] != APPLICATION_ID:
-        conn.execute("pragma journal_mode=wal")
         conn.execute("begin immediate")  # two processes creating it at once: the second finds it made
         try:
             app_id = conn.execute("pragma application_id").fetchone()[0]
@@ -69,11 +68,6 @@ def _prepare(conn: sqlite3.Connection) -> None:
     conn.execute("pragma synchronous=normal")  # crash-safe in WAL; a lost last entry is only a future miss
 
 
-def _corrupt(exc: sqlite3.Error) -> bool:
-    # OperationalError is "locked", "busy", "disk I/O": the file is fine, this moment is not
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
-
-
 @dataclass(frozen=True)
 class Hit:
     payload: dict
@@ -83,7 +77,8 @@ class Hit:
 
 class Store:
     """The cache file. Several `llm` processes share it: WAL, a busy timeout, every write in BEGIN IMMEDIATE.
-    A torn, foreign or other-version file is deleted and made afresh; a locked one is a miss, never an error."""
+    A torn, foreign or other-version file is moved aside (warned) and made afresh; a locked one is a miss, never an
+    error."""
 
     def __init__(self, path: str | Path | None = None, *, max_bytes: int | None = None, timeout: float = 2.0):
         self.path = Path(path) if path else default_path()
@@ -91,18 +86,16 @@ class Store:
         self.timeout = timeout
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for fresh in (False, True):
+        def connect():
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 _prepare(conn)
-                return conn
-            except sqlite3.Error as exc:
+            except BaseException:
                 conn.close()
-                if fresh or not _corrupt(exc):
-                    raise
-                _discard(self.path)
-        raise AssertionError("unreachable")
+                raise
+            return conn
+
+        return files.open_db(self.path, connect, then=REBUILT)
 
     def _run(self, work, default=None):
         """work(conn) on a verified connection; a corrupt file is rebuilt (and work retried once), a busy one gives default."""
@@ -113,12 +106,11 @@ class Store:
                 return default
             try:
                 return work(conn)
-            except sqlite3.Error as exc:
-                if fresh or not _corrupt(exc):
+            except sqlite3.Error as exc:  # damaged past its header: moved aside, and the work done on a new file
+                if fresh or not files.set_aside_damaged_db(self.path, exc, then=REBUILT):
                     return default
             finally:
                 conn.close()
-            _discard(self.path)
         return default
 
     def get(self, key: str, now: float | None = None) -> Hit | None:

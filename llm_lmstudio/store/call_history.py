@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from llm_lmstudio.core import files
+
 STORE_FILE = "router.db"  # inside settings.plugin_dir(); ours alone, so llm never sees our tables
 DEFAULT_WINDOW = 200
 ROUTER_HORIZON = 20_000  # turns the router's history needs copied: months of use, older ones say little about a model today
@@ -82,9 +84,29 @@ def default_store_path() -> Path:
     return settings.plugin_dir() / STORE_FILE
 
 
-def _open_store(path: Path, timeout: float) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+REBUILT = "a new one is built in its place (answers are copied again from llm's log; failures start afresh)"
+
+
+def _open_store(path: Path, timeout: float, check: bool = False) -> sqlite3.Connection:
+    """Our store, created on first use; a damaged one is moved aside and a new one made (never read as empty).
+    `check` reads every page first (`pragma quick_check`, for `llm lmstudio stats`, not for every prompt)."""
+    return files.open_db(path, lambda: _connect(path, timeout, check), then=REBUILT)
+
+
+def _connect(path: Path, timeout: float, check: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        _prepare(conn)
+        problem = conn.execute("pragma quick_check(1)").fetchone()[0] if check else "ok"
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
     # WAL: readers (the router asking for history) never wait for a writer (another `llm` recording an
     # attempt); synchronous=normal is crash-safe in WAL and spares an fsync per attempt
     conn.execute("pragma journal_mode=wal")
@@ -102,7 +124,6 @@ def _open_store(path: Path, timeout: float) -> sqlite3.Connection:
             conn.execute("rollback")
             raise
     conn.executescript(_SCHEMA)
-    return conn
 
 
 def _open_log(path: Path, timeout: float):
@@ -342,21 +363,25 @@ def record_call(model: str, ok: bool, *, store_path: str | Path | None = None, t
 
 
 def _append(table: str, row: dict, store_path: str | Path | None, timeout: float) -> bool:
-    try:
-        conn = _open_store(Path(store_path) if store_path else default_store_path(), timeout)
-    except (OSError, sqlite3.Error):
-        return False
+    path = Path(store_path) if store_path else default_store_path()
     row = {"datetime_utc": datetime.now(timezone.utc).isoformat()} | row
-    try:
-        with conn:
-            conn.execute("begin immediate")
-            cursor = conn.execute(
-                f"insert into {table} ({', '.join(row)}) values ({', '.join('?' for _ in row)})", tuple(row.values())
-            )
-            if cursor.lastrowid % _PRUNE_EVERY == 0:
-                conn.execute(f"delete from {table} where id <= ?", (cursor.lastrowid - KEEP_ATTEMPTS,))
-        return True
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.close()
+    for last in (False, True):
+        try:
+            conn = _open_store(path, timeout)
+        except (OSError, sqlite3.Error):
+            return False
+        try:
+            with conn:
+                conn.execute("begin immediate")
+                cursor = conn.execute(
+                    f"insert into {table} ({', '.join(row)}) values ({', '.join('?' for _ in row)})", tuple(row.values())
+                )
+                if cursor.lastrowid % _PRUNE_EVERY == 0:
+                    conn.execute(f"delete from {table} where id <= ?", (cursor.lastrowid - KEEP_ATTEMPTS,))
+            return True
+        except sqlite3.Error as exc:
+            if last or not files.set_aside_damaged_db(path, exc, then=REBUILT):  # damaged past its header
+                return False
+        finally:
+            conn.close()
+    return False

@@ -80,7 +80,7 @@ def report(
     the last `since_seconds` (everything the copy holds when None). Brings the copy of llm's log up to date first."""
     now = now or datetime.now(timezone.utc)
     since = datetime.fromtimestamp(now.timestamp() - since_seconds, timezone.utc) if since_seconds else None
-    store = call_history._open_store(Path(store_path) if store_path else call_history.default_store_path(), timeout)
+    store = call_history._open_store(Path(store_path) if store_path else call_history.default_store_path(), timeout, check=True)
     try:
         log_known = call_history._refresh(store, Path(db_path), timeout, call_history.HORIZON)
         where, params = _where(store, since, model)

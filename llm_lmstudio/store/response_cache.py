@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import llm
 from llm.parts import AttachmentPart, StreamEvent, ToolCallPart, ToolResultPart
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from llm_lmstudio.core import settings
 from llm_lmstudio.store.cache_db import (
@@ -33,6 +33,20 @@ class CacheOptions(llm.Options):
 
     # Validators are built on first use, not at import: registering models (every `llm` command) never needs them.
     model_config = ConfigDict(defer_build=True)
+
+    def __init__(self, /, **data):
+        """Inside a command, a bad -o is one line (llm prints a ValidationError over two lines per option);
+        in Python it stays the ValidationError callers catch."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            import click
+
+            if click.get_current_context(silent=True) is None:
+                raise
+            from llm_lmstudio.core.errors import option_errors
+
+            raise click.ClickException(option_errors(exc)) from None
 
     cache: Optional[str] = Field(
         default=None,

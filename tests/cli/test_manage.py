@@ -47,6 +47,20 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in result.output and f"llm lmstudio {command}" in result.output
 
 
+def test_every_command_takes_json():
+    from llm_lmstudio.cli.group import lmstudio_group
+
+    def leaves(group, path):
+        for name in group.list_commands(None):
+            command = group.get_command(None, name)
+            yield from leaves(command, path + [name]) if hasattr(command, "list_commands") else [(path + [name], command)]
+
+    found = {" ".join(path): command for path, command in leaves(lmstudio_group, [])}
+    assert {"mlx add", "mlx remove", "mlx list", "cache stats", "cache clear", "load", "unload", "ps", "ls", "get",
+            "status", "stats", "route"} == set(found)
+    assert [name for name, command in found.items() if "--json" not in {o for p in command.params for o in p.opts}] == []
+
+
 def test_llm_registers_the_group_without_importing_its_commands():
     # Every `llm` command registers `llm lmstudio`; its commands (and what they import) load only when it runs.
     code = ("import sys; sys.argv = ['llm', '--help']\nfrom llm.cli import cli\ntry: cli()\nexcept SystemExit: pass\n"
@@ -64,7 +78,7 @@ def test_the_group_lists_its_commands_and_one_line_setting_errors(monkeypatch):
     assert {"load", "unload", "ps", "ls", "get", "status", "mlx", "route", "cache", "stats"} <= set(
         re.findall(r"^  ([a-z]+) ", listed.output.split("Commands:")[1], re.M))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "ftp://example")  # read by `ls` itself, outside any management session
-    assert_one_line_error(run("ls"), "LMSTUDIO_BASE_URL 'ftp://example'")
+    assert_one_line_error(run("ls"), "LMSTUDIO_BASE_URL='ftp://example'")
 
 
 # ---------------------------------------------------------------- load
@@ -87,8 +101,9 @@ def test_load_json_is_the_documented_shape_without_a_progress_bar(lmstudio):
     data = json.loads(result.stdout)
     assert set(data) == {
         "identifier", "model", "model_id", "type", "context_length", "gpu", "ttl", "load_seconds", "size_bytes", "server",
-        "config",
+        "config", "already_loaded",
     }
+    assert data["already_loaded"] is False
     assert data["config"] == {"identifier": "scripted", "gpu": 1.0}
     assert (data["identifier"], data["model"], data["model_id"], data["type"]) == ("scripted", LLAMA, f"lmstudio/{LLAMA}", "llm")
     assert (data["gpu"], data["ttl"], data["server"]) == (1.0, None, lmstudio.base_url)
@@ -239,7 +254,29 @@ def test_unload_without_identifier_refuses_to_guess_among_several(lmstudio):
 
 def test_unload_unknown_identifier_names_the_loaded_ones(lmstudio):
     lmstudio.load(LLAMA, identifier="here")
-    assert_one_line_error(run("unload", "elsewhere"), "'elsewhere' is loaded; loaded: here")
+    assert_one_line_error(run("unload", "elsewhere"), "No loaded model matches 'elsewhere'; loaded: here")
+    assert_one_line_error(run("unload", QWEN), f"{QWEN} is not loaded; loaded: here")
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", LLAMA, f"lmstudio/{LLAMA}", "TEST-ORG/Tiny-Llama", "llama"])
+def test_unload_takes_every_name_load_takes(lmstudio, name):
+    assert run("load", name).exit_code == 0
+    result = run("unload", name)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f'Unloaded "{LLAMA}" ({LLAMA}).\n' and lmstudio.loaded() == []
+
+
+def test_unload_by_name_finds_a_variant_and_refuses_to_guess_between_copies(lmstudio):
+    lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"])
+    assert run("load", "tiny-llama@q8_0").exit_code == 0
+    assert run("unload", "tiny-llama").exit_code == 0 and lmstudio.loaded() == []
+    lmstudio.load(LLAMA)
+    lmstudio.load(LLAMA, identifier="second")
+    assert_one_line_error(run("unload", "tiny-llama"), f"{LLAMA} is loaded 2 times ({LLAMA}, second): name one by its "
+                          "identifier, or use --all")
+    assert_one_line_error(run("unload", "tiny"), "'tiny' matches several models", LLAMA, QWEN)  # as `load tiny` says
+    assert run("unload", "second").exit_code == 0
+    assert [i["identifier"] for i in lmstudio.loaded()] == [LLAMA]
 
 
 def test_unload_identifier_and_all_together_is_a_usage_error():
@@ -274,8 +311,9 @@ def test_ps_json_is_the_documented_shape(lmstudio):
     for row in rows.values():
         assert set(row) == {
             "identifier", "model", "type", "format", "size_bytes", "context_length", "max_context_length",
-            "ttl", "ttl_remaining", "status",
+            "ttl", "ttl_remaining", "status", "server",
         }
+        assert row["server"] == lmstudio.base_url
     assert (rows[LLAMA]["type"], rows[LLAMA]["ttl"]) == ("llm", 120.0)
     assert 0 < rows[LLAMA]["ttl_remaining"] <= 120
     assert (rows[EMBEDDING]["type"], rows[EMBEDDING]["ttl"], rows[EMBEDDING]["ttl_remaining"]) == ("embedding", None, None)
@@ -283,10 +321,59 @@ def test_ps_json_is_the_documented_shape(lmstudio):
 
 def test_ps_lists_several_instances_of_one_model(lmstudio):
     assert run("load", LLAMA).exit_code == 0
-    assert run("load", LLAMA).exit_code == 0
-    assert run("load", LLAMA, "--identifier", "third").exit_code == 0
+    assert run("load", LLAMA, "--new-instance").exit_code == 0
+    assert run("load", LLAMA, "--identifier", "third", "--new-instance").exit_code == 0
     rows = json.loads(run("ps", "--json").stdout)
     assert [(r["identifier"], r["model"]) for r in rows] == [(LLAMA, LLAMA), (f"{LLAMA}:2", LLAMA), ("third", LLAMA)]
+
+
+def test_load_of_a_model_loaded_just_in_time_says_so_and_loads_nothing(lmstudio):
+    chat_with_ttl(lmstudio.base_url, LLAMA, 600)  # a request loaded it (JIT)
+    result = run("load", "tiny-llama", "-c", "2048")
+    assert result.exit_code == 0, result.output
+    [state] = lmstudio.loaded()
+    assert result.stdout == (f'{LLAMA} is already loaded as "{LLAMA}" (context {state["context_length"]}): nothing was '
+                             "loaded; --new-instance loads another copy\n")
+    data = json.loads(run("load", LLAMA, "--json").stdout)
+    assert (data["already_loaded"], data["identifier"], data["load_seconds"]) == (True, LLAMA, 0.0)
+    assert len(lmstudio.loaded()) == 1
+    copy = json.loads(run("load", LLAMA, "--new-instance", "--json").stdout)
+    assert (copy["already_loaded"], copy["identifier"]) == (False, f"{LLAMA}:2")
+    assert len(lmstudio.loaded()) == 2
+
+
+def test_a_context_longer_than_the_model_takes_is_refused_before_estimating_or_loading(lmstudio):
+    limit = next(m for m in json.loads(run("ls", "--json").stdout)["lmstudio"] if m["key"] == LLAMA)["max_context_length"]
+    for extra in (["--estimate-only"], ["--estimate-only", "--json"], []):
+        assert_one_line_error(
+            run("load", "tiny-llama", "-c", "999999", *extra),
+            f"--context-length 999,999 is more than {LLAMA} takes ({limit:,} tokens, as LM Studio lists it): nothing "
+            "was loaded; lower --context-length",
+        )
+    assert lmstudio.loaded() == []
+    assert run("load", "tiny-llama", "-c", str(limit), "--estimate-only").exit_code == 0
+
+
+def test_ps_lists_every_configured_server_with_a_column_naming_it(lmstudio, refused_url, monkeypatch):
+    lmstudio.load(LLAMA)
+    port = lmstudio.base_url.rsplit(":", 1)[1]
+    # The stand-in under a second address: to the plugin, a second LM Studio server.
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},localhost:{port}")
+    result = run("ps")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["IDENTIFIER", "MODEL", "TYPE", "SIZE", "CONTEXT", "TTL", "STATUS", "SERVER"]
+    assert [row.split()[-1] for row in rows] == [f"127.0.0.1:{port}", f"localhost:{port}"]
+    servers = [row["server"] for row in json.loads(run("ps", "--json").stdout)]
+    assert servers == [lmstudio.base_url, f"http://localhost:{port}"]
+    only = json.loads(run("ps", "--json", "--server", f"localhost:{port}").stdout)
+    assert [row["server"] for row in only] == [f"http://localhost:{port}"]
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{refused_url}")
+    partial = run("ps", "--json")
+    assert partial.exit_code == 1  # the list is incomplete, and says which server is missing
+    assert [row["identifier"] for row in json.loads(partial.stdout)] == [LLAMA]
+    assert partial.stderr.splitlines() == [f"Error: LM Studio is not reachable at {refused_url} — is the server running? "
+                                           "Start it with `lms server start` or from the LM Studio app"]
 
 
 def test_ps_with_nothing_loaded(lmstudio):
@@ -414,7 +501,8 @@ def test_server_wanting_a_token_says_so_and_works_once_one_is_set(lmstudio, monk
 def test_server_option_picks_the_server_to_manage(lmstudio, refused_url, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{refused_url},{lmstudio.base_url}")
     lmstudio.load(LLAMA)
-    assert_one_line_error(run("ps"), refused_url)
+    assert_one_line_error(run("unload", "--all"), refused_url)  # the first configured server by default
+    assert_one_line_error(run("ps", "--server", refused_url), refused_url)
     result = run("ps", "--server", lmstudio.host_port)
     assert result.exit_code == 0 and LLAMA in result.stdout
 

@@ -110,3 +110,50 @@ def test_response_cache_settings_errors_name_the_variable_and_what_it_accepts(mo
     with pytest.raises(settings.SettingsError) as caught:
         settings.response_cache_ttl() if name == "LMSTUDIO_RESPONSE_CACHE" else settings.response_cache_max_bytes()
     assert name in str(caught.value) and words in str(caught.value)
+
+
+# NAME='value' <what is wrong>: <what it accepts>
+SETTINGS_SHAPE = r"^(?P<name>[A-Z_]+)='(?P<value>[^']*)' (is|uses|has) [^:]+: (set it to|use|only) .+"
+
+
+@pytest.mark.parametrize(
+    "name, value, read",
+    [
+        ("LMSTUDIO_BASE_URL", "ftp://x", settings.servers),
+        ("LMSTUDIO_TIMEOUT", "abc", settings.timeouts),
+        ("LMSTUDIO_CONNECT_TIMEOUT", "-1", settings.timeouts),
+        ("LMSTUDIO_DISCOVERY_BUDGET", "nan", settings.timeouts),
+        ("LMSTUDIO_CACHE_TTL", "0", settings.cache_ttl),
+        ("LMSTUDIO_EMBED_BATCH_SIZE", "1.5", settings.embed_batch_size),
+        ("LMSTUDIO_RESPONSE_CACHE", "forever", settings.response_cache_ttl),
+        ("LMSTUDIO_RESPONSE_CACHE_SIZE", "Lots", settings.response_cache_max_bytes),
+        ("LMSTUDIO_MLX_PROMPT_CACHE", "2 TB", settings.mlx_prompt_cache_bytes),
+        ("LMSTUDIO_MLX_MEMORY_CHECK", "maybe", settings.mlx_memory_check),
+        ("LMSTUDIO_MODELS_DIR", "/nonexistent", settings.lmstudio_models_dir),
+        ("LMSTUDIO_HOME", "/nonexistent", settings.lmstudio_models_dir),
+        ("LLM_LMSTUDIO_DEBUG", "verbose", settings.check),
+    ],
+)
+def test_every_unusable_value_is_refused_in_one_shape_naming_the_variable(monkeypatch, name, value, read):
+    import re
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError) as caught:
+        read()
+    match = re.match(SETTINGS_SHAPE, str(caught.value))
+    assert match and (match["name"], match["value"]) == (name, value), str(caught.value)
+    assert "\n" not in str(caught.value) and str(caught.value).endswith(("or unset it", ")", "like 200MB", "like 30m or 7d"))
+
+
+@pytest.mark.parametrize("value, on", [("", True), ("on", True), ("1", True), ("TRUE", True), ("off", False),
+                                       ("0", False), ("no", False)])
+def test_switches_take_on_and_off_and_nothing_else(monkeypatch, value, on):
+    monkeypatch.setenv("LMSTUDIO_MLX_MEMORY_CHECK", value)
+    assert settings.mlx_memory_check() is on
+    monkeypatch.setenv("LLM_LMSTUDIO_DEBUG", value)
+    assert settings.debug() is (on and value != "")  # debugging is off unless asked for
+
+
+def test_a_folder_setting_that_exists_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path))
+    assert settings.lmstudio_models_dir() == tmp_path

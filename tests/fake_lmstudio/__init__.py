@@ -119,7 +119,9 @@ class FakeLMStudio:
 
     def configure(self, **settings) -> dict:
         """Set jit, auto_evict, default_jit_ttl, auth_token, load_fail, load_seconds, default_max_tokens, version ("0.3.5",
-        "0.3.15" or "0.4": the LM Studio generation to act as, until the next reset); returns them all."""
+        "0.3.15" or "0.4": the LM Studio generation to act as), or a quirk of a release or bug (state.QUIRKS:
+        responses_growth, responses_system, reasoning_whole, single_model_fallback, zero_input_on_repeat), until the
+        next reset; returns them all."""
         return self._control("POST", "config", settings)
 
     def set_fault(self, kind: str, path: str = "/", *, method: str | None = None, times: int | None = None, **params) -> dict:
@@ -139,6 +141,10 @@ class FakeLMStudio:
 
     def clear_requests(self) -> None:
         self._control("DELETE", "requests")
+
+    def generations(self) -> list[dict]:
+        """What the model was given on each /v1/responses prediction since the last reset: {"messages": [...]}."""
+        return self._control("GET", "generations")["generations"]
 
     def loaded(self) -> list[dict]:
         """Loaded instances: identifier, model, type, jit, ttl_seconds, ttl_remaining, context_length, status."""

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from .engine import Finish, GenerationParams, ImageError, decode_image_data_uri, image_marker
 from . import rest_v1
 from .faults import FaultRegistry
-from .state import GENERATIONS, DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
+from .state import GENERATIONS, QUIRKS, DuplicateIdentifier, LMStudioState, LoadError, ModelNotFound, NotLoaded
 
 RUNTIME = {"name": "mlx-llm-fake-lmstudio", "version": "0.32.2", "supported_formats": ["safetensors"]}
 NO_MODELS_LOADED = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
@@ -52,6 +52,10 @@ class Control:
         self.hang_release = asyncio.Event()  # hung requests wait on this until the next reset
         # Stored /v1/responses answers by id, in memory only: a restarted server knows none of them.
         self.responses: dict[str, dict] = {}
+        # What the model was given on each /v1/responses prediction (roles and text), for tests that must know
+        # what it saw (a system prompt, say), not just what the client sent.
+        self.generations: list[dict] = []
+        self.last_responses_input = None  # zero_input_on_repeat (state.QUIRKS)
 
     def release_hangs(self) -> None:
         self.hang_release.set()
@@ -70,6 +74,8 @@ class Control:
             self.requests.clear()
         self.release_hangs()
         self.responses.clear()
+        self.generations.clear()
+        self.last_responses_input = None
         if unload:
             self.state.unload_all()
 
@@ -356,8 +362,26 @@ def check_response_format(data: dict) -> None:
             )
 
 
+def substitute(state: LMStudioState, model: str, kind: str):
+    """The one LLM loaded, when it answers for a model the server cannot serve (unknown, or not loaded with JIT
+    off): LM Studio "ignores the requested model name ... when only one model is running" and answers 200 from the
+    loaded one (lmstudio-bug-tracker#619 on 0.3.14, #366; the `single_model_fallback` quirk)."""
+    if kind == "embeddings" or not state.quirks.get("single_model_fallback"):
+        return None
+    loaded = state.loaded("llm")
+    if len(loaded) != 1 or state.instance(model) is not None:
+        return None
+    entry = state.entry(model)
+    servable = entry is not None and (state.jit or any(i.entry.key == entry.key for i in loaded))
+    return None if servable else loaded[0]
+
+
 async def resolve_instance(state: LMStudioState, model: str | None, *, kind: str, ttl=None):
     """The instance to run on, JIT-loading off the event loop. Raises BadRequest with LM Studio's bodies."""
+    stand_in = substitute(state, model, kind) if model else None
+    if stand_in is not None:
+        state.touch(stand_in)
+        return stand_in
     if not model:
         loaded = state.loaded("embedding" if kind == "embeddings" else "llm")
         if loaded:
@@ -522,7 +546,7 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
         model = data.get("model")
         instance_hint = state.instance(model) if model else None
         entry = instance_hint.entry if instance_hint else (state.entry(model) if model else None)
-        if model and entry is None:
+        if model and entry is None and substitute(state, model, "llm") is None:
             raise BadRequest(model_not_found(state, model))
         if entry is not None:
             messages = prepare_messages(data.get("messages"), entry)
@@ -799,6 +823,7 @@ def _config_view(control: Control) -> dict:
         "load_seconds": state.load_seconds,
         "memory_limit": state.memory_limit,
         "default_max_tokens": control.default_max_tokens,
+        **state.quirks,
     }
 
 
@@ -814,6 +839,8 @@ async def control_config(request: Request) -> Response:
                 control.default_max_tokens = int(value)
             elif key == "load_seconds":
                 control.state.load_seconds = float(value)
+            elif key in QUIRKS:
+                control.state.quirks[key] = value
             elif key == "version":
                 if value not in GENERATIONS:
                     return JSONResponse({"error": f"version must be one of {sorted(GENERATIONS)}"}, 400)
@@ -862,6 +889,11 @@ async def control_requests(request: Request) -> Response:
         if request.method == "DELETE":
             control.requests.clear()
         return JSONResponse({"requests": list(control.requests)})
+
+
+async def control_generations(request: Request) -> Response:
+    control: Control = request.app.state.control
+    return JSONResponse({"generations": list(control.generations)})
 
 
 async def control_state(request: Request) -> Response:
@@ -941,6 +973,7 @@ def create_app(state: LMStudioState) -> FakeMiddleware:
         Route("/__fake__/script", control_script, methods=["GET", "POST", "DELETE"]),
         Route("/__fake__/requests", control_requests, methods=["GET", "DELETE"]),
         Route("/__fake__/state", control_state),
+        Route("/__fake__/generations", control_generations),
         Route("/__fake__/load", control_load, methods=["POST"]),
         Route("/__fake__/age", control_age, methods=["POST"]),
     ]

@@ -4,24 +4,26 @@ function tools, images, SSE events. Formats what engine.py generates; it must ne
 # responses.md: the request, `previous_response_id`, SSE `response.created` / `response.output_text.delta` /
 # `response.completed`), which points to platform.openai.com/docs/api-reference/responses for the shapes;
 # lmstudio-bug-tracker#1188 (LM Studio 0.3.31's `response.completed` packet: `resp_` + 48 hex ids, reasoning items
-# with `reasoning_text` content, and the `previous_response_not_found` error).
+# with `reasoning_text` content, and the `previous_response_not_found` error). Releases and bugs that behave otherwise
+# are quirks (state.QUIRKS), implemented here with their sources.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 
 from jinja2 import TemplateError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .app import (
     BadRequest, Control, SSEResponse, collect, error, generation_params, prepare_messages, read_json,
     resolve_instance, run_chat_in_thread, template_error, unknown_route,
 )
-from .engine import Finish
+from .engine import MLX_LOCK, Finish
 from .state import LMStudioState
 
 
@@ -71,15 +73,23 @@ def chat_messages(value) -> list[dict]:
     return messages
 
 
+def _object_schema(parameters) -> bool:
+    return isinstance(parameters, dict) and parameters.get("type") == "object" and isinstance(parameters.get("properties"), dict)
+
+
 def chat_tools(tools) -> list[dict] | None:
     """Responses function tools ({"type": "function", "name", "parameters"}) as chat-completion tools."""
     if not tools:
         return None
     converted = []
-    for tool in tools:
+    for index, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             # Remote MCP tools need the app's opt-in (docs: "Tools and Remote MCP (opt-in)"): off here.
             raise BadRequest(error("Only function tools are enabled on this server", 400, param="tools"))
+        if "function" in tool or not _object_schema(tool.get("parameters")):
+            # LM Studio 0.4.20 refuses `"parameters": {}` (and the chat-completions layout nested under `function`)
+            # with this body, while {"type": "object", "properties": {}} passes (lmstudio-bug-tracker#2254).
+            raise BadRequest(error("Invalid input", 400, code="custom", param=f"tools.{index}"))
         function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
         converted.append({"type": "function", "function": function})
     return converted
@@ -88,9 +98,13 @@ def chat_tools(tools) -> list[dict] | None:
 class Output:
     """The answer's output items, built from the engine's pieces; `feed` returns the stream events for each."""
 
-    def __init__(self):
+    def __init__(self, reasoning_whole: bool = False):
         self.items: list[dict] = []
         self.sequence = 0
+        # The `reasoning_whole` quirk: reasoning arrives only in `response.reasoning_text.done`, `output_item.done`
+        # and `response.completed` (OpenAI's event reference allows a server to send no deltas; #1188 shows
+        # LM Studio's reasoning items in `response.completed`).
+        self.reasoning_whole = reasoning_whole
 
     def event(self, kind: str, **fields) -> tuple[str, dict]:
         self.sequence += 1
@@ -143,7 +157,8 @@ class Output:
         else:
             item["content"][0]["text"] += piece.text
             delta_kind = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
-            events.append(self.event(delta_kind, item_id=item["id"], output_index=index, content_index=0, delta=piece.text))
+            if kind == "message" or not self.reasoning_whole:
+                events.append(self.event(delta_kind, item_id=item["id"], output_index=index, content_index=0, delta=piece.text))
         return events
 
     def assistant_message(self) -> dict:
@@ -157,7 +172,8 @@ class Output:
         return message
 
 
-def _body(response_id: str, data: dict, model: str, created: int, output: Output, finish: Finish | None) -> dict:
+def _body(response_id: str, data: dict, model: str, created: int, output: Output, finish: Finish | None,
+          input_tokens: int | None = None) -> dict:
     done = finish is not None
     status = "in_progress" if not done else ("incomplete" if finish.finish_reason == "length" else "completed")
     body = {
@@ -172,8 +188,9 @@ def _body(response_id: str, data: dict, model: str, created: int, output: Output
         "usage": None,
     }
     if done:
-        body["usage"] = {"input_tokens": finish.prompt_tokens, "output_tokens": finish.completion_tokens,
-                         "total_tokens": finish.prompt_tokens + finish.completion_tokens}
+        read = finish.prompt_tokens if input_tokens is None else input_tokens
+        body["usage"] = {"input_tokens": read, "output_tokens": finish.completion_tokens,
+                         "total_tokens": read + finish.completion_tokens}
     return body
 
 
@@ -195,9 +212,32 @@ async def responses(request: Request) -> Response:
         instance = await resolve_instance(state, model, kind="llm", ttl=data.get("ttl"))
         new = prepare_messages(chat_messages(data.get("input")), instance.entry)
         tools = chat_tools(data.get("tools"))
-        # Instructions are not carried over from a previous response (OpenAI's `instructions` reference).
-        system = [{"role": "system", "content": data["instructions"]}] if data.get("instructions") else []
+        quirks = state.quirks
+        if previous and quirks["responses_system"] == "reject_on_stored" and (
+            data.get("instructions") or any(m["role"] == "system" for m in new)
+        ):
+            # LM Studio 0.4.20 on a later turn of a stored chain that carries a system prompt again
+            # (lmstudio-bug-tracker#2219, lms#611: its native /api/v1/chat; /v1/responses undocumented either way).
+            raise BadRequest(error("Only user, assistant and tool roles are supported, got system", 500,
+                                   type_="server_error"))
+        # Instructions are not carried over from a previous response (OpenAI's `instructions` reference); LM Studio
+        # 0.3.30 ignored them altogether (lmstudio-bug-tracker#1154).
+        instructions = data.get("instructions") if quirks["responses_system"] != "ignore_instructions" else None
+        system = [{"role": "system", "content": instructions}] if instructions else []
         history = previous["messages"] if previous else []
+        if previous and quirks["responses_growth"]:
+            # LM Studio 0.4.17 rebuilt a chain that roughly doubled every continued turn (input_tokens 22 -> 65 ->
+            # ... -> 3,385 by turn 9, 10-30x what chat completions read) and answered HTTP 500 "Internal Server
+            # Error" once it outgrew the loaded context (lmstudio-bug-tracker#2074, fixed in an unnamed update).
+            history = history + history
+            if not await _fits(instance, system + history + new, tools):
+                return PlainTextResponse("Internal Server Error", 500)
+        read = None
+        if quirks["zero_input_on_repeat"]:
+            # /v1/responses reported input_tokens 0 for an input identical to the one before (lms#553).
+            read = 0 if data.get("input") == control.last_responses_input else None
+            control.last_responses_input = data.get("input")
+        control.generations.append({"messages": [{"role": m["role"], "content": m.get("content")} for m in system + history + new]})
         params = generation_params(
             {"max_tokens": data.get("max_output_tokens"), "temperature": data.get("temperature"), "top_p": data.get("top_p")},
             control, state.pop_script(),
@@ -208,7 +248,7 @@ async def responses(request: Request) -> Response:
     cancel = threading.Event()
     items = run_chat_in_thread(instance.engine, system + history + new, tools, params, cancel, state, instance)
     response_id, created = _id("resp_", 48), int(time.time())
-    output = Output()
+    output = Output(bool(quirks["reasoning_whole"]))
 
     def remember() -> None:
         if data.get("store", True):
@@ -223,7 +263,7 @@ async def responses(request: Request) -> Response:
             output.feed(piece)
         output._close()
         remember()
-        return JSONResponse(_body(response_id, data, instance.identifier, created, output, finish))
+        return JSONResponse(_body(response_id, data, instance.identifier, created, output, finish, read))
 
     async def events():
         yield output.event("response.created", response=_body(response_id, data, instance.identifier, created, output, None))
@@ -237,13 +277,27 @@ async def responses(request: Request) -> Response:
                 for event in output._close():
                     yield event
                 remember()
-                body = _body(response_id, data, instance.identifier, created, output, item)
+                body = _body(response_id, data, instance.identifier, created, output, item, read)
                 yield output.event("response.incomplete" if body["status"] == "incomplete" else "response.completed", response=body)
                 return
             for event in output.feed(item):
                 yield event
 
     return SSEResponse(events(), request.scope.get("fake_fault"), cancel)
+
+
+async def _fits(instance, messages: list[dict], tools) -> bool:
+    """Whether the templated conversation fits the instance's loaded context (the engine refuses it otherwise)."""
+
+    def build() -> bool:
+        try:
+            with MLX_LOCK:
+                instance.engine.build_prompt(messages, tools)
+        except ValueError:
+            return False
+        return True
+
+    return await asyncio.get_running_loop().run_in_executor(None, build)
 
 
 async def control_forget(request: Request) -> Response:

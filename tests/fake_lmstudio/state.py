@@ -17,6 +17,15 @@ from typing import Callable
 
 META_FILE = "lmstudio-meta.json"
 DEFAULT_JIT_TTL = 3600.0
+# Behaviours of particular LM Studio releases and open bugs, off (None) until a test turns one on through
+# POST /__fake__/config; each is implemented where it applies, which cites its source:
+#   responses_growth       /v1/responses re-reads a chain that doubles every turn, then 500 (bug-tracker#2074)
+#   responses_system       "reject_on_stored": a system prompt on a chained turn is a 500 (#2219, lms#611);
+#                          "ignore_instructions": `instructions` has no effect (#1154)
+#   reasoning_whole        /v1/responses sends reasoning whole, never as deltas
+#   single_model_fallback  a model it cannot serve is answered by the one LLM loaded (#619, #366)
+#   zero_input_on_repeat   /v1/responses reports input_tokens 0 for a repeated identical input (lms#553)
+QUIRKS = ("responses_growth", "responses_system", "reasoning_whole", "single_model_fallback", "zero_input_on_repeat")
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,7 @@ class LMStudioState:
 
     def reset_settings(self) -> None:
         self.generation = self.default_generation
+        self.quirks: dict = dict.fromkeys(QUIRKS)
         self.jit = True
         self.auto_evict = True
         self.default_jit_ttl = DEFAULT_JIT_TTL

@@ -67,13 +67,15 @@ def test_seeded_sampling_is_reproducible_and_options_reach_the_server(lmstudio):
         ("top_p", "0", "greater than 0"),
         ("ttl", "0", "greater than or equal to 1"),
         ("stop", "[1, 2]", "JSON list of strings"),
-        ("nope", "1", "Extra inputs are not permitted"),
-        ("reasoning_effort", "high", "Extra inputs are not permitted"),  # LM Studio ignores it on chat completions
+        ("nope", "1", "this model has no such option (`llm models --options -q MODEL` lists them)"),
+        # LM Studio ignores it on chat completions
+        ("reasoning_effort", "high", "this model has no such option (`llm models --options -q MODEL` lists them)"),
     ],
 )
 def test_bad_options_are_refused_before_any_request(lmstudio, option, value, message):
     result = run("-m", LLAMA, "hi", "-o", option, value)
     assert result.exit_code == 1
+    assert result.output.startswith(f"Error: -o {option} {value}: ") and result.output.count("\n") == 1
     assert message in result.output
     assert not [r for r in lmstudio.requests() if "chat" in r["path"]]
 

@@ -1,5 +1,7 @@
-"""Stateful chat: a continued conversation goes on server-side (/v1/responses, previous_response_id) where the
-server has it, and silently falls back to the full history on chat completions where it does not."""
+"""Stateful chat (`-o stateful true`): a continued conversation goes on server-side (/v1/responses,
+previous_response_id) where the server has it, and silently falls back to the full history on chat completions where
+it does not. Without the option every turn resends the history. LM Studio's failures of stateful turns (the guard)
+are in test_stateful_guard.py."""
 
 import asyncio
 import json
@@ -9,7 +11,14 @@ import pytest
 
 from llm_lmstudio.lmstudio import transport
 from tests.helpers import log_rows as turns
-from tests.lmstudio.test_chat import LLAMA, TOOLS, VISION, _png, run
+from tests.lmstudio.test_chat import LLAMA, REASONER, TOOLS, VISION, _png, run
+
+
+@pytest.fixture(autouse=True)
+def stateful_on(user_path):
+    """`-o stateful true` as these models' default, as `llm models options set MODEL stateful true` writes it (written
+    directly: the command would list the models before a test picks the LM Studio version to act as)."""
+    (user_path / "model_options.json").write_text(json.dumps({m: {"stateful": "true"} for m in (LLAMA, TOOLS, VISION, REASONER)}))
 
 
 def logs():
@@ -49,10 +58,11 @@ def test_a_continued_conversation_sends_only_the_new_turn_with_the_previous_resp
     # A single prompt stays on chat completions (LM Studio's stats); the second turn hands the server the
     # whole history once; the third sends only itself, by reference to the second answer.
     assert p1 == "/api/v0/chat/completions" and m1 == 2
-    assert p2 == "/v1/responses" and id2 is None and n2 == 3  # user, assistant, user (system in instructions)
+    assert p2 == "/v1/responses" and id2 is None and n2 == 4  # system, user, assistant, user
     assert p3 == "/v1/responses" and n3 == 1
-    # The system prompt goes as `instructions` on every server-side turn (not carried over by the server).
-    assert [r["instructions"] for r in lmstudio.requests() if r["path"] == "/v1/responses"] == ["Be brief.", "Be brief."]
+    # The system prompt starts the chain, which carries it (never `instructions`), and the model saw it each turn.
+    assert [r["instructions"] for r in lmstudio.requests() if r["path"] == "/v1/responses"] == [None, None]
+    assert [g["messages"][0] for g in lmstudio.generations()] == [{"role": "system", "content": "Be brief."}] * 2
     rows = turns(user_path)
     logged_json = logged()
     assert id3 == logged_json[1]["stateful"]["response_id"] and id3.startswith("resp_")
@@ -218,7 +228,7 @@ def test_async_model_continues_server_side(lmstudio):
         conversation = llm.get_async_model(LLAMA).conversation()
         texts = []
         for prompt in ("one", "two", "three"):
-            texts.append(await conversation.prompt(prompt).text())
+            texts.append(await conversation.prompt(prompt, stateful=True).text())
         return texts
 
     assert asyncio.run(go()) == ["a", "b", "c"]
@@ -245,11 +255,20 @@ def test_an_id_from_another_server_or_model_is_never_sent(lmstudio, user_path):
 
 def test_the_response_cache_still_answers_repeats(lmstudio, user_path, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_RESPONSE_CACHE", "1h")
-    lmstudio.script("a", "b", "b2")
-    run("-m", LLAMA, "one")
-    run("-c", "two")
+    lmstudio.script("a", "b", "c")
+    assert run("-m", LLAMA, "one").stdout == "a\n"
+    assert run("-c", "two").stdout == "b\n"
     stored = logged()[1]
     assert stored["cache"]["stored"] is True and stored["stateful"]["response_id"]
+    sent = len(answers(lmstudio))
+    # The same conversation again, in a new thread: both turns come from the cache, nothing is sent.
+    assert run("-m", LLAMA, "one").stdout == "a\n"
+    assert run("-c", "two").stdout == "b\n"
+    assert len(answers(lmstudio)) == sent
+    assert [row["response_json"]["cache"].get("hit") for row in logs()[2:]] == [True, True]
+    # A replayed answer has no server-side response: the next turn starts a chain with the whole history.
+    assert run("-c", "three").stdout == "c\n"
+    assert answers(lmstudio)[-1][:2] == ("/v1/responses", None) and answers(lmstudio)[-1][3] == 5
 
 
 def test_the_openai_client_speaks_to_the_stand_in(lmstudio):

@@ -59,3 +59,17 @@ def test_prompt_template_errors_keep_the_cause_and_one_instruction():
 def test_one_place_chooses_the_chat_endpoint():
     assert http.chat_paths("v0") == [http.NATIVE_CHAT, http.OPENAI_CHAT]
     assert http.chat_paths("v1") == http.chat_paths("openai") == [http.OPENAI_CHAT]
+
+
+def test_api_v1_errors_are_classified_by_their_type():
+    # LM Studio's /api/v1 errors carry the kind in `type` and no `code` (lmstudio-bug-tracker#1462, #1438).
+    body = {"error": {"type": "model_not_found", "message": "Model pub/m@q4_k_m not found in downloaded models"}}
+    error = http.error_for_status(404, body, base_url="http://h:1", token=None)
+    assert isinstance(error, http.ModelNotFound) and error.code == "model_not_found"
+    assert "not found in downloaded models" in str(error) and "does not serve this endpoint" not in str(error)
+    body = {"error": {"type": "not_implemented", "message": "Specifying quantizations ... is coming soon"}}
+    error = http.error_for_status(400, body, base_url="http://h:1", token=None)
+    assert isinstance(error, http.RequestFailed) and error.code == "not_implemented" and "coming soon" in str(error)
+    # An OpenAI-shaped error keeps its `code`, null included (lmstudio-bug-tracker#1730): its type is no kind.
+    body = {"error": {"message": "Bad thing", "type": "invalid_request_error", "param": "model", "code": None}}
+    assert http.error_for_status(400, body, base_url="http://h:1", token=None).code is None

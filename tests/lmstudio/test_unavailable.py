@@ -101,9 +101,9 @@ def test_a_bad_server_option_is_reported_as_the_option_not_the_variable():
         ({"LMSTUDIO_CACHE_TTL": "0"}, "LMSTUDIO_CACHE_TTL='0' is not usable: set it to a number of seconds greater than 0"),
         ({"LMSTUDIO_TIMEOUT": "abc"}, "LMSTUDIO_TIMEOUT='abc' is not a number"),
         ({"LMSTUDIO_CONNECT_TIMEOUT": "-1"}, "LMSTUDIO_CONNECT_TIMEOUT='-1' is not usable"),
-        ({"LMSTUDIO_BASE_URL": "ftp://x"}, "LMSTUDIO_BASE_URL 'ftp://x' uses the scheme 'ftp': only http and https"),
-        ({"LMSTUDIO_BASE_URL": "http://[::1"}, "LMSTUDIO_BASE_URL 'http://[::1' is not a valid address: use host:port"),
-        ({"LMSTUDIO_BASE_URL": "localhost:99999"}, "LMSTUDIO_BASE_URL 'localhost:99999' has an invalid port: use a port from 1"),
+        ({"LMSTUDIO_BASE_URL": "ftp://x"}, "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https"),
+        ({"LMSTUDIO_BASE_URL": "http://[::1"}, "LMSTUDIO_BASE_URL='http://[::1' is not a valid address: use host:port"),
+        ({"LMSTUDIO_BASE_URL": "localhost:99999"}, "LMSTUDIO_BASE_URL='localhost:99999' has an invalid port: use a port from 1"),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
 )

@@ -186,6 +186,39 @@ def test_a_catalog_result_is_downloaded_by_its_catalog_id(lmstudio):
     assert events(result)[-1]["model_id"] == "lmstudio/test-org/tiny-catalog-chat"
     [request] = download_requests(lmstudio)
     assert request["model"] == "test-org/tiny-catalog-chat"  # catalog ids as they are, no quantization
+    # Formats from each option's compatibilityType: these option names say neither GGUF nor MLX.
+    options = events(result)[0]["options"]
+    assert [(o["name"], o["format"]) for o in options] == [
+        ("tiny-catalog-chat-4bit", "MLX"), ("tiny-catalog-chat-Q4_K_M", "GGUF"),
+    ]
+
+
+@pytest.mark.parametrize("path", ["sdk", "rest"])
+def test_a_quantization_for_a_catalog_id_is_refused_in_one_line(lmstudio, monkeypatch, path):
+    if path == "rest":  # a server that wants a token this SDK cannot send: `get` goes straight to the REST download
+        from llm_lmstudio.management import sdk
+
+        lmstudio.configure(auth_token=TOKEN)
+        monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+        monkeypatch.setattr(sdk, "sdk_supports_token", lambda: False)
+    query = "tiny-catalog-chat" if path == "sdk" else "test-org/tiny-catalog-chat"
+    result = get(query, "-q", "Q4_K_M", "--yes")
+    # LM Studio 0.4.0/0.4.1 answer `not_implemented` (lmstudio-bug-tracker#1438); through the SDK it would be dropped.
+    assert_one_line_error(result, "-q Q4_K_M works only with a Hugging Face link", "lmstudio-bug-tracker#1438")
+    assert "QUANT" not in result.output and "*" not in result.output  # never shown as the chosen file
+    assert download_requests(lmstudio) == []
+
+
+def test_a_job_lm_studio_no_longer_knows_is_started_again(lmstudio):
+    from llm_lmstudio.management import downloads
+
+    body = {"model": f"https://huggingface.co/{MLX_REPO}", "quantization": "4bit"}
+    downloads.remember_job(lmstudio.base_url, body, "job_from_before_a_restart")
+    result = get(MLX_REPO, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert [e["event"] for e in events(result)][1] == "started" and events(result)[-1]["event"] == "completed"
+    assert any(r["path"].endswith("/job_from_before_a_restart") for r in lmstudio.requests())  # asked: a 404
+    assert len(download_requests(lmstudio)) == 1
 
 
 def test_the_printed_id_works_with_llm_at_once(lmstudio):

@@ -107,7 +107,7 @@ def test_load_without_ttl_gives_no_ttl_like_lms_load(manager, lmstudio):
 @pytest.mark.minilm  # the stand-in's downloads include MiniLM
 def test_downloaded_marks_loaded_models_with_their_identifiers(manager):
     manager.load(LLAMA)
-    manager.load(LLAMA, management.LoadSettings(identifier="second"))
+    manager.load(LLAMA, management.LoadSettings(identifier="second"), new_instance=True)
     models = {m.key: m for m in manager.downloaded()}
     assert set(KEYS) <= set(models)
     assert models[LLAMA].identifiers == [LLAMA, "second"] and models[LLAMA].loaded
@@ -140,8 +140,17 @@ def test_unload_and_unload_all(manager, lmstudio):
 
 def test_unloading_an_identifier_that_is_not_loaded_names_what_is(manager):
     manager.load(LLAMA, management.LoadSettings(identifier="present"))
-    with pytest.raises(management.UnknownModel, match="'absent' is loaded; loaded: present"):
+    with pytest.raises(management.UnknownModel, match="No loaded model matches 'absent'; loaded: present"):
         manager.unload("absent")
+
+
+def test_a_loaded_model_is_loaded_again_only_as_a_new_instance(manager, lmstudio):
+    first = manager.load(LLAMA)
+    again = manager.load("tiny-llama", management.LoadSettings(context_length=1024))
+    assert (again.already_loaded, again.identifier, again.context_length) == (True, first.identifier, first.context_length)
+    assert len(lmstudio.loaded()) == 1
+    copy = manager.load(LLAMA, new_instance=True)
+    assert (copy.already_loaded, copy.identifier) == (False, f"{LLAMA}:2")
 
 
 def test_duplicate_identifier_is_its_own_error(manager):
@@ -160,9 +169,11 @@ def test_refused_load_carries_lm_studios_message(manager, lmstudio):
     )
 
 
-def test_context_length_beyond_the_model_is_refused(manager):
-    with pytest.raises(management.LoadRefused, match="outside 1..4096"):
-        manager.load(LLAMA, management.LoadSettings(context_length=100_000))
+def test_context_length_beyond_the_model_is_refused_before_asking_lm_studio(manager, lmstudio):
+    for attempt in (manager.load, manager.estimate):
+        with pytest.raises(management.LoadRefused, match=f"more than {LLAMA} takes \\(4,096 tokens, as LM Studio lists it\\)"):
+            attempt(LLAMA, management.LoadSettings(context_length=100_000))
+    assert lmstudio.loaded() == []
 
 
 def test_not_running_names_the_http_address_not_the_websocket(refused_url, monkeypatch):

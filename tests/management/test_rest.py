@@ -53,7 +53,7 @@ def test_listing_comes_from_api_v1_models(rest, lmstudio):
 
 
 def test_unknown_model_and_rejected_token_are_one_line_errors(rest, lmstudio):
-    with pytest.raises(transport.ModelNotFound, match="Invalid model identifier"):
+    with pytest.raises(transport.ModelNotFound, match="Model test-org/nothing-here not found in downloaded models"):
         rest.load("test-org/nothing-here", "llm", manager.LoadSettings(), None)
     wrong = management_rest.RestSession(manager.pick_server(), "sk-lm-wrongone:" + "x" * 20)
     with pytest.raises(transport.AuthRequired, match="rejected the API token"):
@@ -72,10 +72,16 @@ def test_unknown_types_and_formats_in_the_v1_listing_are_kept():
     ]
 
 
-def test_variants_come_from_the_listing_and_load_by_key_at_variant(rest, lmstudio):
+def test_variants_come_from_the_listing_but_the_rest_load_refuses_them_in_one_line(rest, lmstudio):
     lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"], selected="q4_k_m")
     llama = next(m for m in rest.downloaded() if m.key == LLAMA)
     assert (llama.variants, llama.selected_variant) == ([f"{LLAMA}@q4_k_m", f"{LLAMA}@q8_0"], f"{LLAMA}@q4_k_m")
     assert [v.key for v in rest.variants(LLAMA)] == llama.variants
-    assert rest.load(f"{LLAMA}@q8_0", "llm", manager.LoadSettings(), None) == f"{LLAMA}@q8_0"
-    assert [i["model"] for i in lmstudio.loaded()] == [f"{LLAMA}@q8_0"]
+    # LM Studio 0.4.1's REST load takes base keys only (lmstudio-bug-tracker#1462): said in one line, with the way out.
+    with pytest.raises(manager.Unsupported) as refused:
+        rest.load(f"{LLAMA}@q8_0", "llm", manager.LoadSettings(), None)
+    message = str(refused.value)
+    assert "\n" not in message and f"cannot load the variant {LLAMA}@q8_0 over its REST API" in message
+    assert "install lmstudio 1.6 or later" in message
+    assert lmstudio.loaded() == []
+    assert rest.load(LLAMA, "llm", manager.LoadSettings(), None) == LLAMA  # the base key loads

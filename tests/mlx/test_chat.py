@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.helpers import assert_one_line_error as one_line_error, log_rows as t
 @pytest.fixture
 def models(user_path, tmp_path, monkeypatch, tiny_llama_path, tiny_qwen_tools_path):
     """mlx/tiny-llama (plain template) and mlx/tiny-qwen (tool-capable template), nothing else on disk."""
+    (tmp_path / "no-lmstudio").mkdir()  # an empty LM Studio models folder
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "no-lmstudio"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no server models
@@ -162,7 +164,7 @@ def test_invalid_options_are_rejected_with_a_reason(option, value, message):
 def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "temperature", "5"])
     assert result.exit_code == 1
-    assert result.output == "Error: temperature\n  Input should be less than or equal to 2\n"
+    assert result.output == "Error: -o temperature 5: Input should be less than or equal to 2\n"
     assert not (user_path / "logs.db").exists() or turns(user_path) == []
 
 
@@ -726,3 +728,82 @@ def test_unsupported_embedding_architecture_is_one_clear_line(models, tmp_path):
     discovery.add(folder, "odd-embedder")
     output = one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/odd-embedder", "-c", "hello"]))
     assert "'bert9000' architecture" in output and "llm install -U mlx-embeddings" in output
+
+
+# ---------------------------------------------------------------- the same one-line words as LM Studio models
+
+
+def test_a_native_model_of_the_wrong_kind_or_unknown_is_one_line_in_lm_studios_words(models, tmp_path):
+    folder = tmp_path / "embedder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (folder / "model.safetensors").write_bytes(b"")  # discovered, never loaded
+    discovery.add(folder, "embedder")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/embedder", "hi"])) == (
+        "Error: mlx/embedder is an embedding model: use it with `llm embed -m mlx/embedder`\n"
+    )
+    assert one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/tiny-llama", "-c", "hi"])) == (
+        "Error: mlx/tiny-llama is a chat model, not an embedding model: `llm embed-models` lists the embedding models\n"
+    )
+    for args in (["-m", "mlx/nope", "hi"], ["embed", "-m", "mlx/nope", "-c", "hi"]):
+        assert one_line_error(CliRunner().invoke(cli, args)) == (
+            "Error: mlx/nope is not available: no native MLX model is called nope (`llm lmstudio mlx list` shows the "
+            "models found on disk; `llm lmstudio mlx add PATH` adds a folder)\n"
+        )
+    assert "mlx/nope" not in CliRunner().invoke(cli, ["models"]).output  # a stand-in only for the command asking
+
+
+def test_kv_bits_on_heads_narrower_than_mlxs_groups_is_one_line(models):
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "kv_bits", "4"]))
+    assert output == ("Error: mlx/tiny-llama cannot quantize its KV cache: mlx-lm quantizes in groups of 64 values and "
+                      "this model's attention heads hold 16: run it without -o kv_bits\n")
+
+
+def test_an_lm_studio_draft_model_is_named_as_given(models):
+    output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "draft_model", "lmstudio/x/y"]))
+    assert output == ("Error: -o draft_model lmstudio/x/y: lmstudio/x/y is not a native MLX model: the draft model runs "
+                      "in this process too, so name one from `llm lmstudio mlx list` (mlx/<name>)\n")
+
+
+def test_option_errors_are_one_line_in_the_cli_and_a_validation_error_in_python(models):
+    import pydantic
+
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "temperature", "7", "-o", "top_p", "0"])
+    assert one_line_error(result) == ("Error: -o temperature 7: Input should be less than or equal to 2; "
+                                      "-o top_p 0: Input should be greater than 0\n")
+    with pytest.raises(pydantic.ValidationError):
+        llm.get_model("mlx/tiny-llama").prompt("hi", temperature=7)
+
+
+def test_a_prompt_too_long_is_one_stderr_line_without_the_tokenizers_warning(models, user_path):
+    result = subprocess.run([llm_command(), "-m", "mlx/tiny-llama", "-o", "max_tokens", "2"], input="word " * 5000,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()  # transformers' "Token indices sequence length is longer..." came first
+    assert re.fullmatch(r"Error: mlx/tiny-llama: the prompt is \d{5} tokens but the model's context window is 4096: "
+                        r"shorten it \(or start a new conversation instead of -c\)", line), line
+
+
+# ---------------------------------------------------------------- settings: refused, never read as something else
+
+
+def test_a_memory_check_that_is_neither_on_nor_off_is_refused_before_loading(models, fresh_cache, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MLX_MEMORY_CHECK", "maybe")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
+        "Error: mlx/tiny-llama is not available: LMSTUDIO_MLX_MEMORY_CHECK='maybe' is neither on nor off: set it to on "
+        "or off (1 or 0), or unset it (default on)\n"
+    )
+    assert mlx_runtime.loaded(discovery.find("tiny-llama")) is None
+
+
+def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", "/nonexistent")
+    problem = ("LMSTUDIO_MODELS_DIR='/nonexistent' is not a folder: set it to the folder LM Studio downloads models "
+               "into, or unset it")
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
+        f"Error: mlx/tiny-llama is not available: {problem}\n")
+    for command in (["lmstudio", "mlx", "list"], ["lmstudio", "mlx", "remove", "nope"]):
+        assert one_line_error(CliRunner().invoke(cli, command)) == f"Error: {problem}\n"
+    listed = CliRunner().invoke(cli, ["models"])
+    assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
+    assert listed.stderr.splitlines() == [f"llm-lmstudio-mlx: {problem} (native MLX models are off until then)"]

@@ -189,6 +189,7 @@ def test_discovery_is_memoised_and_notices_new_folders(roots):
 
 
 def test_plugin_import_and_registration_do_not_import_mlx(tmp_path, tiny_llama_path):
+    (tmp_path / "lms").mkdir(exist_ok=True)
     env = dict(os.environ, LMSTUDIO_MODELS_DIR=str(tmp_path / "lms"), LMSTUDIO_BASE_URL="http://127.0.0.1:9")
     target = tmp_path / "lms" / "pub" / "tiny"
     shutil.copytree(tiny_llama_path, target)
@@ -261,3 +262,58 @@ def test_user_model_whose_folder_vanished_stays_listed_with_its_problem(roots, t
     shutil.rmtree(copy)
     model = discovery.find("mlx/doomed")
     assert model is not None and model.problem and "is not a folder" in model.problem
+
+
+def test_add_and_remove_take_json_and_remove_never_names_a_deleted_folder(roots, tiny_llama_path, tmp_path):
+    added = invoke("lmstudio", "mlx", "add", str(tiny_llama_path), "--name", "my-tiny", "--json")
+    assert added.exit_code == 0, added.output
+    [listed] = json.loads(invoke("lmstudio", "mlx", "list", "--json").output)
+    assert json.loads(added.output) == listed  # the shape of `mlx list --json`
+    removed = json.loads(invoke("lmstudio", "mlx", "remove", "my-tiny", "--json").output)
+    assert removed == {"removed": {"model_id": "mlx/my-tiny", "name": "my-tiny", "path": str(tiny_llama_path.resolve()),
+                                   "folder_exists": True}}
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "doomed")
+    invoke("lmstudio", "mlx", "add", str(copy), "--name", "doomed")
+    shutil.rmtree(copy)
+    result = invoke("lmstudio", "mlx", "remove", "doomed")
+    assert result.output == "Removed mlx/doomed (its folder had already been deleted)\n"
+
+
+def registry_asides(user_path):
+    return sorted((user_path / "lmstudio").glob("mlx-models.json.corrupt-*"))
+
+
+def test_a_damaged_registry_is_moved_aside_and_the_version_before_restored(roots, tiny_llama_path, tiny_qwen_tools_path,
+                                                                          user_path):
+    invoke("lmstudio", "mlx", "add", str(tiny_llama_path), "--name", "first")
+    invoke("lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "second")
+    registry = user_path / "lmstudio" / "mlx-models.json"
+    registry.write_text("[not json")
+    listed = CliRunner().invoke(cli, ["lmstudio", "mlx", "list", "--json"])
+    assert listed.exit_code == 0
+    assert [m["model_id"] for m in json.loads(listed.stdout)] == ["mlx/first"]  # as it was before `add second`
+    [aside] = registry_asides(user_path)
+    assert aside.read_text() == "[not json"
+    assert listed.stderr.splitlines() == [
+        f"llm-lmstudio-mlx: warning: {registry} was damaged (not JSON: Expecting value: line 1 column 2 (char 1)) and has "
+        f"been moved to {aside}; restored the version before its last change from {registry}.bak"
+    ]
+    assert invoke("lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "second").exit_code == 0
+    assert {m["model_id"] for m in json.loads(invoke("lmstudio", "mlx", "list", "--json").output)} == {"mlx/first", "mlx/second"}
+
+
+def test_a_damaged_registry_without_a_version_before_is_kept_aside_never_overwritten(roots, tiny_llama_path,
+                                                                                    tiny_qwen_tools_path, user_path):
+    invoke("lmstudio", "mlx", "add", str(tiny_llama_path), "--name", "only")  # the first write keeps no backup
+    registry = user_path / "lmstudio" / "mlx-models.json"
+    damaged = registry.read_text()[:-10]
+    registry.write_text(damaged)
+    listed = CliRunner().invoke(cli, ["lmstudio", "mlx", "list"])
+    assert listed.exit_code == 0 and listed.stdout.startswith("No native MLX models found.")
+    [warning] = listed.stderr.splitlines()
+    [aside] = registry_asides(user_path)
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {registry} was damaged (not JSON: ")
+    assert warning.endswith(f"moved to {aside}; no earlier version to restore: add its models again with "
+                            "`llm lmstudio mlx add`")
+    assert invoke("lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "new").exit_code == 0
+    assert aside.read_text() == damaged  # what was there is still there to recover by hand

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.minilm
 
 @pytest.fixture
 def minilm(user_path, tmp_path, monkeypatch, minilm_path):
+    (tmp_path / "no-lmstudio").mkdir()  # an empty LM Studio models folder
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "no-lmstudio"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
     monkeypatch.setenv("LMSTUDIO_BASE_URL", "http://127.0.0.1:9")

@@ -1,5 +1,5 @@
 """Native MLX prompt caches on disk: `llm -c` in a new process skips the history; torn, foreign and stale files
-are ignored and rebuilt; writes are atomic; the size cap evicts the least recently used; the setting turns it off."""
+are moved aside and rebuilt; writes are atomic; the size cap evicts the least recently used; the setting turns it off."""
 
 import json
 import os
@@ -9,6 +9,8 @@ import subprocess
 import llm
 import pytest
 import sqlite_utils
+from click.testing import CliRunner
+from llm.cli import cli
 
 from llm_lmstudio.mlx import discovery
 from llm_lmstudio.mlx import runtime as mlx_runtime
@@ -82,18 +84,26 @@ def test_a_cache_from_disk_gives_the_answer_an_uncached_run_gives(models, fresh_
     assert text == "".join(r.text for r in direct)
 
 
-def test_torn_file_is_ignored_and_rebuilt(models, user_path, fresh_cache):
-    conversation, _ = start_conversation()
+def test_torn_file_is_moved_aside_with_a_warning_and_rebuilt(models, user_path, fresh_cache):
+    options = ["-o", "temperature", "0", "-o", "max_tokens", "4"]
+    assert CliRunner().invoke(cli, ["-m", "mlx/tiny-qwen", LONG_QUESTION, *options]).exit_code == 0
+    mlx_runtime.unload_all()  # what a finished `llm` process leaves: the cache on disk only
     (path,) = cache_files(user_path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    second = conversation.prompt("And a set?", temperature=0, max_tokens=4)
-    second.text()
-    stats = second.response_json
+    torn = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(torn)
+    second = CliRunner().invoke(cli, ["-c", "And a set?", *options])
+    assert second.exit_code == 0, second.output
+    [aside] = path.parent.glob(f"{path.name}.corrupt-*")
+    assert aside.read_bytes() == torn
+    [warning] = second.stderr.splitlines()
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
+        f"moved to {aside}; this turn goes through the whole conversation and saves a new one")
+    stats = logged_turns(user_path)[-1]["stats"]
     assert stats["prompt_cache"] is None and stats["prompt_tokens_processed"] == stats["prompt_tokens"]
     mlx_runtime.unload_all()
-    third = conversation.prompt("And a dict?", temperature=0, max_tokens=4)
-    third.text()
-    assert third.response_json["prompt_cache"] == "disk"  # the rebuilt file loads
+    third = CliRunner().invoke(cli, ["-c", "And a dict?", *options])
+    assert third.exit_code == 0 and third.stderr == ""
+    assert logged_turns(user_path)[-1]["stats"]["prompt_cache"] == "disk"  # the rebuilt file loads
 
 
 def test_file_of_another_model_is_ignored(models, user_path, fresh_cache):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -307,3 +308,46 @@ def test_answers_served_from_the_response_cache_say_nothing_about_speed(tmp_path
                         "response_json": '{"cache": {"hit": true}}'})
     m = call_history.history(log, ["m"], store_path=store)["m"]
     assert (m.turns, m.median_duration_ms, m.output_tokens_per_second) == (1, 2000, 50.0)
+
+
+# ---------------------------------------------------------------- a damaged router.db
+
+
+def damage(path: Path, how: str) -> bytes:
+    if how == "not a database":
+        path.write_bytes(b"[not json" * 100)
+    else:  # the header stays, the pages after it are garbage: found by `stats`, which reads every page
+        with sqlite3.connect(path) as conn:
+            conn.execute("pragma wal_checkpoint(truncate)")
+        data = path.read_bytes()
+        path.write_bytes(data[:4096] + b"\xde\xad" * ((len(data) - 4096) // 2))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["not a database", "damaged pages"])
+def test_a_damaged_router_db_is_moved_aside_and_rebuilt_from_llms_log(lmstudio, user_path, how):
+    from llm.cli import cli
+
+    llama = "lmstudio/test-org/tiny-llama"
+    lmstudio.script("one", "two")
+    for prompt in ("a", "b"):
+        assert CliRunner().invoke(cli, ["-m", llama, prompt]).exit_code == 0
+    path = user_path / "lmstudio" / call_history.STORE_FILE
+    damaged = damage(path, how)
+    stats = CliRunner().invoke(cli, ["lmstudio", "stats", "--json"])
+    assert stats.exit_code == 0, stats.output
+    [aside] = [p for p in path.parent.glob("router.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == damaged
+    [warning] = stats.stderr.splitlines()
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
+        f"moved to {aside}; a new one is built in its place (answers are copied again from llm's log; "
+        "failures start afresh)")
+    [model] = json.loads(stats.stdout)["models"]
+    assert (model["model"], model["answers"]) == (llama, 2)  # copied again from llm's log: nothing else lost
+    lmstudio.set_fault("status", "/api/v0/chat", status=500, body={"error": "boom"})
+    damage(path, how)
+    assert CliRunner().invoke(cli, ["-m", llama, "c"]).exit_code == 1
+    if how == "not a database":  # found when the failure is recorded (a prompt reads no page it does not need)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("select model, ok from lmstudio_calls").fetchall() == [(llama, 0)]
+    assert CliRunner().invoke(cli, ["lmstudio", "stats"]).exit_code == 0

@@ -217,11 +217,16 @@ def test_a_failed_request_is_not_stored_and_is_recorded_by_kind(lmstudio, user_p
 
 def test_bad_cache_values_are_refused_before_any_request(lmstudio, monkeypatch):
     result = run("-m", LLAMA, "hi", "-o", "cache", "soon")
-    assert result.exit_code == 1 and "not a duration" in result.output
+    assert result.exit_code == 1 and result.output == (
+        "Error: -o cache soon: cache 'soon' is not a duration: use a number with s, m, h or d, like 30m or 7d\n")
+    for model in (LLAMA, "router"):  # every model's options are one line, LM Studio's and the router's alike
+        result = run("-m", model, "hi", "-o", "temperature", "abc", "-o", "cache", "1h")
+        assert result.exit_code == 1 and result.output == (
+            "Error: -o temperature abc: Input should be a valid number, unable to parse string as a number\n")
     monkeypatch.setenv("LMSTUDIO_RESPONSE_CACHE", "forever")
     result = CliRunner().invoke(cli, ["-m", LLAMA, "hi"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith("Error: LMSTUDIO_RESPONSE_CACHE 'forever' is not a duration")
+    assert result.output.strip().splitlines()[-1].startswith("Error: LMSTUDIO_RESPONSE_CACHE='forever' is not a duration")
     assert chat_requests(lmstudio) == []
 
 
@@ -353,7 +358,7 @@ def test_several_processes_write_at_once_and_lose_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "other-version"])
-def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
+def test_a_torn_or_foreign_file_is_moved_aside_and_rebuilt_not_trusted(tmp_path, damage, capsys):
     path = tmp_path / "c.db"
     store = cache_db.Store(path, max_bytes=10**7)
     for i in range(200):
@@ -370,14 +375,19 @@ def test_a_torn_or_foreign_file_is_rebuilt_not_trusted(tmp_path, damage):
         sqlite_utils.Database(path)["entries"].insert({"key": "k1", "payload": "{}"})
     else:
         sqlite3.connect(path).execute("pragma user_version = 99").close()
+    damaged = path.read_bytes()
     # Not one answer comes out of a file the store cannot vouch for, not even rows a torn file still holds whole.
     assert [store.get(f"k{i}") for i in range(200)] == [None] * 200
-    assert store.stats()["entries"] == 0  # rebuilt, empty
     assert store.put("after", "m", payload("rebuilt"), ttl=600)
     assert store.get("after").payload["events"] == [["text", "rebuilt"]]
     conn = sqlite3.connect(path)
     assert conn.execute("pragma application_id").fetchone()[0] == cache_db.APPLICATION_ID
     assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+    [aside] = [p for p in tmp_path.glob("c.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == damaged  # kept as it was, never deleted
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"llm-lmstudio-mlx: warning: {path} was damaged (") and warning.endswith(
+        f") and has been moved to {aside}; a new, empty cache is built in its place")
 
 
 def test_a_stored_row_that_is_not_a_payload_is_a_miss(tmp_path):

@@ -1,0 +1,146 @@
+"""Stand-ins for model ids the running llm command asks for that no backend registered (a bad setting, a server
+that is down, the wrong kind of model): registered for those ids only, they fail with one line saying why.
+Deciding the reason is the backend's (lmstudio/unavailable.py, mlx/registration.py); this module never raises."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import click
+import llm
+from pydantic import ConfigDict
+
+# Commands whose model is an embedding model (llm resolves it with get_embedding_model).
+EMBEDDING_COMMANDS = {"embed", "embed-multi", "embed-models", "similar"}
+_printed: set[str] = set()  # notices already shown outside any click command (plain Python use of llm)
+
+
+def notice(message: str) -> None:
+    """Print `llm-lmstudio-mlx: message` to stderr once per command (hooks run several times per command)."""
+    context = click.get_current_context(silent=True)
+    shown = context.find_root().meta.setdefault("llm_lmstudio.notices", set()) if context else _printed
+    if message in shown:
+        return
+    shown.add(message)
+    click.echo(f"llm-lmstudio-mlx: {message}", err=True)
+
+
+def _command_names(context) -> list[str]:
+    names = []
+    while context is not None:
+        names.append(context.info_name or "")
+        context = context.parent
+    return names
+
+
+def running_command() -> str | None:
+    context = click.get_current_context(silent=True)
+    return context.info_name if context else None
+
+
+def _aliases() -> dict:
+    try:
+        data = json.loads((llm.user_dir() / "aliases.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def requested_ids(kind: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The ids starting with `prefixes` that the running llm command will resolve as a `kind` ("chat" or
+    "embedding") model: its -m value (through llm's aliases), else the default model the command falls back to."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return []
+    names = _command_names(context)
+    if ("embedding" if EMBEDDING_COMMANDS & set(names) else "chat") != kind:
+        return []
+    params = context.params
+    wanted = [params[key] for key in ("model_id", "model") if isinstance(params.get(key), str)]
+    if not wanted and names[0] in ("prompt", "chat") and not (params.get("_continue") or params.get("conversation_id")):
+        wanted.append(llm.get_default_model())
+    elif not wanted and names[0] == "embed":
+        wanted.append(llm.get_default_embedding_model())
+    if any(name and not name.startswith(prefixes) for name in wanted):
+        aliases = _aliases()
+        wanted = [aliases.get(name, name) for name in wanted]
+    return [name for name in wanted if isinstance(name, str) and name.startswith(prefixes)]
+
+
+class UnavailableModelError(llm.ModelError, click.ClickException):
+    """Why a stand-in cannot run. `llm embed` does not catch model errors the way `llm prompt` does, so it is also
+    a ClickException: click prints its one line and exits 1. `kind` is what the router's history records."""
+
+    kind = "ModelNotFound"
+
+    def __init__(self, message: str):
+        click.ClickException.__init__(self, message)
+
+
+class _EveryType(frozenset):
+    """Accepts every attachment type, so that llm lets the prompt reach execute(), which says why."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+
+class _AnyOptions(llm.Options):
+    # -o settings are checked by the real model, not this stand-in; built on first use, as CacheOptions
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+
+class _Unavailable:
+    label = "LM Studio"
+
+    def __init__(self, model_id: str, reason: str, label: str | None = None):
+        self.model_id = model_id
+        self.reason = reason
+        if label:
+            self.label = label
+
+    def __str__(self):
+        return f"{self.label}: {self.model_id} (not available)"
+
+
+class _UnavailableChat(_Unavailable):
+    can_stream = True
+    supports_schema = True
+    supports_tools = True
+    attachment_types = _EveryType({"*"})
+    Options = _AnyOptions
+
+
+class UnavailableChat(_UnavailableChat, llm.Model):
+    def execute(self, prompt, stream, response, conversation=None):
+        raise llm.ModelError(self.reason)
+
+
+class UnavailableAsyncChat(_UnavailableChat, llm.AsyncModel):
+    async def execute(self, prompt, stream, response, conversation=None):
+        raise llm.ModelError(self.reason)
+        yield  # an async generator, as llm expects of execute()
+
+
+class UnavailableEmbedding(_Unavailable, llm.EmbeddingModel):
+    label = "LM Studio embeddings"
+    supports_text = True
+    supports_binary = True
+
+    def embed_batch(self, items):
+        raise UnavailableModelError(self.reason)
+
+
+def register_standins(register, kind: str, reasons: dict[str, str], label: str, debug: bool = False) -> None:
+    """A stand-in for each requested id in `reasons` (id -> why it is missing), as a `kind` model."""
+    for model_id, reason in reasons.items():
+        if debug or running_command() == "chat":
+            notice(reason)
+        if running_command() == "chat":
+            # `llm chat` shows a model's error as a traceback: it gets the reason above, then llm's own
+            # one line ("'lmstudio/...' is not a known model"), and no stand-in.
+            continue
+        if kind == "chat":
+            register(UnavailableChat(model_id, reason, label), UnavailableAsyncChat(model_id, reason, label))
+        else:
+            register(UnavailableEmbedding(model_id, reason, f"{label} embeddings"))
