@@ -147,12 +147,14 @@ class Spawned:
         finally:
             os.close(handle)
 
-    @staticmethod
-    def end(pid: int) -> None:
+    @classmethod
+    def end(cls, pid: int) -> None:
+        """Kill `pid` and wait until it has ended (a signal takes effect a moment after it is sent)."""
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            return
+        cls.wait(pid, timeout=30)
 
 
 @pytest.fixture(autouse=True)

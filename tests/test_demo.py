@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_keep_leaves_a_working_stand_in_and_user_folder_and_shows_what_it_runs():
+def test_demo_keep_leaves_a_working_stand_in_and_user_folder_and_shows_what_it_runs(spawned):
     result = subprocess.run(
         [sys.executable, "scripts/demo.py", "--keep"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
@@ -36,6 +36,7 @@ def test_demo_keep_leaves_a_working_stand_in_and_user_folder_and_shows_what_it_r
         assert (Path(user) / "logs.db").is_file()
     finally:
         os.kill(pid, signal.SIGTERM)
+        assert spawned.wait(pid, timeout=30), "the kept stand-in did not stop on SIGTERM"
         work = re.search(r"rm -rf (\S+)", result.stdout)
         if work:
             shutil.rmtree(work.group(1), ignore_errors=True)

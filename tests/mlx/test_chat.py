@@ -740,15 +740,15 @@ def test_a_native_model_of_the_wrong_kind_or_unknown_is_one_line_in_lm_studios_w
     (folder / "model.safetensors").write_bytes(b"")  # discovered, never loaded
     discovery.add(folder, "embedder")
     assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/embedder", "hi"])) == (
-        "Error: mlx/embedder is an embedding model: use it with `llm embed -m mlx/embedder`\n"
+        "Error: mlx/embedder is an embedding model: use it with `llm embed -m mlx/embedder`"
     )
     assert one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/tiny-llama", "-c", "hi"])) == (
-        "Error: mlx/tiny-llama is a chat model, not an embedding model: `llm embed-models` lists the embedding models\n"
+        "Error: mlx/tiny-llama is a chat model, not an embedding model: `llm embed-models` lists the embedding models"
     )
     for args in (["-m", "mlx/nope", "hi"], ["embed", "-m", "mlx/nope", "-c", "hi"]):
         assert one_line_error(CliRunner().invoke(cli, args)) == (
             "Error: mlx/nope is not available: no native MLX model is called nope (`llm lmstudio mlx list` shows the "
-            "models found on disk; `llm lmstudio mlx add PATH` adds a folder)\n"
+            "models found on disk; `llm lmstudio mlx add PATH` adds a folder)"
         )
     assert "mlx/nope" not in CliRunner().invoke(cli, ["models"]).output  # a stand-in only for the command asking
 
@@ -756,13 +756,13 @@ def test_a_native_model_of_the_wrong_kind_or_unknown_is_one_line_in_lm_studios_w
 def test_kv_bits_on_heads_narrower_than_mlxs_groups_is_one_line(models):
     output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "kv_bits", "4"]))
     assert output == ("Error: mlx/tiny-llama cannot quantize its KV cache: mlx-lm quantizes in groups of 64 values and "
-                      "this model's attention heads hold 16: run it without -o kv_bits\n")
+                      "this model's attention heads hold 16: run it without -o kv_bits")
 
 
 def test_an_lm_studio_draft_model_is_named_as_given(models):
     output = one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "draft_model", "lmstudio/x/y"]))
     assert output == ("Error: -o draft_model lmstudio/x/y: lmstudio/x/y is not a native MLX model: the draft model runs "
-                      "in this process too, so name one from `llm lmstudio mlx list` (mlx/<name>)\n")
+                      "in this process too, so name one from `llm lmstudio mlx list` (mlx/<name>)")
 
 
 def test_option_errors_are_one_line_in_the_cli_and_a_validation_error_in_python(models):
@@ -770,7 +770,7 @@ def test_option_errors_are_one_line_in_the_cli_and_a_validation_error_in_python(
 
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi", "-o", "temperature", "7", "-o", "top_p", "0"])
     assert one_line_error(result) == ("Error: -o temperature 7: Input should be less than or equal to 2; "
-                                      "-o top_p 0: Input should be greater than 0\n")
+                                      "-o top_p 0: Input should be greater than 0")
     with pytest.raises(pydantic.ValidationError):
         llm.get_model("mlx/tiny-llama").prompt("hi", temperature=7)
 
@@ -791,7 +791,7 @@ def test_a_memory_check_that_is_neither_on_nor_off_is_refused_before_loading(mod
     monkeypatch.setenv("LMSTUDIO_MLX_MEMORY_CHECK", "maybe")
     assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
         "Error: mlx/tiny-llama is not available: LMSTUDIO_MLX_MEMORY_CHECK='maybe' is neither on nor off: set it to on "
-        "or off (1 or 0), or unset it (default on)\n"
+        "or off (1 or 0), or unset it (default on)"
     )
     assert mlx_runtime.loaded(discovery.find("tiny-llama")) is None
 
@@ -801,9 +801,9 @@ def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monk
     problem = ("LMSTUDIO_MODELS_DIR='/nonexistent' is not a folder: set it to the folder LM Studio downloads models "
                "into, or unset it")
     assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "hi"])) == (
-        f"Error: mlx/tiny-llama is not available: {problem}\n")
+        f"Error: mlx/tiny-llama is not available: {problem}")
     for command in (["lmstudio", "mlx", "list"], ["lmstudio", "mlx", "remove", "nope"]):
-        assert one_line_error(CliRunner().invoke(cli, command)) == f"Error: {problem}\n"
+        assert one_line_error(CliRunner().invoke(cli, command)) == f"Error: {problem}"
     listed = CliRunner().invoke(cli, ["models"])
     assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
     assert listed.stderr.splitlines() == [f"llm-lmstudio-mlx: {problem} (native MLX models are off until then)"]
