@@ -95,8 +95,10 @@ FAULTS = (
 # not even its model listing, must fail within seconds; one that is only slow to start answering is waited for.
 # The hung-server probe comes after QUICK_PROBE s here (the `quick_hang_probe` fixture), not after 3 s: the same
 # decision, sooner. test_real_llm_process_fails_within_seconds_on_a_hung_server_at_the_default_timeout runs it as shipped.
-HUNG_BUDGET = QUICK_PROBE + CONNECT_TIMEOUT + QUICK_PROBE  # the probe's wait, then the listing's own grace
-SLOW_LOAD = {"delay": QUICK_PROBE + 1.5}  # well past the probe, which finds the listing answering: keep waiting
+HUNG_CONNECT = 0.2  # "hung, 300 s": a loopback connection is made at once; the listing probe allows connect + probe
+HUNG_BUDGET = QUICK_PROBE + HUNG_CONNECT + QUICK_PROBE  # the probe's wait, then the listing's own grace
+# Well past the probe, which finds the listing answering (keep waiting), and before the probe itself would give up.
+SLOW_LOAD = {"delay": QUICK_PROBE + 0.7}
 FAULT_BUDGET = {"hung, 300 s": HUNG_BUDGET, "slow load, 300 s": SLOW_LOAD["delay"]}
 BAD_SETTING = "LMSTUDIO_TIMEOUT='abc' is not a number: set it to a number of seconds greater than 0 \\(default 300\\)"
 BAD_URL = "LMSTUDIO_BASE_URL='ftp://x' uses the scheme 'ftp': only http and https are allowed"
@@ -463,7 +465,7 @@ def render_matrix(results: dict) -> str:
         f"Each cell: outcome and wall-clock seconds. `LMSTUDIO_TIMEOUT={READ_TIMEOUT:g}`, "
         f"`LMSTUDIO_CONNECT_TIMEOUT={CONNECT_TIMEOUT:g}`, `LMSTUDIO_DISCOVERY_BUDGET={DISCOVERY_BUDGET:g}`. "
         f"`hung, 300 s` and `slow load, 300 s`: the default LMSTUDIO_TIMEOUT, hung-server probe after {QUICK_PROBE:g} s "
-        "(3 s as shipped). ok = correct answer; reported = exit 0 with the problem named; error = one line, exit 1; "
+        f"(3 s as shipped), `LMSTUDIO_CONNECT_TIMEOUT={HUNG_CONNECT:g}` for `hung, 300 s`. ok = correct answer; reported = exit 0 with the problem named; error = one line, exit 1; "
         "n/a = the fault cannot reach that interface (SDK commands use the websocket, not the faulted HTTP paths).",
         "",
         "| interface | " + " | ".join(FAULTS) + " |",
@@ -539,6 +541,7 @@ def arm(fault: str, interface: Interface, lmstudio, refused_url, hung_url, monke
         monkeypatch.setenv("LMSTUDIO_BASE_URL", "ftp://x")
     elif fault == "hung, 300 s":
         monkeypatch.delenv("LMSTUDIO_TIMEOUT")
+        monkeypatch.setenv("LMSTUDIO_CONNECT_TIMEOUT", str(HUNG_CONNECT))
         lmstudio.set_fault("hang", "/")  # the request and the listing probed while it waits
     elif fault == "slow load, 300 s":
         monkeypatch.delenv("LMSTUDIO_TIMEOUT")
