@@ -722,6 +722,8 @@ def test_a_router_turn_where_every_model_failed_still_records_each_attempt(lmstu
 
 
 def test_a_router_turn_that_fell_back_logs_the_failed_attempt_with_the_answer(lmstudio, logs_db, short_timeouts):
+    for key in ("test-org/tiny-qwen-tools", LLAMA_KEY, "test-org/tiny-reasoner", "test-org/tiny-vision"):
+        lmstudio.load(key)  # loaded already: the one-second timeout is for the answer, not a JIT load on a busy machine
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     lmstudio.script(ANSWER)
     lmstudio.set_fault("hang", "/api/v0/chat", times=1)
