@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,19 @@ RUN_MARK = "LLM_LMSTUDIO_TEST_RUN"
 
 def pytest_configure(config):
     os.environ[RUN_MARK] = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    config.stash[_STARTED] = time.time()
+
+
+_STARTED = pytest.StashKey[float]()
+FAULT_MATRIX = Path(__file__).resolve().parents[1] / "benchmarks" / "out" / "fault_matrix.md"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # tests/test_faults.py writes the matrix when its module ends, in whichever process ran it (an xdist worker's
+    # output is not shown): the run's summary shows it when this run wrote it.
+    if FAULT_MATRIX.is_file() and FAULT_MATRIX.stat().st_mtime >= config.stash[_STARTED]:
+        terminalreporter.write_sep("-", "fault matrix (benchmarks/out/fault_matrix.md)")
+        terminalreporter.write(FAULT_MATRIX.read_text())
 
 
 # Property tests run the same examples every time (derandomize), and keep no example database between runs: a run
@@ -133,12 +147,14 @@ class Spawned:
         finally:
             os.close(handle)
 
-    @staticmethod
-    def end(pid: int) -> None:
+    @classmethod
+    def end(cls, pid: int) -> None:
+        """Kill `pid` and wait until it has ended (a signal takes effect a moment after it is sent)."""
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            return
+        cls.wait(pid, timeout=30)
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,7 @@ def test_demo_keep_leaves_a_working_stand_in_and_user_folder_and_shows_what_it_r
         assert (Path(user) / "logs.db").is_file()
     finally:
         os.kill(pid, signal.SIGTERM)
-        assert spawned.wait(pid, timeout=30), "the stand-in --keep left did not end on SIGTERM"
+        assert spawned.wait(pid, timeout=30), "the kept stand-in did not stop on SIGTERM"
         work = re.search(r"rm -rf (\S+)", result.stdout)
         if work:
             shutil.rmtree(work.group(1), ignore_errors=True)

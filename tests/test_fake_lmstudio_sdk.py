@@ -21,6 +21,7 @@ def client(lmstudio):
     lms.set_sync_api_timeout(previous)
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 def test_sdk_lists_downloaded_models_with_llm_and_embedding_namespaces(client):
     everything = {m.model_key: m for m in client.list_downloaded_models()}
     assert {LLAMA, QWEN, VISION, EMBEDDING} <= set(everything)
@@ -113,6 +114,7 @@ def test_sdk_unload_by_identifier_and_through_a_handle(client, lmstudio):
     assert client.list_loaded_models() == []
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_sdk_embedding_namespace_loads_lists_and_unloads(client, lmstudio):
     progress = []
     handle = client.embedding.load_new_instance(EMBEDDING, on_load_progress=progress.append)
@@ -133,6 +135,7 @@ def test_sdk_loading_an_unknown_model_is_a_server_error_naming_it(client):
     assert caught.value.server_error.display_data["code"] == "generic.pathNotFound"
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_sdk_loading_an_embedding_model_as_an_llm_is_refused(client):
     with pytest.raises(lms.LMStudioServerError) as caught:
         client.llm.load_new_instance(EMBEDDING)

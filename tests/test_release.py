@@ -9,6 +9,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import release_check  # noqa: E402
@@ -78,6 +80,7 @@ def test_the_distribution_name_is_the_same_everywhere():
         assert not re.search(r"(llm|pip) install[^\n`]*\bllm-lmstudio\b(?!-mlx)", doc.read_text()), doc.name
 
 
+@pytest.mark.slow  # builds an sdist in an isolated build environment (pip fetches setuptools)
 def test_the_sdist_holds_the_tests_and_none_of_the_caches(tmp_path):
     # The tree as a developer has it (minus the big folders), with a decoy of each thing an sdist must not carry.
     src = tmp_path / "src"

@@ -72,6 +72,7 @@ def migrated(logs_db):
     return logs_db
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 @pytest.mark.parametrize("where", ["env", "llm keys"])
 def test_token_in_use_appears_nowhere_the_user_can_see_or_find(lmstudio, user_path, monkeypatch, debug, migrated, where):
     lmstudio.configure(auth_token=SENTINEL)

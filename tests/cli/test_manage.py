@@ -159,6 +159,7 @@ def test_a_load_that_would_not_fit_is_refused_before_loading(lmstudio):
     assert run("load", LLAMA, "-c", "256").exit_code == 0
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_llm_only_settings_for_an_embedding_model_are_one_line(lmstudio):
     assert_one_line_error(run("load", EMBEDDING, "--flash-attention"), "--flash-attention only apply to language models")
     assert lmstudio.loaded() == []
@@ -224,6 +225,7 @@ def test_unload_by_identifier_keeps_the_others(lmstudio):
     assert [i["identifier"] for i in lmstudio.loaded()] == ["two"]
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_unload_all(lmstudio):
     lmstudio.load(LLAMA)
     lmstudio.load(QWEN)
@@ -298,6 +300,7 @@ def test_ps_shows_jit_ttl_counting_down_and_manual_loads_without_ttl(lmstudio):
     assert " - " in manual_row and QWEN in manual_row
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_ps_json_is_the_documented_shape(lmstudio):
     chat_with_ttl(lmstudio.base_url, LLAMA, 120)
     lmstudio.load(EMBEDDING)
@@ -388,6 +391,7 @@ def test_jit_model_evicted_by_the_next_jit_load_disappears_from_ps(lmstudio):
 # ---------------------------------------------------------------- ls
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_ls_lists_llms_and_embeddings_with_a_loaded_marker(lmstudio):
     lmstudio.load(LLAMA)
     lmstudio.load(LLAMA, identifier="again")
@@ -402,6 +406,7 @@ def test_ls_lists_llms_and_embeddings_with_a_loaded_marker(lmstudio):
     assert re.search(rf"^{QWEN}\s+llm\s+mlx\s+1M\s+qwen2\s+\S+ KB$", out, re.M)
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_ls_filters_and_json_shape_include_native_mlx_models(lmstudio, lmstudio_models_dir, monkeypatch):
     # Point the native-MLX scan at the stand-in's folder, as if LM Studio's models were on this disk.
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(lmstudio_models_dir))
@@ -505,6 +510,7 @@ def test_server_option_picks_the_server_to_manage(lmstudio, refused_url, monkeyp
 # ---------------------------------------------------------------- status
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 def test_status_reachable_server_exits_zero(lmstudio):
     lmstudio.load(LLAMA)
     result = run("status")
@@ -515,6 +521,7 @@ def test_status_reachable_server_exits_zero(lmstudio):
     )
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 @pytest.mark.parametrize("token_support", [False, True], ids=["sdk-without-tokens", "sdk-with-tokens"])
 def test_status_json_is_the_documented_shape(lmstudio, monkeypatch, token_support):
     monkeypatch.setattr(lms, "Client", helpers.sdk_client(token_support))
@@ -541,6 +548,7 @@ def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_
     assert text.exit_code == 1 and f"{refused_url}  unreachable: LM Studio is not reachable" in text.stdout
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 @pytest.mark.parametrize("token_support", [False, True], ids=["sdk-without-tokens", "sdk-with-tokens"])
 def test_status_explains_a_token_requirement(lmstudio, monkeypatch, token_support):
     monkeypatch.setattr(lms, "Client", helpers.sdk_client(token_support))

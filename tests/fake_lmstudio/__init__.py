@@ -156,6 +156,11 @@ class FakeLMStudio:
         body = {"model": model, "identifier": identifier, "ttl": ttl, "context_length": context_length, "jit": jit}
         return self._control("POST", "load", body)["identifier"]
 
+    def streamed(self) -> list[str]:
+        """The completion id of every streamed chat chunk with content since the last reset, in the order the chunks
+        went out on the wire."""
+        return self._control("GET", "state")["streamed"]
+
     def age(self, seconds: float) -> list[str]:
         """As if `seconds` passed with no request: idle times grow, and instances whose TTL ran out are unloaded
         now (their identifiers returned). How a test checks a TTL without sleeping through it."""

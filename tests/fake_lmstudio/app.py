@@ -55,6 +55,9 @@ class Control:
         # What the model was given on each /v1/responses prediction (roles and text), for tests that must know
         # what it saw (a system prompt, say), not just what the client sent.
         self.generations: list[dict] = []
+        # The completion id of every streamed chat chunk, in the order the chunks went out: what a test of
+        # interleaving reads (the order clients happen to read them in depends on their threads).
+        self.streamed: list[str] = []
         self.last_responses_input = None  # zero_input_on_repeat (state.QUIRKS)
 
     def release_hangs(self) -> None:
@@ -75,6 +78,7 @@ class Control:
         self.release_hangs()
         self.responses.clear()
         self.generations.clear()
+        self.streamed.clear()
         self.last_responses_input = None
         if unload:
             self.state.unload_all()
@@ -641,6 +645,7 @@ async def chat_completions(request: Request, *, native: bool) -> Response:
                 return
             # Every delta repeats the role (tests/recorded/v0_stream_llava.sse, v1_stream_reasoning_content.sse).
             role = {"role": "assistant"}
+            control.streamed.append(completion_id)
             if item.kind == "content":
                 yield chunk(role | {"content": item.text})
             elif item.kind == "reasoning":
@@ -917,6 +922,7 @@ async def control_state(request: Request) -> Response:
                 for i in state.loaded()
             ],
             "downloaded": [e.key for e in state.downloaded()],
+            "streamed": list(request.app.state.control.streamed),
         }
     )
 

@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from llm_lmstudio.management import manager
 from llm_lmstudio.lmstudio import health
 
@@ -9,6 +11,7 @@ LLAMA = "test-org/tiny-llama"
 TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 def test_status_reports_reachability_counts_and_token_needs(lmstudio):
     lmstudio.load(LLAMA)
     server = manager.pick_server()

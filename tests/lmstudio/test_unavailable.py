@@ -187,6 +187,7 @@ def test_a_server_prefix_that_is_not_configured_says_how_to_add_it(lmstudio):
     assert "names the server gpu-box:1234, which is not configured: add it to LMSTUDIO_BASE_URL" in line
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_an_embedding_model_used_for_chat_says_how_to_use_it(lmstudio):
     line = one_error_line(invoke("-m", EMBED, "hello"))
     assert line == f"Error: {EMBED} is an embedding model: use it with `llm embed -m {EMBED}`"

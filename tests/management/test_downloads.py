@@ -8,7 +8,6 @@ import signal
 import subprocess
 
 import pytest
-
 from click.testing import CliRunner
 from llm.cli import cli
 
@@ -98,6 +97,7 @@ def llm_process(lmstudio, user_path, *args):
     )
 
 
+@pytest.mark.slow  # a real llm process interrupted, then a second one
 def test_ctrl_c_leaves_the_job_running_and_get_again_follows_it(lmstudio, user_path):
     lmstudio.downloads(bytes_per_second=50_000)  # about 12 s for the whole model
     process = llm_process(lmstudio, user_path, MLX_REPO, "--yes", "--json")

@@ -104,6 +104,7 @@ def test_load_without_ttl_gives_no_ttl_like_lms_load(manager, lmstudio):
     assert lmstudio.loaded()[0]["ttl_seconds"] is None
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 def test_downloaded_marks_loaded_models_with_their_identifiers(manager):
     manager.load(LLAMA)
     manager.load(LLAMA, management.LoadSettings(identifier="second"), new_instance=True)
@@ -117,6 +118,7 @@ def test_downloaded_marks_loaded_models_with_their_identifiers(manager):
     assert EMBEDDING not in {m.key for m in manager.downloaded("llm")}
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_embedding_models_load_and_unload_in_their_own_namespace(manager, lmstudio):
     result = manager.load("minilm")
     assert (result.model, result.type) == (EMBEDDING, "embedding")
@@ -125,6 +127,7 @@ def test_embedding_models_load_and_unload_in_their_own_namespace(manager, lmstud
     assert lmstudio.loaded() == []
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_unload_and_unload_all(manager, lmstudio):
     manager.load(LLAMA, management.LoadSettings(identifier="a"))
     manager.load(QWEN, management.LoadSettings(identifier="b"))
@@ -207,6 +210,7 @@ def test_server_requiring_a_token_without_one_configured(lmstudio):
     assert "requires an API token: run `llm keys set lmstudio`" in str(caught.value)
 
 
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
 def test_a_server_requiring_a_token_is_managed_whichever_sdk_is_installed(lmstudio, monkeypatch):
     # lmstudio >= 1.6 sends the token over the websocket; older SDKs cannot, so LM Studio's v1 REST API does the work.
     lmstudio.configure(auth_token=TOKEN)
@@ -262,6 +266,7 @@ def test_every_load_setting_reaches_lm_studio(manager, lmstudio):
     }
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_llm_only_settings_are_refused_for_an_embedding_model_before_loading(manager, lmstudio):
     with pytest.raises(management.Unsupported, match="--flash-attention, --num-experts only apply to language models"):
         manager.load("minilm", management.LoadSettings(flash_attention=True, num_experts=2))

@@ -43,6 +43,7 @@ def test_settings_only_the_sdk_can_send_are_refused_before_any_request(rest, lms
     assert lmstudio.requests() == [] and lmstudio.loaded() == []
 
 
+@pytest.mark.minilm  # uses the stand-in's MiniLM embedding model
 def test_listing_comes_from_api_v1_models(rest, lmstudio):
     lmstudio.load(EMBEDDING)
     models = {m.key: m for m in rest.downloaded()}

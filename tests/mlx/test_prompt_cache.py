@@ -49,6 +49,7 @@ def start_conversation(model_id="mlx/tiny-qwen", question=LONG_QUESTION):
     return conversation, first
 
 
+@pytest.mark.slow  # two real llm processes
 def test_continue_in_a_new_process_processes_only_the_new_turn(models, user_path):
     run_llm("-m", "mlx/tiny-qwen", LONG_QUESTION, "-o", "temperature", "0", "-o", "max_tokens", "6")
     assert len(cache_files(user_path)) == 1

@@ -424,6 +424,8 @@ def test_a_hung_server_costs_one_attempt_and_the_error_is_one_line_naming_each(
 def test_a_request_that_times_out_on_a_live_server_falls_back_to_its_next_model(lmstudio, user_path, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_TIMEOUT", "1")
     write_config(user_path, PREFS)
+    for key in ("test-org/tiny-qwen-tools", "test-org/tiny-llama", "test-org/tiny-reasoner", "test-org/tiny-vision"):
+        lmstudio.load(key)  # loaded already: the one-second timeout is for the answer, not a JIT load on a busy machine
     run("models")
     lmstudio.set_fault("hang", "/api/v0/chat", times=1)
     result = run("-m", "router", "Write a Python function that adds two numbers", "--no-stream", "-o", "max_tokens", "3")
@@ -441,6 +443,7 @@ def second_lmstudio(lmstudio_models_dir):
     server.stop()
 
 
+@pytest.mark.slow  # starts a second stand-in
 def test_replicas_prefer_the_loaded_server_and_survive_one_server_dying(lmstudio, second_lmstudio, user_path, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{second_lmstudio.base_url}")
     write_config(user_path, "classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")

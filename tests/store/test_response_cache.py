@@ -342,6 +342,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # six writer processes
 def test_several_processes_write_at_once_and_lose_nothing(tmp_path):
     path = tmp_path / "shared.db"
     writers = [
