@@ -111,14 +111,24 @@ def _process_ids() -> set[int]:
 
 def _our_live_process(pid: int) -> str | None:
     """The command line of `pid` if this test run started it and it still runs (a zombie has ended); else None."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return None
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if environ or time.monotonic() > deadline:
+                break
+        except (OSError, IndexError):
+            return None  # it ended meanwhile, or is not ours to read
+        # Empty while the process is between fork and the new program's start (exec): ask again in a moment.
+        time.sleep(0.01)
+    if f"{RUN_MARK}={os.environ[RUN_MARK]}".encode() not in environ.split(b"\0"):
+        return None
     try:
-        if f"{RUN_MARK}={os.environ[RUN_MARK]}".encode() not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            return None
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return None
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except (OSError, IndexError):
-        return None  # it ended meanwhile, or is not ours to read
+    except OSError:
+        return None
 
 
 class Spawned:
