@@ -47,6 +47,9 @@ ANSWER = "The quick brown fox jumps over the lazy dog"
 # Short limits so that a hung cell fails in about a second; the discovery budget is raised from its
 # 0.25 s default so that the "slow" fault (0.3 s) must be waited out rather than skipped.
 READ_TIMEOUT = 1.0
+# Only the "hung" column is about LMSTUDIO_TIMEOUT; in every other cell a busy machine's slow first byte must not
+# become a timeout (a healthy router cell timed out at load 5 with one second), so they allow this instead.
+ANSWER_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 1.0
 DISCOVERY_BUDGET = 2.0
 SLOW = {"delay": 0.3, "chunk_delay": 0.05}
@@ -463,7 +466,8 @@ def render_matrix(results: dict) -> str:
     lines = [
         "# Fault matrix",
         "",
-        f"Each cell: outcome and wall-clock seconds. `LMSTUDIO_TIMEOUT={READ_TIMEOUT:g}`, "
+        f"Each cell: outcome and wall-clock seconds. `LMSTUDIO_TIMEOUT={READ_TIMEOUT:g}` in the hung column "
+        f"({ANSWER_TIMEOUT:g} elsewhere: only that column is about it), "
         f"`LMSTUDIO_CONNECT_TIMEOUT={CONNECT_TIMEOUT:g}`, `LMSTUDIO_DISCOVERY_BUDGET={DISCOVERY_BUDGET:g}`. "
         f"`hung, 300 s` and `slow load, 300 s`: the default LMSTUDIO_TIMEOUT, hung-server probe after {QUICK_PROBE:g} s "
         f"(3 s as shipped), `LMSTUDIO_CONNECT_TIMEOUT={HUNG_CONNECT:g}` for `hung, 300 s`. ok = correct answer; reported = exit 0 with the problem named; error = one line, exit 1; "
@@ -564,6 +568,8 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
     interface = BY_NAME[interface_name]
     expect = interface.expect[fault]
     matrix[(interface_name, fault)] = "FAILED"
+    if fault != "hung":
+        monkeypatch.setenv("LMSTUDIO_TIMEOUT", str(ANSWER_TIMEOUT))
     for name, value in interface.env.items():
         monkeypatch.setenv(name, value)
     if interface.name == "lmstudio route":
