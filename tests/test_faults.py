@@ -661,7 +661,8 @@ def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, sh
         lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=2)
     else:
         lmstudio.configure(auth_token=SECRET)
-    env = {"LMSTUDIO_BASE_URL": lmstudio.base_url, "LMSTUDIO_TIMEOUT": "1", "LMSTUDIO_CONNECT_TIMEOUT": "1"}
+    timeout = READ_TIMEOUT if fault == "hung" else ANSWER_TIMEOUT  # only the hung case is about the timeout
+    env = {"LMSTUDIO_BASE_URL": lmstudio.base_url, "LMSTUDIO_TIMEOUT": f"{timeout:g}", "LMSTUDIO_CONNECT_TIMEOUT": "1"}
     result, seconds = timed_llm_process(["-m", LLAMA, "Say something"], env, timeout=60)
     # A stream cut after two chunks has printed them (the test of the matrix's "cut" column checks what).
     assert_one_line_error(result, needle, stdout=None if fault == "cut" else "")
@@ -694,7 +695,8 @@ def test_real_lmstudio_command_against_a_hung_server_exits_one_in_bounded_time(h
 
 
 @pytest.mark.parametrize("mode", [[], ["--async"]], ids=["sync", "async"])
-def test_a_stream_cut_midway_keeps_what_arrived_marked_as_cut_in_the_log(lmstudio, logs_db, short_timeouts, mode):
+def test_a_stream_cut_midway_keeps_what_arrived_marked_as_cut_in_the_log(lmstudio, logs_db, short_timeouts, monkeypatch, mode):
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", str(ANSWER_TIMEOUT))  # about the cut, not the timeout
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     lmstudio.script("one two three four five six seven eight nine ten")
     lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=3)
@@ -751,7 +753,8 @@ def test_a_router_turn_that_fell_back_logs_the_failed_attempt_with_the_answer(lm
     assert [(a["model"], a["ok"]) for a in attempts_recorded()] == [(first["model"], 0), (second["model"], 1)]
 
 
-def test_a_router_answer_cut_midway_is_logged_with_the_attempt_marked_cut(lmstudio, logs_db, short_timeouts):
+def test_a_router_answer_cut_midway_is_logged_with_the_attempt_marked_cut(lmstudio, logs_db, short_timeouts, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_TIMEOUT", str(ANSWER_TIMEOUT))  # about the cut, not the timeout
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
     lmstudio.script("one two three four five six seven eight nine ten")
     lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=3)
