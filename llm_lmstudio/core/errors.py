@@ -8,16 +8,9 @@ import llm
 def warn_json_cut(response: llm.Response) -> None:
     """A schema answer that hit the token limit is cut JSON (a complete one would have ended the grammar):
     llm still exits 0 and prints it, so say so on stderr, after the answer inside the llm CLI."""
-    import click
-
     limit = getattr(response.prompt.options, "max_tokens", None)
     at = f" ({limit} tokens)" if limit else ""
-    message = f"llm-lmstudio-mlx: warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N"
-    context = click.get_current_context(silent=True)
-    if context is None:
-        click.echo(message, err=True)
-    else:
-        context.find_root().call_on_close(lambda: click.echo(message, err=True))
+    note(f"warning: the answer stopped at the token limit{at} and is not valid JSON: raise it with -o max_tokens N")
 
 
 def option_errors(exc) -> str:

@@ -61,14 +61,9 @@ def _aside_path(path: Path, now: float) -> Path:
 def warn(message: str) -> None:
     """One line on stderr, `llm-lmstudio-mlx: warning: ...`. Inside a command it comes once the command is done, so that
     it never lands in the middle of a streamed answer on the terminal."""
-    import click
+    from llm_lmstudio.core.errors import note
 
-    line = f"llm-lmstudio-mlx: warning: {message}"
-    context = click.get_current_context(silent=True)
-    if context is None:
-        click.echo(line, err=True)
-    else:
-        context.find_root().call_on_close(lambda: click.echo(line, err=True))
+    note(f"warning: {message}")
 
 
 def set_aside(
