@@ -380,6 +380,7 @@ def test_native_v0_chat_adds_stats_model_info_and_runtime(lmstudio, http):
     assert stats["time_to_first_token"] >= 0 and stats["generation_time"] >= 0
     assert body["model_info"] == {"arch": "llama", "quant": "F32", "format": "mlx", "context_length": 4096}
     assert set(body["runtime"]) == {"name", "version", "supported_formats"}
+    lmstudio.script("one two three four five six")  # longer than the limit: it stops at max_tokens, never at EOS
     limited = http.post(
         "/api/v0/chat/completions", json={"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     ).json()

@@ -44,9 +44,9 @@ SECRET = "sk-lm-FAULTS01:matrixPass0123abcdef"
 WRONG = "sk-lm-WRONG999:notTheRightOne123456"
 ANSWER = "The quick brown fox jumps over the lazy dog"
 
-# Short limits so that a hung cell fails in about a second; the discovery budget is raised from its
+# Short limits so that a hung cell fails in half a second; the discovery budget is raised from its
 # 0.25 s default so that the "slow" fault (0.3 s) must be waited out rather than skipped.
-READ_TIMEOUT = 1.0
+READ_TIMEOUT = 0.5
 # Only the "hung" column is about LMSTUDIO_TIMEOUT; in every other cell a busy machine's slow first byte must not
 # become a timeout (a healthy router cell timed out at load 5 with one second), so they allow this instead.
 ANSWER_TIMEOUT = 30.0
@@ -197,7 +197,7 @@ def _status_ok(outcome: Outcome) -> None:
 # Per fault, what a one-request HTTP interface must say.
 HTTP_ERRORS = {
     "refused": Expect("error", "LM Studio is not reachable at .*`lms server start`"),
-    "hung": Expect("error", "did not answer within 1 s"),
+    "hung": Expect("error", f"did not answer within {READ_TIMEOUT:g} s"),
     # LM Studio's 400 for a prompt longer than the loaded context (lmstudio-bug-tracker#237): said as what to do
     "4xx": Expect("error", r"the prompt \(~4211 tokens, history included\) does not fit the context .* is loaded with \(4096 tokens\)"),
     "5xx": Expect("error", r"HTTP 500.*The model has crashed"),
@@ -658,7 +658,7 @@ def timed_llm_process(args: list[str], env: dict, timeout: float) -> tuple[subpr
 
 @pytest.mark.parametrize(
     "fault, needle",
-    [("hung", "did not answer within 1 s"), ("cut", "cut off mid-stream"), ("token required", "requires an API token")],
+    [("hung", f"did not answer within {READ_TIMEOUT:g} s"), ("cut", "cut off mid-stream"), ("token required", "requires an API token")],
 )
 def test_real_llm_process_exits_one_with_one_stderr_line(lmstudio, user_path, short_timeouts, fault, needle):
     assert CliRunner().invoke(cli, ["models"]).exit_code == 0
