@@ -19,6 +19,7 @@ from llm_lmstudio.lmstudio import continuation as stateful
 from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.lmstudio.answer import Accumulator
 from llm_lmstudio.lmstudio.catalog import CatalogModel
+from llm_lmstudio.store.call_recording import recorded
 from llm_lmstudio.store.response_cache import CacheOptions, cached
 
 
@@ -198,6 +199,7 @@ class _ChatBase(ServedModel):
 
 class LMStudioChat(_ChatBase, llm.KeyModel):
     @cached
+    @recorded
     def execute(self, prompt, stream, response, conversation=None, key=None) -> Iterator[StreamEvent]:
         client = openai_client.Client(self.server, token=key)
         turn, accumulator = self._turn(prompt, stream)
@@ -223,6 +225,7 @@ class LMStudioChat(_ChatBase, llm.KeyModel):
 
 class LMStudioAsyncChat(_ChatBase, llm.AsyncKeyModel):
     @cached
+    @recorded
     async def execute(self, prompt, stream, response, conversation=None, key=None) -> AsyncIterator[StreamEvent]:
         client = openai_client.AsyncClient(self.server, token=key)
         turn, accumulator = self._turn(prompt, stream)

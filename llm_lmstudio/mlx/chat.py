@@ -11,6 +11,7 @@ from pathlib import Path
 import llm
 from pydantic import Field, field_validator
 
+from llm_lmstudio.store.call_recording import recorded
 from llm_lmstudio.store.response_cache import CacheOptions, cached
 from llm_lmstudio.mlx.discovery import LocalModel
 from llm_lmstudio.mlx.runtime import DEFAULT_MAX_TOKENS, loaded
@@ -203,6 +204,7 @@ class MLXChatModel(_ChatBase, llm.Model):
     """A native MLX chat model: `mlx-lm` in this process, no server."""
 
     @cached
+    @recorded
     def execute(self, prompt, stream, response, conversation):
         yield from self._turn(prompt, response, conversation).events()
 
@@ -214,6 +216,7 @@ class MLXAsyncChatModel(_ChatBase, llm.AsyncModel):
     """The async face of MLXChatModel: generation runs in a worker thread, events cross via a queue."""
 
     @cached
+    @recorded
     async def execute(self, prompt, stream, response, conversation):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -1,13 +1,11 @@
 """The opt-in response cache around every model's execute(): the `cache` option, the key (the answering model and
-everything sent to it), replaying hits, storing answers (in cache_store.py). Never stores tool calls or a cut-off answer."""
+everything sent to it), replaying hits, storing answers (in cache_db.py). Never stores tool calls or a cut-off answer.
+Recording each call's outcome is call_recording.py's job, a separate wrapper beneath this one."""
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import functools
 import hashlib
-import inspect
 import json
 import time
 from typing import Any, Optional
@@ -17,13 +15,10 @@ from llm.parts import AttachmentPart, StreamEvent, ToolCallPart, ToolResultPart
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from llm_lmstudio.core import settings
-from llm_lmstudio.store.cache_db import (
-    CACHEABLE_EVENTS,
-    Hit,
-    Store,
-    iso,
-)
 from llm_lmstudio.core.messages import PROVIDER_METADATA_KEY
+from llm_lmstudio.store.cache_db import CACHEABLE_EVENTS, Hit, Store, iso
+from llm_lmstudio.store.call_recording import unfinished
+from llm_lmstudio.store.wrapping import around_execute
 
 KEY_VERSION = 1  # bump when the key material changes, so old entries simply stop matching
 
@@ -134,55 +129,32 @@ def cache_key(model, prompt: llm.Prompt) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def unfinished(response_json: Any) -> str | None:
-    """Why a logged answer is not a whole answer (cut off, truncated at max_tokens, router gave up), or None."""
-    if not isinstance(response_json, dict):
-        return None
-    if response_json.get("cut"):
-        return "cut"
-    if response_json.get("finish_reason") in ("length", "max_tokens"):
-        return "length"
-    if "attempts" in response_json:  # the router: only an answer it returned is whole
-        answer = response_json.get("answer")
-        return unfinished(answer) if isinstance(answer, dict) else "cut"
-    return None
-
-
 # ---------------------------------------------------------------- around a model's execute()
 
-# The outermost _Call while its execute() is producing: a model it delegates to (the router's choice)
-# neither caches nor records as a call of its own, so the outermost model owns the cache entry.
-_INSIDE: contextvars.ContextVar = contextvars.ContextVar("llm_lmstudio_cache_inside", default=None)
-_END = object()
+# The outermost cache while its execute() is producing: the router owns the entry, a model it delegates to does not
+# cache on its own.
+_CACHING: contextvars.ContextVar = contextvars.ContextVar("llm_lmstudio_cache_inside", default=None)
 
 
-@contextlib.contextmanager
-def _delegating(call: _Call):
-    """While the wrapped execute() runs (between its events, not while the caller holds one)."""
-    token = _INSIDE.set(call)
-    try:
-        yield
-    finally:
-        _INSIDE.reset(token)
-
-
-class _Call:
-    """One outermost execute(): looks up, replays or collects, then stores and records the outcome."""
+class _Cached:
+    """One outermost execute(): looks up and replays a hit, or collects the answer and stores it once whole."""
 
     def __init__(self, model, prompt: llm.Prompt, response):
         self.model = model
         self.prompt = prompt
         self.response = response
-        self.started = time.monotonic()
-        self.first_at: float | None = None
         self.events: list[list[str]] = []
         self.storable = True
         self.key: str | None = None
         self.ttl = 0.0
         self.store: Store | None = None
-        self.delegated = False  # set when a decorated model runs inside this one
+        self.delegated = False
 
-    def lookup(self) -> Hit | None:
+    def begin(self):
+        hit = self._lookup()
+        return None if hit is None else self._replay(hit)
+
+    def _lookup(self) -> Hit | None:
         try:
             self.ttl = ttl_for(self.prompt)
             if not self.ttl or not cacheable_prompt(self.prompt):
@@ -196,7 +168,7 @@ class _Call:
             return None
         return self.store.get(self.key)
 
-    def replay(self, hit: Hit):
+    def _replay(self, hit: Hit):
         for kind, chunk in hit.payload["events"]:
             yield StreamEvent(type=kind, chunk=chunk)
         usage = hit.payload.get("usage") or {}
@@ -213,24 +185,9 @@ class _Call:
         if hit.payload.get("resolved_model"):
             self.response.set_resolved_model(hit.payload["resolved_model"])
 
-    def pull(self, events):
-        """The wrapped execute()'s next event (or _END), seen on its way to the caller."""
-        with _delegating(self):
-            event = next(events, _END)
-        if event is not _END:
-            self._saw(event)
-        return event
-
-    async def apull(self, events):
-        with _delegating(self):
-            event = await anext(events, _END)
-        if event is not _END:
-            self._saw(event)
-        return event
-
-    def _saw(self, event) -> None:
-        if self.first_at is None:
-            self.first_at = time.monotonic()
+    def saw(self, event) -> None:
+        if self.key is None:
+            return  # not caching this one
         kind, chunk = ("text", event) if isinstance(event, str) else (event.type, event.chunk)
         metadata = getattr(event, "provider_metadata", None)
         if kind not in CACHEABLE_EVENTS or getattr(event, "redacted", False) or (metadata and not _stateful_only(metadata)):
@@ -241,24 +198,10 @@ class _Call:
         elif chunk:
             self.events.append([kind, chunk])
 
-    @contextlib.contextmanager
-    def outcome(self):
-        """Around the whole production: a failure is recorded and passes on; a whole run is stored and recorded.
-        A caller that stops early (GeneratorExit is no Exception) has neither recorded nor stored."""
-        try:
-            yield
-        except Exception as exc:
-            self.failed(exc)
-            raise
-        self.finished()
-
     def finished(self) -> None:
-        ended = time.monotonic()
-        reason = unfinished(self.response.response_json)
-        self._record(reason != "cut", "StreamCut" if reason == "cut" else None, ended)
         if (
             self.key is None
-            or reason
+            or unfinished(self.response.response_json)
             or not self.storable
             or self.response._tool_calls  # tool_calls() would force the response we are still producing
             or not any(kind == "text" for kind, _ in self.events)
@@ -282,68 +225,10 @@ class _Call:
             self.response.response_json["cache"] = {"hit": False, "stored": True, "expires": iso(created + self.ttl)}
 
     def failed(self, exc: Exception) -> None:
-        from llm_lmstudio.store import call_history
-
-        self._record(False, call_history.error_kind(exc), time.monotonic())
-
-    def _record(self, ok: bool, error_kind: str | None, ended: float) -> None:
-        from llm_lmstudio.store import call_history
-
-        if self.delegated:
-            return  # the router: each model it tried recorded its own attempt
-        ttft = (self.first_at - self.started) * 1000 if self.first_at is not None else None
-        call_history.record_call(self.model.model_id, ok, error_kind=error_kind, ttft_ms=ttft, duration_ms=(ended - self.started) * 1000)
-
-
-def _outermost(model, prompt: llm.Prompt, response) -> _Call | None:
-    """A _Call when no decorated model is producing already; inside one (the router), None: the outer one acts."""
-    outer = _INSIDE.get()
-    if outer is not None:
-        outer.delegated = True
-        return None
-    return _Call(model, prompt, response)
+        pass  # nothing stored
 
 
 def cached(execute):
-    """Decorate a model's execute() (sync or async generator) with the response cache and outcome recording.
-    Only the outermost decorated model acts; models it delegates to run untouched. The steps live in _Call;
-    the two drivers below differ only in how they pull events, because llm drives async models with `async for`.
-    A KeyModel's `key=` (what llm resolved from --key, `llm keys` or the environment) passes through untouched."""
-    if inspect.isasyncgenfunction(execute):
-
-        @functools.wraps(execute)
-        async def run_async(self, prompt, stream, response, conversation=None, **key):
-            call = _outermost(self, prompt, response)
-            if call is None:
-                async for event in execute(self, prompt, stream, response, conversation, **key):
-                    yield event
-                return
-            hit = call.lookup()
-            if hit is not None:
-                for event in call.replay(hit):
-                    yield event
-                return
-            events = execute(self, prompt, stream, response, conversation, **key)
-            async with contextlib.aclosing(events):
-                with call.outcome():
-                    while (event := await call.apull(events)) is not _END:
-                        yield event
-
-        return run_async
-
-    @functools.wraps(execute)
-    def run(self, prompt, stream, response, conversation=None, **key):
-        call = _outermost(self, prompt, response)
-        if call is None:
-            yield from execute(self, prompt, stream, response, conversation, **key)
-            return
-        hit = call.lookup()
-        if hit is not None:
-            yield from call.replay(hit)
-            return
-        events = execute(self, prompt, stream, response, conversation, **key)
-        with contextlib.closing(events), call.outcome():
-            while (event := call.pull(events)) is not _END:
-                yield event
-
-    return run
+    """Decorate a model's execute() (sync or async generator) with the response cache; put it above
+    call_recording.recorded, so that a hit never counts as a call of the model. Only the outermost model caches."""
+    return around_execute(execute, _CACHING, _Cached)

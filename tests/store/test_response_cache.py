@@ -406,22 +406,6 @@ def test_an_unwritable_plugin_dir_is_a_miss_not_an_error(tmp_path):
     assert store.put("k", "m", payload(), ttl=60) is False
 
 
-@pytest.mark.parametrize(
-    "logged, reason",
-    [
-        ({"finish_reason": "stop"}, None),
-        ({"finish_reason": "length"}, "length"),
-        ({"cut": True, "finish_reason": None}, "cut"),
-        ({"router": {}, "attempts": [{"ok": False}]}, "cut"),
-        ({"router": {}, "attempts": [{"ok": True}], "answer": {"finish_reason": "stop"}}, None),
-        ({"router": {}, "attempts": [{"ok": True}], "answer": {"finish_reason": "length"}}, "length"),
-        (None, None),
-    ],
-)
-def test_what_counts_as_an_unfinished_answer(logged, reason):
-    assert response_cache.unfinished(logged) == reason
-
-
 # ---------------------------------------------------------------- llm lmstudio cache
 
 
