@@ -19,6 +19,9 @@ from llm_lmstudio.router import exemplar_vectors  # importable because _common p
 
 DATA = ROOT / "benchmarks" / "data" / "router"
 SPLIT_FILE = DATA / "split.json"
+# Task anchors: short prompts the project wrote from the task definitions, for the shapes people type (greetings,
+# text chores, "write a function that ...", list requests). Training-only: in every fit, never measured, never left out.
+ANCHORS_FILE = DATA / "anchors.jsonl"
 SEED = 20260523
 TEST_FRACTION = 0.30
 TASKS = list(classification.DEFAULT_TASKS)
@@ -76,6 +79,23 @@ def load_labelled(without: tuple = ()) -> list[dict]:
     return rows
 
 
+def _words(text: str) -> set:
+    return set(" ".join(text.split()).lower().rstrip("?.!").split())
+
+
+def load_anchors(labelled: list[dict]) -> list[dict]:
+    """The training-only anchors as {id, source: "anchors", task, prompt}. An anchor that repeats a labelled prompt,
+    or nearly (60% of their words shared), would leak that prompt into the fits that leave its source out: refused."""
+    anchors = [{**item, "source": "anchors"} for item in _items(ANCHORS_FILE.name)]
+    for anchor in anchors:
+        mine = _words(anchor["prompt"])
+        for row in labelled:
+            theirs = _words(row["prompt"])
+            if len(mine & theirs) >= 0.6 * len(mine | theirs):
+                raise SystemExit(f"{anchor['id']} is (nearly) {row['id']}: rewrite it, anchors must not repeat a measured prompt")
+    return anchors
+
+
 def minilm():
     """all-MiniLM-L6-v2 (weights from tests/model_factory) loaded by the plugin's own mlx-embeddings path."""
     from llm_lmstudio.mlx import embeddings
@@ -106,8 +126,11 @@ def keyword_log_probs(rows):
     return np.log(np.asarray([[keyword.classify(r["prompt"]).scores[t] for t in TASKS] for r in rows]) + 1e-12)
 
 
-def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x):
-    """Per-task log-probabilities of the test vectors, from a head or centroids trained on fit_rows."""
+def embedding_log_probs(method: str, param: float, fit_rows, fit_x, test_x, anchors=None):
+    """Per-task log-probabilities of the test vectors, from a head or centroids trained on fit_rows and the
+    anchors (rows, vectors), if any."""
+    if anchors is not None and anchors[0]:
+        fit_rows, fit_x = list(fit_rows) + list(anchors[0]), np.vstack([fit_x, anchors[1]])
     labels = [r["task"] for r in fit_rows]
     weights = exemplar_vectors.balanced_weights(labels, [r["source"] for r in fit_rows])
     targets = np.asarray([TASKS.index(t) for t in labels])
@@ -137,7 +160,7 @@ def accuracy_by_source(rows, log_probs) -> dict:
     return {source: sum(h) / len(h) for source, h in hits.items()}
 
 
-def choose(rows, x, log_kw, method: str) -> dict:
+def choose(rows, x, log_kw, method: str, anchors=None) -> dict:
     """Settings for `method` by leave-one-source-out over `rows` only (the caller has removed whatever
     it will test on): the parameter and keyword weight with the best mean accuracy over sources, then a
     temperature that makes the confidence honest on those same out-of-source predictions. Returns the
@@ -147,7 +170,7 @@ def choose(rows, x, log_kw, method: str) -> dict:
         held[param] = np.zeros((len(rows), len(TASKS)))
         for source in sorted({r["source"] for r in rows}):
             fit, test = held_out(rows, source)
-            held[param][test] = embedding_log_probs(method, param, [r for r, f in zip(rows, fit) if f], x[fit], x[test])
+            held[param][test] = embedding_log_probs(method, param, [r for r, f in zip(rows, fit) if f], x[fit], x[test], anchors)
     gold = np.asarray([TASKS.index(r["task"]) for r in rows])
     chosen = {}
     for variant, weights in (("alone", (0.0,)), ("combined", WEIGHTS)):
@@ -164,13 +187,13 @@ def choose(rows, x, log_kw, method: str) -> dict:
     return chosen
 
 
-def fit_and_test(rows, x, log_kw, method: str, fit, test) -> dict:
+def fit_and_test(rows, x, log_kw, method: str, fit, test, anchors=None) -> dict:
     """{variant: (settings, log-probabilities of the test rows)}: settings chosen, and the classifier trained,
     on the fit rows alone (choose() runs its own leave-one-source-out inside them)."""
     fit_rows = [r for r, f in zip(rows, fit) if f]
     found = {}
-    for variant, settings in choose(fit_rows, x[fit], log_kw[fit], method).items():
-        log_emb = embedding_log_probs(method, settings["param"], fit_rows, x[fit], x[test])
+    for variant, settings in choose(fit_rows, x[fit], log_kw[fit], method, anchors).items():
+        log_emb = embedding_log_probs(method, settings["param"], fit_rows, x[fit], x[test], anchors)
         found[variant] = settings, predict(log_emb, log_kw[test], settings["keyword_weight"], settings["temperature"])
     return found
 
@@ -199,6 +222,17 @@ def summary(rows, log_probs) -> dict:
     public = [by_source[s] for s in PUBLIC if s in by_source]
     return {"by_source": by_source, "per_task": per_task, "public_mean": sum(public) / len(public) if public else None,
             "mean": sum(by_source.values()) / len(by_source), "ece": expected_calibration_error(rows, log_probs)}
+
+
+def misses(rows, log_probs) -> str:
+    """Where each task's misses went, by source: `coding → analysis 34 (arena-hard 34)`."""
+    lines = []
+    for task in TASKS:
+        went = Counter((T, r["source"]) for r, lp in zip(rows, log_probs) if r["task"] == task and (T := TASKS[int(lp.argmax())]) != task)
+        for other in sorted({t for t, _ in went}, key=lambda t: -sum(n for (u, _), n in went.items() if u == t)):
+            by_source = ", ".join(f"{s} {n}" for (u, s), n in went.most_common() if u == other)
+            lines.append(f"{task} → {other} {sum(n for (u, _), n in went.items() if u == other)} ({by_source})")
+    return "; ".join(lines)
 
 
 def table(results: dict, rows) -> str:
@@ -260,10 +294,12 @@ def small_model_log_probs(rows, model_id: str):
     return log_model
 
 
-def write_exemplars(rows, x, log_kw, method: str) -> dict:
-    """The package's exemplars (every vendored prompt), the settings chosen for them by leave-one-source-out,
-    and their MiniLM vectors, keyed by text digest."""
-    chosen = choose(rows, x, log_kw, method)["combined"]
+def write_exemplars(rows, x, log_kw, method: str, anchors=None) -> dict:
+    """The package's exemplars (every vendored prompt and the anchors), the settings chosen for them by
+    leave-one-source-out, and their MiniLM vectors, keyed by text digest."""
+    chosen = choose(rows, x, log_kw, method, anchors)["combined"]
+    if anchors is not None and anchors[0]:
+        rows, x = list(rows) + list(anchors[0]), np.vstack([x, anchors[1]])
     views, groups, table = defaultdict(list), defaultdict(list), {}
     for i in range(len(rows)):
         view = classification.prompt_view(rows[i]["prompt"])
@@ -272,7 +308,7 @@ def write_exemplars(rows, x, log_kw, method: str) -> dict:
             groups[rows[i]["task"]].append(rows[i]["source"])
         table[exemplar_vectors.text_key(view)] = x[i]
     payload = {
-        "about": "The router's default exemplars: every prompt of the vendored sources "
+        "about": "The router's default exemplars: every prompt of the vendored sources and the project's task anchors "
         "(benchmarks/data/router/SOURCES.md), cut to the head and tail the classifier embeds. Settings chosen by "
         "leave-one-source-out in benchmarks/eval_router.py (all-MiniLM-L6-v2).",
         "settings": {"method": chosen["method"], ("l2" if method == "head" else "centroid_temperature"): chosen["param"],
@@ -297,6 +333,7 @@ def main() -> None:
         __doc__, no_embedding=(False, "keywords only (no MiniLM)"), resplit=(False, "draw the in-distribution split again"),
         write_exemplars=(False, "write the package's exemplars, settings and MiniLM vectors"),
         without=(None, "leave out these sources, comma-separated (e.g. a source whose licence bars it)"),
+        no_anchors=(False, "train without the task anchors (anchors.jsonl), to measure what they add"),
         classifier_model=(None, "also measure the small-model tier with this local chat model (e.g. lmstudio/qwen/qwen3-1.7b; "
                           "needs the server running; answers cached in llm's user dir)"))
 
@@ -306,28 +343,36 @@ def main() -> None:
     test_ids = split_ids(rows, args.resplit)
     is_test = np.asarray([r["id"] in test_ids for r in rows])
     test_rows = [r for r, t in zip(rows, is_test) if t]
-    loso, split, chosen_log = {"keywords": summary(rows, log_kw)}, {"keywords": summary(test_rows, log_kw[is_test])}, {}
+    loso, split, chosen_log, loso_log_probs = {"keywords": summary(rows, log_kw)}, {"keywords": summary(test_rows, log_kw[is_test])}, {}, {}
     if args.classifier_model:
         loso[f"{args.classifier_model} (small-model tier)"] = summary(rows, small_model_log_probs(rows, args.classifier_model))
     if not args.no_embedding:
         x = embed_all([classification.prompt_view(r["prompt"]) for r in rows])
+        anchor_rows = [] if args.no_anchors else load_anchors(rows)
+        anchors = (anchor_rows, embed_all([classification.prompt_view(r["prompt"]) for r in anchor_rows]) if anchor_rows else None)
+        print(f"task anchors (training only): {len(anchor_rows)}")
         for method in ("centroid", "head"):
             out = {v: np.zeros((len(rows), len(TASKS))) for v in ("alone", "combined")}
             for source in [s for s in SOURCES if any(r["source"] == s for r in rows)]:  # each classified by settings and training that never saw it
                 fit, test = held_out(rows, source)
-                for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, fit, test).items():
+                for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, fit, test, anchors).items():
                     chosen_log[f"{method} {variant}, {source} left out"] = settings
                     out[variant][test] = log_probs
-            for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, ~is_test, is_test).items():
+            for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, ~is_test, is_test, anchors).items():
                 name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
                 loso[name], split[name] = summary(rows, out[variant]), summary(test_rows, log_probs)
+                if variant == "combined":
+                    loso_log_probs[method] = out[variant]
                 # undone with the split's temperature, not each left-out source's own
                 loso[name]["ece_uncalibrated"] = expected_calibration_error(rows, embedding_classifier.log_softmax(out[variant] * settings["temperature"]))
                 print(f"{name}: leave-one-source-out {loso[name]['public_mean']:.1%} (public mean), in-distribution {split[name]['mean']:.1%}", flush=True)
         if args.write_exemplars:  # the package ships whichever method did better on sources it never saw
-            write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]))
+            write_exemplars(rows, x, log_kw, max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"]), anchors)
     print("\n## Leave-one-source-out (each source classified by settings and training that never saw it)\n")
     print(table(loso, rows))
+    if not args.no_embedding:
+        shipped = max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"])
+        print(f"\nMisses of MiniLM {shipped} + keywords (the one that ships), leave-one-source-out: " + misses(rows, loso_log_probs[shipped]))
     print("\nCalibration (expected calibration error of the confidence, leave-one-source-out): "
           + "; ".join(f"{k} {v['ece']:.3f}" + (f" (before temperature {v['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in v else "") for k, v in loso.items()))
     print(f"\n## In-distribution ({int(is_test.sum())} test prompts of the seeded 70/30 split; trained on the rest)\n")

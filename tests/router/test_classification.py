@@ -160,12 +160,14 @@ def _eval_router():
     return eval_router
 
 
-def test_default_exemplars_cover_every_task_and_come_only_from_the_vendored_sources():
+def test_default_exemplars_cover_every_task_and_come_only_from_the_vendored_sources_and_anchors():
     # every vendored source's licence lets the package ship its prompts (THIRD_PARTY.md; tests/test_release.py)
     exemplars = embedding_classifier.load_exemplars()
     assert set(exemplars) == set(classification.DEFAULT_TASKS)
     assert all(len(prompts) >= 40 for prompts in exemplars.values())
-    vendored = {classification.prompt_view(r["prompt"]) for r in _eval_router().load_labelled()}
+    eval_router = _eval_router()
+    labelled = eval_router.load_labelled()
+    vendored = {classification.prompt_view(r["prompt"]) for r in labelled + eval_router.load_anchors(labelled)}
     shipped = {p for prompts in exemplars.values() for p in prompts}
     assert shipped <= vendored
     sources = json.loads(embedding_classifier.EXEMPLARS_FILE.read_text())["sources"]
