@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import tempfile
 import time
@@ -36,6 +37,25 @@ def run_once(env: dict) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def end_refresh_workers(user_dir: str) -> int:
+    """End the detached model-list workers a run left for this user directory (a server never listed before is
+    listed in the background after a short wait): their start-up would otherwise run during the next baseline."""
+    ended = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"llm_lmstudio.lmstudio.refresh_worker" not in command:
+                continue
+            if f"LLM_USER_PATH={user_dir}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                ended += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return ended
+
+
 def paired(url: str, cache: str, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as user_dir:
         env = dict(os.environ, LLM_USER_PATH=user_dir, LMSTUDIO_BASE_URL=url)
@@ -50,6 +70,7 @@ def paired(url: str, cache: str, runs: int) -> dict:
             wall, cpu = run_once(env)
             plugin_wall.append(wall)
             plugin_cpu.append(cpu)
+            end_refresh_workers(user_dir)
             wall, cpu = run_once(baseline_env)
             base_wall.append(wall)
             base_cpu.append(cpu)

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from llm_lmstudio.core import files
 from llm_lmstudio.core import settings
@@ -345,8 +345,17 @@ def background_refresh() -> None:
             pass
 
 
-def models_for_registration() -> list[CatalogModel]:
+# A server never listed before (no cache entry: the first command after install, or a new LMSTUDIO_BASE_URL) gets
+# this share of the discovery budget (30 ms of the default 250 ms) unless the command names one of its models: a
+# server that answers at all answers a listing in milliseconds, and one that does not is then listed in the
+# background for the next command, instead of costing this one (`llm --help`, a cloud prompt) the whole budget.
+FIRST_CONTACT_SHARE = 0.12
+
+
+def models_for_registration(named: Collection[str] = ()) -> list[CatalogModel]:
     """The models to register now: from the cache when fresh, else refreshed within the discovery budget.
+    `named`: base URLs of the servers whose models the running command names; they get the whole budget even on
+    first contact.
 
     A server that hung last time is refreshed in the background instead, so it never costs a command
     more than one budget in a row.
@@ -372,8 +381,12 @@ def models_for_registration() -> list[CatalogModel]:
         if (entry and entry.get("status") == "timeout") or remaining <= 0.005:
             background = True
             continue
+        first_contact = entry is None and server.base_url not in named
+        if first_contact:
+            remaining = min(remaining, budget * FIRST_CONTACT_SHARE)
         cache[server.base_url] = _refresh_entry(server, entry, remaining)
         changed = True
+        background |= first_contact and cache[server.base_url].get("status") == "timeout"
     if changed:
         _write_cache(cache)
     if background:

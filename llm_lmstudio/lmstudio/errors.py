@@ -237,7 +237,7 @@ def not_lmstudio(base_url: str, detail: str = "no /lmstudio-greeting") -> BadRes
 def timed_out(base_url: str, seconds: float, *, setting: bool = True) -> TimedOut:
     """`setting`: the wait was LMSTUDIO_TIMEOUT's, so raising it can help (not for fixed, short waits)."""
     hint = " (raise LMSTUDIO_TIMEOUT if the model is slow to load)" if setting else ""
-    return TimedOut(f"LM Studio at {base_url} accepted the connection but did not answer within {seconds:g} s{hint}")
+    return TimedOut(f"LM Studio at {base_url} accepted the connection but did not answer within {round(seconds, 2):g} s{hint}")
 
 
 def hung(base_url: str, waited: float) -> TimedOut:

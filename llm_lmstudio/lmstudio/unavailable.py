@@ -58,14 +58,16 @@ def catalog_models(kind: str) -> list[CatalogModel]:
         if not requested_ids(kind):
             notice(f"{problem} (LM Studio models are off until then)")
         return []
-    models = catalog.models_for_registration()
+    wanted = requested_ids(kind)
+    named = {server.base_url for server in settings.servers() if _names(server, wanted)}
+    models = catalog.models_for_registration(named)
     present = {model.model_id for model in models}
-    missing = [model_id for model_id in requested_ids(kind) if model_id not in present]
+    missing = [model_id for model_id in wanted if model_id not in present]
     if missing:
         stale = [server for server in settings.servers() if _names(server, missing) and _age(server) > RECHECK_AFTER]
         if stale:
             catalog.refresh(stale, deadline=settings.timeouts().discovery_budget)
-            models = catalog.models_for_registration()
+            models = catalog.models_for_registration(named)
     if settings.debug():
         for server in settings.servers():
             status = catalog.server_status(server.base_url) or {}

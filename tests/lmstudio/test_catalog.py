@@ -101,30 +101,78 @@ def test_stale_cache_is_refreshed(lmstudio):
     assert len(lmstudio.requests()) > before
 
 
-def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch, spawned):
-    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
-    # A budget a busy machine cannot use up before the first attempt even starts (0.25 s can be: the list is then
-    # refreshed in the background straight away, which is right, but not what the first half of this test is about).
-    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "1")
-    started = time.monotonic()
-    assert catalog.models_for_registration() == []
-    first = time.monotonic() - started
-    assert first < settings.timeouts().discovery_budget + 0.5
-    [server] = settings.servers()
-    assert catalog.server_status(server.base_url)["status"] == "timeout"
-    # Once stale, the list is refreshed in a detached process instead of waiting again.
-    with model_list_cache() as servers:
-        servers[server.base_url]["fetched_at"] -= settings.cache_ttl()
-    assert catalog.models_for_registration() == []
-    assert catalog.server_status(server.base_url)["status"] == "timeout"  # nothing waited for in this process
+def _wait_for_worker(spawned):
     deadline = time.monotonic() + 30  # the worker shows once its interpreter has started (slower on a loaded machine)
     while not (alive := spawned.alive()) and time.monotonic() < deadline:
         time.sleep(0.05)
     [(pid, command)] = alive.items()
     assert command.endswith(f"-m {catalog.REFRESH_WORKER}")
+    return pid
+
+
+def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch, spawned):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    # A budget a busy machine cannot use up before the first attempt even starts (0.25 s can be: the list is then
+    # refreshed in the background straight away, which is right, but not what the first half of this test is about).
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "1")
+    [server] = settings.servers()
+    # Listed before (an empty list, long ago), now stale: this command waits at most the budget, then knows it hangs.
+    with model_list_cache() as servers:
+        servers[server.base_url] = {"fetched_at": 0, "status": "ok", "error": None,
+                                    "digest": settings.listing_digest(server), "models": []}
+    started = time.monotonic()
+    assert catalog.models_for_registration() == []
+    assert time.monotonic() - started < settings.timeouts().discovery_budget + 0.5
+    assert catalog.server_status(server.base_url)["status"] == "timeout"
+    assert spawned.alive() == {}  # waited for in this process: no worker
+    # Once stale, the list is refreshed in a detached process instead of waiting again.
+    with model_list_cache() as servers:
+        servers[server.base_url]["fetched_at"] -= settings.cache_ttl()
+    assert catalog.models_for_registration() == []
+    assert catalog.server_status(server.base_url)["status"] == "timeout"  # nothing waited for in this process
+    pid = _wait_for_worker(spawned)
     assert (settings.plugin_dir() / catalog.REFRESH_LOCK).exists()
     spawned.end(pid)  # it would wait out the hung server for seconds more
     assert spawned.wait(pid, timeout=10)  # SIGKILL lands asynchronously
+
+
+def test_a_server_never_listed_before_gets_a_share_of_the_budget_then_a_background_listing(hung_url, monkeypatch, spawned):
+    # The first command after install (no cache at all) with a server that does not answer: it waits a fifth of
+    # the budget, not all of it, and leaves the listing to a detached worker for the next command.
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
+    waited = []
+    real_fetch = catalog.fetch
+
+    def fetch(host, *, token, deadline):
+        waited.append(deadline)
+        return real_fetch(host, token=token, deadline=deadline)
+
+    monkeypatch.setattr(catalog, "fetch", fetch)
+    assert catalog.models_for_registration() == []
+    [server] = settings.servers()
+    assert len(waited) == 1 and 0 < waited[0] <= 2 * catalog.FIRST_CONTACT_SHARE
+    assert catalog.server_status(server.base_url)["status"] == "timeout"
+    pid = _wait_for_worker(spawned)
+    spawned.end(pid)
+    assert spawned.wait(pid, timeout=10)
+
+
+def test_a_server_whose_model_the_command_names_gets_the_whole_budget_on_first_contact(monkeypatch, refused_url):
+    from llm_lmstudio.lmstudio import unavailable
+
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
+    waited = []
+
+    def fetch(host, *, token, deadline):
+        waited.append(deadline)
+        return []
+
+    monkeypatch.setattr(catalog, "fetch", fetch)
+    monkeypatch.setattr(unavailable, "requested_ids", lambda kind: ["lmstudio/qwen3-4b"])  # as `llm -m lmstudio/qwen3-4b`
+    assert unavailable.catalog_models("chat") == []
+    assert len(waited) == 1 and waited[0] > 2 * catalog.FIRST_CONTACT_SHARE
 
 
 def test_last_known_models_survive_a_server_going_down(lmstudio, refused_url, monkeypatch):
@@ -139,7 +187,7 @@ def test_last_known_models_survive_a_server_going_down(lmstudio, refused_url, mo
 
 @pytest.mark.slow  # three real llm processes
 @pytest.mark.parametrize("state", ["refused", "hung"])
-def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_url, hung_url, user_path):
+def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_url, hung_url, user_path, spawned):
     from llm.migrations import migrate
     import sqlite_utils
 
@@ -153,6 +201,10 @@ def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_
         assert "lmstudio" not in proc.stderr.lower() and "lm studio" not in proc.stderr.lower()
         # The plugin's own share is benchmarked; here we only rule out waiting on the server.
         assert elapsed < 15, f"llm {' '.join(args)} took {elapsed:.1f}s with a {state} server"
+    if state == "hung":  # never listed before: the first command left the listing to a detached worker
+        pid = _wait_for_worker(spawned)
+        spawned.end(pid)
+        assert spawned.wait(pid, timeout=10)
 
 
 def test_the_detached_refresh_worker_runs_as_a_module_fills_the_cache_and_exits(lmstudio, user_path):

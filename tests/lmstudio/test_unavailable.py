@@ -48,7 +48,7 @@ def test_a_bad_setting_still_lets_llm_resolve_another_providers_model(monkeypatc
 
 
 def test_a_failure_inside_our_registration_turns_off_only_our_models(monkeypatch):
-    def broken():
+    def broken(named=()):
         raise RuntimeError("catalog exploded")
 
     monkeypatch.setattr(catalog, "models_for_registration", broken)
