@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings as hsettings, strategies as st
 
 from llm_lmstudio.lmstudio import answer, catalog, embeddings, errors, openai_client
+from llm_lmstudio.lmstudio import listing as listings
 from llm_lmstudio.core import settings
 from llm_lmstudio.router import config as router_config
 from llm_lmstudio.lmstudio import health as status
@@ -278,7 +279,7 @@ def listing(key: str, fields: list[str]):
 @FAST
 @given(listing("data", V0_FIELDS) | json_values)
 def test_v0_model_list_of_any_shape_parses_to_models(body):
-    models = catalog.parse_v0(body)
+    models = listings.parse_v0(body)
     assert all(isinstance(m.key, str) and m.key for m in models)
 
 
@@ -286,7 +287,7 @@ def test_v0_model_list_of_any_shape_parses_to_models(body):
 @given(listing("models", V1_FIELDS) | json_values)
 @example({"models": [{"key": "a", "loaded_instances": True}]})
 def test_v1_model_list_of_any_shape_parses_to_models(body):
-    models = catalog.parse_v1(body)
+    models = listings.parse_v1(body)
     assert all(isinstance(m.key, str) and m.key for m in models)
 
 
@@ -309,14 +310,14 @@ def test_v1_model_list_of_any_shape_parses_to_models(body):
     )
 )
 def test_v1_nested_fields_of_any_type_parse_to_models(body):
-    models = catalog.parse_v1(body)
+    models = listings.parse_v1(body)
     assert len(models) == len(body["models"])
 
 
 @FAST
 @given(listing("data", ["id", "object", "owned_by", "created"]) | json_values)
 def test_openai_model_list_of_any_shape_parses_to_models(body):
-    models = catalog.parse_openai(body)
+    models = listings.parse_openai(body)
     assert all(m.type in ("llm", "embeddings") for m in models)
 
 
@@ -368,7 +369,7 @@ def test_a_cache_file_of_any_content_never_breaks_registration(user_path, monkey
     monkeypatch.setattr(catalog, "_spawn_background_refresh", lambda: None)
     (settings.plugin_dir() / catalog.CACHE_FILE).write_text(json.dumps(value))
     models = catalog.models_for_registration()
-    assert all(isinstance(m, catalog.CatalogModel) for m in models)
+    assert all(isinstance(m, listings.CatalogModel) for m in models)
     catalog.server_status("http://127.0.0.1:9")
 
 

@@ -18,7 +18,7 @@ from llm_lmstudio.core.messages import IMAGE_TYPES, build_messages, tool_specs
 from llm_lmstudio.lmstudio import continuation as stateful
 from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.lmstudio.answer import Accumulator
-from llm_lmstudio.lmstudio.catalog import CatalogModel
+from llm_lmstudio.lmstudio.listing import CatalogModel
 from llm_lmstudio.store.call_recording import recorded
 from llm_lmstudio.store.response_cache import CacheOptions, cached
 

@@ -9,7 +9,7 @@ import llm
 
 from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.core import settings
-from llm_lmstudio.lmstudio.catalog import CatalogModel
+from llm_lmstudio.lmstudio.listing import CatalogModel
 from llm_lmstudio.lmstudio.chat import ServedModel, user_error
 
 def vectors_from(body: dict, expected: int, base_url: str) -> list[list[float]]:

@@ -13,7 +13,7 @@ from llm_lmstudio.core import settings
 from llm_lmstudio.core import unavailable as standins
 from llm_lmstudio.core.unavailable import notice
 from llm_lmstudio.lmstudio import catalog
-from llm_lmstudio.lmstudio.catalog import CatalogModel
+from llm_lmstudio.lmstudio.listing import CatalogModel
 
 PREFIXES = ("lmstudio/", "lmstudio@")
 # A cached list older than this is asked again (within the discovery budget) when it lacks a requested id:

@@ -82,7 +82,7 @@ def test_bad_options_are_refused_before_any_request(lmstudio, option, value, mes
 
 def test_the_request_carries_the_options_the_user_set_in_their_final_form():
     from llm_lmstudio.core import settings
-    from llm_lmstudio.lmstudio.catalog import CatalogModel
+    from llm_lmstudio.lmstudio.listing import CatalogModel
 
     model = chat.LMStudioChat(CatalogModel(key="k"), settings.Server(base_url="http://127.0.0.1:9", prefix="lmstudio"))
     options = model.Options(stop='["a", "b"]', max_tokens=3, repeat_penalty=1.1, cache="1h")

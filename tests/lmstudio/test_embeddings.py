@@ -6,6 +6,7 @@ import pytest
 import sqlite_utils
 
 from llm_lmstudio.lmstudio import embeddings
+from llm_lmstudio.lmstudio.listing import CatalogModel
 from tests.helpers import llm_cli as run
 
 MINILM = "lmstudio/test-org/text-embedding-all-minilm-l6-v2"
@@ -92,11 +93,10 @@ def test_no_models_loaded_string_error_is_clear(lmstudio):
         status=400,
         body={"error": "No models loaded. Please load a model in the developer page or use the 'lms load' command."},
     )
-    from llm_lmstudio.lmstudio import catalog
     from llm_lmstudio.core import settings
     from llm_lmstudio.lmstudio.embeddings import LMStudioEmbedding
 
-    entry = catalog.CatalogModel(key="test-org/text-embedding-all-minilm-l6-v2", type="embeddings")
+    entry = CatalogModel(key="test-org/text-embedding-all-minilm-l6-v2", type="embeddings")
     model = LMStudioEmbedding(entry, settings.servers()[0])
     with pytest.raises(llm.ModelError, match=r"No models loaded \('test-org/text-embedding-all-minilm-l6-v2' is not loaded and JIT "
                                              r"loading is off\): load it with "
@@ -111,7 +111,7 @@ def test_over_long_input_reports_lmstudio_message(lmstudio):
         body={"error": {"message": "Input length 9000 exceeds the model's context length 512", "code": "context_length_exceeded"}},
     )
     from llm_lmstudio.core import settings
-    from llm_lmstudio.lmstudio.catalog import CatalogModel
+    from llm_lmstudio.lmstudio.listing import CatalogModel
     from llm_lmstudio.lmstudio.embeddings import LMStudioEmbedding
 
     model = LMStudioEmbedding(CatalogModel(key="m", type="embeddings"), settings.servers()[0])
