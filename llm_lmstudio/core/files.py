@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 CORRUPT = ".corrupt-"  # <name>.corrupt-<UTC timestamp>: where a damaged file goes
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a database: they move with it
+KEEP_DAMAGED = 3  # damaged copies kept per file, the most recent; older ones (with their companions) are removed
 T = TypeVar("T")
 
 
@@ -93,8 +94,28 @@ def set_aside(
     for suffix in companions:
         with contextlib.suppress(FileNotFoundError):
             os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    _prune_damaged(path, companions)
     warn(f"{path} was damaged ({reason}) and has been moved to {aside}; {then}")
     return aside
+
+
+def _prune_damaged(path: Path, companions: tuple[str, ...]) -> None:
+    """Keep the KEEP_DAMAGED most recent copies of `path` set aside, so a file damaged again and again (a full disk,
+    a broken sync tool) cannot fill the folder."""
+
+    def order(copy: Path) -> tuple[str, int]:
+        stamp, _, counter = copy.name[len(path.name) + len(CORRUPT):].partition("-")
+        return stamp, int(counter) if counter.isdigit() else 1
+
+    prefix = f"{path.name}{CORRUPT}"
+    copies = sorted(
+        (p for p in path.parent.iterdir() if p.name.startswith(prefix) and not p.name.endswith(SQLITE_COMPANIONS + companions)),
+        key=order,
+    )
+    for old in copies[:-KEEP_DAMAGED]:
+        for name in [old.name, *(old.name + suffix for suffix in SQLITE_COMPANIONS + companions)]:
+            with contextlib.suppress(OSError):
+                (path.parent / name).unlink()
 
 
 def read_json(

@@ -122,3 +122,21 @@ def test_companions_move_with_the_file_and_two_in_one_second_both_stay(tmp_path,
     assert Path(f"{first}-wal").read_text() == "wal" == Path(f"{second}-wal").read_text()
     assert not path.exists() and not Path(f"{path}-wal").exists()
     assert len(capsys.readouterr().err.splitlines()) == 2
+
+
+def test_only_the_three_most_recent_damaged_copies_are_kept_with_their_companions(tmp_path, capsys):
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    path = folder / "responses.db"
+    days = (0, 1, 2, 3, 4, 4)  # 2001-09-09 onwards; the last two in the same second
+    for day in days:
+        path.write_text("junk")
+        Path(f"{path}-wal").write_text(f"wal {day}")
+        files.set_aside(path, "file is not a database", companions=files.SQLITE_COMPANIONS, now=1e9 + day * 86400)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "responses.db.corrupt-20010912T014640Z", "responses.db.corrupt-20010912T014640Z-wal",
+        "responses.db.corrupt-20010913T014640Z", "responses.db.corrupt-20010913T014640Z-2",
+        "responses.db.corrupt-20010913T014640Z-2-wal", "responses.db.corrupt-20010913T014640Z-wal",
+    ]
+    assert Path(folder / "responses.db.corrupt-20010913T014640Z-2-wal").read_text() == "wal 4"
+    assert len(capsys.readouterr().err.splitlines()) == len(days)  # each still said once
