@@ -92,8 +92,11 @@ def test_an_already_downloaded_model_says_so_and_downloads_nothing(lmstudio):
 
 def llm_process(lmstudio, user_path, *args):
     env = dict(os.environ, LLM_USER_PATH=str(user_path), LMSTUDIO_BASE_URL=lmstudio.base_url)
+    # Ctrl-C as a terminal's foreground process gets it: a runner that started this suite in the background (a
+    # non-interactive shell's `&`) leaves SIGINT ignored, and an ignored signal stays ignored across exec.
     return subprocess.Popen(
-        [llm_command(), "lmstudio", "get", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [llm_command(), "lmstudio", "get", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -613,6 +613,16 @@ def test_ctrl_c_acts_between_prompt_chunks(models, fresh_cache, monkeypatch):
     import threading
 
     monkeypatch.setattr(mlx_turn, "PREFILL_STEP", 32)
+    # Python's own Ctrl-C handler, as in a terminal: a runner that started this suite in the background (a
+    # non-interactive shell's `&`) leaves SIGINT ignored, and Python then installs no handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_a_prefill(signal, threading, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_a_prefill(signal, threading, monkeypatch):
     progress = []
     original = mlx_turn.Turn._prefill_progress
 
