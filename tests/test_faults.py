@@ -785,6 +785,8 @@ def not_lmstudio_url():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class NotFound(BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no ~40 ms delayed-ACK wait
+
         def do_GET(self):
             body = b"<!DOCTYPE HTML><html><body><h1>Error response</h1><p>Error code: 404</p></body></html>"
             self.send_response(404)

@@ -45,7 +45,10 @@ async def _serve(args) -> None:
     _warm_imports()
     state = LMStudioState(Path(args.models_dir), generation=args.lmstudio_version)
     app = create_app(state)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and an accepted socket
+    # inherits this one's. Without it every response whose body follows its headers in a second write waited ~40 ms
+    # for the client's delayed ACK (Nagle), which no real server makes its clients wait.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]

@@ -48,6 +48,8 @@ class ReplayServer:
         replay = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no ~40 ms delayed-ACK wait
+
             def _answer(self):
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
