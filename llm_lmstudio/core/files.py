@@ -107,13 +107,10 @@ def _prune_damaged(path: Path, companions: tuple[str, ...]) -> None:
         stamp, _, counter = copy.name[len(path.name) + len(CORRUPT):].partition("-")
         return stamp, int(counter) if counter.isdigit() else 1
 
-    prefix = f"{path.name}{CORRUPT}"
-    copies = sorted(
-        (p for p in path.parent.iterdir() if p.name.startswith(prefix) and not p.name.endswith(SQLITE_COMPANIONS + companions)),
-        key=order,
-    )
+    prefix, suffixes = f"{path.name}{CORRUPT}", SQLITE_COMPANIONS + companions
+    copies = sorted((p for p in path.parent.iterdir() if p.name.startswith(prefix) and not p.name.endswith(suffixes)), key=order)
     for old in copies[:-KEEP_DAMAGED]:
-        for name in [old.name, *(old.name + suffix for suffix in SQLITE_COMPANIONS + companions)]:
+        for name in (old.name, *(old.name + suffix for suffix in suffixes)):
             with contextlib.suppress(OSError):
                 (path.parent / name).unlink()
 

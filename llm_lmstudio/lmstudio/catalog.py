@@ -14,7 +14,8 @@ from typing import Collection
 
 from llm_lmstudio.core import files
 from llm_lmstudio.core import settings
-from llm_lmstudio.lmstudio.listing import LISTINGS, CatalogModel, _list, _str
+from llm_lmstudio.lmstudio import listing
+from llm_lmstudio.lmstudio.listing import LISTINGS, CatalogModel
 
 CACHE_VERSION = 2
 CACHE_FILE = "catalog.json"
@@ -84,15 +85,7 @@ def _write_cache(servers: dict) -> None:
 
 
 def _entry_models(entry: dict) -> list[CatalogModel]:
-    models = []
-    for raw in _list(entry.get("models")):
-        if not isinstance(raw, dict) or not _str(raw.get("key")):
-            continue
-        try:
-            models.append(CatalogModel(**raw))
-        except TypeError:
-            continue
-    return models
+    return listing.from_cached(entry.get("models"))
 
 
 def _debug(message: str) -> None:

@@ -181,3 +181,16 @@ def parse_openai(body: Any) -> list[CatalogModel]:
 
 
 LISTINGS = (("/api/v0/models", parse_v0), ("/api/v1/models", parse_v1), ("/v1/models", parse_openai))
+
+
+def from_cached(rows: Any) -> list[CatalogModel]:
+    """CatalogModels back from the rows catalog.py stored (`asdict` of each); a row of another shape is skipped."""
+    models = []
+    for raw in _list(rows):
+        if not isinstance(raw, dict) or not _str(raw.get("key")):
+            continue
+        try:
+            models.append(CatalogModel(**raw))
+        except TypeError:
+            continue
+    return models

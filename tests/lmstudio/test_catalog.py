@@ -37,13 +37,16 @@ def test_stale_cache_is_refreshed(lmstudio):
     assert len(lmstudio.requests()) > before
 
 
-def _wait_for_worker(spawned):
+def _end_the_worker(spawned):
+    """Wait for the one detached refresh worker to show, check it is one, and end it (it would wait out a hung
+    server for seconds more)."""
     deadline = time.monotonic() + 30  # the worker shows once its interpreter has started (slower on a loaded machine)
     while not (alive := spawned.alive()) and time.monotonic() < deadline:
         time.sleep(0.05)
     [(pid, command)] = alive.items()
     assert command.endswith(f"-m {catalog.REFRESH_WORKER}")
-    return pid
+    spawned.end(pid)
+    assert spawned.wait(pid, timeout=10)  # SIGKILL lands asynchronously
 
 
 def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch, spawned):
@@ -66,10 +69,8 @@ def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch, 
         servers[server.base_url]["fetched_at"] -= settings.cache_ttl()
     assert catalog.models_for_registration() == []
     assert catalog.server_status(server.base_url)["status"] == "timeout"  # nothing waited for in this process
-    pid = _wait_for_worker(spawned)
     assert (settings.plugin_dir() / catalog.REFRESH_LOCK).exists()
-    spawned.end(pid)  # it would wait out the hung server for seconds more
-    assert spawned.wait(pid, timeout=10)  # SIGKILL lands asynchronously
+    _end_the_worker(spawned)
 
 
 def test_a_server_never_listed_before_gets_a_share_of_the_budget_then_a_background_listing(hung_url, monkeypatch, spawned):
@@ -89,9 +90,7 @@ def test_a_server_never_listed_before_gets_a_share_of_the_budget_then_a_backgrou
     [server] = settings.servers()
     assert len(waited) == 1 and 0 < waited[0] <= 2 * catalog.FIRST_CONTACT_SHARE
     assert catalog.server_status(server.base_url)["status"] == "timeout"
-    pid = _wait_for_worker(spawned)
-    spawned.end(pid)
-    assert spawned.wait(pid, timeout=10)
+    _end_the_worker(spawned)
 
 
 def test_a_server_whose_model_the_command_names_gets_the_whole_budget_on_first_contact(monkeypatch, refused_url):
@@ -138,9 +137,7 @@ def test_llm_commands_stay_fast_and_quiet_whatever_lmstudio_does(state, refused_
         # The plugin's own share is benchmarked; here we only rule out waiting on the server.
         assert elapsed < 15, f"llm {' '.join(args)} took {elapsed:.1f}s with a {state} server"
     if state == "hung":  # never listed before: the first command left the listing to a detached worker
-        pid = _wait_for_worker(spawned)
-        spawned.end(pid)
-        assert spawned.wait(pid, timeout=10)
+        _end_the_worker(spawned)
 
 
 def test_the_detached_refresh_worker_runs_as_a_module_fills_the_cache_and_exits(lmstudio, user_path):
