@@ -3,7 +3,9 @@
     not counted), with the server up, down (connection refused) and hung (accepts, never answers), with a fresh
     model-list cache and an always-stale one. What installing the plugin costs `llm` as a whole: bench_startup.py.
 (b) Per request, the plugin's model (Python API, warm process) against the same request posted with httpx to the
-    same stand-in: non-streamed total and streamed time to first token.
+    same stand-in: non-streamed total and streamed time to first token, each with this process's CPU time per
+    request beside it (the stand-in runs in its own process, so that is the client's cost alone, and steadier than
+    wall time on a shared machine).
 
 Run: .venv/bin/python benchmarks/bench_lmstudio.py [--runs N] [--request-runs N]   (writes benchmarks/out/lmstudio.json)
 """
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from _common import arguments, interleave, machine, median, ms, ratio, seconds, stand_in, write_json
+from _common import Clock, arguments, interleave, machine, median, ms, ratio, stand_in, write_json
 
 from tests.fake_lmstudio.faults import HungServer, RefusedPort
 
@@ -64,34 +66,47 @@ def bench_requests(server, runs: int) -> dict:
     def payload(stream: bool) -> dict:
         return chat.build_payload(MODEL_KEY, llm.Prompt(PROMPT, model, options=model.Options(**options)), stream)
 
+    def timed(fn):
+        """(wall, CPU) seconds of one whole request."""
+        with Clock() as clock:
+            fn()
+        return clock.wall, clock.cpu
+
     def plugin_ttft():
-        started = time.perf_counter()
-        response = model.prompt(PROMPT, stream=True, **options)
-        first = next(time.perf_counter() for e in response.stream_events() if e.type == "text" and e.chunk) - started
-        for _ in response.stream_events():  # drain the rest
-            pass
-        return first
+        """(wall to the first token, CPU of the whole request)."""
+        with Clock() as clock:
+            started = time.perf_counter()
+            response = model.prompt(PROMPT, stream=True, **options)
+            first = next(time.perf_counter() for e in response.stream_events() if e.type == "text" and e.chunk) - started
+            for _ in response.stream_events():  # drain the rest
+                pass
+        return first, clock.cpu
 
     def direct_ttft():
-        started, first = time.perf_counter(), None
-        with client.stream("POST", endpoint, json=payload(True)) as response:
-            for line in response.iter_lines():
-                if first is None and line.startswith("data: {"):
-                    choices = json.loads(line[6:])["choices"]
-                    if choices and choices[0]["delta"].get("content"):
-                        first = time.perf_counter() - started
-        return first
+        with Clock() as clock:
+            started, first = time.perf_counter(), None
+            with client.stream("POST", endpoint, json=payload(True)) as response:
+                for line in response.iter_lines():
+                    if first is None and line.startswith("data: {"):
+                        choices = json.loads(line[6:])["choices"]
+                        if choices and choices[0]["delta"].get("content"):
+                            first = time.perf_counter() - started
+        return first, clock.cpu
 
     # the warm-up call JIT-loads the model and warms both clients
-    results = interleave({"plugin_total": lambda: seconds(lambda: model.prompt(PROMPT, stream=False, **options).text()),
-                          "direct_total": lambda: seconds(lambda: client.post(endpoint, json=payload(False)).raise_for_status()),
+    results = interleave({"plugin_total": lambda: timed(lambda: model.prompt(PROMPT, stream=False, **options).text()),
+                          "direct_total": lambda: timed(lambda: client.post(endpoint, json=payload(False)).raise_for_status()),
                           "plugin_ttft": plugin_ttft, "direct_ttft": direct_ttft}, runs)
     out = {}
     for kind, label in (("total", "non-streamed total"), ("ttft", "streamed time to first token")):
-        plugin, base = median(results[f"plugin_{kind}"]), median(results[f"direct_{kind}"])
-        out[kind] = {"plugin_ms": ms(plugin), "direct_ms": ms(base), "overhead_ms": ms(plugin - base, 2), "ratio": ratio(plugin, base)}
+        plugin, base = (median(wall for wall, _ in results[f"{path}_{kind}"]) for path in ("plugin", "direct"))
+        plugin_cpu, base_cpu = (median(cpu for _, cpu in results[f"{path}_{kind}"]) for path in ("plugin", "direct"))
+        out[kind] = {"plugin_ms": ms(plugin), "direct_ms": ms(base), "overhead_ms": ms(plugin - base, 2), "ratio": ratio(plugin, base),
+                     "plugin_cpu_ms": ms(plugin_cpu, 2), "direct_cpu_ms": ms(base_cpu, 2), "cpu_overhead_ms": ms(plugin_cpu - base_cpu, 2)}
         print(f"  {label:28s}: plugin {out[kind]['plugin_ms']} ms, httpx {out[kind]['direct_ms']} ms, "
-              f"overhead {out[kind]['overhead_ms']} ms (ratio {out[kind]['ratio']})", flush=True)
+              f"overhead {out[kind]['overhead_ms']} ms (ratio {out[kind]['ratio']}); client CPU per request "
+              f"plugin {out[kind]['plugin_cpu_ms']} ms, httpx {out[kind]['direct_cpu_ms']} ms, overhead {out[kind]['cpu_overhead_ms']} ms",
+              flush=True)
     return out
 
 
@@ -107,7 +122,8 @@ def main():
     hung.close()
     print(f"Worst plugin share of `llm models` (median): {max(row['plugin_ms'] for row in hooks)} ms (target < 50 ms); "
           f"per-request overhead {requests['total']['overhead_ms']} ms total, "
-          f"{requests['ttft']['overhead_ms']} ms to first token (target < 10 ms)")
+          f"{requests['ttft']['overhead_ms']} ms to first token (target < 10 ms); client CPU per request "
+          f"+{requests['total']['cpu_overhead_ms']} ms non-streamed, +{requests['ttft']['cpu_overhead_ms']} ms streamed")
     write_json("lmstudio", {"benchmark": "lmstudio", "machine": machine(), "plugin_hooks": hooks, "per_request": requests})
 
 
