@@ -22,6 +22,9 @@ SPLIT_FILE = DATA / "split.json"
 # Task anchors: short prompts the project wrote from the task definitions, for the shapes people type (greetings,
 # text chores, "write a function that ...", list requests). Training-only: in every fit, never measured, never left out.
 ANCHORS_FILE = DATA / "anchors.jsonl"
+# A second, blind labelling of Arena-Hard's coding and math prompts (SOURCES.md): measured beside Arena's own labels,
+# on the prompts both labellings put in the same task. Never trained on.
+SECOND_LABELS_FILE = DATA / "arena_hard_second_labels.jsonl"
 SEED = 20260523
 TEST_FRACTION = 0.30
 TASKS = list(classification.DEFAULT_TASKS)
@@ -77,6 +80,29 @@ def load_labelled(without: tuple = ()) -> list[dict]:
                     ident = item[id_field] if source == "project" else f"{source}-{item[id_field]}"
                 rows.append({"id": str(ident), "source": source, "task": task, "prompt": prompt_of(item)})
     return rows
+
+
+def second_labels() -> dict[str, str]:
+    """{row id: task} from the blind second labelling ("unsure" included, which confirms nothing)."""
+    if not SECOND_LABELS_FILE.exists():
+        return {}
+    return {f"arena-hard-{item['uid']}": item["task"] for item in _items(SECOND_LABELS_FILE.name)}
+
+
+def confirmed(rows, second: dict) -> np.ndarray:
+    """Rows whose label stands: not second-labelled, or put in the same task by both labellings."""
+    return np.asarray([second.get(r["id"], r["task"]) == r["task"] for r in rows])
+
+
+def agreement(rows, second: dict) -> str:
+    """How the second labelling agrees with the source's, per source label: `coding 212/253 (analysis 10, ...)`."""
+    parts = []
+    for task in TASKS:
+        relabelled = [second[r["id"]] for r in rows if r["id"] in second and r["task"] == task]
+        if relabelled:
+            others = Counter(t for t in relabelled if t != task)
+            parts.append(f"{task} {relabelled.count(task)}/{len(relabelled)}" + (" (" + ", ".join(f"{t} {n}" for t, n in others.most_common()) + ")" if others else ""))
+    return "; ".join(parts)
 
 
 def _words(text: str) -> set:
@@ -344,6 +370,7 @@ def main() -> None:
     is_test = np.asarray([r["id"] in test_ids for r in rows])
     test_rows = [r for r, t in zip(rows, is_test) if t]
     loso, split, chosen_log, loso_log_probs = {"keywords": summary(rows, log_kw)}, {"keywords": summary(test_rows, log_kw[is_test])}, {}, {}
+    loso_log_probs_all = {"keywords": log_kw}
     if args.classifier_model:
         loso[f"{args.classifier_model} (small-model tier)"] = summary(rows, small_model_log_probs(rows, args.classifier_model))
     if not args.no_embedding:
@@ -361,6 +388,7 @@ def main() -> None:
             for variant, (settings, log_probs) in fit_and_test(rows, x, log_kw, method, ~is_test, is_test, anchors).items():
                 name = f"MiniLM {method}" + (" + keywords" if variant == "combined" else "")
                 loso[name], split[name] = summary(rows, out[variant]), summary(test_rows, log_probs)
+                loso_log_probs_all[name] = out[variant]
                 if variant == "combined":
                     loso_log_probs[method] = out[variant]
                 # undone with the split's temperature, not each left-out source's own
@@ -373,6 +401,16 @@ def main() -> None:
     if not args.no_embedding:
         shipped = max(("centroid", "head"), key=lambda m: loso[f"MiniLM {m} + keywords"]["public_mean"])
         print(f"\nMisses of MiniLM {shipped} + keywords (the one that ships), leave-one-source-out: " + misses(rows, loso_log_probs[shipped]))
+    second = second_labels()
+    if second:
+        keep = confirmed(rows, second)
+        kept = [r for r, k in zip(rows, keep) if k]
+        print(f"\n## Leave-one-source-out on confirmed labels ({len(rows) - len(kept)} prompts dropped: a blind second labelling of "
+              f"Arena-Hard's {sum(r['id'] in second for r in rows)} coding and math prompts put them elsewhere or was unsure)\n")
+        print("Second labelling against Arena-Hard's own (theirs → second's): " + agreement(rows, second) + "\n")
+        for name, log_probs in loso_log_probs_all.items():
+            loso[name]["confirmed"] = summary(kept, log_probs[keep])
+        print(table({name: loso[name]["confirmed"] for name in loso_log_probs_all}, kept))
     print("\nCalibration (expected calibration error of the confidence, leave-one-source-out): "
           + "; ".join(f"{k} {v['ece']:.3f}" + (f" (before temperature {v['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in v else "") for k, v in loso.items()))
     print(f"\n## In-distribution ({int(is_test.sum())} test prompts of the seeded 70/30 split; trained on the rest)\n")

@@ -174,6 +174,21 @@ def test_default_exemplars_cover_every_task_and_come_only_from_the_vendored_sour
     assert {t: len(v) for t, v in sources.items()} == {t: len(v) for t, v in exemplars.items()}
 
 
+def test_second_labelling_covers_exactly_arena_hards_coding_and_math_prompts_and_confirms_only_agreement():
+    eval_router = _eval_router()
+    labelled = eval_router.load_labelled()
+    second = eval_router.second_labels()
+    arena = {r["id"]: r["task"] for r in labelled if r["source"] == "arena-hard"}
+    assert set(second) == {i for i, task in arena.items() if task in ("coding", "analysis")}
+    assert len(second) == 500 and set(second.values()) <= set(classification.DEFAULT_TASKS) | {"unsure"}
+    rows = [{"id": "arena-hard-a", "task": "coding"}, {"id": "arena-hard-b", "task": "analysis"},
+            {"id": "arena-hard-c", "task": "coding"}, {"id": "vicuna-1", "task": "general"}]
+    labels = {"arena-hard-a": "coding", "arena-hard-b": "coding", "arena-hard-c": "unsure"}
+    # a row keeps its label when both labellings agree, or when it was never second-labelled
+    assert eval_router.confirmed(rows, labels).tolist() == [True, False, False, True]
+    assert eval_router.agreement(rows, labels) == "coding 1/2 (unsure 1); analysis 0/1 (coding 1)"
+
+
 def test_user_exemplars_extend_tasks_and_add_new_ones():
     merged = embedding_classifier.load_exemplars({"legal": ["review this NDA clause", "is my lease agreement fair"], "coding": ["write a bash loop"]}, base=SMALL_EXEMPLARS)
     assert merged["legal"] == ["review this NDA clause", "is my lease agreement fair"]
