@@ -356,11 +356,12 @@ def status_command(ctx, json_):
             if not state.reachable:
                 click.echo(f"{state.base_url}  unreachable: {state.error}")
                 continue
-            models = (
-                f"models: {state.downloaded} downloaded, {state.loaded} loaded"
-                if state.downloaded is not None
-                else "models: unknown"
-            )
+            if state.downloaded is not None:
+                models = f"models: {state.downloaded} downloaded, {state.loaded} loaded"
+            elif state.error:
+                models = "models: unknown"
+            else:  # LM Studio before 0.3.6: only /v1/models, which says too little to count them
+                models = "models: not counted (no /api/v0 listing before LM Studio 0.3.6; `llm lmstudio ls` lists them)"
             click.echo(f"{state.base_url}  reachable ({state.latency_ms:g} ms)  {_token_text(state)}  {models}")
             if state.error:
                 click.echo(f"  {state.error}")

@@ -28,6 +28,11 @@ class ServerStatus:
         return asdict(self)
 
 
+# LM Studio's own listings, newest first (/api/v1: 0.4; /api/v0: 0.3.6), then the OpenAI-compatible one every release has.
+NATIVE_LISTINGS = ("/api/v1/models", "/api/v0/models")
+OPENAI_LISTING = "/v1/models"
+
+
 def count_models(body: Any) -> tuple[int | None, int | None]:
     if isinstance(body, dict) and isinstance(body.get("models"), list):  # /api/v1/models
         models = [m for m in body["models"] if isinstance(m, dict)]
@@ -54,28 +59,35 @@ def server_status(target: settings.Server, token: str | None, token_source: str 
     status.reachable = True
     if not is_lmstudio:
         status.error = str(errors.not_lmstudio(target.base_url))
-    body = None
-    for path in ("/api/v1/models", "/api/v0/models"):
+    body, answered, missing = None, None, []
+    for path in NATIVE_LISTINGS + (OPENAI_LISTING,):
+        if path == OPENAI_LISTING and len(missing) < len(NATIVE_LISTINGS):
+            break  # a native listing failed for another reason: that failure is the news
         try:
-            body = client.get_json(path)
+            body, answered = client.get_json(path), path
             break
         except errors.AuthRequired as exc:
             status.requires_token = True
             status.token_accepted = False if token else None
             status.error = str(exc)
             break
+        except errors.EndpointMissing as exc:
+            missing.append(str(exc))  # an older LM Studio: /api/v1 arrived in 0.4, /api/v0 in 0.3.6
         except errors.LMStudioError as exc:
             status.error = status.error or str(exc)
             if isinstance(exc, (errors.TimedOut, errors.Unreachable)):
                 break  # the other listing would wait out the same timeout again
+    if body is None and missing and not status.error:
+        status.error = missing[0]
     if body is not None:
         status.error = None if is_lmstudio else status.error
-        status.downloaded, status.loaded = count_models(body)
+        if answered != OPENAI_LISTING:  # /v1/models lists loaded or downloaded models, depending on JIT: no counts
+            status.downloaded, status.loaded = count_models(body)
         if token:
             status.token_accepted = True
-            # Our token worked; ask once without it to learn whether the server insists on one.
+            # Our token worked; ask once without it (the same listing) to learn whether the server insists on one.
             try:
-                rest.Client(target, token=None, **quick).get_json("/api/v1/models")
+                rest.Client(target, token=None, **quick).get_json(answered)
                 status.requires_token = False
             except errors.AuthRequired:
                 status.requires_token = True

@@ -538,6 +538,34 @@ def test_status_json_is_the_documented_shape(lmstudio, monkeypatch, token_suppor
     assert data["sdk"] == {"installed": True, "version": lms.__version__, "token_support": token_support}
 
 
+def test_status_of_lmstudio_0_3_5_is_healthy(lmstudio):
+    lmstudio.configure(version="0.3.5")
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert re.match(
+        rf"{re.escape(lmstudio.base_url)}  reachable \([\d.]+ ms\)  token: not required  models: not counted \(no /api/v0 "
+        r"listing before LM Studio 0\.3\.6; `llm lmstudio ls` lists them\)$",
+        result.stdout.splitlines()[0],
+    )
+    assert result.stdout.splitlines()[1] == "API token: none configured"
+    [server] = json.loads(run("status", "--json").stdout)["servers"]
+    assert (server["reachable"], server["requires_token"], server["downloaded"], server["loaded"], server["error"]) == (
+        True, False, None, None, None)
+
+
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
+@pytest.mark.parametrize("version", ["0.3.15", "0.4"])
+def test_status_counts_models_on_each_generation(lmstudio, version):
+    lmstudio.configure(version=version)
+    lmstudio.load(LLAMA)
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].endswith("  token: not required  models: 5 downloaded, 1 loaded")
+    assert result.stdout.splitlines()[1] == "API token: none configured"
+    [server] = json.loads(run("status", "--json").stdout)["servers"]
+    assert (server["downloaded"], server["loaded"], server["error"]) == (5, 1, None)
+
+
 def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_url, monkeypatch):
     monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{refused_url}")
     result = run("status", "--json")

@@ -35,3 +35,20 @@ def test_status_of_a_hung_server_is_unreachable_within_the_connect_budget(hung_u
     result = health.server_status(manager.pick_server(), None)
     assert time.monotonic() - started < 6
     assert not result.reachable and hung_url in result.error
+
+
+def test_status_of_lmstudio_0_3_5_is_healthy_without_counts(lmstudio):
+    # 0.3.5 has neither /api/v1 (0.4) nor /api/v0 (0.3.6): only /v1/models, which cannot tell downloaded from loaded.
+    lmstudio.configure(version="0.3.5")
+    result = health.server_status(manager.pick_server(), None)
+    assert (result.reachable, result.requires_token, result.downloaded, result.loaded, result.error) == (True, False, None, None, None)
+
+
+@pytest.mark.minilm  # the stand-in's downloads include MiniLM
+@pytest.mark.parametrize("version", ["0.3.15", "0.4"])
+def test_status_counts_from_the_native_listing_each_generation_has(lmstudio, version):
+    lmstudio.configure(version=version)
+    lmstudio.load(LLAMA)
+    result = health.server_status(manager.pick_server(), TOKEN)
+    # with a token configured, it asks the listing that answered without it: 0.3.15 has no /api/v1/models to ask
+    assert (result.downloaded, result.loaded, result.error, result.requires_token, result.token_accepted) == (5, 1, None, False, True)
