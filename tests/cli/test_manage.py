@@ -237,6 +237,16 @@ def test_unload_all(lmstudio):
     assert lmstudio.loaded() == []
 
 
+def test_unload_json_rows_have_the_shape_of_ps_rows(lmstudio):
+    lmstudio.load(LLAMA)
+    ps_rows = json.loads(run("ps", "--json").stdout)
+    result = run("unload", LLAMA, "--json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)["unloaded"]
+    assert set(row) == set(ps_rows[0])
+    assert (row["identifier"], row["server"]) == (LLAMA, lmstudio.base_url)
+
+
 def test_unload_without_identifier_takes_the_only_loaded_model(lmstudio):
     lmstudio.load(QWEN)
     result = run("unload")
