@@ -89,6 +89,34 @@ def failures_cell(failures: dict) -> str:
     return f"{total} ({most} {kind}, {total - most} other)"
 
 
+def _forms(model_id: str) -> set[str]:
+    """The names a user types for a recorded model: llm's id, the key after its prefix, the key's last part."""
+    key = model_id.split("/", 1)[1] if "/" in model_id else model_id
+    return {model_id.lower(), key.lower(), key.rsplit("/", 1)[-1].lower()}
+
+
+def resolve_model(name: str, known: list[str]) -> str:
+    """The recorded model id `-m name` means (llm id, LM Studio key or short name, any case); one-line error otherwise."""
+    import difflib
+
+    wanted = name.strip().lower()
+    exact = [m for m in known if m.lower() == wanted]
+    matches = exact or [m for m in known if wanted in _forms(m)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise click.ClickException(f"-m {name} matches several models with recorded outcomes: {', '.join(sorted(matches))}; "
+                                   "give the full id")
+    if not known:
+        raise click.ClickException(f"-m {name}: nothing is recorded for any LM Studio, native MLX or router model yet")
+    forms = {form: m for m in sorted(known) for form in sorted(_forms(m))}
+    close = [forms[f] for f in difflib.get_close_matches(wanted, list(forms), n=10, cutoff=0.6)]
+    shown = list(dict.fromkeys(close + sorted(known)))[:5]
+    more = f" and {len(known) - len(shown)} more (`llm lmstudio stats` lists them)" if len(known) > len(shown) else ""
+    raise click.ClickException(f"-m {name}: no model of that name has recorded outcomes; "
+                               f"{'did you mean' if close else 'recorded'}: {', '.join(shown)}{more}")
+
+
 def _reset(model: str | None, json_: bool) -> None:
     import sqlite3
 
@@ -115,7 +143,8 @@ def _ms(value) -> str:
 
 @click.command(name="stats")
 @click.option("--since", type=_DURATION, help="Only the last 30m, 12h, 7d... (default: all the log the plugin has copied)")
-@click.option("-m", "--model", help="Only this model (the one that answered, e.g. lmstudio/qwen2.5-7b-instruct)")
+@click.option("-m", "--model", help="Only this model (the one that answered): its llm id, LM Studio key or short name, "
+              "e.g. lmstudio/qwen/qwen3-4b, qwen/qwen3-4b or qwen3-4b")
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 @click.option("--prometheus", is_flag=True, help="Output in the Prometheus text format (node_exporter textfile collector)")
 @click.option("--reset", is_flag=True, help="Forget the recorded failures and successes of -m MODEL (of every model without -m): "
@@ -135,14 +164,22 @@ def stats_command(since, model, json_, prometheus, reset):
 
     from llm_lmstudio.store import performance
 
+    if json_ and prometheus:
+        raise click.UsageError("Give --json or --prometheus, not both")
+
+    def read(since_seconds, model_id):
+        try:
+            return performance.report(llm.user_dir() / "logs.db", since_seconds=since_seconds, model=model_id)
+        except (OSError, sqlite3.Error) as exc:
+            raise click.ClickException(f"cannot read the plugin's statistics store: {exc}") from None
+
+    if model is not None:  # matched against every model with a record, whatever the period
+        whole = read(None, None)
+        model = resolve_model(model, [m.model for m in whole.models])
     if reset:
         _reset(model, json_)
         return
-
-    try:
-        data = performance.report(llm.user_dir() / "logs.db", since_seconds=since or None, model=model)
-    except (OSError, sqlite3.Error) as exc:
-        raise click.ClickException(f"cannot read the plugin's statistics store: {exc}") from None
+    data = read(since or None, model)
     if prometheus:
         click.echo(performance.prometheus(data), nl=False)
         return
