@@ -111,10 +111,35 @@ def why_missing(model_id: str, kind: str, models: list[CatalogModel]) -> str:
         )
     if entry.get("status") != "ok":
         return f"{model_id} is not available: {entry.get('error')}"
+    same_kind = [m for m in models if m.prefix == prefix and m.is_embedding == (kind == "embedding")]
+    close = close_names(key, [m.key for m in same_kind])
+    hint = f"; did you mean {', '.join(f'{prefix}/{k}' for k in close)}?" if close else ""
     return (
-        f"{model_id} is not available: LM Studio at {server.base_url} does not list {key} "
+        f"{model_id} is not available: LM Studio at {server.base_url} does not list {key}{hint} "
         "(`llm models -q lmstudio` shows the models it has, `llm lmstudio ls` the downloaded ones)"
     )
+
+
+def close_names(key: str, keys: list[str], limit: int = 3) -> list[str]:
+    """Listed keys close to `key` (a typo, or the short name `llm lmstudio load` takes), never `key` itself: the
+    same name under a publisher first, then near spellings of the name after the publisher, then of the whole key."""
+    import difflib
+
+    def short(name: str) -> str:
+        return name.lower().rsplit("/", 1)[-1]
+
+    others = [k for k in keys if k != key]
+    found = [k for k in others if short(k) == short(key)]
+    if not found:
+        shorts: dict[str, list[str]] = {}
+        for k in others:
+            shorts.setdefault(short(k), []).append(k)
+        for name in difflib.get_close_matches(short(key), list(shorts), n=limit, cutoff=0.75):
+            found += shorts[name]
+    if not found:
+        lowered = {k.lower(): k for k in others}
+        found = [lowered[k] for k in difflib.get_close_matches(key.lower(), list(lowered), n=limit, cutoff=0.8)]
+    return found[:limit]
 
 
 # ---------------------------------------------------------------- the stand-ins

@@ -182,6 +182,25 @@ def test_a_model_the_server_does_not_have_says_so_and_where_to_look(lmstudio):
     )
 
 
+@pytest.mark.parametrize("typed", ["lmstudio/test-org/tiny-lama", "lmstudio/tiny-llama", "lmstudio/Test-Org/Tiny-Lama"])
+def test_a_typo_or_a_short_name_is_offered_the_listed_model(lmstudio, typed):
+    # docs/router.md, "Hints in model errors": close names for a model LM Studio does not list
+    line = one_error_line(invoke("-m", typed, "hello"))
+    key = typed.removeprefix("lmstudio/")
+    assert line == (
+        f"Error: {typed} is not available: LM Studio at {lmstudio.base_url} does not list {key}; did you mean "
+        f"{LLAMA}? (`llm models -q lmstudio` shows the models it has, `llm lmstudio ls` the downloaded ones)"
+    )
+
+
+def test_close_names_never_offer_the_name_typed_and_prefer_the_same_name():
+    keys = ["qwen/qwen3-4b", "qwen/qwen3-8b", "lmstudio-community/qwen3-4b", "test-org/tiny-llama", "test-org/tiny-reasoner"]
+    assert unavailable.close_names("qwen3-4b", keys) == ["qwen/qwen3-4b", "lmstudio-community/qwen3-4b"]
+    assert unavailable.close_names("test-org/tiny-lama", keys) == ["test-org/tiny-llama"]  # not every test-org/tiny-*
+    assert unavailable.close_names("qwen/qwen3-4b", keys) == ["lmstudio-community/qwen3-4b"]
+    assert unavailable.close_names("test-org/no-such-model", keys) == []
+
+
 def test_a_server_prefix_that_is_not_configured_says_how_to_add_it(lmstudio):
     line = one_error_line(invoke("-m", "lmstudio@gpu-box:1234/test-org/tiny-llama", "hello"))
     assert "names the server gpu-box:1234, which is not configured: add it to LMSTUDIO_BASE_URL" in line
