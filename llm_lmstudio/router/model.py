@@ -12,7 +12,7 @@ from pydantic import Field
 
 from llm_lmstudio.core import settings
 from llm_lmstudio.router import config as router_config
-from llm_lmstudio.store.call_recording import recorded
+from llm_lmstudio.store.call_recording import delegating
 from llm_lmstudio.store.response_cache import CacheOptions, cached
 from llm_lmstudio.core.messages import IMAGE_TYPES
 from llm_lmstudio.router.config import ROUTER_ID, TOOL_CALL_OWNERS
@@ -107,7 +107,7 @@ class Router(llm.Model):
         return f"LM Studio router: {ROUTER_ID} (picks the best local model for each prompt)"
 
     @cached  # the router owns the entry: the model it delegates to does not cache on its own
-    @recorded  # nor record: the router records each attempt it makes
+    @delegating  # nor record: the router records each attempt per model it tried, and is never a model in stats
     def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
         from llm_lmstudio.core.errors import fail_after_logging
         from llm_lmstudio.router.planning import make_plan
