@@ -117,7 +117,7 @@ def test_a_model_that_cannot_be_loaded_with_jit_off_ends_the_plan_in_one_line(lm
     lmstudio.configure(jit=False)
     run("models")
 
-    def no_sdk(model, ttl):
+    def no_sdk(model, ttl, token=None, **_):
         raise ImportError("No module named 'lmstudio'")
 
     monkeypatch.setattr(loading, "ensure_loaded", no_sdk)  # as without the SDK installed
