@@ -68,6 +68,11 @@ class Manager:
         self.backend = session
         return self
 
+    @property
+    def sets_ttl(self) -> bool:
+        """Can a load here carry an idle TTL? Not over LM Studio's REST API: its load has no such field."""
+        return self.via == "sdk"
+
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from llm_lmstudio.core import settings
 from llm_lmstudio.router import config as router_config
-from llm_lmstudio.store.call_recording import recorded
+from llm_lmstudio.store.call_recording import delegating
 from llm_lmstudio.store.response_cache import CacheOptions, cached
 from llm_lmstudio.core.messages import IMAGE_TYPES
 from llm_lmstudio.router.config import ROUTER_ID, TOOL_CALL_OWNERS
@@ -68,22 +68,27 @@ def brief(attempt: dict) -> str:
     return words
 
 
-def _load(inner, ttl: int, state: dict) -> bool:
-    """Load an LM Studio model through the management layer before prompting it. False when management cannot
-    (an https server, no SDK): the request then goes out as it is, and LM Studio's JIT loading may still load it."""
+def _load(inner, ttl: int, state: dict, *, untimed: bool = False) -> None:
+    """Load an LM Studio model through the management layer before prompting it; state["loaded"] says whether this
+    did. False when management cannot (an https server, no SDK): the request then goes out as it is, and LM Studio's
+    JIT loading may still load it. Left unset where management cannot set the TTL (LM Studio's REST API): the request
+    carries it for JIT loading, and a "not loaded" answer calls this again with `untimed` (load without a TTL)."""
     from llm_lmstudio.management.models import LoadRefused, ManagementError, UnknownModel
     from llm_lmstudio.router import loading
 
     try:
-        identifier = loading.ensure_loaded(inner, ttl)
+        identifier = loading.ensure_loaded(inner, ttl, state.get("token"), untimed=untimed)
+    except loading.LeftToJit:
+        return
     except (LoadRefused, UnknownModel):
         raise
     except (ManagementError, ImportError) as exc:
         state["load_problem"] = str(exc)
-        return False
+        state["loaded"] = False
+        return
     if identifier:
         state["loaded_id"] = identifier
-    return bool(identifier)
+    state["loaded"] = bool(identifier)
 
 
 class RouterOptions(CacheOptions):
@@ -94,8 +99,11 @@ class RouterOptions(CacheOptions):
     seed: Optional[int] = Field(default=None, description="Random seed, passed to the chosen model")
 
 
-class Router(llm.Model):
+class Router(llm.KeyModel):
     model_id = ROUTER_ID
+    # `--key` reaches execute() and goes to the LM Studio models it tries (and their loads); never required (get_key)
+    needs_key = settings.KEY_ALIAS
+    key_env_var = settings.TOKEN_ENV
     can_stream = True
     supports_tools = True
     supports_schema = True
@@ -106,9 +114,16 @@ class Router(llm.Model):
         # the id in the line, so `llm models -q lmstudio-router` finds it (llm matches the query against this text)
         return f"LM Studio router: {ROUTER_ID} (picks the best local model for each prompt)"
 
+    def get_key(self, explicit_key: str | None = None) -> str | None:
+        """`--key` (a token, or the name of a stored key) or model.key set in Python, else None: each LM Studio model
+        then finds its own token (`llm keys set lmstudio`, $LM_API_TOKEN), and a server without one needs none."""
+        if getattr(self, "key", None) is not None:
+            return self.key
+        return llm.get_key(explicit_key=explicit_key) if explicit_key else None
+
     @cached  # the router owns the entry: the model it delegates to does not cache on its own
-    @recorded  # nor record: the router records each attempt it makes
-    def execute(self, prompt, stream, response, conversation=None) -> Iterator[StreamEvent]:
+    @delegating  # nor record: the router records each attempt per model it tried, and is never a model in stats
+    def execute(self, prompt, stream, response, conversation=None, key=None) -> Iterator[StreamEvent]:
         from llm_lmstudio.core.errors import fail_after_logging
         from llm_lmstudio.router.planning import make_plan
         from llm_lmstudio.store import call_history
@@ -140,7 +155,7 @@ class Router(llm.Model):
                 attempt.update(skipped=True, skip_reason=skipped[server])
                 continue
             try:
-                inner_response = yield from self._attempt(prompt, stream, model_id, candidate, options, config, state)
+                inner_response = yield from self._attempt(prompt, stream, model_id, candidate, options, config, state, key)
             except Exception as exc:  # noqa: BLE001 - each failure is recorded, then the next model is tried
                 kind = call_history.error_kind(exc)
                 attempt.update(error=str(exc), error_kind=kind, duration_ms=round((time.monotonic() - started) * 1000, 1))
@@ -152,7 +167,7 @@ class Router(llm.Model):
                 if state.get("loaded_id") and state["first_event_at"] is None:
                     from llm_lmstudio.router import loading
 
-                    loading.unload(llm.get_model(model_id), state["loaded_id"])
+                    loading.unload(llm.get_model(model_id), state["loaded_id"], state.get("token"))
                 if state["first_event_at"] is not None:
                     # Text has reached the user: retrying elsewhere would splice two answers together.
                     fail_after_logging(f"{model_id} failed after it had started answering: {exc}")
@@ -194,10 +209,10 @@ class Router(llm.Model):
         last = next((a["error"] for a in reversed(attempts) if a.get("error")), "")
         raise llm.ModelError(f"every model the router tried failed: {summary}. Last error: {last}")
 
-    def _attempt(self, prompt, stream, model_id: str, candidate, options: dict, config, state: dict):
+    def _attempt(self, prompt, stream, model_id: str, candidate, options: dict, config, state: dict, key=None):
         """One model's try: load it first if it is an LM Studio model not loaded, then stream its answer; yields its
-        events and returns its response. A "not loaded" answer (unloaded since the listing, JIT loading off) loads it
-        and asks once more."""
+        events and returns its response. A "not loaded" answer (unloaded since the listing, or left to JIT loading
+        and JIT loading is off) loads it and asks once more. `key` (--key) is the token of LM Studio models only."""
         from llm_lmstudio.store import call_history
 
         inner = llm.get_model(model_id)
@@ -207,11 +222,13 @@ class Router(llm.Model):
         attempt_options = dict(options)
         served = model_id.startswith(("lmstudio/", "lmstudio@")) and getattr(inner, "entry", None) is not None
         if served:
+            state["token"] = inner.get_key(key)  # what the model itself sends: --key, else the configured token
             attempt_options["ttl"] = config.ttl  # should LM Studio JIT-load it after all, it must not stay pinned
             if candidate is not None and not candidate.loaded:
-                state["loaded"] = _load(inner, config.ttl, state)
+                _load(inner, config.ttl, state)
         while True:
-            inner_response = llm.Response(_inner_prompt(prompt, inner, attempt_options), inner, stream)
+            inner_prompt = _inner_prompt(prompt, inner, attempt_options)
+            inner_response = llm.Response(inner_prompt, inner, stream, key=key if served else None)
             try:
                 for event in inner_response.stream_events():
                     if state["first_event_at"] is None:
@@ -223,6 +240,6 @@ class Router(llm.Model):
                          and call_history.error_kind(exc) == "NotLoaded")
                 if not retry:
                     raise
-                state["loaded"] = _load(inner, config.ttl, state)
-                if not state["loaded"]:
+                _load(inner, config.ttl, state, untimed=True)
+                if not state.get("loaded"):
                     raise

@@ -11,7 +11,7 @@ from typing import Any
 from llm_lmstudio.store.wrapping import around_execute
 
 # The outermost recorder while its execute() is producing: the router records each attempt it makes itself
-# (call_history.record_attempt), so a model it delegates to does not record, and neither does the router's own call.
+# (call_history.record_attempt), so a model it delegates to does not record, and neither does the router (delegating).
 _RECORDING: contextvars.ContextVar = contextvars.ContextVar("llm_lmstudio_recording", default=None)
 
 
@@ -66,3 +66,31 @@ class _Recorder:
 def recorded(execute):
     """Decorate a model's execute() (sync or async generator) so that each outermost call's outcome is recorded."""
     return around_execute(execute, _RECORDING, _Recorder)
+
+
+class _Delegator:
+    """The router's watcher: it records nothing, whatever happens. Its attempts are recorded per real model; a
+    failure before any model was prompted (no plan, every load refused) is not a model's call either."""
+
+    delegated = False
+
+    def __init__(self, model, prompt, response):
+        pass
+
+    def begin(self) -> None:
+        return None
+
+    def saw(self, event) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
+
+    def failed(self, exc: Exception) -> None:
+        pass
+
+
+def delegating(execute):
+    """Decorate the router's execute(): a model run inside it records nothing (the router records each attempt with
+    call_history.record_attempt), and the router itself is never recorded as a model."""
+    return around_execute(execute, _RECORDING, _Delegator)

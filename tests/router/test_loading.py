@@ -2,6 +2,7 @@
 a progress line on stderr, whether LM Studio's JIT loading is on or off; never a second instance of a loaded model."""
 
 import json
+import re
 
 import pytest
 import sqlite_utils
@@ -93,3 +94,74 @@ def test_a_model_the_router_loaded_for_an_attempt_that_failed_is_unloaded_again(
     assert first["error_kind"] == "ServerError" and second["ok"]
     # only the model that answered holds memory; the one that failed was loaded for nothing and let go
     assert [i["model"] for i in lmstudio.loaded()] == [second["model"].removeprefix("lmstudio/")]
+
+
+# ---------------------------------------------------------------- a token the installed SDK cannot send: REST management
+
+TOKEN = "sk-lm-abcdEFGH:a1B2c3D4e5F6g7H8i9J0"
+
+
+def token_protected(lmstudio, user_path, monkeypatch, *, token_support: bool, jit: bool = True) -> None:
+    """The router config, a listing made while no token was needed, then a server that wants TOKEN, managed through
+    an SDK with or without token support (without: LM Studio's REST API, whose load takes no TTL)."""
+    import lmstudio as lms
+
+    from tests.helpers import sdk_client
+
+    monkeypatch.setattr(lms, "Client", sdk_client(token_support))
+    (user_path / "lmstudio-router.yaml").write_text(PREFS)
+    assert run("models").exit_code == 0
+    lmstudio.configure(jit=jit, auth_token=TOKEN)
+
+
+def test_with_rest_management_and_jit_on_the_request_carries_the_ttl_and_no_load_is_announced(lmstudio, user_path, monkeypatch):
+    token_protected(lmstudio, user_path, monkeypatch, token_support=False, jit=True)
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert "loading" not in result.stderr and "failed" not in result.stderr and "--ttl" not in result.output
+    [instance] = lmstudio.loaded()
+    assert instance["model"] == "test-org/tiny-llama" and instance["jit"] and instance["ttl_seconds"] == 300
+    assert not [r for r in lmstudio.requests() if r["path"] == "/api/v1/models/load"]
+    [attempt] = json.loads(last_turn(user_path)["response_json"])["attempts"]
+    assert attempt["ok"] and "loaded_by_router" not in attempt
+
+
+def test_with_rest_management_and_jit_off_the_router_loads_without_a_ttl_and_says_so(lmstudio, user_path, monkeypatch):
+    token_protected(lmstudio, user_path, monkeypatch, token_support=False, jit=False)
+    monkeypatch.setenv("LM_API_TOKEN", TOKEN)
+    result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stderr.splitlines() if "loading" in line]
+    assert re.fullmatch(
+        rf"llm-lmstudio: loading test-org/tiny-llama on {re.escape(lmstudio.base_url)} for the router… done in [\d.]+ s "
+        r"\(no TTL: LM Studio's REST load cannot set one; `llm lmstudio unload test-org/tiny-llama` frees it\)", line), line
+    assert "failed" not in result.stderr and "--ttl" not in result.output
+    [instance] = lmstudio.loaded()
+    assert instance["model"] == "test-org/tiny-llama" and not instance["jit"] and instance["ttl_seconds"] is None
+    chats = [r for r in lmstudio.requests() if "chat" in r["path"]]
+    assert len(chats) == 2 and all(r["ttl"] == 300 for r in chats)  # asked, "not loaded", loaded, asked again
+    [attempt] = json.loads(last_turn(user_path)["response_json"])["attempts"]
+    assert attempt["ok"] and attempt["loaded_by_router"]
+
+
+@pytest.mark.parametrize("token_support", [True, False], ids=["sdk-with-tokens", "sdk-without-tokens"])
+def test_key_is_the_token_for_the_models_the_router_tries_and_for_its_loads(lmstudio, user_path, monkeypatch, token_support):
+    # docs/lmstudio.md: `--key` (a token, or the name of a stored key) wins for one prompt; no token is stored here
+    token_protected(lmstudio, user_path, monkeypatch, token_support=token_support, jit=False)
+    without = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
+    assert without.exit_code == 1
+    assert "requires an API token: run `llm keys set lmstudio`" in without.output and not lmstudio.loaded()
+    result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2", "--key", TOKEN)
+    assert result.exit_code == 0, result.output
+    [instance] = lmstudio.loaded()
+    assert instance["model"] == "test-org/tiny-llama"
+    assert instance["ttl_seconds"] == (300 if token_support else None)  # loaded by the router, with the key
+    assert json.loads(last_turn(user_path)["response_json"])["attempts"][-1]["ok"]
+    assert run("keys", "set", "mine", "--value", TOKEN).exit_code == 0  # the name of a stored key works too
+    named = run("-m", "router", "Write a haiku about spring", "-o", "max_tokens", "2", "--key", "mine")
+    assert named.exit_code == 0, named.output
+    for text in (without.output, result.output, named.output):
+        assert TOKEN not in text and TOKEN.split(":")[1] not in text
+    for path in [user_path / "logs.db", *(user_path / "lmstudio").iterdir()]:
+        assert TOKEN.split(":")[1].encode() not in path.read_bytes(), path

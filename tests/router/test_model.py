@@ -117,7 +117,7 @@ def test_a_model_that_cannot_be_loaded_with_jit_off_ends_the_plan_in_one_line(lm
     lmstudio.configure(jit=False)
     run("models")
 
-    def no_sdk(model, ttl):
+    def no_sdk(model, ttl, token=None, **_):
         raise ImportError("No module named 'lmstudio'")
 
     monkeypatch.setattr(loading, "ensure_loaded", no_sdk)  # as without the SDK installed
@@ -146,3 +146,37 @@ def test_two_router_config_files_and_wrong_kind_models_are_refused_up_front(lmst
             assert result.exit_code == 1
             assert f"lmstudio-router.yaml: '{key}' names {model_id}, which is {wrong}: name " in error_line(result)
     assert not [r for r in lmstudio.requests() if "chat" in r["path"] or "embeddings" in r["path"]]
+
+
+# ---------------------------------------------------------------- the router is never a model in the call history
+
+
+from llm_lmstudio.router.config import ROUTER_ID  # noqa: E402
+
+
+def recorded_models() -> list[str]:
+    return [row["model"] for row in json.loads(run("lmstudio", "stats", "--json").output)["models"]]
+
+
+def test_a_router_failure_before_any_model_answers_records_no_call_of_the_router(lmstudio, refused_url, user_path, monkeypatch):
+    # docs/cache-and-stats.md: stats are per model that answered or failed; the router tries models, it is not one
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\n")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    result = run("-m", "router", "Write a haiku about autumn")
+    assert result.exit_code == 1 and error_line(result).startswith("Error: the router has no model for this prompt: ")
+    assert recorded_models() == []
+    # every attempt failed before any model was prompted (each load refused): recorded per model, not as the router
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", lmstudio.base_url)
+    lmstudio.set_fault("load_fail", "/", message="Not enough memory (guardrails)")
+    result = run("-m", "router", "Write a haiku about autumn")
+    assert result.exit_code == 1 and error_line(result).startswith("Error: every model the router tried failed: ")
+    assert not [r for r in lmstudio.requests() if "chat" in r["path"]]
+    models = recorded_models()
+    assert models and ROUTER_ID not in models and all(m.startswith("lmstudio/") for m in models)
+
+
+def test_a_routed_answer_is_recorded_under_the_model_that_answered_only(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert recorded_models() == [LLAMA]  # not ROUTER_ID as well

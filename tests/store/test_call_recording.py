@@ -96,6 +96,22 @@ def test_a_model_run_inside_another_records_nothing_and_nor_does_the_outer_one(c
     assert calls == [("test/inner", True, None, True)]
 
 
+def test_the_routers_decorator_records_nothing_of_its_own_even_a_failure_before_it_delegates(calls):
+    inner = scripted(model_id="test/inner", cache=False)
+
+    def route(self, prompt, stream, response, conversation=None):
+        if prompt.prompt == "no plan":
+            raise llm.ModelError("the router has no model for this prompt")  # before any model ran
+        yield from inner.prompt(prompt.prompt)
+
+    router = type("Routing", (llm.Model,), {"model_id": "test/router", "Options": CacheOptions,
+                                             "execute": cached(call_recording.delegating(route))})()
+    with pytest.raises(llm.ModelError):
+        ask(router, "no plan")
+    assert ask(router) == "onetwo" and inner.runs == 1
+    assert calls == []  # neither the router (a model only in name) nor the model it ran inside it
+
+
 def test_a_caller_that_stops_early_records_nothing(calls):
     response = scripted(words=("one", "two", "three")).prompt("hi")
     events = iter(response)
