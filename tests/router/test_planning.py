@@ -117,6 +117,39 @@ def test_prompt_too_long_for_a_models_context_excludes_it(lmstudio, user_path):
     assert any(e["model"] == LLAMA and "exceeds its context of 64" in e["reason"] for e in plan["excluded"])
 
 
+def test_the_prompt_is_counted_once_in_its_size(lmstudio, user_path):
+    # 350 characters at the planner's 3.5 characters a token: 100, plus one for rounding up
+    plan = json.loads(run("lmstudio", "route", "--json", "a" * 350).output)
+    assert plan["needs"]["tokens"] == 101
+
+
+def test_history_and_system_prompt_count_once_each():
+    from llm.parts import Message, TextPart
+
+    router = llm.get_model("router")
+    history = [
+        Message(role="system", parts=[TextPart(text="s" * 70)]),
+        Message(role="user", parts=[TextPart(text="u" * 70)]),
+        Message(role="assistant", parts=[TextPart(text="a" * 70)]),
+        Message(role="user", parts=[TextPart(text="p" * 70)]),  # this turn: llm puts it in .messages too
+    ]
+    prompt = llm.Prompt("p" * 70, router, system="s" * 70, messages=history)
+    assert planning.needs_of(prompt).tokens == 81  # 4 × 70 characters / 3.5 + 1
+
+
+def test_a_prompt_that_fits_a_models_context_is_routed_to_it(lmstudio, user_path):
+    write_config(user_path, PREFS)
+    run("models")
+    with model_list_cache() as servers:
+        for model in servers[lmstudio.base_url]["models"]:
+            if model["key"] == "test-org/tiny-llama":
+                model["max_context_length"] = 800
+    prompt = "Write a short poem about the sea. " + "word " * 400  # ~583 tokens: fits 800 once, not counted twice
+    result = run("-m", "router", prompt, "--no-stream", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert last_turn(user_path)["resolved_model"] == LLAMA
+
+
 @pytest.mark.parametrize(
     "fault",
     [
