@@ -3,6 +3,7 @@ Registered by every llm command, so it stays cheap to import: planning (router.p
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Iterator, Optional
 
@@ -47,6 +48,17 @@ def server_is_down(kind: str, exc: BaseException) -> bool:
 # Failures that say the prompt or the set-up is wrong, not the model: another model would fail the same way (a prompt
 # too long for the loaded context; a model the router could not load with JIT loading off), so the plan ends there.
 END_PLAN = ("PromptTooLong", "NotLoaded")
+
+
+def ends_plan(kind: str, exc: BaseException) -> bool:
+    """END_PLAN, or a request the server rejected (a 4xx other than 429, "try later"): every model would be sent the
+    same request and reject it alike. Not a failure to apply one model's prompt template: another has its own."""
+    if kind in END_PLAN:
+        return True
+    status = getattr(exc, "status", None)
+    return (kind == "RequestFailed" and isinstance(status, int) and 400 <= status < 500 and status != 429
+            and "prompt template" not in str(exc))
+
 _SKIPPED = {"AuthRequired": "its server refused the token"}
 
 _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
@@ -62,9 +74,11 @@ def brief(attempt: dict) -> str:
     if attempt.get("error_kind") == "ServerError":
         words = f"server error (HTTP {attempt['status']})" if attempt.get("status") else "server error"
     if words is None:
+        # the server's reason, without "LM Studio at URL: " (the summary's `Last error:` names the server) nor the hint
         status = attempt.get("status")
-        text = (attempt.get("error") or "failed").split(" — ")[0]
-        words = (f"HTTP {status}: " if status else "") + (text if len(text) <= 60 else text[:57] + "...")
+        text = re.sub(r"^LM Studio at \S+?:?\s+", "", (attempt.get("error") or "failed").split(" — ")[0])
+        text = text if len(text) <= 200 else text[:199] + "…"
+        words = (f"HTTP {status}: " if status and f"HTTP {status}" not in text else "") + text
     return words
 
 
@@ -158,7 +172,7 @@ class Router(llm.Model):
                     fail_after_logging(f"{model_id} failed after it had started answering: {exc}")
                     yield StreamEvent(type="text", chunk=f"\n[{model_id} stopped: {exc}]\n")
                     return
-                if kind in END_PLAN:
+                if ends_plan(kind, exc):
                     problem = state.get("load_problem")
                     raise llm.ModelError(f"{exc}" + (f" (the router could not load it: {problem})" if problem else "")) from None
                 continue

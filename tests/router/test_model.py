@@ -146,3 +146,29 @@ def test_two_router_config_files_and_wrong_kind_models_are_refused_up_front(lmst
             assert result.exit_code == 1
             assert f"lmstudio-router.yaml: '{key}' names {model_id}, which is {wrong}: name " in error_line(result)
     assert not [r for r in lmstudio.requests() if "chat" in r["path"] or "embeddings" in r["path"]]
+
+
+def test_a_request_the_server_rejects_ends_the_plan_with_its_reason(lmstudio, user_path):
+    # A 400 is about the request: every model would refuse it alike, so none is loaded and tried after the first.
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    run("models")
+    lmstudio.set_fault("status", "/api/v0/chat", status=400, body={"error": "bad request: invalid parameter"})
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: LM Studio at {lmstudio.base_url}: request rejected (HTTP 400): bad request: invalid parameter"
+    assert len([r for r in lmstudio.requests() if "chat" in r["path"]]) == 1
+    plan = json.loads(run("lmstudio", "route", "--json", "--explain", "--task", "creative", "x").output)
+    history = {c["model"]: c["history"] for c in plan["candidates"]}[LLAMA]
+    assert history["penalty"] == 0 and list(history["not_counted"]) == ["RequestFailed"]
+
+
+def test_each_attempt_in_the_summary_shows_the_servers_reason(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\nmax_attempts: 2\n")
+    run("models")
+    lmstudio.set_fault("status", "/api/v0/chat", status=429, body={"error": "too many requests, the server is busy: try again later"})
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    summary = error_line(result).split(". Last error: ")[0]
+    assert summary.startswith("Error: every model the router tried failed: ")
+    assert f"{LLAMA} (request rejected (HTTP 429): too many requests, the server is busy: try again later), " in summary
+    assert "LM Studio at" not in summary

@@ -158,8 +158,9 @@ def test_a_prompt_that_fits_a_models_context_is_routed_to_it(lmstudio, user_path
         {"kind": "status", "status": 404, "body": {"error": {"message": "model vanished", "code": "model_not_found"}}},
         {"kind": "load_fail", "message": "Not enough memory (guardrails)"},
         {"kind": "malformed"},
+        {"kind": "template"},  # a 400, but about this model's prompt template: another model has its own
     ],
-    ids=["5xx", "429", "vanished", "load-failure", "malformed"],
+    ids=["5xx", "429", "vanished", "load-failure", "malformed", "template"],
 )
 def test_falls_back_to_the_next_local_model_on_each_failure_kind(lmstudio, user_path, fault):
     write_config(user_path, PREFS)
