@@ -39,10 +39,11 @@ def _inner_prompt(prompt: llm.Prompt, inner, options: dict) -> llm.Prompt:
 
 
 def server_is_down(kind: str, exc: BaseException) -> bool:
-    """Did this failure say the whole server is gone or hung, not just this model? Then its other models are
-    skipped. A timeout alone may be one slow model; server.py says "looks hung" when, while the request
-    waited, the server's model listing did not answer either."""
-    return kind == "Unreachable" or (kind == "TimedOut" and "looks hung" in str(exc))
+    """Did this failure say the server cannot answer now, not just that this model failed? Then its other models are
+    skipped. A connection refused, or a request that timed out: one timeout may be one slow model, but the next one
+    on that server would cost the user another full LMSTUDIO_TIMEOUT (300 s by default), and a hung engine hangs
+    every model alike (its listing may still answer); the same model on another server is still tried."""
+    return kind in ("Unreachable", "TimedOut")
 
 
 # Failures that say the prompt or the set-up is wrong, not the model: another model would fail the same way (a prompt
@@ -59,7 +60,7 @@ def ends_plan(kind: str, exc: BaseException) -> bool:
     return (kind == "RequestFailed" and isinstance(status, int) and 400 <= status < 500 and status != 429
             and "prompt template" not in str(exc))
 
-_SKIPPED = {"AuthRequired": "its server refused the token"}
+_SKIPPED = {"AuthRequired": "its server refused the token", "TimedOut": "its server timed out"}
 
 _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
           "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused", "NotLoaded": "not loaded",
