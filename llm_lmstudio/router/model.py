@@ -67,6 +67,22 @@ _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound"
           "LoadRefused": "load refused", "UnknownModel": "not downloaded"}
 
 
+class ModelGone(llm.ModelError):
+    """A model the plan listed that llm no longer knows (deleted or renamed in LM Studio since it was listed)."""
+
+    kind = "ModelNotFound"  # as call_history.error_kind names it: "not found", never counted against a model
+
+
+def _model(model_id: str):
+    """The planned model, or ModelGone in the router's words rather than llm's bare "Unknown model: ..."."""
+    try:
+        return llm.get_model(model_id)
+    except llm.UnknownModelError:
+        family = "mlx" if model_id.startswith("mlx/") else "lmstudio"
+        raise ModelGone(f"{model_id} is no longer available: it was listed when the router planned, and is gone since "
+                        f"(`llm models -q {family}` shows the models there are)") from None
+
+
 def brief(attempt: dict) -> str:
     """A few words for one failed attempt, for the one-line summary when every model failed."""
     if attempt.get("skipped"):
@@ -215,7 +231,7 @@ class Router(llm.Model):
         and asks once more."""
         from llm_lmstudio.store import call_history
 
-        inner = llm.get_model(model_id)
+        inner = _model(model_id)
         if isinstance(inner, Router):
             # `fallback: [router]` (or an alias of it) would nest the whole chain once per level.
             raise llm.ModelError("the router cannot fall back to itself")

@@ -172,3 +172,23 @@ def test_each_attempt_in_the_summary_shows_the_servers_reason(lmstudio, user_pat
     assert summary.startswith("Error: every model the router tried failed: ")
     assert f"{LLAMA} (request rejected (HTTP 429): too many requests, the server is busy: try again later), " in summary
     assert "LM Studio at" not in summary
+
+
+def test_a_model_gone_since_the_plan_is_named_not_found_never_llms_unknown_model(lmstudio, user_path):
+    from tests.helpers import model_list_cache
+
+    gone = "lmstudio/test-org/tiny-gone"
+    (user_path / "lmstudio-router.yaml").write_text(
+        "classifier: keyword\nprefer:\n  creative: [tiny-llama, test-org/tiny-gone]\nmax_attempts: 2\n")
+    run("models")
+    with model_list_cache() as servers:  # listed when the plan was made; deleted in LM Studio since
+        models = servers[lmstudio.base_url]["models"]
+        models.append(dict(next(m for m in models if m["key"] == "test-org/tiny-llama"), key="test-org/tiny-gone"))
+    lmstudio.set_fault("status", "/api/v0/chat", status=500, body={"error": "engine crashed"})
+    # loading tiny-llama for the first attempt lists the server's models again: tiny-gone is not among them
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert f"{LLAMA} (server error (HTTP 500)), {gone} (not found). Last error: " in line
+    assert line.endswith(f"Last error: {gone} is no longer available: it was listed when the router planned, and is gone since "
+                         "(`llm models -q lmstudio` shows the models there are)")
