@@ -233,7 +233,8 @@ def classify(
             try:
                 return embedding.classify(text, system, attachments)
             except Exception as exc:  # any embedding failure (server down, bad vector) must not block routing
-                reason = f"{type(exc).__name__}: {exc}"
+                # in words, as classifier_setup notes a failed build: never a class name before the message
+                reason = f"embedding model {getattr(embedding, 'model_id', 'unknown')} failed: {str(exc) or type(exc).__name__}"
         else:
             reason = "empty prompt"
     decision = keyword.classify(text, system, attachments)

@@ -3,6 +3,7 @@ Registered by every llm command, so it stays cheap to import: planning (router.p
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Iterator, Optional
 
@@ -38,20 +39,48 @@ def _inner_prompt(prompt: llm.Prompt, inner, options: dict) -> llm.Prompt:
 
 
 def server_is_down(kind: str, exc: BaseException) -> bool:
-    """Did this failure say the whole server is gone or hung, not just this model? Then its other models are
-    skipped. A timeout alone may be one slow model; server.py says "looks hung" when, while the request
-    waited, the server's model listing did not answer either."""
-    return kind == "Unreachable" or (kind == "TimedOut" and "looks hung" in str(exc))
+    """Did this failure say the server cannot answer now, not just that this model failed? Then its other models are
+    skipped. A connection refused, or a request that timed out: one timeout may be one slow model, but the next one
+    on that server would cost the user another full LMSTUDIO_TIMEOUT (300 s by default), and a hung engine hangs
+    every model alike (its listing may still answer); the same model on another server is still tried."""
+    return kind in ("Unreachable", "TimedOut")
 
 
 # Failures that say the prompt or the set-up is wrong, not the model: another model would fail the same way (a prompt
 # too long for the loaded context; a model the router could not load with JIT loading off), so the plan ends there.
 END_PLAN = ("PromptTooLong", "NotLoaded")
-_SKIPPED = {"AuthRequired": "its server refused the token"}
+
+
+def ends_plan(kind: str, exc: BaseException) -> bool:
+    """END_PLAN, or a request the server rejected (a 4xx other than 429, "try later"): every model would be sent the
+    same request and reject it alike. Not a failure to apply one model's prompt template: another has its own."""
+    if kind in END_PLAN:
+        return True
+    status = getattr(exc, "status", None)
+    return (kind == "RequestFailed" and isinstance(status, int) and 400 <= status < 500 and status != 429
+            and "prompt template" not in str(exc))
+
+_SKIPPED = {"AuthRequired": "its server refused the token", "TimedOut": "its server timed out"}
 
 _BRIEF = {"Unreachable": "unreachable", "TimedOut": "timed out", "ModelNotFound": "not found", "ModelLoadFailed": "failed to load",
           "BadResponse": "bad response", "StreamCut": "answer cut off", "AuthRequired": "token refused", "NotLoaded": "not loaded",
           "LoadRefused": "load refused", "UnknownModel": "not downloaded"}
+
+
+class ModelGone(llm.ModelError):
+    """A model the plan listed that llm no longer knows (deleted or renamed in LM Studio since it was listed)."""
+
+    kind = "ModelNotFound"  # as call_history.error_kind names it: "not found", never counted against a model
+
+
+def _model(model_id: str):
+    """The planned model, or ModelGone in the router's words rather than llm's bare "Unknown model: ..."."""
+    try:
+        return llm.get_model(model_id)
+    except llm.UnknownModelError:
+        family = "mlx" if model_id.startswith("mlx/") else "lmstudio"
+        raise ModelGone(f"{model_id} is no longer available: it was listed when the router planned, and is gone since "
+                        f"(`llm models -q {family}` shows the models there are)") from None
 
 
 def brief(attempt: dict) -> str:
@@ -62,9 +91,11 @@ def brief(attempt: dict) -> str:
     if attempt.get("error_kind") == "ServerError":
         words = f"server error (HTTP {attempt['status']})" if attempt.get("status") else "server error"
     if words is None:
+        # the server's reason, without "LM Studio at URL: " (the summary's `Last error:` names the server) nor the hint
         status = attempt.get("status")
-        text = (attempt.get("error") or "failed").split(" — ")[0]
-        words = (f"HTTP {status}: " if status else "") + (text if len(text) <= 60 else text[:57] + "...")
+        text = re.sub(r"^LM Studio at \S+?:?\s+", "", (attempt.get("error") or "failed").split(" — ")[0])
+        text = text if len(text) <= 200 else text[:199] + "…"
+        words = (f"HTTP {status}: " if status and f"HTTP {status}" not in text else "") + text
     return words
 
 
@@ -173,7 +204,7 @@ class Router(llm.KeyModel):
                     fail_after_logging(f"{model_id} failed after it had started answering: {exc}")
                     yield StreamEvent(type="text", chunk=f"\n[{model_id} stopped: {exc}]\n")
                     return
-                if kind in END_PLAN:
+                if ends_plan(kind, exc):
                     problem = state.get("load_problem")
                     raise llm.ModelError(f"{exc}" + (f" (the router could not load it: {problem})" if problem else "")) from None
                 continue
@@ -215,7 +246,7 @@ class Router(llm.KeyModel):
         and JIT loading is off) loads it and asks once more. `key` (--key) is the token of LM Studio models only."""
         from llm_lmstudio.store import call_history
 
-        inner = llm.get_model(model_id)
+        inner = _model(model_id)
         if isinstance(inner, Router):
             # `fallback: [router]` (or an alias of it) would nest the whole chain once per level.
             raise llm.ModelError("the router cannot fall back to itself")

@@ -117,6 +117,27 @@ def history_json(record) -> dict:
 # ---------------------------------------------------------------- what the prompt needs
 
 
+def _text_sent(prompt: llm.Prompt) -> int:
+    """Characters of text the model is sent, each once. `prompt.messages` is the whole chain (llm 0.36): the system
+    prompt, the history and this turn's prompt; reasoning is not sent back (core/messages.build_messages)."""
+    from llm.parts import TextPart, ToolCallPart, ToolResultPart
+
+    chars, systems = 0, set()
+    for message in prompt.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                chars += len(part.text or "")
+                if message.role == "system":
+                    systems.add(part.text)
+            elif isinstance(part, ToolResultPart):
+                chars += len(part.output or "")
+            elif isinstance(part, ToolCallPart):
+                chars += len(part.name or "") + len(str(part.arguments or ""))
+    if prompt.system and prompt.system not in systems:  # `llm -c -s NEW`: only in prompt.system
+        chars += len(prompt.system)
+    return chars
+
+
 def needs_of(prompt: llm.Prompt) -> Needs:
     images = []
     for attachment in prompt.attachments:
@@ -124,15 +145,11 @@ def needs_of(prompt: llm.Prompt) -> Needs:
             images.append(attachment.resolve_type())
         except Exception:  # noqa: BLE001 - an unreadable attachment is the model's error to report
             images.append("application/octet-stream")
-    chars = len(prompt.prompt or "") + len(prompt.system or "")
-    for message in prompt.messages:
-        for part in message.parts:
-            chars += len(getattr(part, "text", "") or getattr(part, "output", "") or "")
     return Needs(
         tools=bool(prompt.tools),
         schema=bool(prompt.schema),
         images=tuple(images),
-        tokens=int(chars / 3.5) + 1,  # tokenizers average ~4 characters a token: err towards "too big"
+        tokens=int(_text_sent(prompt) / 3.5) + 1,  # tokenizers average ~4 characters a token: err towards "too big"
     )
 
 

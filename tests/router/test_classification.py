@@ -352,7 +352,7 @@ def test_classify_prefers_embeddings_and_falls_back_to_keywords_with_a_reason():
     decision = classification.classify("write a poem about winter", embedding=clf)
     assert decision.classifier == "keyword"
     assert decision.task == "creative"
-    assert "LM Studio is not running" in decision.fallback_reason
+    assert decision.fallback_reason == "embedding model hashed-bow failed: LM Studio is not running"
 
 
 def test_wrong_number_of_vectors_is_an_error_not_a_guess():

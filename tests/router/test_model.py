@@ -180,3 +180,49 @@ def test_a_routed_answer_is_recorded_under_the_model_that_answered_only(lmstudio
     result = run("-m", "router", "Write a haiku about autumn", "-o", "max_tokens", "2")
     assert result.exit_code == 0, result.output
     assert recorded_models() == [LLAMA]  # not ROUTER_ID as well
+
+
+def test_a_request_the_server_rejects_ends_the_plan_with_its_reason(lmstudio, user_path):
+    # A 400 is about the request: every model would refuse it alike, so none is loaded and tried after the first.
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
+    run("models")
+    lmstudio.set_fault("status", "/api/v0/chat", status=400, body={"error": "bad request: invalid parameter"})
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: LM Studio at {lmstudio.base_url}: request rejected (HTTP 400): bad request: invalid parameter"
+    assert len([r for r in lmstudio.requests() if "chat" in r["path"]]) == 1
+    plan = json.loads(run("lmstudio", "route", "--json", "--explain", "--task", "creative", "x").output)
+    history = {c["model"]: c["history"] for c in plan["candidates"]}[LLAMA]
+    assert history["penalty"] == 0 and list(history["not_counted"]) == ["RequestFailed"]
+
+
+def test_each_attempt_in_the_summary_shows_the_servers_reason(lmstudio, user_path):
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\nmax_attempts: 2\n")
+    run("models")
+    lmstudio.set_fault("status", "/api/v0/chat", status=429, body={"error": "too many requests, the server is busy: try again later"})
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    summary = error_line(result).split(". Last error: ")[0]
+    assert summary.startswith("Error: every model the router tried failed: ")
+    assert f"{LLAMA} (request rejected (HTTP 429): too many requests, the server is busy: try again later), " in summary
+    assert "LM Studio at" not in summary
+
+
+def test_a_model_gone_since_the_plan_is_named_not_found_never_llms_unknown_model(lmstudio, user_path):
+    from tests.helpers import model_list_cache
+
+    gone = "lmstudio/test-org/tiny-gone"
+    (user_path / "lmstudio-router.yaml").write_text(
+        "classifier: keyword\nprefer:\n  creative: [tiny-llama, test-org/tiny-gone]\nmax_attempts: 2\n")
+    run("models")
+    with model_list_cache() as servers:  # listed when the plan was made; deleted in LM Studio since
+        models = servers[lmstudio.base_url]["models"]
+        models.append(dict(next(m for m in models if m["key"] == "test-org/tiny-llama"), key="test-org/tiny-gone"))
+    lmstudio.set_fault("status", "/api/v0/chat", status=500, body={"error": "engine crashed"})
+    # loading tiny-llama for the first attempt lists the server's models again: tiny-gone is not among them
+    result = run("-m", "router", "Write a haiku about autumn", "--no-stream")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert f"{LLAMA} (server error (HTTP 500)), {gone} (not found). Last error: " in line
+    assert line.endswith(f"Last error: {gone} is no longer available: it was listed when the router planned, and is gone since "
+                         "(`llm models -q lmstudio` shows the models there are)")
