@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from llm_lmstudio.core import settings
 from llm_lmstudio.core.errors import fail_after_logging
-from llm_lmstudio.core.messages import IMAGE_TYPES, build_messages, tool_specs
+from llm_lmstudio.core.messages import CUT_MARKER, IMAGE_TYPES, build_messages, tool_specs
 from llm_lmstudio.lmstudio import continuation as stateful
 from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.lmstudio.answer import Accumulator
@@ -114,9 +114,6 @@ class LMStudioModelError(llm.ModelError, click.ClickException):
 
 def user_error(exc: errors.LMStudioError, hint: str = "") -> LMStudioModelError:
     return LMStudioModelError(str(exc) + hint, type(exc).__name__, exc.status)
-
-
-CUT_MARKER = "\n[response cut off: {reason}]\n"
 
 
 class ServedModel:

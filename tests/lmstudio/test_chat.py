@@ -396,6 +396,22 @@ def test_stream_cut_keeps_what_arrived_and_says_so(lmstudio, user_path):
     assert logged["response"].startswith("one") and "[response cut off" in logged["response"]
 
 
+def test_a_cut_answer_goes_back_to_the_model_without_the_cut_off_marker(lmstudio, user_path):
+    lmstudio.script("PARTIAL ANSWER HERE AND MORE TEXT TO COME", "NEXT")
+    lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=2, times=1)
+    cut = run("-m", LLAMA, "hi")
+    assert cut.exit_code == 1 and "[response cut off" in cut.stdout
+    partial = cut.stdout.split("\n[response cut off")[0]
+    lmstudio.clear_requests()
+    assert run("-c", "continue").exit_code == 0
+    [request] = [r for r in lmstudio.requests() if r["path"] == "/api/v0/chat/completions"]
+    assert request["sent"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": partial},  # only what the model produced
+        {"role": "user", "content": "continue"},
+    ]
+
+
 # ------------------------------------------------------------------ a plain OpenAI-compatible server
 
 

@@ -205,6 +205,21 @@ def test_continue_sends_system_prompt_and_history_through_the_template(models, u
     assert turn_two["input_tokens"] > turn_one["input_tokens"]
 
 
+def test_an_lmstudio_answer_cut_off_earlier_goes_to_the_template_without_the_marker(models):
+    # `llm -c -m mlx/...` after an LM Studio answer was cut off: the log keeps the plugin's marker, the model never sees it
+    from llm.parts import assistant, user
+
+    from llm_lmstudio.core.messages import CUT_MARKER
+
+    cut = "PARTIAL" + CUT_MARKER.format(reason="the response from LM Studio at http://x was cut off mid-stream")
+    prompt = llm.Prompt("go on", model=llm.get_model("mlx/tiny-llama"), messages=[user("hi"), assistant(cut), user("go on")])
+    assert mlx_turn.chat_messages(prompt) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "PARTIAL"},
+        {"role": "user", "content": "go on"},
+    ]
+
+
 def test_llm_chat_reuses_the_cache_between_turns(models, user_path, fresh_cache):
     result = CliRunner().invoke(
         cli, ["chat", "-m", "mlx/tiny-llama", "-o", "max_tokens", "5"], input="first turn\nsecond turn\nquit\n"
