@@ -21,6 +21,10 @@ CUT_MARKER = "\n[response cut off: {reason}]\n"
 _CUT_START, _CUT_END = CUT_MARKER.split("{reason}")
 
 
+# When a prompt leaves nothing to send (no text, system prompt, attachment or history): said before any request.
+EMPTY_PROMPT = "the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)"
+
+
 def model_text(text: str) -> str:
     """An earlier answer as the model produced it: without the plugin's cut-off marker at its end."""
     if text.endswith(_CUT_END):

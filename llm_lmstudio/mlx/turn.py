@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import llm
 from llm.parts import StreamEvent
 
-from llm_lmstudio.core.messages import model_text, tool_specs
+from llm_lmstudio.core.messages import EMPTY_PROMPT, model_text, tool_specs
 from llm_lmstudio.mlx.prompt_cache import fed_entry, reusable_prefix
 from llm_lmstudio.mlx.loading import NativeModelError, model_error
 from llm_lmstudio.mlx.discovery import LocalModel
@@ -116,6 +116,8 @@ class Turn:
         self.stop = stop  # a threading.Event set when the consumer has gone (async)
         model_id = local.model_id
         messages = chat_messages(prompt)
+        if not messages:  # a chat template cannot render an empty conversation; not the model's fault
+            raise NativeModelError(f"{model_id}: {EMPTY_PROMPT}", kind="RequestFailed")
         _check_utf8(model_id, messages)  # before loading: a binary prompt should not wait on the weights
         self.runtime = runtime = load_chat(local)
         self.tokenizer = runtime.tokenizer

@@ -168,6 +168,20 @@ def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
     assert not (user_path / "logs.db").exists() or turns(user_path) == []
 
 
+def test_an_empty_prompt_with_nothing_else_is_refused_in_one_line_and_not_held_against_the_model(models, user_path):
+    import sqlite3
+
+    from llm_lmstudio.store import call_history
+
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", ""])
+    assert result.exit_code == 1 and result.output == (
+        "Error: mlx/tiny-llama: the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)\n")
+    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
+    assert conn.execute("select ok, error_kind from lmstudio_calls").fetchall() == [(0, "RequestFailed")]
+    answered = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "", "-s", "be terse", "-o", "max_tokens", "3"])
+    assert answered.exit_code == 0, answered.output
+
+
 def test_options_are_described(models):
     result = CliRunner().invoke(cli, ["models", "--options", "-q", "mlx/tiny-llama"])
     assert result.exit_code == 0
