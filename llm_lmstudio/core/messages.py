@@ -15,6 +15,24 @@ PROVIDER_METADATA_KEY = "lmstudio"
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
+# What a model's answer ends with when its stream was cut off: shown and logged after what arrived (lmstudio/chat.py),
+# never sent back as the model's own words when the conversation goes on (model_text).
+CUT_MARKER = "\n[response cut off: {reason}]\n"
+_CUT_START, _CUT_END = CUT_MARKER.split("{reason}")
+
+
+# When a prompt leaves nothing to send (no text, system prompt, attachment or history): said before any request.
+EMPTY_PROMPT = "the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)"
+
+
+def model_text(text: str) -> str:
+    """An earlier answer as the model produced it: without the plugin's cut-off marker at its end."""
+    if text.endswith(_CUT_END):
+        start = text.rfind(_CUT_START)
+        if start != -1:
+            return text[:start]
+    return text
+
 
 def _attachment_item(attachment: llm.Attachment) -> dict:
     mime = attachment.resolve_type()
@@ -48,6 +66,8 @@ def build_messages(prompt: llm.Prompt, chain: list | None = None) -> list[dict]:
         if message.role == "tool":
             continue
         joined = "".join(text)
+        if message.role == "assistant":
+            joined = model_text(joined)
         if message.role == "system":
             if not joined or (messages and messages[0]["role"] == "system" and messages[0]["content"] == joined):
                 continue

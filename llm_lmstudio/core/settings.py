@@ -203,11 +203,23 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return seconds
 
 
+MAX_CACHE_DAYS = 36500  # 100 years: any longer and an expiry soon passes year 9999, which no date can hold
+
+
+def cache_duration(text: str, what: str = "cache") -> float:
+    """How long the response cache keeps an answer (`-o cache`, $LMSTUDIO_RESPONSE_CACHE): a duration of at most
+    100 years."""
+    seconds = parse_duration(text, what)
+    if seconds > MAX_CACHE_DAYS * _DURATION_UNITS["d"]:
+        raise SettingsError(f"{shown(what, text)} is too long: keep an answer at most 100 years ({MAX_CACHE_DAYS}d)")
+    return seconds
+
+
 def response_cache_ttl() -> float:
     """Seconds the response cache keeps answers for every model ($LMSTUDIO_RESPONSE_CACHE); 0 when off.
     Per model or for the router, `llm models options set MODEL cache 1h` does the same through llm."""
     value = os.environ.get("LMSTUDIO_RESPONSE_CACHE")
-    return parse_duration(value, "LMSTUDIO_RESPONSE_CACHE") if value and value.strip() else 0.0
+    return cache_duration(value, "LMSTUDIO_RESPONSE_CACHE") if value and value.strip() else 0.0
 
 
 def parse_size(text: str, name: str) -> int:

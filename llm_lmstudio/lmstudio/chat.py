@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from llm_lmstudio.core import settings
 from llm_lmstudio.core.errors import fail_after_logging
-from llm_lmstudio.core.messages import IMAGE_TYPES, build_messages, tool_specs
+from llm_lmstudio.core.messages import CUT_MARKER, EMPTY_PROMPT, IMAGE_TYPES, build_messages, tool_specs
 from llm_lmstudio.lmstudio import continuation as stateful
 from llm_lmstudio.lmstudio import errors, openai_client
 from llm_lmstudio.lmstudio.answer import Accumulator
@@ -116,9 +116,6 @@ def user_error(exc: errors.LMStudioError, hint: str = "") -> LMStudioModelError:
     return LMStudioModelError(str(exc) + hint, type(exc).__name__, exc.status)
 
 
-CUT_MARKER = "\n[response cut off: {reason}]\n"
-
-
 class ServedModel:
     """What every model an LM Studio server serves holds, chat or embedding: its catalog entry, server and llm id,
     and its API token the llm way (`--key`, `llm keys set lmstudio`, $LM_API_TOKEN)."""
@@ -169,7 +166,14 @@ class _ChatBase(ServedModel):
     def _request(self, prompt: llm.Prompt, stream: bool) -> tuple[dict, list[str], Accumulator]:
         """The chat completion request (payload, endpoints to try) and the accumulator for its answer."""
         paths = openai_client.chat_paths(self.entry.source)
-        return build_payload(self.entry.key, prompt, stream), paths, Accumulator(time.monotonic(), paths[0])
+        payload = build_payload(self.entry.key, prompt, stream)
+        if not payload["messages"]:
+            # An empty prompt with no system prompt, attachment or history: llm 0.36's own OpenAI plugin also drops
+            # an empty user turn (default_plugins/openai_models.py, _append_llm_message: "For user/system, an empty
+            # message is pointless - drop it") and sends `messages: []`, which LM Studio refuses with a 400 about a
+            # field the user never saw; an empty content string it has refused too (lmstudio-bug-tracker#2).
+            raise LMStudioModelError(f"{self.model_id}: {EMPTY_PROMPT}")
+        return payload, paths, Accumulator(time.monotonic(), paths[0])
 
     def _failed(self, exc: errors.LMStudioError) -> LMStudioModelError:
         return user_error(exc, _suggest(self.entry.key, exc) if isinstance(exc, errors.ModelNotFound) else "")

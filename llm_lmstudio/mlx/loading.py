@@ -22,8 +22,10 @@ class NativeModelError(llm.ModelError, click.ClickException):
     """A one-line model error. Also a ClickException because `llm embed` lets ModelError escape as a
     traceback (llm 0.36 catches it only around prompts); click prints this one as `Error: ...`."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, kind: str | None = None):
         click.ClickException.__init__(self, message)
+        if kind:
+            self.kind = kind  # call_history.error_kind: otherwise the class name, a fault of the model
 
 
 def model_error(local: LocalModel, exc: BaseException, doing: str, engine: str = "mlx-lm") -> NativeModelError:

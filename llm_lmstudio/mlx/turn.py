@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import llm
 from llm.parts import StreamEvent
 
-from llm_lmstudio.core.messages import tool_specs
+from llm_lmstudio.core.messages import EMPTY_PROMPT, model_text, tool_specs
 from llm_lmstudio.mlx.prompt_cache import fed_entry, reusable_prefix
 from llm_lmstudio.mlx.loading import NativeModelError, model_error
 from llm_lmstudio.mlx.discovery import LocalModel
@@ -35,6 +35,8 @@ def chat_messages(prompt: llm.Prompt) -> list[dict]:
                     out.append({"role": "tool", "content": part.output, "name": part.name, "tool_call_id": part.tool_call_id})
             continue
         text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
+        if message.role == "assistant":
+            text = model_text(text)  # an LM Studio answer cut off earlier in the conversation: without the marker
         if message.role == "system":
             if text == current_system:
                 continue  # llm repeats an unchanged system prompt; templates want it once
@@ -114,6 +116,8 @@ class Turn:
         self.stop = stop  # a threading.Event set when the consumer has gone (async)
         model_id = local.model_id
         messages = chat_messages(prompt)
+        if not messages:  # a chat template cannot render an empty conversation; not the model's fault
+            raise NativeModelError(f"{model_id}: {EMPTY_PROMPT}", kind="RequestFailed")
         _check_utf8(model_id, messages)  # before loading: a binary prompt should not wait on the weights
         self.runtime = runtime = load_chat(local)
         self.tokenizer = runtime.tokenizer

@@ -121,7 +121,7 @@ class Store:
             if row is None:
                 return None
             payload = _decode(row[0])
-            if payload is None or row[2] <= now:
+            if payload is None or not _readable(row[1]) or not _readable(row[2]) or row[2] <= now:
                 conn.execute("delete from entries where key = ?", (key,))
                 return None
             try:
@@ -213,6 +213,15 @@ class Store:
 
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def _readable(timestamp) -> bool:
+    """A stored time that can be shown as a date (an older version stored expiries past year 9999)."""
+    try:
+        iso(timestamp)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return False
+    return True
 
 
 def _decode(text: str) -> dict | None:

@@ -46,7 +46,7 @@ class CacheOptions(llm.Options):
     cache: Optional[str] = Field(
         default=None,
         description="Response cache: answer a repeat of this exact conversation from the local cache, and keep"
-        " this answer for that long (30m, 1h, 7d; off disables it when LMSTUDIO_RESPONSE_CACHE is set)",
+        " this answer for that long (30m, 1h, 7d; at most 36500d; off disables it when LMSTUDIO_RESPONSE_CACHE is set)",
     )
 
     @field_validator("cache")
@@ -54,7 +54,7 @@ class CacheOptions(llm.Options):
     def _check_cache(cls, value):
         if value is not None:
             try:
-                settings.parse_duration(value, "cache")
+                settings.cache_duration(value, "cache")
             except settings.SettingsError as exc:
                 raise ValueError(str(exc)) from None
         return value
@@ -64,7 +64,7 @@ def ttl_for(prompt: llm.Prompt) -> float:
     """Seconds to keep this prompt's answer: the `cache` option wins over $LMSTUDIO_RESPONSE_CACHE; 0 is off."""
     option = getattr(prompt.options, "cache", None)
     if option is not None:
-        return settings.parse_duration(option, "cache")
+        return settings.cache_duration(option, "cache")
     return settings.response_cache_ttl()
 
 

@@ -230,6 +230,7 @@ class FakeMiddleware:
                 "previous_response_id": data.get("previous_response_id"),
                 "instructions": data.get("instructions"),
                 "messages": len(data["messages"]) if isinstance(data.get("messages"), list) else None,
+                "sent": _sent(data.get("messages")),
                 "time": time.time(),
             }
         )
@@ -282,6 +283,22 @@ async def read_json(request: Request) -> dict:
     if not isinstance(data, dict):
         raise BadRequest(error("Request body must be a JSON object", 400))
     return data
+
+
+def _sent(messages) -> list | None:
+    """A chat request's messages for the request log: role and content, each image part as `{"type": "image_url"}`
+    (not its data)."""
+    if not isinstance(messages, list):
+        return None
+    sent = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [p if not isinstance(p, dict) or p.get("type") != "image_url" else {"type": "image_url"} for p in content]
+        sent.append({"role": message.get("role"), "content": content})
+    return sent
 
 
 def prepare_messages(messages, entry) -> list[dict]:

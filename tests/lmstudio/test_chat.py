@@ -254,6 +254,44 @@ def test_image_attachments_go_to_vision_models_only(lmstudio, tmp_path):
     assert refused.exit_code == 1 and "attachments" in refused.output
 
 
+def chat_sent(lmstudio) -> list:
+    """The messages of each chat completion request the stand-in received."""
+    return [r["sent"] for r in lmstudio.requests() if "chat/completions" in r["path"]]
+
+
+def test_an_empty_prompt_with_an_image_sends_the_image_alone(lmstudio, tmp_path):
+    # as llm's OpenAI plugin does: the user turn carries the attachments, and no empty text part
+    image = tmp_path / "red.png"
+    image.write_bytes(_png())
+    lmstudio.script("A red square.")
+    result = run("-m", VISION, "", "-a", str(image))
+    assert result.exit_code == 0 and result.output == "A red square.\n"
+    assert chat_sent(lmstudio) == [[{"role": "user", "content": [{"type": "image_url"}]}]]
+
+
+def test_an_empty_prompt_with_a_system_prompt_is_answered(lmstudio):
+    lmstudio.script("Hello there.")
+    result = run("-m", LLAMA, "", "-s", "Greet the user.")
+    assert result.exit_code == 0 and result.output == "Hello there.\n"
+    assert chat_sent(lmstudio) == [[{"role": "system", "content": "Greet the user."}]]
+
+
+def test_an_empty_prompt_continues_a_conversation(lmstudio):
+    lmstudio.script("First.", "More.")
+    assert run("-m", LLAMA, "Tell me a story.").exit_code == 0
+    result = run("-c", "")
+    assert result.exit_code == 0 and result.output == "More.\n"
+    assert chat_sent(lmstudio)[-1] == [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "First."}]
+
+
+def test_an_empty_prompt_with_nothing_else_is_refused_before_any_request(lmstudio):
+    run("models")
+    lmstudio.clear_requests()
+    result = run("-m", LLAMA, "")
+    assert_one_line_error(result, f"{LLAMA}: the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)")
+    assert chat_sent(lmstudio) == []
+
+
 def test_jit_load_passes_ttl_so_the_model_is_not_pinned(lmstudio):
     assert not lmstudio.loaded()
     assert run("-m", LLAMA, "hi", "-o", "ttl", "600", "-o", "max_tokens", "2").exit_code == 0
@@ -394,6 +432,22 @@ def test_stream_cut_keeps_what_arrived_and_says_so(lmstudio, user_path):
     assert data["cut"] is True
     logged = json.loads(run("logs", "-n", "1", "--json").output)[0]
     assert logged["response"].startswith("one") and "[response cut off" in logged["response"]
+
+
+def test_a_cut_answer_goes_back_to_the_model_without_the_cut_off_marker(lmstudio, user_path):
+    lmstudio.script("PARTIAL ANSWER HERE AND MORE TEXT TO COME", "NEXT")
+    lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=2, times=1)
+    cut = run("-m", LLAMA, "hi")
+    assert cut.exit_code == 1 and "[response cut off" in cut.stdout
+    partial = cut.stdout.split("\n[response cut off")[0]
+    lmstudio.clear_requests()
+    assert run("-c", "continue").exit_code == 0
+    [request] = [r for r in lmstudio.requests() if r["path"] == "/api/v0/chat/completions"]
+    assert request["sent"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": partial},  # only what the model produced
+        {"role": "user", "content": "continue"},
+    ]
 
 
 # ------------------------------------------------------------------ a plain OpenAI-compatible server

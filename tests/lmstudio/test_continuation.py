@@ -146,6 +146,20 @@ def test_a_stateful_stream_cut_mid_answer_keeps_what_arrived_and_says_so(lmstudi
     assert [p for p, *_ in answers(lmstudio)][2:] == ["/v1/responses"]  # nothing sent twice
 
 
+def test_a_cut_answer_is_continued_without_the_cut_off_marker(lmstudio, user_path):
+    lmstudio.script("PARTIAL ANSWER HERE AND MORE TEXT TO COME", "NEXT")
+    lmstudio.set_fault("cut", "/api/v0/chat", after_chunks=2, times=1)
+    cut = run("-m", TOOLS, "hi")
+    assert cut.exit_code == 1 and "[response cut off" in cut.stdout
+    partial = cut.stdout.split("\n[response cut off")[0]
+    assert run("-c", "continue").stdout == "NEXT\n"
+    assert lmstudio.generations()[-1]["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": partial},  # only what the model produced
+        {"role": "user", "content": "continue"},
+    ]
+
+
 @pytest.mark.parametrize("version", ["0.3.15", "0.3.5"])
 def test_a_server_without_responses_gets_chat_completions_and_is_asked_once(lmstudio, user_path, version):
     lmstudio.configure(version=version)

@@ -168,6 +168,20 @@ def test_cli_rejects_an_invalid_option_before_generating(models, user_path):
     assert not (user_path / "logs.db").exists() or turns(user_path) == []
 
 
+def test_an_empty_prompt_with_nothing_else_is_refused_in_one_line_and_not_held_against_the_model(models, user_path):
+    import sqlite3
+
+    from llm_lmstudio.store import call_history
+
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", ""])
+    assert result.exit_code == 1 and result.output == (
+        "Error: mlx/tiny-llama: the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)\n")
+    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
+    assert conn.execute("select ok, error_kind from lmstudio_calls").fetchall() == [(0, "RequestFailed")]
+    answered = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "", "-s", "be terse", "-o", "max_tokens", "3"])
+    assert answered.exit_code == 0, answered.output
+
+
 def test_options_are_described(models):
     result = CliRunner().invoke(cli, ["models", "--options", "-q", "mlx/tiny-llama"])
     assert result.exit_code == 0
@@ -203,6 +217,21 @@ def test_continue_sends_system_prompt_and_history_through_the_template(models, u
     ]
     assert turn_two["input_tokens"] == len(render("tiny-llama", history))
     assert turn_two["input_tokens"] > turn_one["input_tokens"]
+
+
+def test_an_lmstudio_answer_cut_off_earlier_goes_to_the_template_without_the_marker(models):
+    # `llm -c -m mlx/...` after an LM Studio answer was cut off: the log keeps the plugin's marker, the model never sees it
+    from llm.parts import assistant, user
+
+    from llm_lmstudio.core.messages import CUT_MARKER
+
+    cut = "PARTIAL" + CUT_MARKER.format(reason="the response from LM Studio at http://x was cut off mid-stream")
+    prompt = llm.Prompt("go on", model=llm.get_model("mlx/tiny-llama"), messages=[user("hi"), assistant(cut), user("go on")])
+    assert mlx_turn.chat_messages(prompt) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "PARTIAL"},
+        {"role": "user", "content": "go on"},
+    ]
 
 
 def test_llm_chat_reuses_the_cache_between_turns(models, user_path, fresh_cache):

@@ -230,6 +230,42 @@ def test_bad_cache_values_are_refused_before_any_request(lmstudio, monkeypatch):
     assert chat_requests(lmstudio) == []
 
 
+def test_a_cache_time_past_the_maximum_is_refused_before_any_request(lmstudio, monkeypatch):
+    # an expiry past year 9999 cannot be stored or shown: refused at option time, as a negative time is
+    result = run("-m", LLAMA, "hi", "-o", "cache", "3000000d")
+    assert result.exit_code == 1 and result.output == (
+        "Error: -o cache 3000000d: cache '3000000d' is too long: keep an answer at most 100 years (36500d)\n")
+    monkeypatch.setenv("LMSTUDIO_RESPONSE_CACHE", "3000000d")
+    result = CliRunner().invoke(cli, ["-m", LLAMA, "hi"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: LMSTUDIO_RESPONSE_CACHE='3000000d' is too long: keep an answer at most 100 years (36500d)")
+    assert chat_requests(lmstudio) == []
+
+
+def test_the_maximum_cache_time_stores_and_replays(lmstudio, user_path):
+    lmstudio.script("kept a century")
+    first = run("-m", LLAMA, "century", "-o", "cache", "36500d")
+    assert first.exit_code == 0 and first.output == "kept a century\n"
+    second = run("-m", LLAMA, "century", "-o", "cache", "36500d")
+    assert second.exit_code == 0 and second.output == "kept a century\n"
+    assert len(chat_requests(lmstudio)) == 1
+    assert json.loads(turns(user_path)[1]["response_json"])["cache"]["hit"] is True
+
+
+def test_an_entry_whose_expiry_cannot_be_read_is_a_miss_and_is_replaced(lmstudio, user_path):
+    # what an older version stored for `-o cache 3000000d`: an expiry past year 9999
+    lmstudio.script("old answer", "fresh answer")
+    assert run("-m", LLAMA, "huge", "-o", "cache", "1h").exit_code == 0
+    with sqlite3.connect(cache_file(user_path)) as conn:
+        conn.execute("update entries set expires = created + 3000000 * 86400")
+    again = run("-m", LLAMA, "huge", "-o", "cache", "1h")
+    assert again.exit_code == 0 and again.output == "fresh answer\n"
+    replayed = run("-m", LLAMA, "huge", "-o", "cache", "1h")  # the fresh answer took its place
+    assert replayed.exit_code == 0 and replayed.output == "fresh answer\n"
+    assert len(chat_requests(lmstudio)) == 2
+
+
 def test_the_option_is_listed_with_its_description(lmstudio):
     result = run("models", "--options", "-q", "tiny-llama")
     assert "cache:" in result.output and "Response cache" in result.output
@@ -396,6 +432,16 @@ def test_a_stored_row_that_is_not_a_payload_is_a_miss(tmp_path):
     with sqlite3.connect(store.path) as conn:
         conn.execute("update entries set payload = ?", (json.dumps({"events": [["tool_call_name", "rm"]]}),))
     assert store.get("k") is None
+
+
+@pytest.mark.parametrize("column, value", [("expires", 3e11), ("expires", 1e300), ("expires", "never"), ("created", 3e11)])
+def test_a_stored_row_whose_times_cannot_be_read_is_a_miss(tmp_path, column, value):
+    store = cache_db.Store(tmp_path / "c.db", max_bytes=10**6)
+    store.put("k", "m", payload(), ttl=600)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(f"update entries set {column} = ?", (value,))
+    assert store.get("k") is None
+    assert store.stats()["entries"] == 0  # removed, so the next answer is stored in its place
 
 
 def test_an_unwritable_plugin_dir_is_a_miss_not_an_error(tmp_path):
