@@ -15,7 +15,7 @@ from llm_lmstudio.core import settings
 from llm_lmstudio.router import config as router_config
 from llm_lmstudio.store.call_recording import delegating
 from llm_lmstudio.store.response_cache import CacheOptions, cached
-from llm_lmstudio.core.messages import IMAGE_TYPES
+from llm_lmstudio.core.messages import EMPTY_PROMPT, IMAGE_TYPES, build_messages
 from llm_lmstudio.router.config import ROUTER_ID, TOOL_CALL_OWNERS
 
 
@@ -163,6 +163,10 @@ class Router(llm.KeyModel):
             config = router_config.load()
         except settings.SettingsError as exc:
             raise llm.ModelError(str(exc)) from None
+        if not build_messages(prompt):
+            # nothing to send (no text, system prompt, attachment or history): every model would refuse it alike,
+            # so say so before planning, loading or classifying anything
+            raise llm.ModelError(f"{ROUTER_ID}: {EMPTY_PROMPT}")
         plan = make_plan(prompt, config, prompt.options.task)
         if not plan.chain:
             raise llm.ModelError(plan.why_empty())

@@ -182,6 +182,21 @@ def test_a_routed_answer_is_recorded_under_the_model_that_answered_only(lmstudio
     assert recorded_models() == [LLAMA]  # not ROUTER_ID as well
 
 
+def test_an_empty_prompt_is_refused_before_any_model_is_loaded_or_asked(lmstudio, user_path):
+    from llm_lmstudio.core.messages import EMPTY_PROMPT
+
+    (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\n")
+    run("models")
+    before = len(lmstudio.requests())
+    result = run("-m", "router", "")
+    assert result.exit_code == 1
+    assert error_line(result) == f"Error: {ROUTER_ID}: {EMPTY_PROMPT}"
+    assert lmstudio.requests()[before:] == [] and lmstudio.loaded() == []
+    # a system prompt alone is something to send: routed and answered
+    result = run("-m", "router", "", "-s", "Say hello", "-o", "max_tokens", "2")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_request_the_server_rejects_ends_the_plan_with_its_reason(lmstudio, user_path):
     # A 400 is about the request: every model would refuse it alike, so none is loaded and tried after the first.
     (user_path / "lmstudio-router.yaml").write_text("classifier: keyword\nprefer:\n  creative: [tiny-llama]\n")
