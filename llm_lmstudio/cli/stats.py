@@ -179,7 +179,7 @@ def stats_command(since, model, json_, prometheus, reset):
     if reset:
         _reset(model, json_)
         return
-    data = read(since or None, model)
+    data = read(since, model)
     if prometheus:
         click.echo(performance.prometheus(data), nl=False)
         return
@@ -187,7 +187,7 @@ def stats_command(since, model, json_, prometheus, reset):
         echo_json(data.to_json())
         return
     if not data.models:
-        click.echo("No answers or failures recorded" + (" in that period" if since else "") + " for LM Studio, native MLX or router models")
+        click.echo("No answers or failures recorded" + (" in that period" if since is not None else "") + " for LM Studio, native MLX or router models")
         return
     rows = []
     for m in data.models:

@@ -79,7 +79,7 @@ def report(
     """Figures per model that answered through this plugin (LM Studio, native MLX, or chosen by the router) over
     the last `since_seconds` (everything the copy holds when None). Brings the copy of llm's log up to date first."""
     now = now or datetime.now(timezone.utc)
-    since = datetime.fromtimestamp(now.timestamp() - since_seconds, timezone.utc) if since_seconds else None
+    since = datetime.fromtimestamp(now.timestamp() - since_seconds, timezone.utc) if since_seconds is not None else None
     store = call_history._open_store(Path(store_path) if store_path else call_history.default_store_path(), timeout, check=True)
     try:
         log_known = log_mirror.refresh(store, Path(db_path), timeout, log_mirror.HORIZON)

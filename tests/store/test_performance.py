@@ -205,6 +205,9 @@ def test_stats_command_on_answers_llm_logged(lmstudio, user_path):
     assert LLAMA in table and "3 (1 cached)" in table and "TTFT P50/P95" in table
     prom = CliRunner().invoke(cli, ["lmstudio", "stats", "--prometheus"]).output
     assert samples(prom)[("llm_lmstudio_answers_total", (("model", LLAMA),))] == 3
+    # --since 0s is a period with nothing in it, not the whole log
+    assert json.loads(CliRunner().invoke(cli, ["lmstudio", "stats", "--since", "0s", "--json"]).output)["models"] == []
+    assert "No answers or failures recorded in that period" in CliRunner().invoke(cli, ["lmstudio", "stats", "--since", "0s"]).output
 
 
 def test_stats_command_with_nothing_logged_and_bad_input(user_path):
