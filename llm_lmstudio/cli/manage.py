@@ -173,7 +173,7 @@ def unload_command(identifier, all_, address, json_):
     if unloaded:
         management.refresh_catalog()
     if json_:
-        echo_json({"unloaded": [i.to_json() | {"server": manager.server.base_url} for i in unloaded]})
+        echo_json({"unloaded": [i.to_json() | {"server": manager.server.base_url, "status": "unloaded"} for i in unloaded]})
         return
     if not unloaded:
         click.echo("No models are loaded.")

@@ -76,6 +76,10 @@ def route(prompt, system, attachments, needs_tools, needs_schema, task, json_, e
         schema={"type": "object"} if needs_schema else None,
         options=model.Options(),
     )
+    from llm_lmstudio.core.messages import EMPTY_PROMPT, build_messages
+
+    if not build_messages(fake_prompt):  # what `llm -m router ""` answers, before any plan
+        raise click.ClickException(f"{router_model.ROUTER_ID}: {EMPTY_PROMPT}")
     try:
         plan = planning.make_plan(fake_prompt, config, task)
     except llm.ModelError as exc:

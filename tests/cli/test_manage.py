@@ -244,7 +244,7 @@ def test_unload_json_rows_have_the_shape_of_ps_rows(lmstudio):
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)["unloaded"]
     assert set(row) == set(ps_rows[0])
-    assert (row["identifier"], row["server"]) == (LLAMA, lmstudio.base_url)
+    assert (row["identifier"], row["server"], row["status"]) == (LLAMA, lmstudio.base_url, "unloaded")
 
 
 def test_unload_without_identifier_takes_the_only_loaded_model(lmstudio):
