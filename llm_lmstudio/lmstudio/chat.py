@@ -172,7 +172,7 @@ class _ChatBase(ServedModel):
             # an empty user turn (default_plugins/openai_models.py, _append_llm_message: "For user/system, an empty
             # message is pointless - drop it") and sends `messages: []`, which LM Studio refuses with a 400 about a
             # field the user never saw; an empty content string it has refused too (lmstudio-bug-tracker#2).
-            raise LMStudioModelError(f"{self.model_id}: {EMPTY_PROMPT}")
+            raise LMStudioModelError(f"{self.model_id}: {EMPTY_PROMPT}", kind="EmptyPrompt")
         return payload, paths, Accumulator(time.monotonic(), paths[0])
 
     def _failed(self, exc: errors.LMStudioError) -> LMStudioModelError:

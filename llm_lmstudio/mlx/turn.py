@@ -117,7 +117,7 @@ class Turn:
         model_id = local.model_id
         messages = chat_messages(prompt)
         if not messages:  # a chat template cannot render an empty conversation; not the model's fault
-            raise NativeModelError(f"{model_id}: {EMPTY_PROMPT}", kind="RequestFailed")
+            raise NativeModelError(f"{model_id}: {EMPTY_PROMPT}", kind="EmptyPrompt")
         _check_utf8(model_id, messages)  # before loading: a binary prompt should not wait on the weights
         self.runtime = runtime = load_chat(local)
         self.tokenizer = runtime.tokenizer

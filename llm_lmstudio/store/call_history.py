@@ -247,6 +247,11 @@ def _summarise(model: str, turns: list[tuple], attempts: list[tuple], outcomes: 
     )
 
 
+# Refusals before anything was sent (an empty prompt, text that is not UTF-8): the user's input, not a call of the model,
+# so neither `llm lmstudio stats` nor the router's history records them.
+NOTHING_SENT = frozenset({"EmptyPrompt", "BadPrompt"})
+
+
 def error_kind(exc: BaseException) -> str:
     """The failure's kind as the plugin's errors name it (Unreachable, TimedOut, ServerError...), else its class name."""
     kind = getattr(exc, "kind", None)

@@ -51,7 +51,9 @@ class _Recorder:
     def failed(self, exc: Exception) -> None:
         from llm_lmstudio.store import call_history
 
-        self._record(False, call_history.error_kind(exc))
+        kind = call_history.error_kind(exc)
+        if kind not in call_history.NOTHING_SENT:
+            self._record(False, kind)
 
     def _record(self, ok: bool, error_kind: str | None) -> None:
         from llm_lmstudio.store import call_history

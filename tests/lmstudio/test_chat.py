@@ -284,12 +284,20 @@ def test_an_empty_prompt_continues_a_conversation(lmstudio):
     assert chat_sent(lmstudio)[-1] == [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "First."}]
 
 
-def test_an_empty_prompt_with_nothing_else_is_refused_before_any_request(lmstudio):
+def test_an_empty_prompt_with_nothing_else_is_refused_before_any_request(lmstudio, user_path):
+    import sqlite3
+
+    from llm_lmstudio.store import call_history
+
     run("models")
     lmstudio.clear_requests()
     result = run("-m", LLAMA, "")
     assert_one_line_error(result, f"{LLAMA}: the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)")
     assert chat_sent(lmstudio) == []
+    assert run("-m", LLAMA, "hi", "-o", "max_tokens", "2").exit_code == 0
+    # the refusal was the user's input, not a call of the model: only the answered call is recorded
+    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
+    assert conn.execute("select ok, error_kind from lmstudio_calls").fetchall() == [(1, None)]
 
 
 def test_jit_load_passes_ttl_so_the_model_is_not_pinned(lmstudio):

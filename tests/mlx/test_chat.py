@@ -176,10 +176,11 @@ def test_an_empty_prompt_with_nothing_else_is_refused_in_one_line_and_not_held_a
     result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", ""])
     assert result.exit_code == 1 and result.output == (
         "Error: mlx/tiny-llama: the prompt is empty: write a prompt, or give a system prompt (-s) or an attachment (-a)\n")
-    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
-    assert conn.execute("select ok, error_kind from lmstudio_calls").fetchall() == [(0, "RequestFailed")]
     answered = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "", "-s", "be terse", "-o", "max_tokens", "3"])
     assert answered.exit_code == 0, answered.output
+    # the refusal was the user's input, not a call of the model: only the answered call is recorded
+    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
+    assert conn.execute("select ok, error_kind from lmstudio_calls").fetchall() == [(1, None)]
 
 
 def test_options_are_described(models):
