@@ -13,6 +13,10 @@ from pydantic import ConfigDict
 
 # Commands whose model is an embedding model (llm resolves it with get_embedding_model).
 EMBEDDING_COMMANDS = {"embed", "embed-multi", "embed-models", "similar"}
+# Commands whose `collection` argument, when that collection exists, decides the model: the id stored in its row of
+# llm's embeddings database. Read only for these, read-only, waiting at most this long for a lock.
+COLLECTION_COMMANDS = {"embed", "embed-multi", "similar"}
+COLLECTION_READ_TIMEOUT = 0.25
 _printed: set[str] = set()  # notices already shown outside any click command (plain Python use of llm)
 
 
@@ -65,7 +69,40 @@ def requested_ids(kind: str, prefixes: tuple[str, ...]) -> list[str]:
     if any(name and not name.startswith(prefixes) for name in wanted):
         aliases = _aliases()
         wanted = [aliases.get(name, name) for name in wanted]
+    if kind == "embedding":
+        wanted.append(collection_model(context))
     return [name for name in wanted if isinstance(name, str) and name.startswith(prefixes)]
+
+
+def collection_model(context) -> str | None:
+    """The model id stored for the existing collection the running command names (`llm similar NAME`, `llm embed-multi
+    NAME`, `llm embed NAME ID`), from its -d database or llm's embeddings.db; None when there is none. The database
+    is opened read-only (never created or changed) and any problem reading it is ignored: llm reports its own."""
+    name = context.params.get("collection")
+    if context.info_name not in COLLECTION_COMMANDS or not isinstance(name, str):
+        return None
+    meta = context.meta  # the hooks run several times per command: read once
+    if "llm_lmstudio.collection_model" not in meta:
+        meta["llm_lmstudio.collection_model"] = _read_collection_model(context.params.get("database"), name)
+    return meta["llm_lmstudio.collection_model"]
+
+
+def _read_collection_model(database, name: str) -> str | None:
+    import sqlite3
+    from pathlib import Path
+
+    try:
+        path = Path(database) if database else llm.user_dir() / "embeddings.db"
+        if not path.is_file():
+            return None
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=COLLECTION_READ_TIMEOUT)
+        try:
+            row = connection.execute("select model from collections where name = ?", (name,)).fetchone()
+        finally:
+            connection.close()
+    except Exception:  # noqa: BLE001 - not a database, no collections table, locked, unreadable: llm says so itself
+        return None
+    return row[0] if row and isinstance(row[0], str) else None
 
 
 class UnavailableModelError(llm.ModelError, click.ClickException):
