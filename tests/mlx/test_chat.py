@@ -847,3 +847,48 @@ def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monk
     listed = CliRunner().invoke(cli, ["models"])
     assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
     assert listed.stderr.splitlines() == [f"llm-lmstudio-mlx: {problem} (native MLX models are off until then)"]
+
+
+# ---------------------------------------------------------------- what the router's history holds against a model
+
+
+@pytest.mark.parametrize("args,env,kind,said", [
+    (["word " * 5000], {}, "PromptTooLong", "but the model's context window is 4096"),
+    (["hi"], {"LMSTUDIO_MLX_PROMPT_CACHE": "banana"}, "RequestFailed", "LMSTUDIO_MLX_PROMPT_CACHE"),
+    (["hi", "-o", "kv_bits", "4"], {}, "RequestFailed", "run it without -o kv_bits"),
+    (["hi", "-o", "kv_bits", "4", "-o", "max_kv_size", "64"], {}, "RequestFailed", "not both"),
+])
+def test_failures_of_the_prompt_or_the_set_up_are_recorded_but_not_held_against_the_model(
+        models, user_path, monkeypatch, args, env, kind, said):
+    import sqlite3
+
+    from llm_lmstudio.store import call_history
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert said in one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", *args]))
+    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
+    assert conn.execute("select model, ok, error_kind from lmstudio_calls").fetchall() == [("mlx/tiny-llama", 0, kind)]
+    record = call_history.history(user_path / "logs.db", ["mlx/tiny-llama"])["mlx/tiny-llama"].record
+    assert record.penalty == 0.0 and record.counted == () and record.ignored == {kind: 1}
+
+
+def test_a_model_folder_deleted_since_it_was_added_is_not_held_against_the_model(models, user_path, tmp_path,
+                                                                                   tiny_llama_path):
+    from llm_lmstudio.store import call_history
+
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "gone")
+    discovery.add(copy, "gone")
+    shutil.rmtree(copy)
+    assert "is not a folder" in one_line_error(CliRunner().invoke(cli, ["-m", "mlx/gone", "hi"]))
+    record = call_history.history(user_path / "logs.db", ["mlx/gone"])["mlx/gone"].record
+    assert record.penalty == 0.0 and record.ignored == {"ModelNotFound": 1}
+
+
+def test_a_prompt_that_is_not_utf8_is_not_recorded_as_a_call_of_the_model(models, user_path):
+    from llm_lmstudio.store import call_history
+
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "bad \udc80 byte"])
+    assert "the prompt is not valid UTF-8 text" in one_line_error(result)
+    record = call_history.history(user_path / "logs.db", ["mlx/tiny-llama"])["mlx/tiny-llama"].record
+    assert record.counted == () and record.ignored == {}
