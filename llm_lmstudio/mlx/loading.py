@@ -13,7 +13,7 @@ import click
 import llm
 
 from llm_lmstudio.core import settings
-from llm_lmstudio.mlx.discovery import LocalModel, LocalModelError, inspect_folder
+from llm_lmstudio.mlx.discovery import LocalModel, LocalModelError, inspect_folder, tokenizer_problem
 
 _LOAD_LOCK = threading.Lock()
 
@@ -35,7 +35,10 @@ class NativeModelError(llm.ModelError, click.ClickException):
 
 def model_error(local: LocalModel, exc: BaseException, doing: str, engine: str = "mlx-lm") -> NativeModelError:
     """Turn whatever mlx raised into one line that says what happened and what to do."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.endswith(":") and len(lines) > 1:  # a list follows (transformers' "...from one of:"): keep it, on one line
+        text = " ".join(lines)
     lowered = text.lower()
     if isinstance(exc, MemoryError) or any(
         marker in lowered for marker in ("out of memory", "bad_alloc", "resource limit", "[metal::malloc]", "failed to allocate")
@@ -112,6 +115,9 @@ def _check_folder(local: LocalModel) -> None:
         inspect_folder(local.path)
     except LocalModelError as exc:
         raise NativeModelError(f"{local.model_id}: {exc}", kind=GONE) from None
+    problem = tokenizer_problem(local.path)  # else transformers' multi-line "Couldn't instantiate the backend tokenizer"
+    if problem:
+        raise NativeModelError(f"{local.model_id}: {problem}", kind=GONE)
 
 
 def load_once(loaded: dict, local: LocalModel, engine: str, make: Callable[[], Any]):

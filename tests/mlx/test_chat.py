@@ -765,6 +765,7 @@ def test_unsupported_embedding_architecture_is_one_clear_line(models, tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert9000", "architectures": ["Bert9000Model"]}))
     (folder / "model.safetensors").write_bytes(b"never read")
+    (folder / "vocab.txt").write_text("[PAD]\n")
     discovery.add(folder, "odd-embedder")
     output = one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/odd-embedder", "-c", "hello"]))
     assert "'bert9000' architecture" in output and "llm install -U mlx-embeddings" in output
@@ -778,6 +779,7 @@ def test_a_native_model_of_the_wrong_kind_or_unknown_is_one_line_in_lm_studios_w
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     (folder / "model.safetensors").write_bytes(b"")  # discovered, never loaded
+    (folder / "vocab.txt").write_text("[PAD]\n")
     discovery.add(folder, "embedder")
     assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/embedder", "hi"])) == (
         "Error: mlx/embedder is an embedding model: use it with `llm embed -m mlx/embedder`"
@@ -892,3 +894,29 @@ def test_a_prompt_that_is_not_utf8_is_not_recorded_as_a_call_of_the_model(models
     assert "the prompt is not valid UTF-8 text" in one_line_error(result)
     record = call_history.history(user_path / "logs.db", ["mlx/tiny-llama"])["mlx/tiny-llama"].record
     assert record.counted == () and record.ignored == {}
+
+
+def test_a_name_in_other_letter_case_is_the_same_model(models, user_path):
+    result = CliRunner().invoke(cli, ["-m", "mlx/TINY-Llama", "hi", "-o", "max_tokens", "2"])
+    assert result.exit_code == 0, result.output
+    (turn,) = turns(user_path)
+    assert turn["model"] == "mlx/tiny-llama"
+
+
+def test_tokenizer_files_deleted_after_add_are_named_in_one_whole_line(models, user_path, tmp_path, tiny_llama_path):
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "notok")
+    discovery.add(copy, "notok")
+    for file in copy.glob("tokenizer*"):
+        file.unlink()
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/notok", "hi"])) == (
+        f"Error: mlx/notok: {copy} has no tokenizer: none of tokenizer.json, tokenizer.model, vocab.json or vocab.txt "
+        "is there; copy the tokenizer files (with tokenizer_config.json) from the model's repository")
+
+
+def test_an_error_whose_first_line_announces_a_list_keeps_the_list_on_its_line():
+    local = discovery.LocalModel("m", discovery.Path("/m/m"), "chat", "llama", 1, "user")
+    exc = ValueError("Couldn't instantiate the backend tokenizer from one of: \n(1) a `tokenizers` library serialization "
+                     "file, \n(2) a slow tokenizer instance to convert or \n(3) an equivalent slow tokenizer class.\n")
+    assert str(loading.model_error(local, exc, "loading")) == (
+        "mlx/m failed while loading (/m/m): Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` "
+        "library serialization file, (2) a slow tokenizer instance to convert or (3) an equivalent slow tokenizer class.")
