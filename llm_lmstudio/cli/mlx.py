@@ -50,7 +50,7 @@ def mlx_remove(name, json_):
         path = discovery.remove(name)
     except discovery.LocalModelError as exc:
         raise click.ClickException(str(exc))
-    name = name.removeprefix("mlx/")
+    name = name.removeprefix("mlx/").lower()  # names are lower-case (mlx/discovery.py)
     if json_:
         echo_json({"removed": {"model_id": f"mlx/{name}", "name": name, "path": str(path), "folder_exists": path.is_dir()}})
     elif path.is_dir():

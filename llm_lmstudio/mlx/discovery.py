@@ -117,6 +117,19 @@ def inspect_folder(path: Path) -> tuple[str, str, int]:
     return _classify(path, config), arch, size
 
 
+# What transformers' AutoTokenizer (which mlx-lm and mlx-embeddings load with) builds a tokenizer from: a `tokenizers`
+# file, a sentencepiece or tiktoken model, BPE or WordPiece vocabularies, or the model's own tokenizer code.
+TOKENIZER_FILES = ("tokenizer.json", "*.model", "*.tiktoken", "vocab.json", "vocab.txt", "tokenization_*.py")
+
+
+def tokenizer_problem(path: Path) -> str | None:
+    """Why the folder cannot give a tokenizer (one line), or None. Weights without one cannot be prompted."""
+    if any(next(iter(path.glob(pattern)), None) is not None for pattern in TOKENIZER_FILES):
+        return None
+    return (f"{path} has no tokenizer: none of tokenizer.json, tokenizer.model, vocab.json or vocab.txt is there; "
+            "copy the tokenizer files (with tokenizer_config.json) from the model's repository")
+
+
 def _classify(path: Path, config: dict) -> str:
     if any((path / name).is_file() for name in SENTENCE_TRANSFORMERS_FILES):
         return "embedding"
@@ -268,15 +281,27 @@ def add(path: str | os.PathLike, name: str | None = None) -> LocalModel:
     """Register a model folder by path; returns it as discovered. Raises LocalModelError."""
     folder = Path(path).expanduser().resolve()
     kind, arch, size = inspect_folder(folder)
+    problem = tokenizer_problem(folder)
+    if problem:
+        raise LocalModelError(problem)
     name = name if name is not None else _default_name(folder)
     if not _VALID_USER_NAME.match(name):
         raise LocalModelError(f"invalid name {name!r}: use letters, digits, '.', '_' and '-'")
+    name = name.lower()  # names are lower-case, as discovered ones are: mlx/TL and mlx/tl are one model
     entries = _read_user_entries()
-    existing = entries.get(name)
+    existing_name = next((key for key in entries if key.lower() == name), None)
+    existing = entries.pop(existing_name) if existing_name is not None else None
     if existing is not None and Path(existing["path"]) != folder:
         raise LocalModelError(
             f"mlx/{name} already points at {existing['path']}; remove it first or choose another --name"
         )
+    if existing is None:
+        # A name discovery gave a model in LM Studio's folder or the HF cache stays that model's: taking it would
+        # rename that model and silently switch the weights every alias, script and `llm -c` using it runs.
+        found = next((m for m in discover() if m.name == name and m.path.resolve() != folder), None)
+        if found is not None:
+            where = "LM Studio's models folder" if found.source == "lmstudio" else "the Hugging Face cache"
+            raise LocalModelError(f"mlx/{name} is already the name of {found.path} (in {where}): choose another --name")
     entries[name] = {"path": str(folder), "kind": kind, "arch": arch}
     _write_user_entries(entries)
     _MEMO.clear()
@@ -288,6 +313,7 @@ def remove(name: str) -> Path:
     if name.startswith("mlx/"):
         name = name[len("mlx/") :]
     entries = _read_user_entries()
+    name = next((key for key in entries if key.lower() == name.lower()), name.lower())
     if name not in entries:
         found = next((m for m in discover() if m.name == name), None)
         if found is not None:
@@ -365,7 +391,7 @@ def discover() -> list[LocalModel]:
 
 
 def find(name: str) -> LocalModel | None:
-    """The discovered model called `name` (with or without the `mlx/` prefix)."""
+    """The discovered model called `name` (with or without the `mlx/` prefix; in any case)."""
     if name.startswith("mlx/"):
         name = name[len("mlx/") :]
-    return next((m for m in discover() if m.name == name), None)
+    return next((m for m in discover() if m.name.lower() == name.lower()), None)

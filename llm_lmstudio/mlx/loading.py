@@ -13,9 +13,14 @@ import click
 import llm
 
 from llm_lmstudio.core import settings
-from llm_lmstudio.mlx.discovery import LocalModel, LocalModelError, inspect_folder
+from llm_lmstudio.mlx.discovery import LocalModel, LocalModelError, inspect_folder, tokenizer_problem
 
 _LOAD_LOCK = threading.Lock()
+
+# The kinds (call_history.error_kind) of failures caused by the request or the set-up, not the model: as for LM Studio
+# models, the router's history never counts them against the model (store/reliability.py, docs/router.md).
+REFUSED = "RequestFailed"  # an option, setting or schema this model cannot take as given
+GONE = "ModelNotFound"  # the folder is gone or broken since `mlx add`
 
 
 class NativeModelError(llm.ModelError, click.ClickException):
@@ -30,7 +35,10 @@ class NativeModelError(llm.ModelError, click.ClickException):
 
 def model_error(local: LocalModel, exc: BaseException, doing: str, engine: str = "mlx-lm") -> NativeModelError:
     """Turn whatever mlx raised into one line that says what happened and what to do."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.endswith(":") and len(lines) > 1:  # a list follows (transformers' "...from one of:"): keep it, on one line
+        text = " ".join(lines)
     lowered = text.lower()
     if isinstance(exc, MemoryError) or any(
         marker in lowered for marker in ("out of memory", "bad_alloc", "resource limit", "[metal::malloc]", "failed to allocate")
@@ -44,7 +52,7 @@ def model_error(local: LocalModel, exc: BaseException, doing: str, engine: str =
         group, width = quantize.group(1), quantize.group(2).split(",")[-1].strip()
         return NativeModelError(
             f"{local.model_id} cannot quantize its KV cache: mlx-lm quantizes in groups of {group} values and this "
-            f"model's attention heads hold {width}: run it without -o kv_bits"
+            f"model's attention heads hold {width}: run it without -o kv_bits", kind=REFUSED
         )
     if "not supported" in lowered and "model type" in lowered:
         from importlib.metadata import version
@@ -89,7 +97,7 @@ def check_fits(local: LocalModel) -> None:
         if not settings.mlx_memory_check():
             return
     except settings.SettingsError as exc:
-        raise NativeModelError(f"{local.model_id} is not available: {exc}") from None
+        raise NativeModelError(f"{local.model_id} is not available: {exc}", kind=REFUSED) from None
     available = available_memory()
     if available is None or local.size_bytes <= available[0]:
         return
@@ -102,11 +110,14 @@ def check_fits(local: LocalModel) -> None:
 
 def _check_folder(local: LocalModel) -> None:
     if local.problem:
-        raise NativeModelError(f"{local.model_id}: {local.problem} (remove it with `llm lmstudio mlx remove {local.name}`)")
+        raise NativeModelError(f"{local.model_id}: {local.problem} (remove it with `llm lmstudio mlx remove {local.name}`)", kind=GONE)
     try:
         inspect_folder(local.path)
     except LocalModelError as exc:
-        raise NativeModelError(f"{local.model_id}: {exc}") from None
+        raise NativeModelError(f"{local.model_id}: {exc}", kind=GONE) from None
+    problem = tokenizer_problem(local.path)  # else transformers' multi-line "Couldn't instantiate the backend tokenizer"
+    if problem:
+        raise NativeModelError(f"{local.model_id}: {problem}", kind=GONE)
 
 
 def load_once(loaded: dict, local: LocalModel, engine: str, make: Callable[[], Any]):

@@ -19,18 +19,22 @@ def register(register, kind: str) -> None:
         found, problem = [], str(exc)
         if not requested:
             standins.notice(f"{problem} (native MLX models are off until then)")
+    present = {local.model_id for local in found if local.kind == kind}
+    # Names are lower-case: `-m mlx/TL` asks for mlx/tl, so it is registered under that spelling too.
+    other_case = {name.lower(): name for name in requested if name not in present and name.lower() in present}
     for local in found:
         if local.kind != kind:
             continue
+        aliases = {"aliases": [other_case[local.model_id]]} if local.model_id in other_case else {}
         if kind == "chat":  # the model classes only once there is a native model to register
             from llm_lmstudio.mlx.chat import MLXAsyncChatModel, MLXChatModel
 
-            register(MLXChatModel(local), MLXAsyncChatModel(local))
+            register(MLXChatModel(local), MLXAsyncChatModel(local), **aliases)
         else:
             from llm_lmstudio.mlx.embeddings import MLXEmbeddingModel
 
-            register(MLXEmbeddingModel(local))
-    present = {local.model_id for local in found if local.kind == kind}
+            register(MLXEmbeddingModel(local), **aliases)
+    present |= set(other_case.values())
     reasons = {model_id: why_missing(model_id, kind, found, problem) for model_id in requested if model_id not in present}
     standins.register_standins(register, kind, reasons, "MLX (native)", debug=settings.debug())
 

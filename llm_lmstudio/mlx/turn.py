@@ -13,7 +13,7 @@ from llm.parts import StreamEvent
 
 from llm_lmstudio.core.messages import EMPTY_PROMPT, model_text, tool_specs
 from llm_lmstudio.mlx.prompt_cache import fed_entry, reusable_prefix
-from llm_lmstudio.mlx.loading import NativeModelError, model_error
+from llm_lmstudio.mlx.loading import REFUSED, NativeModelError, model_error
 from llm_lmstudio.mlx.discovery import LocalModel
 from llm_lmstudio.mlx.runtime import DEFAULT_MAX_TOKENS, ChatRuntime, load_chat
 
@@ -77,7 +77,7 @@ def _check_utf8(model_id: str, messages: list[dict]) -> None:
             byte = ord(content[exc.start]) & 0xFF  # a surrogate escape carries the undecodable byte
             raise NativeModelError(
                 f"{model_id}: the prompt is not valid UTF-8 text (it contains the byte 0x{byte:02X} at character "
-                f"{exc.start}): convert it first (e.g. `iconv -t UTF-8`)"
+                f"{exc.start}): convert it first (e.g. `iconv -t UTF-8`)", kind="BadPrompt"
             ) from None
 
 
@@ -87,7 +87,7 @@ def _schema_constraint(runtime: ChatRuntime, schema: dict):
     try:
         return SchemaConstraint(runtime.grammar_tokenizer(), schema)
     except ValueError as exc:
-        raise NativeModelError(f"{runtime.local.model_id}: the schema cannot be enforced: {exc}") from None
+        raise NativeModelError(f"{runtime.local.model_id}: the schema cannot be enforced: {exc}", kind=REFUSED) from None
 
 
 def _disk_caches(model_id: str):
@@ -98,7 +98,7 @@ def _disk_caches(model_id: str):
     try:
         budget = settings.mlx_prompt_cache_bytes()
     except settings.SettingsError as exc:
-        raise NativeModelError(f"{model_id}: {exc}") from None
+        raise NativeModelError(f"{model_id}: {exc}", kind=REFUSED) from None
     return DiskCaches(settings.plugin_dir() / "mlx-prompt-cache", budget) if budget else None
 
 
@@ -123,7 +123,7 @@ class Turn:
         self.tokenizer = runtime.tokenizer
         self.tools = tool_specs(prompt.tools) if prompt.tools else None
         if self.tools and not self.tokenizer.has_tool_calling:
-            raise NativeModelError(f"{model_id}: mlx-lm found no tool-call format in this model's chat template")
+            raise NativeModelError(f"{model_id}: mlx-lm found no tool-call format in this model's chat template", kind=REFUSED)
         try:
             self.tokens = runtime.render(messages, self.tools)
         except Exception as exc:
@@ -134,10 +134,10 @@ class Turn:
             # minutes and gigabytes on a prompt the model cannot attend to.
             raise NativeModelError(
                 f"{model_id}: the prompt is {len(self.tokens)} tokens but the model's context window is {window}: "
-                "shorten it (or start a new conversation instead of -c)"
+                "shorten it (or start a new conversation instead of -c)", kind="PromptTooLong"
             )
         if self.options.kv_bits and self.options.max_kv_size:
-            raise NativeModelError(f"{model_id}: mlx-lm cannot quantize a size-bounded KV cache: use kv_bits or max_kv_size, not both")
+            raise NativeModelError(f"{model_id}: mlx-lm cannot quantize a size-bounded KV cache: use kv_bits or max_kv_size, not both", kind=REFUSED)
         self.draft = self._draft()
         self.schema = _schema_constraint(runtime, prompt.schema) if prompt.schema else None
         self.layout = json.dumps(
@@ -167,10 +167,11 @@ class Turn:
         draft_id = "mlx/" + name.removeprefix("mlx/")
         local = discovery.find(draft_id)
         if local is None or local.kind != "chat":
-            raise NativeModelError(f"{model_id}: draft model {draft_id} is not a native chat model here (see `llm lmstudio mlx list`)")
+            raise NativeModelError(f"{model_id}: draft model {draft_id} is not a native chat model here (see `llm lmstudio mlx list`)",
+                                   kind=REFUSED)
         if self.options.max_kv_size:
             raise NativeModelError(
-                f"{model_id}: speculative decoding rewinds the KV cache, which -o max_kv_size makes impossible: drop one of them"
+                f"{model_id}: speculative decoding rewinds the KV cache, which -o max_kv_size makes impossible: drop one of them", kind=REFUSED
             )
         draft = load_chat(local)
         ours, theirs = self.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
@@ -179,7 +180,7 @@ class Turn:
             how = f"{len(theirs)} tokens against {len(ours)}" if differ else "the same size, other token ids"
             raise NativeModelError(
                 f"{model_id}: draft model {draft_id} has a different tokenizer ({how}), so its drafts would be "
-                "meaningless: pick a smaller model of the same family"
+                "meaningless: pick a smaller model of the same family", kind=REFUSED
             )
         return draft
 

@@ -765,6 +765,7 @@ def test_unsupported_embedding_architecture_is_one_clear_line(models, tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert9000", "architectures": ["Bert9000Model"]}))
     (folder / "model.safetensors").write_bytes(b"never read")
+    (folder / "vocab.txt").write_text("[PAD]\n")
     discovery.add(folder, "odd-embedder")
     output = one_line_error(CliRunner().invoke(cli, ["embed", "-m", "mlx/odd-embedder", "-c", "hello"]))
     assert "'bert9000' architecture" in output and "llm install -U mlx-embeddings" in output
@@ -778,6 +779,7 @@ def test_a_native_model_of_the_wrong_kind_or_unknown_is_one_line_in_lm_studios_w
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     (folder / "model.safetensors").write_bytes(b"")  # discovered, never loaded
+    (folder / "vocab.txt").write_text("[PAD]\n")
     discovery.add(folder, "embedder")
     assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/embedder", "hi"])) == (
         "Error: mlx/embedder is an embedding model: use it with `llm embed -m mlx/embedder`"
@@ -847,3 +849,74 @@ def test_a_models_folder_that_does_not_exist_is_refused_not_ignored(models, monk
     listed = CliRunner().invoke(cli, ["models"])
     assert listed.exit_code == 0 and "mlx/" not in listed.stdout  # other models stay; ours say why, once
     assert listed.stderr.splitlines() == [f"llm-lmstudio-mlx: {problem} (native MLX models are off until then)"]
+
+
+# ---------------------------------------------------------------- what the router's history holds against a model
+
+
+@pytest.mark.parametrize("args,env,kind,said", [
+    (["word " * 5000], {}, "PromptTooLong", "but the model's context window is 4096"),
+    (["hi"], {"LMSTUDIO_MLX_PROMPT_CACHE": "banana"}, "RequestFailed", "LMSTUDIO_MLX_PROMPT_CACHE"),
+    (["hi", "-o", "kv_bits", "4"], {}, "RequestFailed", "run it without -o kv_bits"),
+    (["hi", "-o", "kv_bits", "4", "-o", "max_kv_size", "64"], {}, "RequestFailed", "not both"),
+])
+def test_failures_of_the_prompt_or_the_set_up_are_recorded_but_not_held_against_the_model(
+        models, user_path, monkeypatch, args, env, kind, said):
+    import sqlite3
+
+    from llm_lmstudio.store import call_history
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert said in one_line_error(CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", *args]))
+    conn = sqlite3.connect(user_path / "lmstudio" / call_history.STORE_FILE)
+    assert conn.execute("select model, ok, error_kind from lmstudio_calls").fetchall() == [("mlx/tiny-llama", 0, kind)]
+    record = call_history.history(user_path / "logs.db", ["mlx/tiny-llama"])["mlx/tiny-llama"].record
+    assert record.penalty == 0.0 and record.counted == () and record.ignored == {kind: 1}
+
+
+def test_a_model_folder_deleted_since_it_was_added_is_not_held_against_the_model(models, user_path, tmp_path,
+                                                                                   tiny_llama_path):
+    from llm_lmstudio.store import call_history
+
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "gone")
+    discovery.add(copy, "gone")
+    shutil.rmtree(copy)
+    assert "is not a folder" in one_line_error(CliRunner().invoke(cli, ["-m", "mlx/gone", "hi"]))
+    record = call_history.history(user_path / "logs.db", ["mlx/gone"])["mlx/gone"].record
+    assert record.penalty == 0.0 and record.ignored == {"ModelNotFound": 1}
+
+
+def test_a_prompt_that_is_not_utf8_is_not_recorded_as_a_call_of_the_model(models, user_path):
+    from llm_lmstudio.store import call_history
+
+    result = CliRunner().invoke(cli, ["-m", "mlx/tiny-llama", "bad \udc80 byte"])
+    assert "the prompt is not valid UTF-8 text" in one_line_error(result)
+    record = call_history.history(user_path / "logs.db", ["mlx/tiny-llama"])["mlx/tiny-llama"].record
+    assert record.counted == () and record.ignored == {}
+
+
+def test_a_name_in_other_letter_case_is_the_same_model(models, user_path):
+    result = CliRunner().invoke(cli, ["-m", "mlx/TINY-Llama", "hi", "-o", "max_tokens", "2"])
+    assert result.exit_code == 0, result.output
+    (turn,) = turns(user_path)
+    assert turn["model"] == "mlx/tiny-llama"
+
+
+def test_tokenizer_files_deleted_after_add_are_named_in_one_whole_line(models, user_path, tmp_path, tiny_llama_path):
+    copy = shutil.copytree(tiny_llama_path, tmp_path / "notok")
+    discovery.add(copy, "notok")
+    for file in copy.glob("tokenizer*"):
+        file.unlink()
+    assert one_line_error(CliRunner().invoke(cli, ["-m", "mlx/notok", "hi"])) == (
+        f"Error: mlx/notok: {copy} has no tokenizer: none of tokenizer.json, tokenizer.model, vocab.json or vocab.txt "
+        "is there; copy the tokenizer files (with tokenizer_config.json) from the model's repository")
+
+
+def test_an_error_whose_first_line_announces_a_list_keeps_the_list_on_its_line():
+    local = discovery.LocalModel("m", discovery.Path("/m/m"), "chat", "llama", 1, "user")
+    exc = ValueError("Couldn't instantiate the backend tokenizer from one of: \n(1) a `tokenizers` library serialization "
+                     "file, \n(2) a slow tokenizer instance to convert or \n(3) an equivalent slow tokenizer class.\n")
+    assert str(loading.model_error(local, exc, "loading")) == (
+        "mlx/m failed while loading (/m/m): Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` "
+        "library serialization file, (2) a slow tokenizer instance to convert or (3) an equivalent slow tokenizer class.")

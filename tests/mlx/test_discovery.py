@@ -228,7 +228,7 @@ def test_add_list_remove_round_trip(roots, tiny_llama_path):
 def test_add_defaults_name_to_folder_name_and_hf_repo_name(roots, tiny_llama_path, tmp_path):
     copy = shutil.copytree(tiny_llama_path, tmp_path / "My Model")
     assert discovery.add(copy).name == "my-model"
-    snapshot = hf_repo(tmp_path / "private-hub", "org/Snap-Model")
+    snapshot = hf_repo(tmp_path / "private-hub", "org/Snap-Model", extra_files=("tokenizer.json",))
     assert discovery.add(snapshot).name == "snap-model"
 
 
@@ -317,3 +317,49 @@ def test_a_damaged_registry_without_a_version_before_is_kept_aside_never_overwri
                             "`llm lmstudio mlx add`")
     assert invoke("lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "new").exit_code == 0
     assert aside.read_text() == damaged  # what was there is still there to recover by hand
+
+
+# ---------------------------------------------------------------- names a user cannot take, folders that cannot be run
+
+
+def test_add_refuses_the_name_of_a_model_found_in_lm_studios_folder(roots, tiny_llama_path, tmp_path):
+    lmstudio, _ = roots
+    found = shutil.copytree(tiny_llama_path, lmstudio / "test-org" / "tiny-reasoner")
+    other = shutil.copytree(tiny_llama_path, tmp_path / "other" / "tiny-reasoner")
+    before = json.loads(invoke("lmstudio", "mlx", "list", "--json").output)
+    for args in (["--name", "tiny-reasoner"], ["--name", "Tiny-Reasoner"], []):  # the default name is the folder's
+        result = CliRunner().invoke(cli, ["lmstudio", "mlx", "add", str(other), *args])
+        assert (result.exit_code, result.output) == (1, (
+            f"Error: mlx/tiny-reasoner is already the name of {found} (in LM Studio's models folder): "
+            "choose another --name\n"))
+    assert json.loads(invoke("lmstudio", "mlx", "list", "--json").output) == before  # nobody renamed
+    assert invoke("lmstudio", "mlx", "add", str(other), "--name", "my-reasoner").exit_code == 0
+    # the very folder LM Studio has, added under its own name, takes nothing from anyone
+    assert invoke("lmstudio", "mlx", "add", str(found)).exit_code == 0
+    assert {m["model_id"]: m["path"] for m in json.loads(invoke("lmstudio", "mlx", "list", "--json").output)} == {
+        "mlx/my-reasoner": str(other.resolve()), "mlx/tiny-reasoner": str(found.resolve())}
+
+
+def test_names_are_lower_case_so_two_spellings_are_one_name(roots, tiny_llama_path, tiny_qwen_tools_path):
+    added = invoke("lmstudio", "mlx", "add", str(tiny_llama_path), "--name", "TL")
+    assert added.exit_code == 0 and added.output.startswith("Added mlx/tl: chat model")
+    result = CliRunner().invoke(cli, ["lmstudio", "mlx", "add", str(tiny_qwen_tools_path), "--name", "tl"])
+    assert (result.exit_code, result.output) == (
+        1, f"Error: mlx/tl already points at {tiny_llama_path.resolve()}; remove it first or choose another --name\n")
+    assert invoke("lmstudio", "mlx", "add", str(tiny_llama_path), "--name", "Tl").exit_code == 0  # the same, again
+    assert [m["model_id"] for m in json.loads(invoke("lmstudio", "mlx", "list", "--json").output)] == ["mlx/tl"]
+    assert discovery.find("mlx/TL").name == "tl"
+    removed = invoke("lmstudio", "mlx", "remove", "mlx/TL")
+    assert removed.exit_code == 0 and removed.output.startswith("Removed mlx/tl ")
+    assert json.loads(invoke("lmstudio", "mlx", "list", "--json").output) == []
+
+
+def test_add_refuses_a_folder_without_tokenizer_files_in_one_line(roots, tiny_llama_path, tmp_path):
+    folder = shutil.copytree(tiny_llama_path, tmp_path / "notok")
+    for file in folder.glob("tokenizer*"):
+        file.unlink()
+    result = CliRunner().invoke(cli, ["lmstudio", "mlx", "add", str(folder)])
+    assert (result.exit_code, result.output) == (1, (
+        f"Error: {folder} has no tokenizer: none of tokenizer.json, tokenizer.model, vocab.json or vocab.txt is there; "
+        "copy the tokenizer files (with tokenizer_config.json) from the model's repository\n"))
+    assert json.loads(invoke("lmstudio", "mlx", "list", "--json").output) == []
