@@ -353,6 +353,9 @@ def status_command(ctx, json_):
         echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk, "conflicts": conflicts_json})
     else:
         for state in statuses:
+            if not state.reachable and state.latency_ms is not None:  # it answered, but it is not LM Studio
+                click.echo(state.error)
+                continue
             if not state.reachable:
                 click.echo(f"{state.base_url}  unreachable: {state.error}")
                 continue
