@@ -118,7 +118,7 @@ def load_command(
             result = manager.load(model, settings_, on_progress=progress.update, new_instance=new_instance)
         finally:
             progress.finish()
-        model_id = manager.server.model_id(result.model)
+        model_id = management.model_id(manager.server, result.model)
     if not result.already_loaded:
         management.refresh_catalog()
     if json_:
@@ -134,7 +134,7 @@ def load_command(
     click.echo(f"Loaded {result.model} in {result.load_seconds:.2f} s ({', '.join(details)}).")
     click.echo(f'Identifier: "{result.identifier}" (the model name for LM Studio\'s API and SDK)')
     usage = "llm embed -m" if result.type == "embedding" else "llm -m"
-    click.echo(f"Use it with: {usage} {model_id}")
+    click.echo(f"Use it with: {usage} {model_id}" if model_id else f"To use it: {management.not_configured(manager.server)}")
 
 
 @click.command(name="unload")

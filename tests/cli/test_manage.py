@@ -517,6 +517,23 @@ def test_server_option_picks_the_server_to_manage(lmstudio, refused_url, monkeyp
     assert result.exit_code == 0 and LLAMA in result.stdout
 
 
+def test_load_with_server_prints_an_id_that_works_or_says_how_to_use_the_server(lmstudio, refused_url, monkeypatch):
+    port = lmstudio.base_url.rsplit(":", 1)[1]
+    # The configured server (127.0.0.1) named by another spelling: the id is the configured one's.
+    result = run("load", LLAMA, "--server", f"localhost:{port}")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"Use it with: llm -m lmstudio/{LLAMA}"
+    # A server that is not in LMSTUDIO_BASE_URL at all: no id (none would work), but what to do.
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    result = run("load", QWEN, "--server", lmstudio.host_port)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        f"To use it: 127.0.0.1:{port} is not in LMSTUDIO_BASE_URL, so llm cannot use its models yet: add it there "
+        "(a comma-separated list) and `llm models` lists them")
+    data = json.loads(run("load", QWEN, "--server", lmstudio.host_port, "--new-instance", "--json").stdout)
+    assert (data["model"], data["model_id"]) == (QWEN, None)
+
+
 # ---------------------------------------------------------------- status
 
 
