@@ -316,9 +316,13 @@ def _token_text(status) -> str:
 
 
 @click.command(name="status")
+@click.option(
+    "--server", "address", metavar="URL", help="Only this LM Studio server, as host:port or URL (default: every server in "
+    "LMSTUDIO_BASE_URL)",
+)
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 @click.pass_context
-def status_command(ctx, json_):
+def status_command(ctx, address, json_):
     """Check each configured LM Studio server: reachable, token, models, latency
 
     Says where the API token came from (`llm keys set lmstudio`, $LM_API_TOKEN or $LMSTUDIO_API_TOKEN),
@@ -335,8 +339,10 @@ def status_command(ctx, json_):
     from llm_lmstudio.lmstudio import health
     from llm_lmstudio.core import installation
 
+    from llm_lmstudio.management import manager as management
+
     try:
-        servers = settings.servers()
+        servers = [management.pick_server(address)] if address else settings.servers()
         token, source = settings.api_token_source()
     except settings.SettingsError as exc:
         raise click.ClickException(str(exc)) from None

@@ -603,6 +603,18 @@ def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_
     assert text.exit_code == 1 and f"{refused_url}  unreachable: LM Studio is not reachable" in text.stdout
 
 
+def test_status_server_checks_only_that_server(lmstudio, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{refused_url}")
+    result = run("status", "--server", lmstudio.host_port, "--json")
+    assert result.exit_code == 0, result.output
+    assert [(s["base_url"], s["reachable"]) for s in json.loads(result.stdout)["servers"]] == [(lmstudio.base_url, True)]
+    down = run("status", "--server", refused_url)
+    assert down.exit_code == 1 and down.stdout.splitlines()[0].startswith(f"{refused_url}  unreachable: LM Studio is not reachable")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)  # a server not configured can be checked too
+    assert run("status", "--server", lmstudio.base_url).exit_code == 0
+    assert_one_line_error(run("status", "--server", "ftp://x"), "--server 'ftp://x' uses the scheme 'ftp'")
+
+
 @pytest.mark.minilm  # the stand-in's downloads include MiniLM
 @pytest.mark.parametrize("token_support", [False, True], ids=["sdk-without-tokens", "sdk-with-tokens"])
 def test_status_explains_a_token_requirement(lmstudio, monkeypatch, token_support):
