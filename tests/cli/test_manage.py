@@ -438,6 +438,21 @@ def test_ls_filters_and_json_shape_include_native_mlx_models(lmstudio, lmstudio_
     assert "native MLX" in text and "mlx/tiny-llama" in text
 
 
+def test_ls_with_lm_studio_down_still_lists_the_native_models(lmstudio_models_dir, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(lmstudio_models_dir))
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    error = (f"Error: LM Studio is not reachable at {refused_url} — is the server running? "
+             "Start it with `lms server start` or from the LM Studio app")
+    result = run("ls", "--llm")
+    assert result.exit_code == 1 and result.stderr.splitlines() == [error]  # the LM Studio part is missing
+    assert result.stdout.splitlines()[1] == "native MLX (run inside llm, not by LM Studio)"
+    assert "mlx/tiny-llama" in result.stdout and "You have" not in result.stdout
+    data = run("ls", "--json")
+    assert data.exit_code == 1 and data.stderr.splitlines() == [error]
+    listed = json.loads(data.stdout)
+    assert listed["lmstudio"] == [] and "mlx/tiny-llama" in {n["model_id"] for n in listed["native"]}
+
+
 def test_ls_variants_lists_each_variant_under_its_model(lmstudio):
     lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"], selected="q8_0")
     plain = run("ls").stdout
