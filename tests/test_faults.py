@@ -814,7 +814,12 @@ def test_a_server_that_is_not_lmstudio_gets_one_verdict_from_ps_status_and_chat(
     ps = CliRunner().invoke(cli, ["lmstudio", "ps"])
     assert ps.exit_code == 1 and ps.output.strip() == f"Error: {verdict} (no /lmstudio-greeting)"
     status = CliRunner().invoke(cli, ["lmstudio", "status"])
-    assert f"  {verdict} (no /lmstudio-greeting)" in status.output and "not reachable" not in status.output
+    # a health check: exit 1, one line saying what answered there instead
+    seen = f"{verdict} (HTTP 404 for /lmstudio-greeting and for its model listings): is LM Studio's server on another port?"
+    assert status.exit_code == 1 and status.output.splitlines()[0] == seen
+    status_json = CliRunner().invoke(cli, ["lmstudio", "status", "--json"])
+    [server] = json.loads(status_json.output)["servers"]
+    assert status_json.exit_code == 1 and (server["reachable"], server["error"]) == (False, seen)
     chat = CliRunner().invoke(cli, ["-m", LLAMA, "hello"])
     assert chat.exit_code == 1 and "<" not in chat.output
     assert chat.output.strip() == (

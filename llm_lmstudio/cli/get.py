@@ -152,7 +152,9 @@ def get_command(query, quantization, yes, address, json_):
 
 
 def _get_done(manager, key, outcome, progress, job_id=None) -> None:
-    model_id = manager.server.model_id(key) if key else None
+    from llm_lmstudio.management import manager as management
+
+    model_id = management.model_id(manager.server, key) if key else None
     progress.event({"event": outcome, "job_id": job_id, "key": key, "model_id": model_id})
     if not progress.json:
         if outcome == "already_downloaded":
@@ -161,3 +163,5 @@ def _get_done(manager, key, outcome, progress, job_id=None) -> None:
             click.echo(f"Downloaded {key or progress.what}.", err=True)
         if model_id:
             click.echo(model_id)
+        elif key:
+            click.echo(f"To use it: {management.not_configured(manager.server)}", err=True)

@@ -118,7 +118,7 @@ def load_command(
             result = manager.load(model, settings_, on_progress=progress.update, new_instance=new_instance)
         finally:
             progress.finish()
-        model_id = manager.server.model_id(result.model)
+        model_id = management.model_id(manager.server, result.model)
     if not result.already_loaded:
         management.refresh_catalog()
     if json_:
@@ -134,7 +134,7 @@ def load_command(
     click.echo(f"Loaded {result.model} in {result.load_seconds:.2f} s ({', '.join(details)}).")
     click.echo(f'Identifier: "{result.identifier}" (the model name for LM Studio\'s API and SDK)')
     usage = "llm embed -m" if result.type == "embedding" else "llm -m"
-    click.echo(f"Use it with: {usage} {model_id}")
+    click.echo(f"Use it with: {usage} {model_id}" if model_id else f"To use it: {management.not_configured(manager.server)}")
 
 
 @click.command(name="unload")
@@ -181,11 +181,19 @@ def unload_command(identifier, all_, address, json_):
         click.echo(f'Unloaded "{instance.identifier}" ({instance.model}).')
 
 
+ONE_SERVER_OPTION = click.option("--server", "address", metavar="URL", help="Only this LM Studio server, as host:port "
+                                  "or URL (default: every server in LMSTUDIO_BASE_URL)")  # ps and status
+
+
+def _exit_with(ctx, *failures: str | None) -> None:  # each an `Error:` line after what could be listed; exit 1
+    for message in filter(None, failures):
+        click.echo(f"Error: {message}", err=True)
+    if any(failures):
+        ctx.exit(1)
+
+
 @click.command(name="ps")
-@click.option(
-    "--server", "address", metavar="URL", help="Only this LM Studio server, as host:port or URL (default: every server in "
-    "LMSTUDIO_BASE_URL)",
-)
+@ONE_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 @click.pass_context
 def ps_command(ctx, address, json_):
@@ -227,10 +235,7 @@ def ps_command(ctx, address, json_):
             for server, i in loaded
         ]
         echo_table(headers, [row[: len(headers)] for row in rows])
-    for message in failures:
-        click.echo(f"Error: {message}", err=True)
-    if failures:
-        ctx.exit(1)
+    _exit_with(ctx, *failures)
 
 
 def _native_models(kind: str | None) -> list:
@@ -251,7 +256,8 @@ def _loaded_marker(model) -> str:
 @click.option("--variants", "with_variants", is_flag=True, help="List each model's downloaded variants under it")
 @SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
-def ls_command(only_llm, only_embedding, with_variants, address, json_):
+@click.pass_context
+def ls_command(ctx, only_llm, only_embedding, with_variants, address, json_):
     """List the models LM Studio has downloaded, and native MLX models found on disk
 
     Models of a type or format this plugin does not know are listed as LM Studio reports them.
@@ -264,9 +270,13 @@ def ls_command(only_llm, only_embedding, with_variants, address, json_):
     if only_llm and only_embedding:
         raise click.UsageError("Give --llm or --embedding, not both")
     namespace = "llm" if only_llm else "embedding" if only_embedding else None
-    with managing(address) as manager:
-        models = manager.downloaded(namespace)
-        variants = {m.key: manager.variants(m) for m in models} if with_variants else {}
+    models, variants, failure = [], {}, None
+    try:
+        with managing(address) as manager:
+            models = manager.downloaded(namespace)
+            variants = {m.key: manager.variants(m) for m in models} if with_variants else {}
+    except click.ClickException as exc:  # LM Studio down: the native models need no server, so they are still listed
+        failure = exc.message
     native = _native_models({"llm": "chat", "embedding": "embedding"}.get(namespace))
     if json_:
         rows = []
@@ -276,9 +286,10 @@ def ls_command(only_llm, only_embedding, with_variants, address, json_):
                 row["variant_details"] = [v.to_json() for v in variants[m.key]]
             rows.append(row)
         echo_json({"lmstudio": rows, "native": [m.to_json() for m in native]})
-        return
+        return _exit_with(ctx, failure)
     total = sum(m.size_bytes for m in models)
-    click.echo(f"You have {len(models)} models, taking up {size(total)} of disk space.")
+    if not failure:
+        click.echo(f"You have {len(models)} models, taking up {size(total)} of disk space.")
     groups = {"LLM": [], "EMBEDDING": [], "OTHER": []}
     for m in models:
         groups["EMBEDDING" if m.type == "embedding" else "LLM" if m.namespace else "OTHER"].append(m)
@@ -303,6 +314,8 @@ def ls_command(only_llm, only_embedding, with_variants, address, json_):
         click.echo("native MLX (run inside llm, not by LM Studio)")
         rows = [(m.model_id, m.kind, m.arch, size(m.size_bytes), m.source) for m in native]
         echo_table(("MODEL", "KIND", "ARCH", "SIZE", "SOURCE"), rows)
+    _exit_with(ctx, failure)
+
 
 
 def _token_text(status) -> str:
@@ -316,9 +329,10 @@ def _token_text(status) -> str:
 
 
 @click.command(name="status")
+@ONE_SERVER_OPTION
 @click.option("json_", "--json", is_flag=True, help="Output as JSON")
 @click.pass_context
-def status_command(ctx, json_):
+def status_command(ctx, address, json_):
     """Check each configured LM Studio server: reachable, token, models, latency
 
     Says where the API token came from (`llm keys set lmstudio`, $LM_API_TOKEN or $LMSTUDIO_API_TOKEN),
@@ -335,8 +349,10 @@ def status_command(ctx, json_):
     from llm_lmstudio.lmstudio import health
     from llm_lmstudio.core import installation
 
+    from llm_lmstudio.management import manager as management
+
     try:
-        servers = settings.servers()
+        servers = [management.pick_server(address)] if address else settings.servers()
         token, source = settings.api_token_source()
     except settings.SettingsError as exc:
         raise click.ClickException(str(exc)) from None
@@ -353,6 +369,9 @@ def status_command(ctx, json_):
         echo_json({"servers": [s.to_json() for s in statuses], "sdk": sdk, "conflicts": conflicts_json})
     else:
         for state in statuses:
+            if not state.reachable and state.latency_ms is not None:  # it answered, but it is not LM Studio
+                click.echo(state.error)
+                continue
             if not state.reachable:
                 click.echo(f"{state.base_url}  unreachable: {state.error}")
                 continue

@@ -43,6 +43,21 @@ def count_models(body: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _seen(exc: errors.LMStudioError) -> str:
+    """What a server that is not LM Studio answered, in a few words."""
+    return f"HTTP {exc.status}" if exc.status else "an answer that is not LM Studio's JSON"
+
+
+def _greeting(client: rest.Client) -> str | None:
+    """None when the server says it is LM Studio, otherwise what it answered instead (rest.Client.greeting's test).
+    Unreachable, hung and token failures propagate."""
+    try:
+        body = client.get_json("/lmstudio-greeting")
+    except (errors.EndpointMissing, errors.ModelNotFound, errors.RequestFailed, errors.BadResponse) as exc:
+        return _seen(exc)
+    return None if isinstance(body, dict) and body.get("lmstudio") is True else "JSON without LM Studio's greeting"
+
+
 def server_status(target: settings.Server, token: str | None, token_source: str | None = None) -> ServerStatus:
     status = ServerStatus(base_url=target.base_url, token_configured=bool(token), token_source=token_source)
     # A health check must answer quickly even from a hung server: no inference-sized read timeout here.
@@ -51,15 +66,16 @@ def server_status(target: settings.Server, token: str | None, token_source: str 
     client = rest.Client(target, token=token, **quick)
     started = time.perf_counter()
     try:
-        is_lmstudio = client.greeting()
+        greeting_seen = _greeting(client)
     except errors.LMStudioError as exc:
         status.error = str(exc)
         return status
     status.latency_ms = round((time.perf_counter() - started) * 1000, 1)
     status.reachable = True
+    is_lmstudio = greeting_seen is None
     if not is_lmstudio:
         status.error = str(errors.not_lmstudio(target.base_url))
-    body, answered, missing = None, None, []
+    body, answered, missing, listing_seen = None, None, [], None
     for path in NATIVE_LISTINGS + (OPENAI_LISTING,):
         if path == OPENAI_LISTING and len(missing) < len(NATIVE_LISTINGS):
             break  # a native listing failed for another reason: that failure is the news
@@ -72,11 +88,20 @@ def server_status(target: settings.Server, token: str | None, token_source: str 
             status.error = str(exc)
             break
         except errors.EndpointMissing as exc:
+            listing_seen = listing_seen or _seen(exc)
             missing.append(str(exc))  # an older LM Studio: /api/v1 arrived in 0.4, /api/v0 in 0.3.6
         except errors.LMStudioError as exc:
+            listing_seen = listing_seen or _seen(exc)
             status.error = status.error or str(exc)
             if isinstance(exc, (errors.TimedOut, errors.Unreachable)):
                 break  # the other listing would wait out the same timeout again
+    if body is None and not is_lmstudio and not status.requires_token and listing_seen:
+        # Neither LM Studio's greeting nor a model listing: nothing here can answer a prompt (another web app on the port).
+        seen = f"{greeting_seen} for /lmstudio-greeting and " + (
+            "for its model listings" if listing_seen == greeting_seen else f"{listing_seen} for its model listings")
+        status.reachable = False
+        status.error = f"{errors.not_lmstudio(target.base_url, seen)}: is LM Studio's server on another port?"
+        return status
     if body is None and missing and not status.error:
         status.error = missing[0]
     if body is not None:

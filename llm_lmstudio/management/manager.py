@@ -226,8 +226,36 @@ def refusal(estimate: Estimate, model: DownloadedModel) -> str:
     )
 
 
+def _addresses(host: str) -> set[str]:
+    """The addresses a host name stands for; every loopback address counts as one ("localhost" = "127.0.0.1")."""
+    import ipaddress
+    import socket
+
+    try:
+        found = [host.strip("[]")]
+        ipaddress.ip_address(found[0])
+    except ValueError:
+        try:
+            found = [info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)]
+        except (OSError, UnicodeError):
+            return {host}
+    result = set()
+    for address in found:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        result.add("loopback" if ip.is_loopback else str(ip))
+    return result
+
+
+def _same_server(url: str, other: str) -> bool:
+    a, b = urlsplit(url), urlsplit(other)
+    if (a.scheme, a.port) != (b.scheme, b.port):
+        return False
+    return a.hostname == b.hostname or bool(_addresses(a.hostname or "") & _addresses(b.hostname or ""))
+
+
 def pick_server(address: str | None = None) -> settings.Server:
-    """The configured server that `address` names (host:port or URL); the first configured one by default."""
+    """The configured server that `address` names (host:port or URL, any spelling of the same address); the first
+    configured one by default."""
     servers = settings.servers()
     if not address:
         return servers[0]
@@ -235,8 +263,24 @@ def pick_server(address: str | None = None) -> settings.Server:
     for candidate in servers:
         if candidate.base_url == url:
             return candidate
+    for candidate in servers:
+        if _same_server(candidate.base_url, url):
+            return settings.Server(base_url=url, prefix=candidate.prefix)  # asked as spelled, named as configured
     # Not configured: its models are not registered with llm, but it can still be managed.
     return settings.Server(base_url=url, prefix=f"lmstudio@{urlsplit(url).netloc}")
+
+
+def model_id(server: settings.Server, key: str) -> str | None:
+    """The `llm -m` id of a model on `server`, or None when the server is not in LMSTUDIO_BASE_URL (no id works)."""
+    if server.prefix not in {s.prefix for s in settings.servers()}:
+        return None
+    return server.model_id(key)
+
+
+def not_configured(server: settings.Server) -> str:
+    """What to do about a server that is managed (--server) but not in LMSTUDIO_BASE_URL."""
+    return (f"{server.host_port} is not in LMSTUDIO_BASE_URL, so llm cannot use its models yet: add it there "
+            "(a comma-separated list) and `llm models` lists them")
 
 
 @contextmanager

@@ -438,6 +438,21 @@ def test_ls_filters_and_json_shape_include_native_mlx_models(lmstudio, lmstudio_
     assert "native MLX" in text and "mlx/tiny-llama" in text
 
 
+def test_ls_with_lm_studio_down_still_lists_the_native_models(lmstudio_models_dir, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(lmstudio_models_dir))
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    error = (f"Error: LM Studio is not reachable at {refused_url} — is the server running? "
+             "Start it with `lms server start` or from the LM Studio app")
+    result = run("ls", "--llm")
+    assert result.exit_code == 1 and result.stderr.splitlines() == [error]  # the LM Studio part is missing
+    assert result.stdout.splitlines()[1] == "native MLX (run inside llm, not by LM Studio)"
+    assert "mlx/tiny-llama" in result.stdout and "You have" not in result.stdout
+    data = run("ls", "--json")
+    assert data.exit_code == 1 and data.stderr.splitlines() == [error]
+    listed = json.loads(data.stdout)
+    assert listed["lmstudio"] == [] and "mlx/tiny-llama" in {n["model_id"] for n in listed["native"]}
+
+
 def test_ls_variants_lists_each_variant_under_its_model(lmstudio):
     lmstudio.set_variants(LLAMA, ["q4_k_m", "q8_0"], selected="q8_0")
     plain = run("ls").stdout
@@ -517,6 +532,23 @@ def test_server_option_picks_the_server_to_manage(lmstudio, refused_url, monkeyp
     assert result.exit_code == 0 and LLAMA in result.stdout
 
 
+def test_load_with_server_prints_an_id_that_works_or_says_how_to_use_the_server(lmstudio, refused_url, monkeypatch):
+    port = lmstudio.base_url.rsplit(":", 1)[1]
+    # The configured server (127.0.0.1) named by another spelling: the id is the configured one's.
+    result = run("load", LLAMA, "--server", f"localhost:{port}")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"Use it with: llm -m lmstudio/{LLAMA}"
+    # A server that is not in LMSTUDIO_BASE_URL at all: no id (none would work), but what to do.
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    result = run("load", QWEN, "--server", lmstudio.host_port)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        f"To use it: 127.0.0.1:{port} is not in LMSTUDIO_BASE_URL, so llm cannot use its models yet: add it there "
+        "(a comma-separated list) and `llm models` lists them")
+    data = json.loads(run("load", QWEN, "--server", lmstudio.host_port, "--new-instance", "--json").stdout)
+    assert (data["model"], data["model_id"]) == (QWEN, None)
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -584,6 +616,18 @@ def test_status_exits_non_zero_when_any_server_is_unreachable(lmstudio, refused_
     assert reachable == {lmstudio.base_url: True, refused_url: False}
     text = run("status")
     assert text.exit_code == 1 and f"{refused_url}  unreachable: LM Studio is not reachable" in text.stdout
+
+
+def test_status_server_checks_only_that_server(lmstudio, refused_url, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", f"{lmstudio.base_url},{refused_url}")
+    result = run("status", "--server", lmstudio.host_port, "--json")
+    assert result.exit_code == 0, result.output
+    assert [(s["base_url"], s["reachable"]) for s in json.loads(result.stdout)["servers"]] == [(lmstudio.base_url, True)]
+    down = run("status", "--server", refused_url)
+    assert down.exit_code == 1 and down.stdout.splitlines()[0].startswith(f"{refused_url}  unreachable: LM Studio is not reachable")
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)  # a server not configured can be checked too
+    assert run("status", "--server", lmstudio.base_url).exit_code == 0
+    assert_one_line_error(run("status", "--server", "ftp://x"), "--server 'ftp://x' uses the scheme 'ftp'")
 
 
 @pytest.mark.minilm  # the stand-in's downloads include MiniLM

@@ -90,6 +90,20 @@ def test_an_already_downloaded_model_says_so_and_downloads_nothing(lmstudio):
     assert not any("/download/status/" in r["path"] for r in lmstudio.requests())
 
 
+def test_get_with_server_prints_an_id_that_works_or_none(lmstudio, refused_url, monkeypatch):
+    port = lmstudio.base_url.rsplit(":", 1)[1]
+    result = get("test-org/tiny-llama", "--server", f"localhost:{port}")  # the configured 127.0.0.1, spelled otherwise
+    assert result.exit_code == 0 and result.stdout == "lmstudio/test-org/tiny-llama\n"
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)  # the stand-in is not configured at all
+    result = get("test-org/tiny-llama", "--server", lmstudio.host_port)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"To use it: 127.0.0.1:{port} is not in LMSTUDIO_BASE_URL, so llm cannot use its models yet: add it there "
+        "(a comma-separated list) and `llm models` lists them")
+    stream = events(get("test-org/tiny-llama", "--server", lmstudio.host_port, "--json"))
+    assert stream[-1] == {"event": "already_downloaded", "job_id": None, "key": "test-org/tiny-llama", "model_id": None}
+
+
 def llm_process(lmstudio, user_path, *args):
     env = dict(os.environ, LLM_USER_PATH=str(user_path), LMSTUDIO_BASE_URL=lmstudio.base_url)
     # Ctrl-C as a terminal's foreground process gets it: a runner that started this suite in the background (a
