@@ -49,6 +49,7 @@ def removed_mlx_model(tmp_path) -> str:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     (folder / "model.safetensors").write_bytes(b"")  # discovered, never loaded
+    (folder / "vocab.txt").write_text("[PAD]\n")  # `mlx add` wants tokenizer files
     discovery.add(folder, "embedder")
     discovery.remove("embedder")
     return "mlx/embedder"
