@@ -17,6 +17,10 @@ EMBEDDING_COMMANDS = {"embed", "embed-multi", "embed-models", "similar"}
 # llm's embeddings database. Read only for these, read-only, waiting at most this long for a lock.
 COLLECTION_COMMANDS = {"embed", "embed-multi", "similar"}
 COLLECTION_READ_TIMEOUT = 0.25
+# The router's llm id and aliases (router/config.py takes them from here): a command that uses it needs every server's
+# models, so the model-list cache must treat it as naming all of them.
+ROUTER_ID = "lmstudio-router"
+ROUTER_ALIASES = ("router",)
 _printed: set[str] = set()  # notices already shown outside any click command (plain Python use of llm)
 
 
@@ -72,6 +76,16 @@ def requested_ids(kind: str, prefixes: tuple[str, ...]) -> list[str]:
     if kind == "embedding":
         wanted.append(collection_model(context))
     return [name for name in wanted if isinstance(name, str) and name.startswith(prefixes)]
+
+
+def uses_router() -> bool:
+    """Does the running llm command route a prompt: `-m router` (or its id, an alias of it, or the router as the default
+    model) for a prompt or chat, or `llm lmstudio route`?"""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return False
+    names = (ROUTER_ID, *ROUTER_ALIASES)
+    return _command_names(context)[:2] == ["route", "lmstudio"] or any(i in names for i in requested_ids("chat", names))
 
 
 def collection_model(context) -> str | None:

@@ -59,7 +59,9 @@ def catalog_models(kind: str) -> list[CatalogModel]:
             notice(f"{problem} (LM Studio models are off until then)")
         return []
     wanted = requested_ids(kind)
-    named = {server.base_url for server in settings.servers() if _names(server, wanted)}
+    # a routed prompt needs every server's models, as a prompt to one of them needs its server's (first contact)
+    routed = standins.uses_router()
+    named = {server.base_url for server in settings.servers() if routed or _names(server, wanted)}
     models = catalog.models_for_registration(named)
     present = {model.model_id for model in models}
     missing = [model_id for model_id in wanted if model_id not in present]

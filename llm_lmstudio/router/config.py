@@ -11,9 +11,8 @@ import llm
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from llm_lmstudio.core.settings import SettingsError, is_local_model_id
+from llm_lmstudio.core.unavailable import ROUTER_ALIASES, ROUTER_ID  # noqa: F401 - the router's names live in core
 
-ROUTER_ID = "lmstudio-router"
-ROUTER_ALIASES = ("router",)
 
 # tool_call_id -> the model that made the call, so the follow-up turn with its result goes back to it (planning.py).
 TOOL_CALL_OWNERS: dict[str, str] = {}

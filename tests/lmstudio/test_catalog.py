@@ -1,3 +1,4 @@
+import contextlib
 import time
 
 import llm
@@ -108,6 +109,61 @@ def test_a_server_whose_model_the_command_names_gets_the_whole_budget_on_first_c
     monkeypatch.setattr(unavailable, "requested_ids", lambda kind: ["lmstudio/qwen3-4b"])  # as `llm -m lmstudio/qwen3-4b`
     assert unavailable.catalog_models("chat") == []
     assert len(waited) == 1 and waited[0] > 2 * catalog.FIRST_CONTACT_SHARE
+
+
+@contextlib.contextmanager
+def _command_context(argv):
+    """The click context llm's hooks see while running `llm ARGV` (parsed, not run)."""
+    import warnings
+
+    import click
+    from llm.cli import cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # click 8.2+: protected_args, still how DefaultGroup parses
+        context = cli.make_context("llm", list(argv))
+        stack = [context]
+        while isinstance(context.command, click.Group) and context.protected_args + context.args:
+            name, command, rest = context.command.resolve_command(context, context.protected_args + context.args)
+            context = command.make_context(name, rest, parent=context)
+            stack.append(context)
+    with contextlib.ExitStack() as entered:
+        for each in stack:
+            entered.enter_context(each)
+        yield context
+
+
+@pytest.mark.parametrize("argv", [["-m", "router", "hi"], ["-m", "lmstudio-router", "hi"], ["chat", "-m", "router"],
+                                  ["lmstudio", "route", "hi"], ["hi"]])
+def test_a_command_that_routes_gets_the_whole_budget_on_first_contact(argv, monkeypatch, refused_url, user_path):
+    # The router needs every server's models: `llm -m router` right after install must not give up after 30 ms.
+    from llm_lmstudio.lmstudio import unavailable
+
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
+    (user_path / "default_model.txt").write_text("router")  # `llm hi` with the router as the default model
+    waited = []
+
+    def fetch(host, *, token, deadline):
+        waited.append(deadline)
+        return []
+
+    monkeypatch.setattr(catalog, "fetch", fetch)
+    with _command_context(argv):
+        unavailable.catalog_models("chat")
+    assert len(waited) == 1 and waited[0] > 2 * catalog.FIRST_CONTACT_SHARE
+
+
+def test_a_command_that_does_not_route_keeps_the_first_contact_share(monkeypatch, refused_url, user_path):
+    from llm_lmstudio.lmstudio import unavailable
+
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
+    waited = []
+    monkeypatch.setattr(catalog, "fetch", lambda host, *, token, deadline: waited.append(deadline) or [])
+    with _command_context(["-m", "gpt-4o-mini", "hi"]):
+        unavailable.catalog_models("chat")
+    assert len(waited) == 1 and waited[0] <= 2 * catalog.FIRST_CONTACT_SHARE
 
 
 def test_last_known_models_survive_a_server_going_down(lmstudio, refused_url, monkeypatch):
