@@ -192,16 +192,23 @@ def models_for_registration(named: Collection[str] = ()) -> list[CatalogModel]:
     for server in servers:
         entry = cache.get(server.base_url)
         # A list (or a failure) fetched with another token says nothing about this one.
-        if entry and now - _fetched_at(entry) < ttl and entry.get("digest") == settings.listing_digest(server):
-            continue
+        if (entry and now - _fetched_at(entry) < ttl and entry.get("digest") == settings.listing_digest(server)
+                and not (entry.get("first_contact") and server.base_url in named)):
+            continue  # fresh; a first-contact timeout is not, for a command that needs this server's list
         remaining = end - time.monotonic()
-        if (entry and entry.get("status") == "timeout") or remaining <= 0.005:
+        # a timeout on first contact waited only its share: not yet a verdict that the server hangs
+        short = bool(entry and entry.get("status") == "timeout" and entry.get("first_contact"))
+        if (entry and entry.get("status") == "timeout" and not short) or remaining <= 0.005:
             background = True
             continue
-        first_contact = entry is None and server.base_url not in named
+        first_contact = (entry is None or short) and server.base_url not in named
         if first_contact:
             remaining = min(remaining, budget * FIRST_CONTACT_SHARE)
-        cache[server.base_url] = _refresh_entry(server, entry, remaining)
+        fresh = cache[server.base_url] = _refresh_entry(server, entry, remaining)
+        if first_contact and fresh.get("status") == "timeout":
+            fresh["first_contact"] = True
+        else:
+            fresh.pop("first_contact", None)
         changed = True
         background |= first_contact and cache[server.base_url].get("status") == "timeout"
     if changed:

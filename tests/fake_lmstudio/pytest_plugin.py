@@ -29,6 +29,11 @@ def lmstudio(fake_lmstudio, monkeypatch):
     """The stand-in, clean (no faults, scripts, config changes or loaded models), as $LMSTUDIO_BASE_URL."""
     fake_lmstudio.reset()
     monkeypatch.setenv("LMSTUDIO_BASE_URL", fake_lmstudio.base_url)
+    # A test's first command meets the stand-in for the first time: on a busy machine (pytest workers beside it) its
+    # first listing can take longer than the first-contact share of the default 250 ms budget (30 ms), and a command
+    # that gives up leaves a background listing running past the test. 2 s gives first contact 240 ms; the tests
+    # of the budget itself set their own.
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
     yield fake_lmstudio
     # Release anything a test left hanging so it cannot hold a server connection into the next test.
     fake_lmstudio.reset(unload=False)

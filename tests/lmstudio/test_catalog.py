@@ -94,6 +94,33 @@ def test_a_server_never_listed_before_gets_a_share_of_the_budget_then_a_backgrou
     _end_the_worker(spawned)
 
 
+def test_a_first_contact_timeout_is_no_verdict_a_command_that_needs_the_list_asks_again(hung_url, monkeypatch, spawned):
+    # `llm models` on first contact gave up after its share; `llm -m lmstudio/...` next must still ask, with the whole
+    # budget, rather than take that short wait for "hung last time" (CI: the router failed after 30 ms on a busy box)
+    from llm_lmstudio.lmstudio import unavailable
+
+    monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
+    monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "1")
+    waited = []
+    real_fetch = catalog.fetch
+
+    def fetch(host, *, token, deadline):
+        waited.append(deadline)
+        return real_fetch(host, token=token, deadline=deadline)
+
+    monkeypatch.setattr(catalog, "fetch", fetch)
+    monkeypatch.setattr(catalog, "_spawn_background_refresh", lambda: None)  # this test is about this process's waits
+    [server] = settings.servers()
+    assert catalog.models_for_registration() == [] and catalog.read_cache()[server.base_url]["first_contact"]
+    assert len(waited) == 1 and waited[0] <= catalog.FIRST_CONTACT_SHARE
+    monkeypatch.setattr(unavailable, "requested_ids", lambda kind: ["lmstudio/qwen3-4b"])  # as `llm -m lmstudio/qwen3-4b`
+    assert unavailable.catalog_models("chat") == []
+    assert len(waited) == 2 and waited[1] > catalog.FIRST_CONTACT_SHARE
+    # after a whole-budget timeout the server is "hung last time": the next command does not wait for it again
+    assert "first_contact" not in catalog.read_cache()[server.base_url]
+    assert unavailable.catalog_models("chat") == [] and len(waited) == 2
+
+
 def test_a_server_whose_model_the_command_names_gets_the_whole_budget_on_first_contact(monkeypatch, refused_url):
     from llm_lmstudio.lmstudio import unavailable
 
