@@ -642,7 +642,10 @@ def recovered(interface: Interface, damaged: Path, outcome: Outcome) -> None:
     [aside] = [p for p in damaged.parent.glob(f"{damaged.name}.corrupt-*") if not p.name.endswith(files.SQLITE_COMPANIONS)]
     assert aside.read_bytes() == DAMAGE
     [warning] = _lines_matching("was damaged", outcome.stderr)
-    assert warning.startswith(f"llm-lmstudio-mlx: warning: {damaged} was damaged (") and f"moved to {aside};" in warning
+    # `in`, not startswith: seen once in eight repeat-flaky runs, stderr held a stray `"` before the warning on its line:
+    # llm writes reasoning chunks to stderr without a newline (cli.display_stream_events), and a random-weights
+    # model can end its answer inside a think block, so the deferred warning may follow it on the same line
+    assert f"llm-lmstudio-mlx: warning: {damaged} was damaged (" in warning and f"moved to {aside};" in warning
     interface.correct(Outcome(outcome.exit_code, outcome.stdout, "", None, outcome.seconds, outcome.stdout))
     interface.rebuilt(damaged)
 
