@@ -317,7 +317,6 @@ def ls_command(ctx, only_llm, only_embedding, with_variants, address, json_):
     _exit_with(ctx, failure)
 
 
-
 def _token_text(status) -> str:
     if status.requires_token is None:
         return "token: unknown"

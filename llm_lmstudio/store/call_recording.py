@@ -70,26 +70,12 @@ def recorded(execute):
     return around_execute(execute, _RECORDING, _Recorder)
 
 
-class _Delegator:
+class _Delegator(_Recorder):
     """The router's watcher: it records nothing, whatever happens. Its attempts are recorded per real model; a
     failure before any model was prompted (no plan, every load refused) is not a model's call either."""
 
-    delegated = False
-
-    def __init__(self, model, prompt, response):
-        pass
-
-    def begin(self) -> None:
+    def _record(self, ok: bool, error_kind: str | None) -> None:
         return None
-
-    def saw(self, event) -> None:
-        pass
-
-    def finished(self) -> None:
-        pass
-
-    def failed(self, exc: Exception) -> None:
-        pass
 
 
 def delegating(execute):

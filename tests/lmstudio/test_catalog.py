@@ -74,19 +74,25 @@ def test_registration_on_hung_server_stays_within_budget(hung_url, monkeypatch, 
     _end_the_worker(spawned)
 
 
+def _listing_deadlines(monkeypatch, real: bool = False) -> list[float]:
+    """The deadline of each model listing the catalog asks for from now on; the listing itself is real (a server's
+    answer or failure) or, by default, an empty list."""
+    waited, fetch = [], catalog.fetch
+
+    def recorded(host, *, token, deadline):
+        waited.append(deadline)
+        return fetch(host, token=token, deadline=deadline) if real else []
+
+    monkeypatch.setattr(catalog, "fetch", recorded)
+    return waited
+
+
 def test_a_server_never_listed_before_gets_a_share_of_the_budget_then_a_background_listing(hung_url, monkeypatch, spawned):
     # The first command after install (no cache at all) with a server that does not answer: it waits a fifth of
     # the budget, not all of it, and leaves the listing to a detached worker for the next command.
     monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
     monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
-    waited = []
-    real_fetch = catalog.fetch
-
-    def fetch(host, *, token, deadline):
-        waited.append(deadline)
-        return real_fetch(host, token=token, deadline=deadline)
-
-    monkeypatch.setattr(catalog, "fetch", fetch)
+    waited = _listing_deadlines(monkeypatch, real=True)
     assert catalog.models_for_registration() == []
     [server] = settings.servers()
     assert len(waited) == 1 and 0 < waited[0] <= 2 * catalog.FIRST_CONTACT_SHARE
@@ -101,14 +107,7 @@ def test_a_first_contact_timeout_is_no_verdict_a_command_that_needs_the_list_ask
 
     monkeypatch.setenv("LMSTUDIO_BASE_URL", hung_url)
     monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "1")
-    waited = []
-    real_fetch = catalog.fetch
-
-    def fetch(host, *, token, deadline):
-        waited.append(deadline)
-        return real_fetch(host, token=token, deadline=deadline)
-
-    monkeypatch.setattr(catalog, "fetch", fetch)
+    waited = _listing_deadlines(monkeypatch, real=True)
     monkeypatch.setattr(catalog, "_spawn_background_refresh", lambda: None)  # this test is about this process's waits
     [server] = settings.servers()
     assert catalog.models_for_registration() == [] and catalog.read_cache()[server.base_url]["first_contact"]
@@ -126,13 +125,7 @@ def test_a_server_whose_model_the_command_names_gets_the_whole_budget_on_first_c
 
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
-    waited = []
-
-    def fetch(host, *, token, deadline):
-        waited.append(deadline)
-        return []
-
-    monkeypatch.setattr(catalog, "fetch", fetch)
+    waited = _listing_deadlines(monkeypatch)
     monkeypatch.setattr(unavailable, "requested_ids", lambda kind: ["lmstudio/qwen3-4b"])  # as `llm -m lmstudio/qwen3-4b`
     assert unavailable.catalog_models("chat") == []
     assert len(waited) == 1 and waited[0] > 2 * catalog.FIRST_CONTACT_SHARE
@@ -169,13 +162,7 @@ def test_a_command_that_routes_gets_the_whole_budget_on_first_contact(argv, monk
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
     (user_path / "default_model.txt").write_text("router")  # `llm hi` with the router as the default model
-    waited = []
-
-    def fetch(host, *, token, deadline):
-        waited.append(deadline)
-        return []
-
-    monkeypatch.setattr(catalog, "fetch", fetch)
+    waited = _listing_deadlines(monkeypatch)
     with _command_context(argv):
         unavailable.catalog_models("chat")
     assert len(waited) == 1 and waited[0] > 2 * catalog.FIRST_CONTACT_SHARE
@@ -186,8 +173,7 @@ def test_a_command_that_does_not_route_keeps_the_first_contact_share(monkeypatch
 
     monkeypatch.setenv("LMSTUDIO_BASE_URL", refused_url)
     monkeypatch.setenv("LMSTUDIO_DISCOVERY_BUDGET", "2")
-    waited = []
-    monkeypatch.setattr(catalog, "fetch", lambda host, *, token, deadline: waited.append(deadline) or [])
+    waited = _listing_deadlines(monkeypatch)
     with _command_context(["-m", "gpt-4o-mini", "hi"]):
         unavailable.catalog_models("chat")
     assert len(waited) == 1 and waited[0] <= 2 * catalog.FIRST_CONTACT_SHARE
