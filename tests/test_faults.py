@@ -597,7 +597,9 @@ def test_fault_matrix_cell_is_an_answer_or_one_clear_line_in_bounded_time(
     if interface.setup is not None:
         interface.setup(lmstudio)
     if interface.prime:
-        assert CliRunner().invoke(cli, ["models"]).exit_code == 0
+        # the list a successful `llm models` leaves, fetched with a whole deadline: a first `llm models` gets only the
+        # first-contact share, which a loaded CI machine outlasted once (no list, and a background listing left running)
+        assert catalog.refresh()
     monkeypatch.setattr(classifier_setup, "_CLASSIFIERS", {})  # no classifier object survives from before
     lmstudio.script(ANSWER)
     arm(fault, interface, lmstudio, refused_url, hung_url, monkeypatch)
